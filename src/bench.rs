@@ -1,0 +1,222 @@
+//! Kernel microbenchmarks behind `hoa bench` and `benches/`: first the adapter's own ceilings
+//! (vec4 FMA throughput, copy bandwidth, as vkpeak measures them), then every kernel family's
+//! cases, each reported as a fraction of the ceiling that bounds it and as a ratio to a
+//! baseline timed in the same run.
+
+use crate::error::Result;
+use crate::gpu::{Context, ShaderFamily};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::gpu::{DType, PipelineKey, Tensor};
+
+pub const SHADER: ShaderFamily = ShaderFamily {
+    name: "peak",
+    source: include_str!("../shaders/peak.wgsl"),
+};
+
+/// Options of `hoa bench`.
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[derive(Clone, Debug, Default)]
+pub struct BenchArgs {
+    /// Only run cases whose kernel or shape contains this text.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub filter: Option<String>,
+    /// Timed repetitions per case (median reported).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 5))]
+    pub reps: usize,
+    /// Smaller shapes, for a quick look (CI, slow software adapters).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub quick: bool,
+    /// Also run f16 variants where the adapter has shader-f16.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub f16: bool,
+}
+
+/// What bounds a kernel: arithmetic (compared with the FMA ceiling) or memory (copy bandwidth).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    Compute,
+    Memory,
+}
+
+/// Records one launch of the kernel under test (no flush: the harness times the submit).
+pub type RunFn = Box<dyn Fn(&Context) -> Result<()>>;
+
+/// One benchmark case. `flops` counts a fused multiply-add as 2; `bytes` is the minimum
+/// traffic (each input read once, each output written once).
+pub struct Case {
+    pub kernel: String,
+    pub shape: String,
+    pub flops: f64,
+    pub bytes: f64,
+    pub bound: Bound,
+    /// Kernel name of the case (same shape) this one is compared with, e.g. "matmul_naive".
+    pub baseline: Option<String>,
+    pub run: RunFn,
+}
+
+/// A measured case.
+#[derive(Clone, Debug)]
+pub struct Measured {
+    pub kernel: String,
+    pub shape: String,
+    pub seconds: f64,
+    pub gflops: f64,
+    pub gbps: f64,
+    pub bound: Bound,
+    pub baseline: Option<String>,
+}
+
+/// The adapter's ceilings.
+#[derive(Clone, Copy, Debug)]
+pub struct Ceilings {
+    pub gflops: f64,
+    pub gbps: f64,
+}
+
+/// Runs `run` once to warm up (pipeline compile, pool), then `reps` timed times; returns the
+/// median seconds. GPU timestamps when the adapter has them, else wall time around
+/// submit-and-wait.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn time(ctx: &Context, reps: usize, run: &dyn Fn(&Context) -> Result<()>) -> Result<f64> {
+    run(ctx)?;
+    ctx.sync()?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        run(ctx)?;
+        let t0 = std::time::Instant::now();
+        let gpu = ctx.flush_timed()?;
+        times.push(gpu.unwrap_or_else(|| t0.elapsed().as_secs_f64()));
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times[times.len() / 2])
+}
+
+/// vec4 FMA throughput and copy bandwidth.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn ceilings(ctx: &Context, reps: usize) -> Result<Ceilings> {
+    const WG: u32 = 256;
+    const ITERS: u32 = 256;
+    // Enough invocations to fill any GPU, few enough for a software rasterizer.
+    let threads: u32 = if ctx.info.device_type == wgpu::DeviceType::Cpu {
+        1 << 14
+    } else {
+        1 << 20
+    };
+    let out = Tensor::empty(ctx, &[threads as usize * 4], DType::F32)?;
+    let key = |entry, c: Vec<(&'static str, u32)>| PipelineKey {
+        family: SHADER.name,
+        entry,
+        dtype: DType::F32,
+        constants: c,
+    };
+    let fma = ctx.pipeline(&SHADER, key("fma_peak", vec![("WG", WG), ("ITERS", ITERS)]))?;
+    let params = [0u32, 1.0f32.to_bits(), 0, 0];
+    let wg = ctx.grid_1d((threads / WG) as u64);
+    let t = time(ctx, reps, &|c| {
+        c.launch(
+            &fma,
+            "fma",
+            &[out.buffer()],
+            bytemuck::cast_slice(&params),
+            wg,
+        );
+        Ok(())
+    })?;
+    // 2 chains x 8 accumulators x 4 lanes x 2 flops per iteration.
+    let gflops = threads as f64 * ITERS as f64 * 2.0 * 8.0 * 4.0 * 2.0 / t / 1e9;
+
+    let bytes: usize = if ctx.info.device_type == wgpu::DeviceType::Cpu {
+        64 << 20
+    } else {
+        128 << 20
+    };
+    let n4 = (bytes / 16) as u32;
+    let src = Tensor::empty(ctx, &[bytes / 4], DType::F32)?;
+    let dst = Tensor::empty(ctx, &[bytes / 4], DType::F32)?;
+    let copy = ctx.pipeline(&SHADER, key("copy_peak", vec![("WG", WG)]))?;
+    let params = [n4, 0, 0, 0];
+    let wg = ctx.grid_1d(n4.div_ceil(WG) as u64);
+    let t = time(ctx, reps, &|c| {
+        c.launch(
+            &copy,
+            "copy",
+            &[src.buffer(), dst.buffer()],
+            bytemuck::cast_slice(&params),
+            wg,
+        );
+        Ok(())
+    })?;
+    Ok(Ceilings {
+        gflops,
+        gbps: 2.0 * bytes as f64 / t / 1e9,
+    })
+}
+
+/// Every kernel family's cases for this adapter.
+pub fn cases(ctx: &Context, args: &BenchArgs) -> Result<Vec<Case>> {
+    let mut v = Vec::new();
+    v.extend(crate::kernels::elementwise::bench_cases(ctx, args)?);
+    Ok(v)
+}
+
+/// Measures the ceilings and the cases; prints the table as it goes.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn run(ctx: &Context, args: &BenchArgs) -> Result<Vec<Measured>> {
+    let ceil = ceilings(ctx, args.reps)?;
+    println!("adapter: {}", ctx.describe());
+    println!(
+        "ceilings: vec4 FMA {:.1} GFLOP/s, copy {:.1} GB/s{}",
+        ceil.gflops,
+        ceil.gbps,
+        if ctx.has_timestamps() {
+            " (GPU timestamps)"
+        } else {
+            " (wall time)"
+        }
+    );
+    println!(
+        "{:<24} {:<28} {:>10} {:>9} {:>8} {:>7} {:>14}",
+        "kernel", "shape", "median ms", "GFLOP/s", "GB/s", "% ceil", "vs baseline"
+    );
+    let mut done: Vec<Measured> = Vec::new();
+    for case in cases(ctx, args)? {
+        if let Some(f) = &args.filter {
+            if !case.kernel.contains(f.as_str()) && !case.shape.contains(f.as_str()) {
+                continue;
+            }
+        }
+        let t = time(ctx, args.reps, &*case.run)?;
+        let m = Measured {
+            kernel: case.kernel,
+            shape: case.shape,
+            seconds: t,
+            gflops: case.flops / t / 1e9,
+            gbps: case.bytes / t / 1e9,
+            bound: case.bound,
+            baseline: case.baseline,
+        };
+        let frac = match m.bound {
+            Bound::Compute => m.gflops / ceil.gflops,
+            Bound::Memory => m.gbps / ceil.gbps,
+        };
+        let vs = m
+            .baseline
+            .as_ref()
+            .and_then(|b| done.iter().find(|d| &d.kernel == b && d.shape == m.shape))
+            .map(|b| format!("{:.2}x {}", b.seconds / t, b.kernel))
+            .unwrap_or_default();
+        println!(
+            "{:<24} {:<28} {:>10.3} {:>9.2} {:>8.2} {:>6.0}% {:>14}",
+            m.kernel,
+            m.shape,
+            t * 1e3,
+            m.gflops,
+            m.gbps,
+            frac * 100.0,
+            vs
+        );
+        done.push(m);
+        ctx.trim_pool();
+    }
+    Ok(done)
+}

@@ -1,0 +1,92 @@
+//! The `hoa` command line: `info` (which adapter and what it allows) and `bench` (kernel
+//! microbenchmarks against the adapter's own ceilings).
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use hoa::{Context, ContextOptions};
+
+#[derive(Parser)]
+#[command(name = "hoa", version, about = "Portable text-to-image engine on wgpu")]
+struct Cli {
+    /// Backend(s) to use: vulkan, metal, dx12, gl, webgpu (comma list). Env: HOA_BACKEND.
+    #[arg(long, global = true)]
+    backend: Option<String>,
+    /// Pick the adapter whose name contains this text (e.g. llvmpipe). Env: HOA_ADAPTER.
+    #[arg(long, global = true)]
+    adapter: Option<String>,
+    /// Do not use f16 even if the adapter supports it. Env: HOA_NO_F16=1.
+    #[arg(long, global = true)]
+    no_f16: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the adapter, backend, features and the limits that matter.
+    Info,
+    /// Measure the adapter's ceilings, then every kernel on Stable Diffusion-sized shapes.
+    Bench(hoa::bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let mut opts = ContextOptions::from_env();
+    if let Some(b) = &cli.backend {
+        opts.backends = Some(wgpu::Backends::from_comma_list(b));
+    }
+    if let Some(a) = &cli.adapter {
+        opts.adapter_name = Some(a.clone());
+    }
+    opts.disable_f16 |= cli.no_f16;
+    let ctx = Context::new_blocking(opts)?;
+    match cli.command {
+        Command::Info => info(&ctx),
+        Command::Bench(args) => {
+            eprintln!("adapter: {}", ctx.describe());
+            hoa::bench::run(&ctx, &args)?;
+        }
+    }
+    Ok(())
+}
+
+fn info(ctx: &Context) {
+    let l = &ctx.limits;
+    println!("adapter:  {}", ctx.info.name);
+    println!(
+        "backend:  {:?} ({:?})",
+        ctx.info.backend, ctx.info.device_type
+    );
+    println!("driver:   {} {}", ctx.info.driver, ctx.info.driver_info);
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    println!("shader-f16: {}", yes(ctx.has_f16()));
+    println!(
+        "subgroups:  {}",
+        yes(ctx.features.contains(wgpu::Features::SUBGROUP))
+    );
+    println!("timestamps: {}", yes(ctx.has_timestamps()));
+    println!(
+        "max_storage_buffer_binding_size: {} MiB",
+        l.max_storage_buffer_binding_size >> 20
+    );
+    println!(
+        "max_buffer_size:                 {} MiB",
+        l.max_buffer_size >> 20
+    );
+    println!(
+        "max_compute_workgroup_storage_size: {} KiB",
+        l.max_compute_workgroup_storage_size >> 10
+    );
+    println!(
+        "max_compute_invocations_per_workgroup: {}",
+        l.max_compute_invocations_per_workgroup
+    );
+    println!(
+        "max_compute_workgroups_per_dimension:  {}",
+        l.max_compute_workgroups_per_dimension
+    );
+    println!(
+        "max_storage_buffers_per_shader_stage:  {}",
+        l.max_storage_buffers_per_shader_stage
+    );
+}

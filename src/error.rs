@@ -1,0 +1,52 @@
+//! The library's one error type: every failure names the op, the shapes or the limit involved.
+
+use thiserror::Error;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(
+        "no GPU adapter found ({detail}). On Linux without a GPU install Mesa's software Vulkan \
+         driver (`apt-get install mesa-vulkan-drivers`); choose a backend with HOA_BACKEND \
+         (vulkan, metal, dx12, gl, webgpu) and an adapter with HOA_ADAPTER (a name substring)"
+    )]
+    NoAdapter { detail: String },
+
+    #[error("the adapter refused to create a device: {0}")]
+    RequestDevice(String),
+
+    #[error("{op}: {msg}")]
+    Shape { op: &'static str, msg: String },
+
+    #[error("{op}: needs {needed} for `{limit}` but this device allows at most {max}; {hint}")]
+    Limit {
+        op: &'static str,
+        limit: &'static str,
+        needed: u64,
+        max: u64,
+        hint: String,
+    },
+
+    #[error("{op}: the adapter lacks the `{feature}` feature ({hint})")]
+    MissingFeature {
+        op: &'static str,
+        feature: &'static str,
+        hint: &'static str,
+    },
+
+    #[error("GPU error in {context}: {msg}")]
+    Gpu { context: String, msg: String },
+
+    #[error("reading a buffer back from the GPU failed: {0}")]
+    Map(String),
+}
+
+impl Error {
+    pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Shape {
+            op,
+            msg: msg.into(),
+        }
+    }
+}

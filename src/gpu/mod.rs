@@ -1,0 +1,404 @@
+//! The GPU runtime: adapter and device bootstrap, the recording of kernel dispatches, and
+//! submission. Mirrors wgpu's hello_compute split: acquiring a device is separate from the work,
+//! so tests, benches, the CLI and the browser all hand a [`Context`] to the kernels.
+
+mod pipelines;
+mod pool;
+mod tensor;
+
+pub use pipelines::{PipelineCache, PipelineKey, ShaderFamily};
+pub use pool::BufferPool;
+pub use tensor::{DType, Tensor};
+
+use crate::error::{Error, Result};
+use std::sync::{Arc, Mutex};
+
+/// How to pick the adapter. Every field can also come from the environment (see
+/// [`ContextOptions::from_env`]) so that one binary serves any machine.
+#[derive(Clone, Debug, Default)]
+pub struct ContextOptions {
+    /// Backends to consider (`HOA_BACKEND`: comma list of vulkan, metal, dx12, gl, webgpu).
+    pub backends: Option<wgpu::Backends>,
+    /// Case-insensitive substring of the adapter name (`HOA_ADAPTER`), e.g. "llvmpipe" or "nvidia".
+    pub adapter_name: Option<String>,
+    /// Refuse f16 even when the adapter has it (`HOA_NO_F16=1`).
+    pub disable_f16: bool,
+    /// Fill every new tensor with NaN (all-ones bytes, a NaN in f32 and f16) so that an
+    /// element a kernel fails to write shows up in a test (`HOA_POISON=1`).
+    pub poison: bool,
+}
+
+impl ContextOptions {
+    /// Reads `HOA_BACKEND`, `HOA_ADAPTER` and `HOA_NO_F16`.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        ContextOptions {
+            backends: var("HOA_BACKEND").map(|s| wgpu::Backends::from_comma_list(&s)),
+            adapter_name: var("HOA_ADAPTER"),
+            disable_f16: var("HOA_NO_F16").is_some_and(|v| v != "0"),
+            poison: var("HOA_POISON").is_some_and(|v| v != "0"),
+        }
+    }
+}
+
+/// One recorded kernel launch. Everything it needs is owned, so a model can record a step once
+/// and replay it; the bind group keeps its buffers alive.
+#[derive(Clone, Debug)]
+pub struct Dispatch {
+    pub pipeline: wgpu::ComputePipeline,
+    pub bind_group: wgpu::BindGroup,
+    pub workgroups: [u32; 3],
+}
+
+/// The device plus what the kernels share: the pipeline cache, the buffer pool, and the list of
+/// dispatches recorded since the last submit.
+pub struct Context {
+    pub adapter: wgpu::Adapter,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+    pub(crate) poison: bool,
+    pub(crate) pipelines: PipelineCache,
+    pub(crate) pool: Arc<BufferPool>,
+    pending: Mutex<Vec<Dispatch>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    timestamps: Option<Timestamps>,
+}
+
+struct Timestamps {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    read: wgpu::Buffer,
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    period_ns: f64,
+}
+
+impl Context {
+    /// Picks an adapter and creates a device, asking for `shader-f16`, subgroups and timestamp
+    /// queries only where the adapter has them, and for the adapter's own limits.
+    pub async fn new(opts: ContextOptions) -> Result<Context> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        if let Some(b) = opts.backends {
+            desc.backends = b;
+        }
+        let instance = wgpu::Instance::new(desc);
+        let adapter = select_adapter(&instance, &opts).await?;
+        let info = adapter.get_info();
+        let available = adapter.features();
+        let mut wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP;
+        if !opts.disable_f16 {
+            wanted |= wgpu::Features::SHADER_F16;
+        }
+        let features = available & wanted;
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("hoa"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock().unwrap().push(e.to_string());
+        }));
+        let timestamps = features
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+            .then(|| Timestamps::new(&device, &queue));
+        Ok(Context {
+            poison: opts.poison,
+            pipelines: PipelineCache::default(),
+            pool: Arc::new(BufferPool::default()),
+            pending: Mutex::default(),
+            errors,
+            timestamps,
+            adapter,
+            device,
+            queue,
+            info,
+            features,
+            limits,
+        })
+    }
+
+    /// Blocking constructor for native code (CLI, tests, benches).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking(opts: ContextOptions) -> Result<Context> {
+        pollster::block_on(Self::new(opts))
+    }
+
+    pub fn has_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    pub fn has_timestamps(&self) -> bool {
+        self.timestamps.is_some()
+    }
+
+    /// One line naming the adapter, its backend and driver: always print it, because without a
+    /// Vulkan driver wgpu silently falls back to GL.
+    pub fn describe(&self) -> String {
+        let i = &self.info;
+        format!(
+            "{} ({:?}, {:?}, driver: {} {})",
+            i.name, i.backend, i.device_type, i.driver, i.driver_info
+        )
+    }
+
+    /// The largest buffer a kernel may bind as one storage binding.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+
+    /// Splits `n` workgroups over x and y so neither exceeds the per-dimension limit; shaders
+    /// rebuild the linear index as `wid.x + wid.y * nwg.x` and skip the overhang.
+    pub fn grid_1d(&self, n: u64) -> [u32; 3] {
+        let max = self.limits.max_compute_workgroups_per_dimension as u64;
+        if n <= max {
+            [n.max(1) as u32, 1, 1]
+        } else {
+            let y = n.div_ceil(max);
+            [n.div_ceil(y) as u32, y as u32, 1]
+        }
+    }
+
+    /// Checks a dispatch's workgroup counts against the device limit.
+    pub fn check_grid(&self, op: &'static str, wg: [u32; 3]) -> Result<()> {
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if let Some(&n) = wg.iter().find(|&&n| n > max) {
+            return Err(Error::Limit {
+                op,
+                limit: "max_compute_workgroups_per_dimension",
+                needed: n as u64,
+                max: max as u64,
+                hint: "split the batch or reduce the size".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a kernel launch; it runs at the next [`Context::flush`] (readbacks flush).
+    pub fn record(&self, d: Dispatch) {
+        self.pending.lock().unwrap().push(d);
+    }
+
+    /// Builds the bind group for `pipeline` (bindings numbered in order: inputs, output,
+    /// params) and records the dispatch.
+    pub fn launch(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        label: &str,
+        buffers: &[&wgpu::Buffer],
+        params: &[u8],
+        workgroups: [u32; 3],
+    ) {
+        use wgpu::util::DeviceExt;
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: params,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        entries.push(wgpu::BindGroupEntry {
+            binding: buffers.len() as u32,
+            resource: uniform.as_entire_binding(),
+        });
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        self.record(Dispatch {
+            pipeline: pipeline.clone(),
+            bind_group,
+            workgroups,
+        });
+    }
+
+    /// Number of dispatches recorded and not yet submitted.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().unwrap().len()
+    }
+
+    /// Submits every recorded dispatch in one compute pass of one command buffer.
+    pub fn flush(&self) -> Result<()> {
+        self.submit(false).map(|_| ())
+    }
+
+    /// Like [`Context::flush`], but brackets the pass with timestamp queries and returns the GPU
+    /// time in seconds, or `None` when the adapter has no timestamp queries. Waits for the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn flush_timed(&self) -> Result<Option<f64>> {
+        let idx = self.submit(self.timestamps.is_some())?;
+        self.wait(idx)?;
+        let Some(ts) = &self.timestamps else {
+            return Ok(None);
+        };
+        let slice = ts.read.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Map(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| Error::Map(e.to_string()))?
+            .map_err(|e| Error::Map(e.to_string()))?;
+        let t: [u64; 2] = {
+            let data = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Map(e.to_string()))?;
+            let v: &[u64] = bytemuck::cast_slice(&data);
+            [v[0], v[1]]
+        };
+        ts.read.unmap();
+        Ok(Some(t[1].saturating_sub(t[0]) as f64 * ts.period_ns * 1e-9))
+    }
+
+    fn submit(&self, timed: bool) -> Result<wgpu::SubmissionIndex> {
+        let work = std::mem::take(&mut *self.pending.lock().unwrap());
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hoa") });
+        let ts = self.timestamps.as_ref().filter(|_| timed);
+        if !work.is_empty() || ts.is_some() {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("hoa"),
+                timestamp_writes: ts.map(|t| wgpu::ComputePassTimestampWrites {
+                    query_set: &t.set,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                }),
+            });
+            for d in &work {
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+            }
+        }
+        if let Some(t) = ts {
+            enc.resolve_query_set(&t.set, 0..2, &t.resolve, 0);
+            enc.copy_buffer_to_buffer(&t.resolve, 0, &t.read, 0, 16);
+        }
+        let idx = self.queue.submit([enc.finish()]);
+        self.take_errors("submit")?;
+        Ok(idx)
+    }
+
+    /// Blocks until `idx` (or everything submitted) has finished. Native only: the browser
+    /// must await [`Tensor::read`] instead.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn wait(&self, idx: wgpu::SubmissionIndex) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(idx),
+                timeout: None,
+            })
+            .map_err(|e| Error::Gpu {
+                context: "wait".into(),
+                msg: e.to_string(),
+            })?;
+        self.take_errors("wait")
+    }
+
+    /// Flushes and waits for the GPU to finish everything.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn sync(&self) -> Result<()> {
+        let idx = self.submit(false)?;
+        self.wait(idx)
+    }
+
+    /// Returns the validation errors wgpu reported since the last call as one error.
+    pub fn take_errors(&self, context: &str) -> Result<()> {
+        let errs = std::mem::take(&mut *self.errors.lock().unwrap());
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Gpu {
+                context: context.into(),
+                msg: errs.join("; "),
+            })
+        }
+    }
+
+    /// Returns pooled buffers to the driver.
+    pub fn trim_pool(&self) {
+        self.pool.clear();
+    }
+}
+
+impl Timestamps {
+    fn new(device: &wgpu::Device, queue: &wgpu::Queue) -> Timestamps {
+        let set = device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("hoa timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let mk = |usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("hoa timestamps"),
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Timestamps {
+            set,
+            resolve: mk(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+            read: mk(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+            period_ns: queue.get_timestamp_period() as f64,
+        }
+    }
+}
+
+async fn select_adapter(instance: &wgpu::Instance, opts: &ContextOptions) -> Result<wgpu::Adapter> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(name) = &opts.adapter_name {
+        let backends = opts.backends.unwrap_or(wgpu::Backends::all());
+        let all = instance.enumerate_adapters(backends).await;
+        let names: Vec<String> = all
+            .iter()
+            .map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend))
+            .collect();
+        let needle = name.to_lowercase();
+        return all
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+            .ok_or_else(|| Error::NoAdapter {
+                detail: format!(
+                    "no adapter name contains {name:?}; found: {}",
+                    names.join(", ")
+                ),
+            });
+    }
+    let _ = &opts.adapter_name;
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::from_env()
+                .unwrap_or(wgpu::PowerPreference::HighPerformance),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::NoAdapter {
+            detail: e.to_string(),
+        })
+}

@@ -1,0 +1,353 @@
+//! Elementwise kernels (`shaders/elementwise.wgsl`): activations and scaling, and add / mul /
+//! sub with NumPy broadcasting over up to 4 dimensions, on strided views so that
+//! `chunk(2, dim=-1)` (GEGLU) needs no copy.
+
+use super::{same_dtype, to_u32, Activation};
+use crate::error::{Error, Result};
+use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
+
+pub const SHADER: ShaderFamily = ShaderFamily {
+    name: "elementwise",
+    source: include_str!("../../shaders/elementwise.wgsl"),
+};
+
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    shape: [u32; 4],
+    a_strides: [u32; 4],
+    b_strides: [u32; 4],
+    a_offset: u32,
+    b_offset: u32,
+    n: u32,
+    alpha: f32,
+    beta: f32,
+    _pad: [u32; 3],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Mul,
+    Sub,
+}
+
+impl BinaryOp {
+    fn id(self) -> u32 {
+        match self {
+            BinaryOp::Add => 0,
+            BinaryOp::Mul => 1,
+            BinaryOp::Sub => 2,
+        }
+    }
+
+    pub fn apply_f64(self, a: f64, b: f64) -> f64 {
+        match self {
+            BinaryOp::Add => a + b,
+            BinaryOp::Mul => a * b,
+            BinaryOp::Sub => a - b,
+        }
+    }
+}
+
+/// A strided view of a tensor: what PyTorch would get from slicing, `chunk` or `expand`.
+#[derive(Clone, Debug)]
+pub struct View<'a> {
+    pub tensor: &'a Tensor,
+    pub shape: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub offset: usize,
+}
+
+impl<'a> View<'a> {
+    pub fn of(t: &'a Tensor) -> View<'a> {
+        let shape = t.shape().to_vec();
+        let mut strides = vec![1; shape.len()];
+        for d in (0..shape.len().saturating_sub(1)).rev() {
+            strides[d] = strides[d + 1] * shape[d + 1];
+        }
+        View {
+            tensor: t,
+            shape,
+            strides,
+            offset: 0,
+        }
+    }
+
+    /// `tensor.chunk(chunks, dim)[index]` for a dim that divides evenly.
+    pub fn chunk(mut self, chunks: usize, dim: usize, index: usize) -> Result<View<'a>> {
+        let size = *self.shape.get(dim).ok_or_else(|| {
+            Error::shape(
+                "chunk",
+                format!("dim {dim} out of range for {:?}", self.shape),
+            )
+        })?;
+        if chunks == 0 || size % chunks != 0 || index >= chunks {
+            return Err(Error::shape(
+                "chunk",
+                format!("cannot take chunk {index} of {chunks} along dim {dim} of size {size}"),
+            ));
+        }
+        let part = size / chunks;
+        self.offset += index * part * self.strides[dim];
+        self.shape[dim] = part;
+        Ok(self)
+    }
+
+    fn is_whole(&self) -> bool {
+        self.offset == 0 && self.shape == self.tensor.shape()
+    }
+}
+
+fn key(entry: &'static str, t: &Tensor, constants: Vec<(&'static str, u32)>) -> PipelineKey {
+    PipelineKey {
+        family: SHADER.name,
+        entry,
+        dtype: t.dtype(),
+        constants,
+    }
+}
+
+/// `act(alpha * x + beta)` elementwise.
+pub fn unary(ctx: &Context, x: &Tensor, act: Activation, alpha: f32, beta: f32) -> Result<Tensor> {
+    let out = Tensor::empty(ctx, x.shape(), x.dtype())?;
+    let n4 = to_u32("unary", "tensor", x.numel().div_ceil(4))?;
+    let p = Params {
+        n: n4,
+        alpha,
+        beta,
+        ..Default::default()
+    };
+    let pipe = ctx.pipeline(
+        &SHADER,
+        key("unary4", x, vec![("WG", WG), ("ACT", act.id())]),
+    )?;
+    let wg = ctx.grid_1d(n4.div_ceil(WG) as u64);
+    ctx.launch(
+        &pipe,
+        "unary4",
+        &[x.buffer(), out.buffer()],
+        bytemuck::bytes_of(&p),
+        wg,
+    );
+    Ok(out)
+}
+
+pub fn activation(ctx: &Context, x: &Tensor, act: Activation) -> Result<Tensor> {
+    unary(ctx, x, act, 1.0, 0.0)
+}
+
+pub fn scale(ctx: &Context, x: &Tensor, alpha: f32) -> Result<Tensor> {
+    unary(ctx, x, Activation::None, alpha, 0.0)
+}
+
+pub fn add(ctx: &Context, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(
+        ctx,
+        View::of(a),
+        View::of(b),
+        BinaryOp::Add,
+        Activation::None,
+    )
+}
+
+pub fn mul(ctx: &Context, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(
+        ctx,
+        View::of(a),
+        View::of(b),
+        BinaryOp::Mul,
+        Activation::None,
+    )
+}
+
+/// The output shape of broadcasting `a` with `b`, NumPy rules.
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let n = a.len().max(b.len());
+    let get = |s: &[usize], i: usize| {
+        if i + s.len() >= n {
+            s[i + s.len() - n]
+        } else {
+            1
+        }
+    };
+    (0..n)
+        .map(|i| match (get(a, i), get(b, i)) {
+            (x, y) if x == y => Some(x),
+            (1, y) => Some(y),
+            (x, 1) => Some(x),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `op(a, act_b(b))` with broadcasting; `mul` with `act_b = Gelu` on the two chunks of a
+/// projection is diffusers' GEGLU.
+pub fn binary(ctx: &Context, a: View, b: View, op: BinaryOp, act_b: Activation) -> Result<Tensor> {
+    same_dtype("binary", &[a.tensor, b.tensor])?;
+    let shape = broadcast_shape(&a.shape, &b.shape).ok_or_else(|| {
+        Error::shape(
+            "binary",
+            format!("shapes {:?} and {:?} do not broadcast", a.shape, b.shape),
+        )
+    })?;
+    let dtype = a.tensor.dtype();
+    let out = Tensor::empty(ctx, &shape, dtype)?;
+    let consts = vec![("WG", WG), ("OP", op.id()), ("ACT_B", act_b.id())];
+    if a.is_whole() && b.is_whole() && a.shape == b.shape {
+        let n4 = to_u32("binary", "tensor", out.numel().div_ceil(4))?;
+        let p = Params {
+            n: n4,
+            ..Default::default()
+        };
+        let pipe = ctx.pipeline(&SHADER, key("binary4", a.tensor, consts))?;
+        let wg = ctx.grid_1d(n4.div_ceil(WG) as u64);
+        let bufs = [a.tensor.buffer(), b.tensor.buffer(), out.buffer()];
+        ctx.launch(&pipe, "binary4", &bufs, bytemuck::bytes_of(&p), wg);
+        return Ok(out);
+    }
+    if shape.len() > 4 {
+        return Err(Error::shape(
+            "binary",
+            format!("broadcasting supports up to 4 dimensions, got {shape:?}"),
+        ));
+    }
+    let strides4 = |v: &View| -> Result<[u32; 4]> {
+        let mut s = [0u32; 4];
+        let lead = 4 - v.shape.len();
+        for (i, (&dim, &st)) in v.shape.iter().zip(&v.strides).enumerate() {
+            let od = shape[i + shape.len() - v.shape.len()];
+            s[lead + i] = if dim == 1 && od != 1 {
+                0
+            } else {
+                to_u32("binary", "stride", st)?
+            };
+        }
+        Ok(s)
+    };
+    let mut shape4 = [1u32; 4];
+    for (i, &d) in shape.iter().enumerate() {
+        shape4[4 - shape.len() + i] = to_u32("binary", "dim", d)?;
+    }
+    let n = to_u32("binary", "tensor", out.numel())?;
+    let p = Params {
+        shape: shape4,
+        a_strides: strides4(&a)?,
+        b_strides: strides4(&b)?,
+        a_offset: to_u32("binary", "offset", a.offset)?,
+        b_offset: to_u32("binary", "offset", b.offset)?,
+        n,
+        ..Default::default()
+    };
+    let pipe = ctx.pipeline(&SHADER, key("binary_strided", a.tensor, consts))?;
+    let wg = ctx.grid_1d(n.div_ceil(WG) as u64);
+    let bufs = [a.tensor.buffer(), b.tensor.buffer(), out.buffer()];
+    ctx.launch(&pipe, "binary_strided", &bufs, bytemuck::bytes_of(&p), wg);
+    Ok(out)
+}
+
+/// CPU references, f64 arithmetic.
+pub mod reference {
+    use super::{broadcast_shape, Activation, BinaryOp};
+
+    pub fn unary(x: &[f32], act: Activation, alpha: f32, beta: f32) -> Vec<f32> {
+        x.iter()
+            .map(|&v| act.apply_f64(alpha as f64 * v as f64 + beta as f64) as f32)
+            .collect()
+    }
+
+    /// A view given as (data, shape, strides, offset).
+    pub type ViewRef<'a> = (&'a [f32], &'a [usize], &'a [usize], usize);
+
+    pub fn binary(
+        a: ViewRef,
+        b: ViewRef,
+        op: BinaryOp,
+        act_b: Activation,
+    ) -> (Vec<f32>, Vec<usize>) {
+        let shape = broadcast_shape(a.1, b.1).expect("broadcastable");
+        let n: usize = shape.iter().product();
+        let at = |v: &ViewRef, idx: &[usize]| -> f64 {
+            let lead = shape.len() - v.1.len();
+            let mut off = v.3;
+            for i in 0..v.1.len() {
+                let k = if v.1[i] == 1 { 0 } else { idx[lead + i] };
+                off += k * v.2[i];
+            }
+            v.0[off] as f64
+        };
+        let mut out = Vec::with_capacity(n);
+        let mut idx = vec![0usize; shape.len()];
+        for _ in 0..n {
+            out.push(op.apply_f64(at(&a, &idx), act_b.apply_f64(at(&b, &idx))) as f32);
+            for d in (0..shape.len()).rev() {
+                idx[d] += 1;
+                if idx[d] < shape[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
+        (out, shape)
+    }
+}
+
+/// `hoa bench` cases: the residual add and SiLU of an SD-1.5 ResNet block at 64x64x320, and
+/// the GEGLU of its first transformer block.
+pub fn bench_cases(
+    ctx: &Context,
+    args: &crate::bench::BenchArgs,
+) -> Result<Vec<crate::bench::Case>> {
+    use crate::bench::{Bound, Case};
+    let mut v = Vec::new();
+    let hw = if args.quick { 32 } else { 64 };
+    let mut dts = vec![crate::DType::F32];
+    if args.f16 && ctx.has_f16() {
+        dts.push(crate::DType::F16);
+    }
+    for dt in dts {
+        let sz = dt.size() as f64;
+        let shape = [2, 320, hw, hw];
+        let n: usize = shape.iter().product();
+        let a = Tensor::full(ctx, &shape, 0.5, dt)?;
+        let b = Tensor::full(ctx, &shape, 0.25, dt)?;
+        let s = format!("2x320x{hw}x{hw} {}", dt.name());
+        let (a2, b2) = (a.clone(), b.clone());
+        v.push(Case {
+            kernel: "add".into(),
+            shape: s.clone(),
+            flops: n as f64,
+            bytes: 3.0 * n as f64 * sz,
+            bound: Bound::Memory,
+            baseline: None,
+            run: Box::new(move |c| add(c, &a2, &b2).map(drop)),
+        });
+        v.push(Case {
+            kernel: "silu".into(),
+            shape: s,
+            flops: 4.0 * n as f64,
+            bytes: 2.0 * n as f64 * sz,
+            bound: Bound::Memory,
+            baseline: None,
+            run: Box::new(move |c| activation(c, &a, Activation::Silu).map(drop)),
+        });
+        let rows = 2 * hw * hw;
+        let x = Tensor::full(ctx, &[rows, 2 * 1280], 0.5, dt)?;
+        v.push(Case {
+            kernel: "geglu".into(),
+            shape: format!("{rows}x2x1280 {}", dt.name()),
+            flops: 20.0 * (rows * 1280) as f64,
+            bytes: 3.0 * (rows * 1280) as f64 * sz,
+            bound: Bound::Memory,
+            baseline: None,
+            run: Box::new(move |c| {
+                let h = View::of(&x).chunk(2, 1, 0)?;
+                let g = View::of(&x).chunk(2, 1, 1)?;
+                binary(c, h, g, BinaryOp::Mul, Activation::Gelu).map(drop)
+            }),
+        });
+    }
+    Ok(v)
+}

@@ -1,0 +1,14 @@
+//! hoa: a portable text-to-image engine whose numeric kernels are hand-written WGSL compute
+//! shaders run through `wgpu` (Vulkan, Metal, DX12, and WebGPU in the browser).
+//!
+//! This crate is built bottom-up: [`gpu`] is the runtime (adapter, device, tensors, buffer pool,
+//! pipeline cache), [`kernels`] the WGSL kernel library with its CPU references, [`bench`] the
+//! microbenchmarks behind `hoa bench`.
+
+pub mod bench;
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+
+pub use error::{Error, Result};
+pub use gpu::{Context, ContextOptions, DType, Tensor};

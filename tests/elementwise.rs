@@ -1,0 +1,123 @@
+//! Elementwise kernels vs their f64 CPU references, on odd sizes, in f32 and f16.
+
+mod common;
+use common::*;
+use hoa::kernels::elementwise::{self, reference, BinaryOp, View};
+use hoa::kernels::Activation;
+use hoa::Tensor;
+
+const ACTS: [Activation; 6] = [
+    Activation::None,
+    Activation::Gelu,
+    Activation::GeluTanh,
+    Activation::Silu,
+    Activation::QuickGelu,
+    Activation::Relu,
+];
+
+#[test]
+fn unary_matches_reference() {
+    let Some(c) = ctx() else { return };
+    let mut r = rng(1);
+    for dt in dtypes(c) {
+        for (i, &n) in [1usize, 7, 33, 129, 1000, 4099].iter().enumerate() {
+            let act = ACTS[i % ACTS.len()];
+            for act in [act, ACTS[(i + 3) % ACTS.len()]] {
+                let x = round_to(dt, &randn(&mut r, n, 6.0));
+                let t = Tensor::from_f32(c, &x, &[n], dt).unwrap();
+                let y = elementwise::unary(c, &t, act, 1.5, -0.25)
+                    .unwrap()
+                    .to_vec(c)
+                    .unwrap();
+                let want = reference::unary(&x, act, 1.5, -0.25);
+                all_close(
+                    &format!("unary {act:?} n={n} {dt:?}"),
+                    &y,
+                    &want,
+                    &tol_for(dt, false),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn binary_same_shape_and_broadcast() {
+    let Some(c) = ctx() else { return };
+    let mut r = rng(2);
+    // (a shape, b shape): same shape, per-channel bias, temb [B,C,1,1], scalar, row vector.
+    let cases: [(&[usize], &[usize]); 6] = [
+        (&[3, 5, 7], &[3, 5, 7]),
+        (&[2, 33, 3, 5], &[33, 1, 1]),
+        (&[2, 7, 4, 3], &[2, 7, 1, 1]),
+        (&[129], &[1]),
+        (&[1, 5, 9], &[4, 1, 9]),
+        (&[17, 1], &[1, 13]),
+    ];
+    for dt in dtypes(c) {
+        for (ci, (sa, sb)) in cases.iter().enumerate() {
+            for op in [BinaryOp::Add, BinaryOp::Mul, BinaryOp::Sub] {
+                let na: usize = sa.iter().product();
+                let nb: usize = sb.iter().product();
+                let a = round_to(dt, &randn(&mut r, na, 2.0));
+                let b = round_to(dt, &randn(&mut r, nb, 2.0));
+                let ta = Tensor::from_f32(c, &a, sa, dt).unwrap();
+                let tb = Tensor::from_f32(c, &b, sb, dt).unwrap();
+                let act = ACTS[ci % ACTS.len()];
+                let out = elementwise::binary(c, View::of(&ta), View::of(&tb), op, act).unwrap();
+                let (va, vb) = (View::of(&ta), View::of(&tb));
+                let (want, shape) = reference::binary(
+                    (&a, &va.shape, &va.strides, 0),
+                    (&b, &vb.shape, &vb.strides, 0),
+                    op,
+                    act,
+                );
+                assert_eq!(out.shape(), &shape[..]);
+                let got = out.to_vec(c).unwrap();
+                all_close(
+                    &format!("{op:?} {sa:?} {sb:?} {dt:?}"),
+                    &got,
+                    &want,
+                    &tol_for(dt, false),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn geglu_on_chunks_of_one_tensor() {
+    let Some(c) = ctx() else { return };
+    let mut r = rng(3);
+    for dt in dtypes(c) {
+        let (rows, d) = (7usize, 33usize);
+        let x = round_to(dt, &randn(&mut r, rows * 2 * d, 3.0));
+        let t = Tensor::from_f32(c, &x, &[rows, 2 * d], dt).unwrap();
+        let h = View::of(&t).chunk(2, 1, 0).unwrap();
+        let g = View::of(&t).chunk(2, 1, 1).unwrap();
+        let out =
+            elementwise::binary(c, h.clone(), g.clone(), BinaryOp::Mul, Activation::Gelu).unwrap();
+        assert_eq!(out.shape(), &[rows, d]);
+        let (want, _) = reference::binary(
+            (&x, &h.shape, &h.strides, h.offset),
+            (&x, &g.shape, &g.strides, g.offset),
+            BinaryOp::Mul,
+            Activation::Gelu,
+        );
+        all_close(
+            &format!("geglu {dt:?}"),
+            &out.to_vec(c).unwrap(),
+            &want,
+            &tol_for(dt, false),
+        );
+    }
+}
+
+#[test]
+fn mismatched_shapes_are_an_error_not_a_panic() {
+    let Some(c) = ctx() else { return };
+    let a = Tensor::full(c, &[3, 4], 1.0, hoa::DType::F32).unwrap();
+    let b = Tensor::full(c, &[5], 1.0, hoa::DType::F32).unwrap();
+    let e = elementwise::add(c, &a, &b).unwrap_err().to_string();
+    assert!(e.contains("[3, 4]") && e.contains("[5]"), "{e}");
+}
