@@ -96,3 +96,38 @@ fn binary_strided(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     let ib = s_p.b_offset + sb.x + sb.y + sb.z + sb.w;
     s_out[i] = T(combine(f32(s_a[ia]), f32(s_b[ib])));
 }
+
+// ---- binary with broadcasting, 4 outputs per invocation --------------------------------
+// For views whose last dim is contiguous (stride 1) or broadcast (stride 0), with every
+// other stride, the offsets and the output's last dim multiples of 4 (GEGLU chunks, bias and
+// temb broadcasts): one index decomposition per 4 outputs and vec4 loads.
+@group(0) @binding(0) var<storage, read> v_a: array<T4>;
+@group(0) @binding(1) var<storage, read> v_b: array<T4>;
+@group(0) @binding(2) var<storage, read_write> v_out: array<T4>;
+@group(0) @binding(3) var<uniform> v_p: Params;
+
+fn load4(is_a: bool, e: u32, contiguous: bool) -> vec4<f32> {
+    var v: vec4<f32>;
+    if (is_a) { v = vec4<f32>(v_a[e / 4u]); } else { v = vec4<f32>(v_b[e / 4u]); }
+    if (contiguous) { return v; }
+    return vec4<f32>(v[e % 4u]);
+}
+
+@compute @workgroup_size(WG)
+fn binary_strided4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= v_p.n) { return; }
+    let e = 4u * i;
+    let d3 = e % v_p.shape.w;
+    let r2 = e / v_p.shape.w;
+    let d2 = r2 % v_p.shape.z;
+    let r1 = r2 / v_p.shape.z;
+    let d1 = r1 % v_p.shape.y;
+    let d0 = r1 / v_p.shape.y;
+    let idx = vec4<u32>(d0, d1, d2, d3);
+    let sa = idx * v_p.a_strides;
+    let sb = idx * v_p.b_strides;
+    let a = load4(true, v_p.a_offset + sa.x + sa.y + sa.z + sa.w, v_p.a_strides.w == 1u);
+    let b = load4(false, v_p.b_offset + sb.x + sb.y + sb.z + sb.w, v_p.b_strides.w == 1u);
+    v_out[i] = T4(combine4(a, b));
+}

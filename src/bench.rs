@@ -155,7 +155,10 @@ pub fn ceilings(ctx: &Context, reps: usize) -> Result<Ceilings> {
 /// Every kernel family's cases for this adapter.
 pub fn cases(ctx: &Context, args: &BenchArgs) -> Result<Vec<Case>> {
     let mut v = Vec::new();
-    v.extend(crate::kernels::elementwise::bench_cases(ctx, args)?);
+    use crate::kernels::*;
+    v.extend(elementwise::bench_cases(ctx, args)?);
+    v.extend(resample::bench_cases(ctx, args)?);
+    v.extend(concat::bench_cases(ctx, args)?);
     Ok(v)
 }
 

@@ -46,7 +46,11 @@ fn binary_same_shape_and_broadcast() {
     let Some(c) = ctx() else { return };
     let mut r = rng(2);
     // (a shape, b shape): same shape, per-channel bias, temb [B,C,1,1], scalar, row vector.
-    let cases: [(&[usize], &[usize]); 6] = [
+    // Cases with a last dim that is a multiple of 4 take the vec4 strided path.
+    let cases: [(&[usize], &[usize]); 9] = [
+        (&[2, 8, 3, 12], &[8, 1, 1]),
+        (&[2, 3, 4, 8], &[4, 1]),
+        (&[3, 16], &[16]),
         (&[3, 5, 7], &[3, 5, 7]),
         (&[2, 33, 3, 5], &[33, 1, 1]),
         (&[2, 7, 4, 3], &[2, 7, 1, 1]),
@@ -90,26 +94,27 @@ fn geglu_on_chunks_of_one_tensor() {
     let Some(c) = ctx() else { return };
     let mut r = rng(3);
     for dt in dtypes(c) {
-        let (rows, d) = (7usize, 33usize);
-        let x = round_to(dt, &randn(&mut r, rows * 2 * d, 3.0));
-        let t = Tensor::from_f32(c, &x, &[rows, 2 * d], dt).unwrap();
-        let h = View::of(&t).chunk(2, 1, 0).unwrap();
-        let g = View::of(&t).chunk(2, 1, 1).unwrap();
-        let out =
-            elementwise::binary(c, h.clone(), g.clone(), BinaryOp::Mul, Activation::Gelu).unwrap();
-        assert_eq!(out.shape(), &[rows, d]);
-        let (want, _) = reference::binary(
-            (&x, &h.shape, &h.strides, h.offset),
-            (&x, &g.shape, &g.strides, g.offset),
-            BinaryOp::Mul,
-            Activation::Gelu,
-        );
-        all_close(
-            &format!("geglu {dt:?}"),
-            &out.to_vec(c).unwrap(),
-            &want,
-            &tol_for(dt, false),
-        );
+        for (rows, d) in [(7usize, 33usize), (5, 40)] {
+            let x = round_to(dt, &randn(&mut r, rows * 2 * d, 3.0));
+            let t = Tensor::from_f32(c, &x, &[rows, 2 * d], dt).unwrap();
+            let h = View::of(&t).chunk(2, 1, 0).unwrap();
+            let g = View::of(&t).chunk(2, 1, 1).unwrap();
+            let out = elementwise::binary(c, h.clone(), g.clone(), BinaryOp::Mul, Activation::Gelu)
+                .unwrap();
+            assert_eq!(out.shape(), &[rows, d]);
+            let (want, _) = reference::binary(
+                (&x, &h.shape, &h.strides, h.offset),
+                (&x, &g.shape, &g.strides, g.offset),
+                BinaryOp::Mul,
+                Activation::Gelu,
+            );
+            all_close(
+                &format!("geglu {rows}x{d} {dt:?}"),
+                &out.to_vec(c).unwrap(),
+                &want,
+                &tol_for(dt, false),
+            );
+        }
     }
 }
 

@@ -275,7 +275,31 @@ impl Context {
     }
 
     fn submit(&self, timed: bool) -> Result<wgpu::SubmissionIndex> {
-        let work = std::mem::take(&mut *self.pending.lock().unwrap());
+        self.submit_with(timed, |_| {})
+    }
+
+    /// Submits the recorded dispatches followed by `extra` (a copy, say) in one command
+    /// buffer. The pending list stays locked until the queue has it, so work another thread
+    /// records meanwhile can never be overtaken by `extra`.
+    pub(crate) fn submit_with(
+        &self,
+        timed: bool,
+        extra: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> Result<wgpu::SubmissionIndex> {
+        let mut pending = self.pending.lock().unwrap();
+        let idx = self.submit_locked(&mut pending, timed, extra);
+        drop(pending);
+        self.take_errors("submit")?;
+        Ok(idx)
+    }
+
+    fn submit_locked(
+        &self,
+        pending: &mut Vec<Dispatch>,
+        timed: bool,
+        extra: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> wgpu::SubmissionIndex {
+        let work = std::mem::take(pending);
         let mut enc = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hoa") });
@@ -299,9 +323,21 @@ impl Context {
             enc.resolve_query_set(&t.set, 0..2, &t.resolve, 0);
             enc.copy_buffer_to_buffer(&t.resolve, 0, &t.read, 0, 16);
         }
-        let idx = self.queue.submit([enc.finish()]);
-        self.take_errors("submit")?;
-        Ok(idx)
+        extra(&mut enc);
+        self.queue.submit([enc.finish()])
+    }
+
+    /// Writes `data` into `buffer` after every dispatch recorded so far: `write_buffer` would
+    /// otherwise run before them (the queue puts writes ahead of the next submit), which
+    /// breaks when the buffer came back from the pool while a recorded dispatch still reads it.
+    pub(crate) fn write_after_pending(&self, buffer: &wgpu::Buffer, data: &[u8]) -> Result<()> {
+        let mut pending = self.pending.lock().unwrap();
+        if !pending.is_empty() {
+            self.submit_locked(&mut pending, false, |_| {});
+        }
+        self.queue.write_buffer(buffer, 0, data);
+        drop(pending);
+        self.take_errors("upload")
     }
 
     /// Blocks until `idx` (or everything submitted) has finished. Native only: the browser

@@ -79,11 +79,7 @@ impl Tensor {
         }
         let buffer = ctx.pool.take(&ctx.device, bytes);
         if ctx.poison {
-            if ctx.pending() > 0 {
-                ctx.flush()?;
-            }
-            ctx.queue
-                .write_buffer(&buffer, 0, &vec![0xFF; buffer.size() as usize]);
+            ctx.write_after_pending(&buffer, &vec![0xFF; buffer.size() as usize])?;
         }
         Ok(Tensor {
             storage: Arc::new(Storage {
@@ -108,19 +104,11 @@ impl Tensor {
             ));
         }
         let t = Tensor::empty(ctx, shape, dtype)?;
-        // Recorded dispatches must run before the write, which the queue would put first.
-        if ctx.pending() > 0 {
-            ctx.flush()?;
-        }
         match dtype {
-            DType::F32 => {
-                ctx.queue
-                    .write_buffer(t.buffer(), 0, pad4(bytemuck::cast_slice(data)).as_ref())
-            }
+            DType::F32 => ctx.write_after_pending(t.buffer(), &pad4(bytemuck::cast_slice(data)))?,
             DType::F16 => {
                 let h: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x)).collect();
-                ctx.queue
-                    .write_buffer(t.buffer(), 0, pad4(bytemuck::cast_slice(&h)).as_ref());
+                ctx.write_after_pending(t.buffer(), &pad4(bytemuck::cast_slice(&h)))?;
             }
         }
         Ok(t)
@@ -178,7 +166,6 @@ impl Tensor {
     /// Copies the tensor back to the host as f32. Flushes recorded work first. Async so that
     /// the browser never blocks; native code can use [`Tensor::to_vec`].
     pub async fn read(&self, ctx: &Context) -> Result<Vec<f32>> {
-        ctx.flush()?;
         let bytes = self.bytes().next_multiple_of(4);
         let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("hoa readback"),
@@ -186,9 +173,10 @@ impl Tensor {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(self.buffer(), 0, &staging, 0, bytes);
-        ctx.queue.submit([enc.finish()]);
+        // The copy goes in the same submit as the recorded work that produces this tensor.
+        ctx.submit_with(false, |enc| {
+            enc.copy_buffer_to_buffer(self.buffer(), 0, &staging, 0, bytes)
+        })?;
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);

@@ -231,20 +231,30 @@ pub fn binary(ctx: &Context, a: View, b: View, op: BinaryOp, act_b: Activation) 
     for (i, &d) in shape.iter().enumerate() {
         shape4[4 - shape.len() + i] = to_u32("binary", "dim", d)?;
     }
-    let n = to_u32("binary", "tensor", out.numel())?;
+    let (sa, sb) = (strides4(&a)?, strides4(&b)?);
+    // The vec4 path needs whole vec4s in every row and aligned starts.
+    let vec4_ok =
+        |s: &[u32; 4], off: usize| s[3] <= 1 && s[..3].iter().all(|x| x % 4 == 0) && off % 4 == 0;
+    let vec4 = shape4[3] % 4 == 0 && vec4_ok(&sa, a.offset) && vec4_ok(&sb, b.offset);
+    let entry = if vec4 {
+        "binary_strided4"
+    } else {
+        "binary_strided"
+    };
+    let n = to_u32("binary", "tensor", out.numel())? / if vec4 { 4 } else { 1 };
     let p = Params {
         shape: shape4,
-        a_strides: strides4(&a)?,
-        b_strides: strides4(&b)?,
+        a_strides: sa,
+        b_strides: sb,
         a_offset: to_u32("binary", "offset", a.offset)?,
         b_offset: to_u32("binary", "offset", b.offset)?,
         n,
         ..Default::default()
     };
-    let pipe = ctx.pipeline(&SHADER, key("binary_strided", a.tensor, consts))?;
+    let pipe = ctx.pipeline(&SHADER, key(entry, a.tensor, consts))?;
     let wg = ctx.grid_1d(n.div_ceil(WG) as u64);
     let bufs = [a.tensor.buffer(), b.tensor.buffer(), out.buffer()];
-    ctx.launch(&pipe, "binary_strided", &bufs, bytemuck::bytes_of(&p), wg);
+    ctx.launch(&pipe, entry, &bufs, bytemuck::bytes_of(&p), wg);
     Ok(out)
 }
 
@@ -303,11 +313,7 @@ pub fn bench_cases(
     use crate::bench::{Bound, Case};
     let mut v = Vec::new();
     let hw = if args.quick { 32 } else { 64 };
-    let mut dts = vec![crate::DType::F32];
-    if args.f16 && ctx.has_f16() {
-        dts.push(crate::DType::F16);
-    }
-    for dt in dts {
+    for dt in super::bench_dtypes(ctx, args) {
         let sz = dt.size() as f64;
         let shape = [2, 320, hw, hw];
         let n: usize = shape.iter().product();

@@ -2,13 +2,22 @@
 //! field the WGSL one), the dispatch functions, and a `reference` module: a plain CPU
 //! implementation with f64 accumulation that the tests compare against.
 
+pub mod concat;
 pub mod elementwise;
+pub mod embedding;
+pub mod resample;
 
 use crate::error::{Error, Result};
 use crate::gpu::{ShaderFamily, Tensor};
 
 /// Every shader family, for validation and for warming the pipeline cache.
-pub const SHADERS: &[ShaderFamily] = &[crate::bench::SHADER, elementwise::SHADER];
+pub const SHADERS: &[ShaderFamily] = &[
+    crate::bench::SHADER,
+    concat::SHADER,
+    elementwise::SHADER,
+    embedding::SHADER,
+    resample::SHADER,
+];
 
 /// Activation functions fusable into kernels; the ids are `ACT_*` in `shaders/common.wgsl`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -83,7 +92,6 @@ pub(crate) fn same_dtype(op: &'static str, ts: &[&Tensor]) -> Result<()> {
 }
 
 /// Errors unless the tensor has `n` dimensions.
-#[allow(dead_code)]
 pub(crate) fn rank(op: &'static str, what: &str, t: &Tensor, n: usize) -> Result<()> {
     if t.shape().len() != n {
         return Err(Error::shape(
@@ -103,4 +111,16 @@ pub(crate) fn to_u32(op: &'static str, what: &str, n: usize) -> Result<u32> {
         max: u32::MAX as u64,
         hint: format!("{what} is too large for one dispatch"),
     })
+}
+
+/// Dtypes a benchmark covers: f32, plus f16 when asked for and the adapter has it.
+pub(crate) fn bench_dtypes(
+    ctx: &crate::Context,
+    args: &crate::bench::BenchArgs,
+) -> Vec<crate::DType> {
+    let mut v = vec![crate::DType::F32];
+    if args.f16 && ctx.has_f16() {
+        v.push(crate::DType::F16);
+    }
+    v
 }

@@ -1,0 +1,132 @@
+//! Embeddings (`shaders/embedding.wgsl`): the sinusoidal timestep embedding of diffusers'
+//! `embeddings.get_timestep_embedding` / `Timesteps`.
+
+use super::to_u32;
+use crate::error::{Error, Result};
+use crate::gpu::{Context, DType, PipelineKey, ShaderFamily, Tensor};
+
+pub const SHADER: ShaderFamily = ShaderFamily {
+    name: "embedding",
+    source: include_str!("../../shaders/embedding.wgsl"),
+};
+
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    dim: u32,
+    flip: u32,
+    _pad: u32,
+    shift: f32,
+    scale: f32,
+    log_max_period: f32,
+    _pad1: f32,
+}
+
+/// diffusers `Timesteps(num_channels, flip_sin_to_cos, downscale_freq_shift)` settings.
+#[derive(Clone, Copy, Debug)]
+pub struct TimestepEmbedding {
+    pub dim: usize,
+    pub flip_sin_to_cos: bool,
+    pub downscale_freq_shift: f32,
+    pub scale: f32,
+    pub max_period: f32,
+}
+
+impl TimestepEmbedding {
+    /// Stable Diffusion's settings: `Timesteps(320, True, 0)`.
+    pub fn sd(dim: usize) -> Self {
+        TimestepEmbedding {
+            dim,
+            flip_sin_to_cos: true,
+            downscale_freq_shift: 0.0,
+            scale: 1.0,
+            max_period: 10000.0,
+        }
+    }
+}
+
+/// `timesteps` is an f32 tensor [B] (fractional values allowed); returns [B, dim] in `dtype`.
+pub fn timestep_embedding(
+    ctx: &Context,
+    timesteps: &Tensor,
+    cfg: &TimestepEmbedding,
+    dtype: DType,
+) -> Result<Tensor> {
+    if timesteps.shape().len() != 1 || timesteps.dtype() != DType::F32 {
+        return Err(Error::shape(
+            "timestep_embedding",
+            format!("timesteps must be an f32 vector, got {timesteps:?}"),
+        ));
+    }
+    let half = cfg.dim / 2;
+    if half == 0 || half as f32 - cfg.downscale_freq_shift == 0.0 {
+        return Err(Error::shape(
+            "timestep_embedding",
+            format!(
+                "dim {} with shift {} gives no frequencies",
+                cfg.dim, cfg.downscale_freq_shift
+            ),
+        ));
+    }
+    let b = timesteps.shape()[0];
+    let out = Tensor::empty(ctx, &[b, cfg.dim], dtype)?;
+    let n = to_u32("timestep_embedding", "output", b * cfg.dim)?;
+    let p = Params {
+        n,
+        dim: cfg.dim as u32,
+        flip: cfg.flip_sin_to_cos as u32,
+        _pad: 0,
+        shift: cfg.downscale_freq_shift,
+        scale: cfg.scale,
+        log_max_period: cfg.max_period.ln(),
+        _pad1: 0.0,
+    };
+    let key = PipelineKey {
+        family: SHADER.name,
+        entry: "timestep_embedding",
+        dtype,
+        constants: vec![("WG", WG)],
+    };
+    let pipe = ctx.pipeline(&SHADER, key)?;
+    let wg = ctx.grid_1d(n.div_ceil(WG) as u64);
+    ctx.launch(
+        &pipe,
+        "timestep_embedding",
+        &[timesteps.buffer(), out.buffer()],
+        bytemuck::bytes_of(&p),
+        wg,
+    );
+    Ok(out)
+}
+
+pub mod reference {
+    use super::TimestepEmbedding;
+
+    pub fn timestep_embedding(t: &[f32], cfg: &TimestepEmbedding) -> Vec<f32> {
+        let half = cfg.dim / 2;
+        let mut out = Vec::with_capacity(t.len() * cfg.dim);
+        for &tv in t {
+            let args: Vec<f64> = (0..half)
+                .map(|j| {
+                    let e = -(cfg.max_period as f64).ln() * j as f64
+                        / (half as f64 - cfg.downscale_freq_shift as f64);
+                    cfg.scale as f64 * tv as f64 * e.exp()
+                })
+                .collect();
+            let sin = args.iter().map(|a| a.sin() as f32);
+            let cos = args.iter().map(|a| a.cos() as f32);
+            if cfg.flip_sin_to_cos {
+                out.extend(cos.chain(sin));
+            } else {
+                out.extend(sin.chain(cos));
+            }
+            if cfg.dim % 2 == 1 {
+                out.push(0.0);
+            }
+        }
+        out
+    }
+}

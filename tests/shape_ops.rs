@@ -1,0 +1,136 @@
+//! Upsampling, concatenation and the timestep embedding vs their CPU references.
+
+mod common;
+use common::*;
+use hoa::kernels::embedding::{self, TimestepEmbedding};
+use hoa::kernels::{concat, resample};
+use hoa::{DType, Tensor};
+
+#[test]
+fn upsample_nearest2x_matches_reference() {
+    let Some(c) = ctx() else { return };
+    let mut r = rng(10);
+    for dt in dtypes(c) {
+        for shape in [
+            [1, 1, 1, 1],
+            [2, 3, 5, 7],
+            [1, 33, 4, 9],
+            [2, 7, 17, 1],
+            [1, 3, 5, 8],
+            [2, 5, 3, 2],
+        ] {
+            let n: usize = shape.iter().product();
+            let x = round_to(dt, &randn(&mut r, n, 3.0));
+            let t = Tensor::from_f32(c, &x, &shape, dt).unwrap();
+            let y = resample::upsample_nearest2x(c, &t).unwrap();
+            assert_eq!(y.shape(), &[shape[0], shape[1], 2 * shape[2], 2 * shape[3]]);
+            let want = resample::reference::upsample_nearest2x(&x, shape);
+            // A copy: exact.
+            all_close(
+                &format!("upsample {shape:?} {dt:?}"),
+                &y.to_vec(c).unwrap(),
+                &want,
+                &Tol {
+                    atol: 0.0,
+                    rtol: 0.0,
+                },
+            );
+        }
+    }
+    let bad = Tensor::full(c, &[3, 4, 5], 0.0, DType::F32).unwrap();
+    let e = resample::upsample_nearest2x(c, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("4 dimensions") && e.contains("[3, 4, 5]"), "{e}");
+}
+
+#[test]
+fn concat_matches_reference_along_every_dim() {
+    let Some(c) = ctx() else { return };
+    let mut r = rng(11);
+    for dt in dtypes(c) {
+        for dim in 0..4 {
+            let mut shapes = vec![vec![2usize, 3, 5, 7]; 3];
+            if dim == 1 {
+                shapes = vec![vec![2usize, 4, 3, 4]; 3];
+            }
+            shapes[1][dim] = 1;
+            shapes[2][dim] = 33;
+            if dim == 1 {
+                shapes[1][dim] = 8; // every slice on the vec4 path
+            }
+            let datas: Vec<Vec<f32>> = shapes
+                .iter()
+                .map(|s| round_to(dt, &randn(&mut r, s.iter().product(), 2.0)))
+                .collect();
+            let ts: Vec<Tensor> = datas
+                .iter()
+                .zip(&shapes)
+                .map(|(d, s)| Tensor::from_f32(c, d, s, dt).unwrap())
+                .collect();
+            let refs: Vec<&Tensor> = ts.iter().collect();
+            let out = concat::concat(c, &refs, dim).unwrap();
+            let mut want_shape = shapes[0].clone();
+            want_shape[dim] = shapes.iter().map(|s| s[dim]).sum();
+            assert_eq!(out.shape(), &want_shape[..]);
+            let inputs: Vec<(&[f32], &[usize])> = datas
+                .iter()
+                .zip(&shapes)
+                .map(|(d, s)| (&d[..], &s[..]))
+                .collect();
+            let want = concat::reference::concat(&inputs, dim);
+            all_close(
+                &format!("concat dim {dim} {dt:?}"),
+                &out.to_vec(c).unwrap(),
+                &want,
+                &Tol {
+                    atol: 0.0,
+                    rtol: 0.0,
+                },
+            );
+        }
+    }
+    let a = Tensor::full(c, &[2, 3, 4], 0.0, DType::F32).unwrap();
+    let b = Tensor::full(c, &[2, 5, 5], 0.0, DType::F32).unwrap();
+    let e = concat::concat(c, &[&a, &b], 1).unwrap_err().to_string();
+    assert!(e.contains("[2, 3, 4]") && e.contains("[2, 5, 5]"), "{e}");
+}
+
+#[test]
+fn timestep_embedding_matches_diffusers_formula() {
+    let Some(c) = ctx() else { return };
+    // Arguments reach ~1000 rad, where one f32 ulp of the argument is 6e-5: that, not the
+    // kernel, sets the tolerance against the f64 reference.
+    let tol = Tol {
+        atol: 3e-4,
+        rtol: 0.0,
+    };
+    let ts = [0.0f32, 1.0, 999.0, 500.5, 37.25, 981.0, 2.0];
+    let t = Tensor::from_f32(c, &ts, &[ts.len()], DType::F32).unwrap();
+    for (dim, flip, shift) in [
+        (320, true, 0.0),
+        (33, false, 1.0),
+        (8, true, 1.0),
+        (1280, false, 0.0),
+    ] {
+        let cfg = TimestepEmbedding {
+            dim,
+            flip_sin_to_cos: flip,
+            downscale_freq_shift: shift,
+            scale: 1.0,
+            max_period: 10000.0,
+        };
+        for dt in dtypes(c) {
+            let y = embedding::timestep_embedding(c, &t, &cfg, dt).unwrap();
+            assert_eq!(y.shape(), &[ts.len(), dim]);
+            let want = round_to(dt, &embedding::reference::timestep_embedding(&ts, &cfg));
+            let tol = if dt == DType::F16 { F16 } else { Tol { ..tol } };
+            all_close(
+                &format!("temb dim {dim} flip {flip} {dt:?}"),
+                &y.to_vec(c).unwrap(),
+                &want,
+                &tol,
+            );
+        }
+    }
+}
