@@ -40,6 +40,12 @@ pub enum Error {
 
     #[error("reading a buffer back from the GPU failed: {0}")]
     Map(String),
+
+    #[error("{file}: not a valid safetensors file ({msg}); re-download or re-export it")]
+    Safetensors { file: String, msg: String },
+
+    #[error("{0}")]
+    Checkpoint(String),
 }
 
 impl Error {

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use gpu::{Context, ContextOptions, DType, Tensor};

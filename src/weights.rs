@@ -1,0 +1,268 @@
+//! Checkpoint loading: safetensors bytes (one file or a sharded set with its
+//! `*.safetensors.index.json`) to device tensors, looked up by the checkpoint's own key names.
+//! The core takes bytes, never paths, so the CLI and the browser share it. A [`Loader`]
+//! collects every missing, unexpected, wrongly shaped or unsupported tensor and reports them
+//! all at once in [`Loader::finish`].
+
+use crate::error::{Error, Result};
+use crate::gpu::{Context, DType, Tensor};
+use safetensors::tensor::{Dtype, TensorInfo};
+use safetensors::SafeTensors;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+
+struct File {
+    name: String,
+    bytes: Vec<u8>,
+    data_start: usize,
+}
+
+/// The tensors of one checkpoint, possibly spread over shards.
+pub struct Weights {
+    files: Vec<File>,
+    index: HashMap<String, (usize, TensorInfo)>,
+}
+
+impl Weights {
+    /// One `.safetensors` file; `name` is used in error messages.
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Weights> {
+        Weights::from_files(vec![(name.to_string(), bytes)])
+    }
+
+    /// Several shards; a tensor present in two shards is an error.
+    pub fn from_files(files: Vec<(String, Vec<u8>)>) -> Result<Weights> {
+        let mut w = Weights {
+            files: Vec::new(),
+            index: HashMap::new(),
+        };
+        for (name, bytes) in files {
+            let (n, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::Safetensors {
+                file: name.clone(),
+                msg: e.to_string(),
+            })?;
+            let fi = w.files.len();
+            for (key, info) in meta.tensors() {
+                if let Some((other, _)) = w.index.get(&key) {
+                    return Err(Error::Checkpoint(format!(
+                        "tensor `{key}` is in both {} and {name}",
+                        w.files[*other].name
+                    )));
+                }
+                w.index.insert(key, (fi, info.clone()));
+            }
+            w.files.push(File {
+                name,
+                bytes,
+                data_start: 8 + n,
+            });
+        }
+        Ok(w)
+    }
+
+    /// A sharded checkpoint: `index_json` is the `*.safetensors.index.json` text; `read`
+    /// returns the bytes of a shard by its file name.
+    pub fn from_index(
+        index_json: &[u8],
+        mut read: impl FnMut(&str) -> Result<Vec<u8>>,
+    ) -> Result<Weights> {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            weight_map: HashMap<String, String>,
+        }
+        let idx: Index = serde_json::from_slice(index_json).map_err(|e| {
+            Error::Checkpoint(format!(
+                "safetensors index: {e} (expected a `weight_map` object)"
+            ))
+        })?;
+        let shards: BTreeSet<&String> = idx.weight_map.values().collect();
+        let files = shards
+            .into_iter()
+            .map(|s| Ok((s.clone(), read(s)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let w = Weights::from_files(files)?;
+        let missing: Vec<&String> = idx
+            .weight_map
+            .keys()
+            .filter(|k| !w.index.contains_key(*k))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Checkpoint(format!(
+                "the index lists tensors its shards lack: {}",
+                join_sorted(missing.iter().map(|s| s.as_str()))
+            )));
+        }
+        Ok(w)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.index.get(name).map(|(_, i)| i.shape.as_slice())
+    }
+
+    /// The tensor's values as f32 (from f32, f16, bf16 or f64).
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let (fi, info) = self
+            .index
+            .get(name)
+            .ok_or_else(|| Error::Checkpoint(format!("no tensor named `{name}`")))?;
+        let f = &self.files[*fi];
+        let (a, b) = info.data_offsets;
+        let bytes = &f.bytes[f.data_start + a..f.data_start + b];
+        let conv = |chunk: usize, g: fn(&[u8]) -> f32| bytes.chunks_exact(chunk).map(g).collect();
+        Ok(match info.dtype {
+            Dtype::F32 => conv(4, |c| f32::from_le_bytes(c.try_into().unwrap())),
+            Dtype::F16 => conv(2, |c| {
+                half::f16::from_le_bytes(c.try_into().unwrap()).to_f32()
+            }),
+            Dtype::BF16 => conv(2, |c| {
+                half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32()
+            }),
+            Dtype::F64 => conv(8, |c| f64::from_le_bytes(c.try_into().unwrap()) as f32),
+            other => {
+                return Err(Error::Checkpoint(format!(
+                    "{}: tensor `{name}` has dtype {other:?}; hoa loads F32, F16, BF16 and F64",
+                    f.name
+                )))
+            }
+        })
+    }
+}
+
+#[derive(Default)]
+struct Report {
+    used: BTreeSet<String>,
+    missing: Vec<String>,
+    wrong_shape: Vec<String>,
+    other: Vec<String>,
+}
+
+/// Loads a model's tensors by key under a prefix (`vb.pp("down_blocks").pp(0)`), in the
+/// compute dtype. Problems are collected, not returned one by one: a lookup that fails
+/// yields a placeholder so that construction goes on, and [`Loader::finish`] reports them all.
+#[derive(Clone)]
+pub struct Loader<'a> {
+    ctx: &'a Context,
+    weights: &'a Weights,
+    dtype: DType,
+    prefix: String,
+    report: Rc<RefCell<Report>>,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(ctx: &'a Context, weights: &'a Weights, dtype: DType) -> Loader<'a> {
+        Loader {
+            ctx,
+            weights,
+            dtype,
+            prefix: String::new(),
+            report: Rc::default(),
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The loader for a sub-module: keys get `name.` in front.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Loader<'a> {
+        let mut l = self.clone();
+        l.prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        l
+    }
+
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.weights.index.contains_key(&self.key(name))
+    }
+
+    /// The tensor `prefix.name`, which must have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let key = self.key(name);
+        let mut r = self.report.borrow_mut();
+        r.used.insert(key.clone());
+        match self.weights.shape(&key) {
+            None => r.missing.push(format!("{key} {shape:?}")),
+            Some(got) if got != shape => r
+                .wrong_shape
+                .push(format!("{key}: expected {shape:?}, found {got:?}")),
+            Some(_) => match self.weights.read_f32(&key) {
+                Ok(v) => {
+                    drop(r);
+                    return Tensor::from_f32(self.ctx, &v, shape, self.dtype);
+                }
+                Err(e) => r.other.push(e.to_string()),
+            },
+        }
+        drop(r);
+        Tensor::empty(self.ctx, shape, self.dtype)
+    }
+
+    /// Errors with every problem found so far, plus every tensor in the checkpoint that no
+    /// lookup used (a sign of a different architecture or config).
+    pub fn finish(&self) -> Result<()> {
+        let r = self.report.borrow();
+        let unexpected: Vec<&str> = self
+            .weights
+            .names()
+            .filter(|n| !r.used.contains(*n))
+            .collect();
+        if r.missing.is_empty()
+            && r.wrong_shape.is_empty()
+            && r.other.is_empty()
+            && unexpected.is_empty()
+        {
+            return Ok(());
+        }
+        let files: Vec<&str> = self.weights.files.iter().map(|f| f.name.as_str()).collect();
+        let mut msg = format!(
+            "checkpoint {} does not match the model's config:",
+            files.join(", ")
+        );
+        let mut section = |title: &str, items: Vec<&str>| {
+            if !items.is_empty() {
+                msg.push_str(&format!(
+                    "\n  {title} ({}): {}",
+                    items.len(),
+                    join_sorted(items.into_iter())
+                ));
+            }
+        };
+        section("missing", r.missing.iter().map(String::as_str).collect());
+        section(
+            "wrong shape",
+            r.wrong_shape.iter().map(String::as_str).collect(),
+        );
+        section("unreadable", r.other.iter().map(String::as_str).collect());
+        section("unexpected", unexpected);
+        msg.push_str("\n  check that config.json belongs to these weights");
+        Err(Error::Checkpoint(msg))
+    }
+}
+
+/// Sorted, comma-separated, at most 20 names (a wrong checkpoint can have thousands).
+fn join_sorted<'s>(items: impl Iterator<Item = &'s str>) -> String {
+    let mut v: Vec<&str> = items.collect();
+    v.sort_unstable();
+    let more = v.len().saturating_sub(20);
+    v.truncate(20);
+    let mut s = v.join(", ");
+    if more > 0 {
+        s.push_str(&format!(" and {more} more"));
+    }
+    s
+}
