@@ -67,6 +67,7 @@ def hoa_gflops(hoa, quick):
             # kernel, shape (two words: dims and dtype), ms, GFLOP/s, ...
             m = re.match(r"^(\S+)\s+(\S+ f(?:16|32))\s+([\d.]+)\s+([\d.]+)", line)
             if m:
+                print("hoa " + line)
                 res[(m.group(1), m.group(2))] = float(m.group(4))
     return res
 
