@@ -156,9 +156,10 @@ pub fn ceilings(ctx: &Context, reps: usize) -> Result<Ceilings> {
 pub fn cases(ctx: &Context, args: &BenchArgs) -> Result<Vec<Case>> {
     let mut v = Vec::new();
     use crate::kernels::*;
-    v.extend(elementwise::bench_cases(ctx, args)?);
-    v.extend(resample::bench_cases(ctx, args)?);
     v.extend(concat::bench_cases(ctx, args)?);
+    v.extend(elementwise::bench_cases(ctx, args)?);
+    v.extend(matmul::bench_cases(ctx, args)?);
+    v.extend(resample::bench_cases(ctx, args)?);
     Ok(v)
 }
 

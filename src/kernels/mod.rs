@@ -5,6 +5,7 @@
 pub mod concat;
 pub mod elementwise;
 pub mod embedding;
+pub mod matmul;
 pub mod resample;
 
 use crate::error::{Error, Result};
@@ -16,6 +17,7 @@ pub const SHADERS: &[ShaderFamily] = &[
     concat::SHADER,
     elementwise::SHADER,
     embedding::SHADER,
+    matmul::SHADER,
     resample::SHADER,
 ];
 
