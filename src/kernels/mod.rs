@@ -3,12 +3,21 @@
 //! implementation with f64 accumulation that the tests compare against.
 
 pub mod elementwise;
+pub mod group_norm;
+pub mod layer_norm;
+pub mod softmax;
 
 use crate::error::{Error, Result};
 use crate::gpu::{ShaderFamily, Tensor};
 
 /// Every shader family, for validation and for warming the pipeline cache.
-pub const SHADERS: &[ShaderFamily] = &[crate::bench::SHADER, elementwise::SHADER];
+pub const SHADERS: &[ShaderFamily] = &[
+    crate::bench::SHADER,
+    elementwise::SHADER,
+    group_norm::SHADER,
+    layer_norm::SHADER,
+    softmax::SHADER,
+];
 
 /// Activation functions fusable into kernels; the ids are `ACT_*` in `shaders/common.wgsl`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
