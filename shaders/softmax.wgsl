@@ -11,6 +11,7 @@
 
 override WG: u32 = 128u;
 override TPR: u32 = 128u;
+override RECOMPUTE: u32 = 0u;
 
 struct Params {
     rows: u32,
@@ -68,14 +69,18 @@ fn softmax4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if (valid) {
         for (var q = lane; q < d; q += TPR) {
             let e = exp(fma(vec4<f32>(v_x[base + q]), vec4<f32>(sc), vec4<f32>(-m)));
-            v_out[base + q] = T4(e);
+            if (RECOMPUTE == 0u) { v_out[base + q] = T4(e); }
             s4 += e;
         }
     }
     let inv = 1.0 / row_sum_b((s4.x + s4.y) + (s4.z + s4.w), lid);
     if (!valid) { return; }
     for (var q = lane; q < d; q += TPR) {
-        v_out[base + q] = T4(vec4<f32>(v_out[base + q]) * inv);
+        if (RECOMPUTE == 0u) {
+            v_out[base + q] = T4(vec4<f32>(v_out[base + q]) * inv);
+        } else {
+            v_out[base + q] = T4(exp(fma(vec4<f32>(v_x[base + q]), vec4<f32>(sc), vec4<f32>(-m))) * inv);
+        }
     }
 }
 
@@ -101,13 +106,17 @@ fn softmax1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if (valid) {
         for (var q = lane; q < d; q += TPR) {
             let e = exp(fma(f32(s_x[base + q]), sc, -m));
-            s_out[base + q] = T(e);
+            if (RECOMPUTE == 0u) { s_out[base + q] = T(e); }
             s += e;
         }
     }
     let inv = 1.0 / row_sum_b(s, lid);
     if (!valid) { return; }
     for (var q = lane; q < d; q += TPR) {
-        s_out[base + q] = T(f32(s_out[base + q]) * inv);
+        if (RECOMPUTE == 0u) {
+            s_out[base + q] = T(f32(s_out[base + q]) * inv);
+        } else {
+            s_out[base + q] = T(exp(fma(f32(s_x[base + q]), sc, -m)) * inv);
+        }
     }
 }

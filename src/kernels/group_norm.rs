@@ -91,7 +91,7 @@ pub fn group_norm_with_tiling(
     let vec4 = inner % 4 == 0;
     let inner_u = if vec4 { inner / 4 } else { inner };
     let row_u = cpg * inner_u;
-    let t = tiling.unwrap_or_else(|| RowTiling::for_units(ctx, row_u));
+    let t = tiling.unwrap_or_else(|| RowTiling::choose(ctx, rows, row_u));
     t.check(OP)?;
     let tpr = t.tpr as usize;
     let p = Params {
@@ -212,12 +212,13 @@ pub fn bench_cases(
                 "group_norm"
             };
             let row_u = n / (shape[0] * 32) / 4;
-            let default = RowTiling::for_units(ctx, row_u);
+            let default = RowTiling::choose(ctx, shape[0] * 32, row_u);
             let mut tilings = vec![(name.to_string(), default)];
             if args.filter.is_some() {
                 for t in [
                     RowTiling { wg: 64, tpr: 1 },
                     RowTiling { wg: 16, tpr: 1 },
+                    RowTiling { wg: 4, tpr: 1 },
                     RowTiling { wg: 64, tpr: 64 },
                     RowTiling { wg: 128, tpr: 128 },
                     RowTiling { wg: 256, tpr: 256 },

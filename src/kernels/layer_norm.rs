@@ -29,15 +29,17 @@ pub struct RowTiling {
 }
 
 impl RowTiling {
-    /// The default for rows of `units` loads (vec4 entries or elements). On a CPU adapter
-    /// (lavapipe) one invocation per row and no barrier at all: llvmpipe runs a barrier as a
-    /// coroutine switch per 8 invocations, which measured 3-15x slower than a barrier-free
-    /// row per invocation (the row stays in the core's cache for the later passes). On GPUs a
-    /// workgroup reduction: few invocations per short row, so that a barrier's cost is shared by
+    /// The default for `rows` rows of `units` loads each (vec4 entries or elements). On a CPU
+    /// adapter (lavapipe) one invocation per row and no barrier at all: llvmpipe runs a barrier
+    /// as a coroutine switch per 8 invocations, which measured 3-15x slower than a barrier-free
+    /// row per invocation (the row stays in the core's cache for the later passes); 64 rows per
+    /// workgroup when there are enough rows to keep every core busy, else 16. On GPUs a
+    /// workgroup reduction: 8 invocations per short row, so that a barrier's cost is shared by
     /// several rows; a whole workgroup for long rows.
-    pub fn for_units(ctx: &Context, units: usize) -> RowTiling {
+    pub fn choose(ctx: &Context, rows: usize, units: usize) -> RowTiling {
         if ctx.info.device_type == wgpu::DeviceType::Cpu {
-            RowTiling { wg: 16, tpr: 1 }
+            let wg = if rows >= 64 * 8 { 64 } else { 16 };
+            RowTiling { wg, tpr: 1 }
         } else if units <= 256 {
             RowTiling { wg: 64, tpr: 8 }
         } else {
@@ -158,7 +160,7 @@ fn run(
     let rows = x.numel() / d;
     let vec4 = d % 4 == 0;
     let units = if vec4 { d / 4 } else { d };
-    let t = tiling.unwrap_or_else(|| RowTiling::for_units(ctx, units));
+    let t = tiling.unwrap_or_else(|| RowTiling::choose(ctx, rows, units));
     t.check(op)?;
     let affine = weight.is_some() as u32 | (bias.is_some() as u32) << 1;
     let p = Params {
@@ -266,7 +268,7 @@ pub fn bench_cases(
             let n = (rows * d) as f64;
             let name = if rms { "rms_norm" } else { "layer_norm" };
             let pbytes = if rms { d } else { 2 * d } as f64 * sz;
-            let default = RowTiling::for_units(ctx, d / 4);
+            let default = RowTiling::choose(ctx, rows, d / 4);
             let mut tilings = vec![(name.to_string(), default)];
             if args.filter.is_some() {
                 // Alternatives, timed only on request (`--filter norm`).

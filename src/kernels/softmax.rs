@@ -33,6 +33,19 @@ pub fn softmax_with_tiling(
     scale: f32,
     tiling: Option<RowTiling>,
 ) -> Result<Tensor> {
+    softmax_variant(ctx, x, scale, tiling, None)
+}
+
+/// [`softmax_with_tiling`] that also picks how the last pass gets exp(scale * x - max):
+/// `recompute = false` stores it in pass 2 and rescales it in place, `true` evaluates exp
+/// again from x (one store per element instead of two). `None` picks the default.
+pub fn softmax_variant(
+    ctx: &Context,
+    x: &Tensor,
+    scale: f32,
+    tiling: Option<RowTiling>,
+    recompute: Option<bool>,
+) -> Result<Tensor> {
     const OP: &str = "softmax";
     let Some(&d) = x.shape().last() else {
         return Err(Error::shape(
@@ -47,7 +60,7 @@ pub fn softmax_with_tiling(
     let rows = x.numel() / d;
     let vec4 = d % 4 == 0;
     let units = if vec4 { d / 4 } else { d };
-    let t = tiling.unwrap_or_else(|| RowTiling::for_units(ctx, units));
+    let t = tiling.unwrap_or_else(|| RowTiling::choose(ctx, rows, units));
     t.check(OP)?;
     let p = Params {
         rows: rows as u32,
@@ -56,13 +69,18 @@ pub fn softmax_with_tiling(
         _pad: 0,
     };
     let entry = if vec4 { "softmax4" } else { "softmax1" };
+    let recompute = recompute.unwrap_or(false);
     let pipe = ctx.pipeline(
         &SHADER,
         PipelineKey {
             family: SHADER.name,
             entry,
             dtype: x.dtype(),
-            constants: vec![("WG", t.wg), ("TPR", t.tpr)],
+            constants: vec![
+                ("WG", t.wg),
+                ("TPR", t.tpr),
+                ("RECOMPUTE", recompute as u32),
+            ],
         },
     )?;
     let wg = ctx.grid_1d((rows as u64).div_ceil(t.rows_per_wg() as u64));
@@ -114,9 +132,11 @@ pub fn bench_cases(
             let x = Tensor::full(ctx, &[rows, d], 0.5, dt)?;
             let n = (rows * d) as f64;
             let units = if d % 4 == 0 { d / 4 } else { d };
-            let default = RowTiling::for_units(ctx, units);
-            let mut tilings = vec![("softmax".to_string(), default)];
+            let default = RowTiling::choose(ctx, rows, units);
+            let mut tilings = vec![("softmax".to_string(), default, None)];
             if args.filter.is_some() {
+                tilings.push(("softmax_recompute".to_string(), default, Some(true)));
+                tilings.push(("softmax_store".to_string(), default, Some(false)));
                 for t in [
                     RowTiling { wg: 64, tpr: 1 },
                     RowTiling { wg: 16, tpr: 1 },
@@ -127,11 +147,11 @@ pub fn bench_cases(
                     RowTiling { wg: 256, tpr: 256 },
                 ] {
                     if t != default {
-                        tilings.push((format!("softmax_wg{}_tpr{}", t.wg, t.tpr), t));
+                        tilings.push((format!("softmax_wg{}_tpr{}", t.wg, t.tpr), t, None));
                     }
                 }
             }
-            for (kernel, t) in tilings {
+            for (kernel, t, rc) in tilings {
                 let x = x.clone();
                 v.push(Case {
                     kernel: kernel.clone(),
@@ -140,7 +160,7 @@ pub fn bench_cases(
                     bytes: 2.0 * n * sz,
                     bound: Bound::Memory,
                     baseline: (kernel != "softmax").then(|| "softmax".to_string()),
-                    run: Box::new(move |c| softmax_with_tiling(c, &x, 0.125, Some(t)).map(drop)),
+                    run: Box::new(move |c| softmax_variant(c, &x, 0.125, Some(t), rc).map(drop)),
                 });
             }
         }
