@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use hoa::kernels::group_norm::{self, group_norm, group_norm_with_tiling};
 use hoa::kernels::layer_norm::{self, layer_norm, norm_with_tiling, rms_norm, RowTiling};
-use hoa::kernels::softmax::{self, softmax, softmax_with_tiling};
+use hoa::kernels::softmax::{self, softmax, softmax_variant, softmax_with_tiling};
 use hoa::{Context, DType, Tensor};
 
 /// Inputs are bound to names until the output is read back: a dropped tensor's buffer returns to
@@ -305,6 +305,28 @@ fn softmax_every_tiling() {
     for t in RowTiling::TESTED {
         for shape in [(33usize, 77usize), (7, 1000), (3, 129)] {
             check_softmax(c, &mut r, DType::F32, shape, 4.0, 0.3, Some(t));
+        }
+    }
+}
+
+/// The last pass evaluating exp again instead of rescaling the stored values.
+#[test]
+fn softmax_recompute_variant() {
+    let Some(c) = ctx() else { return };
+    let mut r = rng(33);
+    for dt in dtypes(c) {
+        for t in [RowTiling { wg: 16, tpr: 1 }, RowTiling { wg: 32, tpr: 32 }] {
+            for (rows, d) in [(7usize, 77usize), (3, 1000)] {
+                let x = data(&mut r, rows * d, 50.0, 0.0, dt);
+                let tx = upload(c, &x, &[rows, d], dt);
+                let out = softmax_variant(c, &tx, 0.7, Some(t), Some(true)).unwrap();
+                all_close(
+                    &format!("softmax recompute [{rows}, {d}] {t:?} {dt:?}"),
+                    &out.to_vec(c).unwrap(),
+                    &softmax::reference::softmax(&x, d, 0.7),
+                    &tol_for(dt, false),
+                );
+            }
         }
     }
 }
