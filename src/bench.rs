@@ -158,8 +158,11 @@ pub fn cases(ctx: &Context, args: &BenchArgs) -> Result<Vec<Case>> {
     use crate::kernels::*;
     v.extend(concat::bench_cases(ctx, args)?);
     v.extend(elementwise::bench_cases(ctx, args)?);
+    v.extend(group_norm::bench_cases(ctx, args)?);
+    v.extend(layer_norm::bench_cases(ctx, args)?);
     v.extend(matmul::bench_cases(ctx, args)?);
     v.extend(resample::bench_cases(ctx, args)?);
+    v.extend(softmax::bench_cases(ctx, args)?);
     Ok(v)
 }
 

@@ -5,8 +5,11 @@
 pub mod concat;
 pub mod elementwise;
 pub mod embedding;
+pub mod group_norm;
+pub mod layer_norm;
 pub mod matmul;
 pub mod resample;
+pub mod softmax;
 
 use crate::error::{Error, Result};
 use crate::gpu::{ShaderFamily, Tensor};
@@ -17,8 +20,11 @@ pub const SHADERS: &[ShaderFamily] = &[
     concat::SHADER,
     elementwise::SHADER,
     embedding::SHADER,
+    group_norm::SHADER,
+    layer_norm::SHADER,
     matmul::SHADER,
     resample::SHADER,
+    softmax::SHADER,
 ];
 
 /// Activation functions fusable into kernels; the ids are `ACT_*` in `shaders/common.wgsl`.

@@ -1,0 +1,256 @@
+//! Group normalization (`shaders/group_norm.wgsl`): `torch.nn.functional.group_norm` (biased
+//! variance, eps inside the square root) on [N, C, H, W], [N, C, L] or [N, C], optionally
+//! followed by SiLU as diffusers' `ResnetBlock2D` does (`norm1` then `nonlinearity`).
+
+use super::layer_norm::RowTiling;
+use super::{same_dtype, to_u32, Activation};
+use crate::error::{Error, Result};
+use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
+
+pub const SHADER: ShaderFamily = ShaderFamily {
+    name: "group_norm",
+    source: include_str!("../../shaders/group_norm.wgsl"),
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    groups: u32,
+    cpg: u32,
+    inner: u32,
+    n: u32,
+    step_c: u32,
+    step_r: u32,
+    count: f32,
+    eps: f32,
+    _pad: [u32; 3],
+}
+
+/// `group_norm(x, num_groups, weight, bias, eps)`, then SiLU when `silu`.
+pub fn group_norm(
+    ctx: &Context,
+    x: &Tensor,
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+    silu: bool,
+) -> Result<Tensor> {
+    group_norm_with_tiling(ctx, x, num_groups, weight, bias, eps, silu, None)
+}
+
+/// [`group_norm`] with an explicit tiling (benchmarks); `None` picks the default.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_with_tiling(
+    ctx: &Context,
+    x: &Tensor,
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+    silu: bool,
+    tiling: Option<RowTiling>,
+) -> Result<Tensor> {
+    const OP: &str = "group_norm";
+    let shape = x.shape();
+    if !(2..=4).contains(&shape.len()) {
+        return Err(Error::shape(
+            OP,
+            format!("input must be [N, C], [N, C, L] or [N, C, H, W], got {shape:?}"),
+        ));
+    }
+    let (n, c) = (shape[0], shape[1]);
+    let inner: usize = shape[2..].iter().product();
+    if num_groups == 0 || c % num_groups != 0 {
+        return Err(Error::shape(
+            OP,
+            format!("{c} channels of input {shape:?} do not divide into {num_groups} groups"),
+        ));
+    }
+    if x.numel() == 0 {
+        return Err(Error::shape(OP, format!("empty input {shape:?}")));
+    }
+    for (what, p) in [("weight", weight), ("bias", bias)] {
+        if let Some(p) = p {
+            same_dtype(OP, &[x, p])?;
+            if p.shape() != [c] {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "{what} must have shape [{c}] for input {shape:?}, got {:?}",
+                        p.shape()
+                    ),
+                ));
+            }
+        }
+    }
+    to_u32(OP, "tensor", x.numel())?;
+    let cpg = c / num_groups;
+    let rows = n * num_groups;
+    let vec4 = inner % 4 == 0;
+    let inner_u = if vec4 { inner / 4 } else { inner };
+    let row_u = cpg * inner_u;
+    let t = tiling.unwrap_or_else(|| RowTiling::choose(ctx, rows, row_u));
+    t.check(OP)?;
+    let tpr = t.tpr as usize;
+    let p = Params {
+        rows: rows as u32,
+        groups: num_groups as u32,
+        cpg: cpg as u32,
+        inner: inner_u as u32,
+        n: row_u as u32,
+        step_c: (tpr / inner_u) as u32,
+        step_r: (tpr % inner_u) as u32,
+        count: (cpg * inner) as f32,
+        eps,
+        _pad: [0; 3],
+    };
+    let affine = weight.is_some() as u32 | (bias.is_some() as u32) << 1;
+    let act = if silu {
+        Activation::Silu
+    } else {
+        Activation::None
+    };
+    let entry = if vec4 { "group_norm4" } else { "group_norm1" };
+    let pipe = ctx.pipeline(
+        &SHADER,
+        PipelineKey {
+            family: SHADER.name,
+            entry,
+            dtype: x.dtype(),
+            constants: vec![
+                ("WG", t.wg),
+                ("TPR", t.tpr),
+                ("AFFINE", affine),
+                ("ACT", act.id()),
+            ],
+        },
+    )?;
+    let wg = ctx.grid_1d((rows as u64).div_ceil(t.rows_per_wg() as u64));
+    ctx.check_grid(OP, wg)?;
+    let out = Tensor::empty(ctx, shape, x.dtype())?;
+    let w = weight.unwrap_or(x);
+    let b = bias.unwrap_or(x);
+    ctx.launch(
+        &pipe,
+        OP,
+        &[x.buffer(), w.buffer(), b.buffer(), out.buffer()],
+        bytemuck::bytes_of(&p),
+        wg,
+    );
+    Ok(out)
+}
+
+/// CPU reference, f64 arithmetic.
+pub mod reference {
+    use crate::kernels::Activation;
+
+    /// Group norm of x [n, c, inner] (row-major), then SiLU when `silu`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn group_norm(
+        x: &[f32],
+        n: usize,
+        c: usize,
+        inner: usize,
+        groups: usize,
+        w: Option<&[f32]>,
+        b: Option<&[f32]>,
+        eps: f32,
+        silu: bool,
+    ) -> Vec<f32> {
+        let cpg = c / groups;
+        let len = cpg * inner;
+        let mut out = Vec::with_capacity(x.len());
+        for (r, row) in x[..n * c * inner].chunks(len).enumerate() {
+            let g = r % groups;
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / len as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / len as f64;
+            let rstd = 1.0 / (var + eps as f64).sqrt();
+            for (j, &v) in row.iter().enumerate() {
+                let ch = g * cpg + j / inner;
+                let mut y = (v as f64 - mean) * rstd;
+                if let Some(w) = w {
+                    y *= w[ch] as f64;
+                }
+                if let Some(b) = b {
+                    y += b[ch] as f64;
+                }
+                if silu {
+                    y = Activation::Silu.apply_f64(y);
+                }
+                out.push(y as f32);
+            }
+        }
+        out
+    }
+}
+
+/// `hoa bench` cases: SD-1.5's ResnetBlock2D norm1 + SiLU at 64x64x320 and its 8x8x1280 block.
+pub fn bench_cases(
+    ctx: &Context,
+    args: &crate::bench::BenchArgs,
+) -> Result<Vec<crate::bench::Case>> {
+    use crate::bench::{Bound, Case};
+    let mut v = Vec::new();
+    let hw = if args.quick { 32 } else { 64 };
+    let mut dts = vec![crate::DType::F32];
+    if args.f16 && ctx.has_f16() {
+        dts.push(crate::DType::F16);
+    }
+    for dt in dts {
+        let sz = dt.size() as f64;
+        for (shape, silu) in [([2, 320, hw, hw], true), ([2, 1280, 8, 8], false)] {
+            let c = shape[1];
+            let x = Tensor::full(ctx, &shape, 0.5, dt)?;
+            let w = Tensor::full(ctx, &[c], 1.5, dt)?;
+            let b = Tensor::full(ctx, &[c], 0.25, dt)?;
+            let n: usize = shape.iter().product();
+            let name = if silu {
+                "group_norm_silu"
+            } else {
+                "group_norm"
+            };
+            let row_u = n / (shape[0] * 32) / 4;
+            let default = RowTiling::choose(ctx, shape[0] * 32, row_u);
+            let mut tilings = vec![(name.to_string(), default)];
+            if args.filter.is_some() {
+                for t in [
+                    RowTiling { wg: 64, tpr: 1 },
+                    RowTiling { wg: 16, tpr: 1 },
+                    RowTiling { wg: 4, tpr: 1 },
+                    RowTiling { wg: 64, tpr: 64 },
+                    RowTiling { wg: 128, tpr: 128 },
+                    RowTiling { wg: 256, tpr: 256 },
+                ] {
+                    if t != default {
+                        tilings.push((format!("{name}_wg{}_tpr{}", t.wg, t.tpr), t));
+                    }
+                }
+            }
+            for (kernel, t) in tilings {
+                let (x, w, b) = (x.clone(), w.clone(), b.clone());
+                v.push(Case {
+                    kernel: kernel.clone(),
+                    shape: format!(
+                        "{}x{}x{}x{} G32 {}",
+                        shape[0],
+                        shape[1],
+                        shape[2],
+                        shape[3],
+                        dt.name()
+                    ),
+                    flops: if silu { 10.0 } else { 6.0 } * n as f64,
+                    bytes: 2.0 * n as f64 * sz + 2.0 * c as f64 * sz,
+                    bound: Bound::Memory,
+                    baseline: (kernel != name).then(|| name.to_string()),
+                    run: Box::new(move |cx| {
+                        group_norm_with_tiling(cx, &x, 32, Some(&w), Some(&b), 1e-5, silu, Some(t))
+                            .map(drop)
+                    }),
+                });
+            }
+        }
+    }
+    Ok(v)
+}

@@ -1,0 +1,307 @@
+//! Layer norm and RMS norm over the last dimension (`shaders/layer_norm.wgsl`): PyTorch's
+//! `nn.LayerNorm` (biased variance, eps inside the square root) and transformers'
+//! `T5LayerNorm` (`x * rsqrt(mean(x^2) + eps) * weight`, no mean, no bias).
+
+use super::{same_dtype, to_u32};
+use crate::error::{Error, Result};
+use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
+
+pub const SHADER: ShaderFamily = ShaderFamily {
+    name: "layer_norm",
+    source: include_str!("../../shaders/layer_norm.wgsl"),
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    d: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+/// How a row kernel spreads rows over a workgroup: `wg` invocations, `tpr` of them per row
+/// (a power of two dividing `wg`). Shared by the norm and softmax families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowTiling {
+    pub wg: u32,
+    pub tpr: u32,
+}
+
+impl RowTiling {
+    /// The default for `rows` rows of `units` loads each (vec4 entries or elements). On a CPU
+    /// adapter (lavapipe) one invocation per row and no barrier at all: llvmpipe runs a barrier
+    /// as a coroutine switch per 8 invocations, which measured 3-15x slower than a barrier-free
+    /// row per invocation (the row stays in the core's cache for the later passes); 64 rows per
+    /// workgroup when there are enough rows to keep every core busy, else 16. On GPUs a
+    /// workgroup reduction: 8 invocations per short row, so that a barrier's cost is shared by
+    /// several rows; a whole workgroup for long rows.
+    pub fn choose(ctx: &Context, rows: usize, units: usize) -> RowTiling {
+        if ctx.info.device_type == wgpu::DeviceType::Cpu {
+            let wg = if rows >= 64 * 8 { 64 } else { 16 };
+            RowTiling { wg, tpr: 1 }
+        } else if units <= 256 {
+            RowTiling { wg: 64, tpr: 8 }
+        } else {
+            RowTiling { wg: 128, tpr: 128 }
+        }
+    }
+
+    /// The tilings the tests exercise, so that both the barrier-free and the reducing code
+    /// paths are checked on any adapter.
+    pub const TESTED: [RowTiling; 4] = [
+        RowTiling { wg: 16, tpr: 1 },
+        RowTiling { wg: 64, tpr: 8 },
+        RowTiling { wg: 32, tpr: 32 },
+        RowTiling { wg: 128, tpr: 128 },
+    ];
+
+    pub(crate) fn check(self, op: &'static str) -> Result<()> {
+        if !self.tpr.is_power_of_two() || self.tpr > self.wg || self.wg % self.tpr != 0 {
+            return Err(Error::shape(
+                op,
+                format!("bad row tiling {self:?}: tpr must be a power of two dividing wg"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn rows_per_wg(self) -> u32 {
+        self.wg / self.tpr
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Layer,
+    Rms,
+}
+
+/// Checks that `p` (weight or bias) is a vector of length `d` with x's dtype.
+fn check_param(
+    op: &'static str,
+    what: &str,
+    x: &Tensor,
+    p: Option<&Tensor>,
+    d: usize,
+) -> Result<()> {
+    if let Some(p) = p {
+        same_dtype(op, &[x, p])?;
+        if p.shape() != [d] {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{what} must have shape [{d}] for input {:?}, got {:?}",
+                    x.shape(),
+                    p.shape()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `torch.nn.functional.layer_norm(x, [d], weight, bias, eps)` over the last dimension `d`.
+pub fn layer_norm(
+    ctx: &Context,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+) -> Result<Tensor> {
+    run(ctx, "layer_norm", Mode::Layer, x, weight, bias, eps, None)
+}
+
+/// T5's RMS norm over the last dimension: `x * rsqrt(mean(x^2) + eps) * weight`.
+pub fn rms_norm(ctx: &Context, x: &Tensor, weight: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    run(ctx, "rms_norm", Mode::Rms, x, weight, None, eps, None)
+}
+
+/// [`layer_norm`] (`rms = false`) or [`rms_norm`] with an explicit tiling (benchmarks).
+pub fn norm_with_tiling(
+    ctx: &Context,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+    rms: bool,
+    tiling: RowTiling,
+) -> Result<Tensor> {
+    let (op, mode) = if rms {
+        ("rms_norm", Mode::Rms)
+    } else {
+        ("layer_norm", Mode::Layer)
+    };
+    run(ctx, op, mode, x, weight, bias, eps, Some(tiling))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    ctx: &Context,
+    op: &'static str,
+    mode: Mode,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+    tiling: Option<RowTiling>,
+) -> Result<Tensor> {
+    let Some(&d) = x.shape().last() else {
+        return Err(Error::shape(
+            op,
+            format!("input must have at least 1 dimension, got {:?}", x.shape()),
+        ));
+    };
+    if d == 0 || x.numel() == 0 {
+        return Err(Error::shape(op, format!("empty input {:?}", x.shape())));
+    }
+    check_param(op, "weight", x, weight, d)?;
+    check_param(op, "bias", x, bias, d)?;
+    let rows = x.numel() / d;
+    let vec4 = d % 4 == 0;
+    let units = if vec4 { d / 4 } else { d };
+    let t = tiling.unwrap_or_else(|| RowTiling::choose(ctx, rows, units));
+    t.check(op)?;
+    let affine = weight.is_some() as u32 | (bias.is_some() as u32) << 1;
+    let p = Params {
+        rows: to_u32(op, "rows", rows)?,
+        d: to_u32(op, "row length", d)?,
+        eps,
+        _pad: 0,
+    };
+    to_u32(op, "tensor", x.numel())?;
+    let entry = if vec4 { "layer_norm4" } else { "layer_norm1" };
+    let pipe = ctx.pipeline(
+        &SHADER,
+        PipelineKey {
+            family: SHADER.name,
+            entry,
+            dtype: x.dtype(),
+            constants: vec![
+                ("WG", t.wg),
+                ("TPR", t.tpr),
+                ("MODE", (mode == Mode::Rms) as u32),
+                ("AFFINE", affine),
+            ],
+        },
+    )?;
+    let wg = ctx.grid_1d((rows as u64).div_ceil(t.rows_per_wg() as u64));
+    ctx.check_grid(op, wg)?;
+    let out = Tensor::empty(ctx, x.shape(), x.dtype())?;
+    let w = weight.unwrap_or(x);
+    let b = bias.unwrap_or(x);
+    ctx.launch(
+        &pipe,
+        op,
+        &[x.buffer(), w.buffer(), b.buffer(), out.buffer()],
+        bytemuck::bytes_of(&p),
+        wg,
+    );
+    Ok(out)
+}
+
+/// CPU references, f64 arithmetic.
+pub mod reference {
+    /// Layer norm over rows of length `d`.
+    pub fn layer_norm(
+        x: &[f32],
+        d: usize,
+        w: Option<&[f32]>,
+        b: Option<&[f32]>,
+        eps: f32,
+    ) -> Vec<f32> {
+        let mut out = Vec::with_capacity(x.len());
+        for row in x.chunks(d) {
+            let n = d as f64;
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+            let rstd = 1.0 / (var + eps as f64).sqrt();
+            for (j, &v) in row.iter().enumerate() {
+                let mut y = (v as f64 - mean) * rstd;
+                if let Some(w) = w {
+                    y *= w[j] as f64;
+                }
+                if let Some(b) = b {
+                    y += b[j] as f64;
+                }
+                out.push(y as f32);
+            }
+        }
+        out
+    }
+
+    /// T5LayerNorm over rows of length `d`.
+    pub fn rms_norm(x: &[f32], d: usize, w: Option<&[f32]>, eps: f32) -> Vec<f32> {
+        let mut out = Vec::with_capacity(x.len());
+        for row in x.chunks(d) {
+            let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / d as f64;
+            let rstd = 1.0 / (ms + eps as f64).sqrt();
+            for (j, &v) in row.iter().enumerate() {
+                let y = v as f64 * rstd * w.map_or(1.0, |w| w[j] as f64);
+                out.push(y as f32);
+            }
+        }
+        out
+    }
+}
+
+/// `hoa bench` cases: the transformer-block layer norm of SD-1.5 at 64x64 (8192 tokens x 320),
+/// and RMS norms at a T5-small width and at 320.
+pub fn bench_cases(
+    ctx: &Context,
+    args: &crate::bench::BenchArgs,
+) -> Result<Vec<crate::bench::Case>> {
+    use crate::bench::{Bound, Case};
+    let mut v = Vec::new();
+    let q = if args.quick { 4 } else { 1 };
+    let mut dts = vec![crate::DType::F32];
+    if args.f16 && ctx.has_f16() {
+        dts.push(crate::DType::F16);
+    }
+    for dt in dts {
+        let sz = dt.size() as f64;
+        for (rms, rows, d) in [(false, 8192, 320), (true, 512, 512), (true, 8192, 320)] {
+            let rows = rows / q;
+            let x = Tensor::full(ctx, &[rows, d], 0.5, dt)?;
+            let w = Tensor::full(ctx, &[d], 1.5, dt)?;
+            let b = Tensor::full(ctx, &[d], 0.25, dt)?;
+            let n = (rows * d) as f64;
+            let name = if rms { "rms_norm" } else { "layer_norm" };
+            let pbytes = if rms { d } else { 2 * d } as f64 * sz;
+            let default = RowTiling::choose(ctx, rows, d / 4);
+            let mut tilings = vec![(name.to_string(), default)];
+            if args.filter.is_some() {
+                // Alternatives, timed only on request (`--filter norm`).
+                for t in [
+                    RowTiling { wg: 64, tpr: 1 },
+                    RowTiling { wg: 16, tpr: 1 },
+                    RowTiling { wg: 64, tpr: 8 },
+                    RowTiling { wg: 64, tpr: 16 },
+                    RowTiling { wg: 64, tpr: 64 },
+                    RowTiling { wg: 128, tpr: 128 },
+                    RowTiling { wg: 256, tpr: 256 },
+                ] {
+                    if t != default {
+                        tilings.push((format!("{name}_wg{}_tpr{}", t.wg, t.tpr), t));
+                    }
+                }
+            }
+            for (kernel, t) in tilings {
+                let (x, w, b) = (x.clone(), w.clone(), b.clone());
+                v.push(Case {
+                    kernel: kernel.clone(),
+                    shape: format!("{rows}x{d} {}", dt.name()),
+                    flops: 6.0 * n,
+                    bytes: 2.0 * n * sz + pbytes,
+                    bound: Bound::Memory,
+                    baseline: (kernel != name).then(|| name.to_string()),
+                    run: Box::new(move |c| {
+                        let bias = (!rms).then_some(&b);
+                        norm_with_tiling(c, &x, Some(&w), bias, 1e-5, rms, t).map(drop)
+                    }),
+                });
+            }
+        }
+    }
+    Ok(v)
+}

@@ -1,0 +1,169 @@
+//! Row softmax (`shaders/softmax.wgsl`): `torch.softmax(scale * x, dim=-1)`, numerically stable
+//! (the row max is subtracted before exp). Attention probabilities in diffusers' `Attention`
+//! (`get_attention_scores`) and transformers' T5/CLIP attention.
+
+use super::layer_norm::RowTiling;
+use super::to_u32;
+use crate::error::{Error, Result};
+use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
+
+pub const SHADER: ShaderFamily = ShaderFamily {
+    name: "softmax",
+    source: include_str!("../../shaders/softmax.wgsl"),
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    d: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+/// `softmax(scale * x)` over the last dimension.
+pub fn softmax(ctx: &Context, x: &Tensor, scale: f32) -> Result<Tensor> {
+    softmax_with_tiling(ctx, x, scale, None)
+}
+
+/// [`softmax`] with an explicit tiling (benchmarks); `None` picks the default.
+pub fn softmax_with_tiling(
+    ctx: &Context,
+    x: &Tensor,
+    scale: f32,
+    tiling: Option<RowTiling>,
+) -> Result<Tensor> {
+    softmax_variant(ctx, x, scale, tiling, None)
+}
+
+/// [`softmax_with_tiling`] that also picks how the last pass gets exp(scale * x - max):
+/// `recompute = false` stores it in pass 2 and rescales it in place, `true` evaluates exp
+/// again from x (one store per element instead of two). `None` picks the default.
+pub fn softmax_variant(
+    ctx: &Context,
+    x: &Tensor,
+    scale: f32,
+    tiling: Option<RowTiling>,
+    recompute: Option<bool>,
+) -> Result<Tensor> {
+    const OP: &str = "softmax";
+    let Some(&d) = x.shape().last() else {
+        return Err(Error::shape(
+            OP,
+            format!("input must have at least 1 dimension, got {:?}", x.shape()),
+        ));
+    };
+    if x.numel() == 0 {
+        return Err(Error::shape(OP, format!("empty input {:?}", x.shape())));
+    }
+    to_u32(OP, "tensor", x.numel())?;
+    let rows = x.numel() / d;
+    let vec4 = d % 4 == 0;
+    let units = if vec4 { d / 4 } else { d };
+    let t = tiling.unwrap_or_else(|| RowTiling::choose(ctx, rows, units));
+    t.check(OP)?;
+    let p = Params {
+        rows: rows as u32,
+        d: units as u32,
+        scale,
+        _pad: 0,
+    };
+    let entry = if vec4 { "softmax4" } else { "softmax1" };
+    let recompute = recompute.unwrap_or(false);
+    let pipe = ctx.pipeline(
+        &SHADER,
+        PipelineKey {
+            family: SHADER.name,
+            entry,
+            dtype: x.dtype(),
+            constants: vec![
+                ("WG", t.wg),
+                ("TPR", t.tpr),
+                ("RECOMPUTE", recompute as u32),
+            ],
+        },
+    )?;
+    let wg = ctx.grid_1d((rows as u64).div_ceil(t.rows_per_wg() as u64));
+    ctx.check_grid(OP, wg)?;
+    let out = Tensor::empty(ctx, x.shape(), x.dtype())?;
+    ctx.launch(
+        &pipe,
+        OP,
+        &[x.buffer(), out.buffer()],
+        bytemuck::bytes_of(&p),
+        wg,
+    );
+    Ok(out)
+}
+
+/// CPU reference, f64 arithmetic.
+pub mod reference {
+    /// Softmax of `scale * x` over rows of length `d`.
+    pub fn softmax(x: &[f32], d: usize, scale: f32) -> Vec<f32> {
+        let mut out = Vec::with_capacity(x.len());
+        for row in x.chunks(d) {
+            let z: Vec<f64> = row.iter().map(|&v| scale as f64 * v as f64).collect();
+            let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = z.iter().map(|&v| (v - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            out.extend(e.iter().map(|&v| (v / s) as f32));
+        }
+        out
+    }
+}
+
+/// `hoa bench` cases: cross-attention probabilities of SD-1.5 at 64x64 (8 heads x 2 x 4096
+/// queries over 77 keys) and a 4096 x 4096 self-attention score block.
+pub fn bench_cases(
+    ctx: &Context,
+    args: &crate::bench::BenchArgs,
+) -> Result<Vec<crate::bench::Case>> {
+    use crate::bench::{Bound, Case};
+    let mut v = Vec::new();
+    let q = if args.quick { 4 } else { 1 };
+    let mut dts = vec![crate::DType::F32];
+    if args.f16 && ctx.has_f16() {
+        dts.push(crate::DType::F16);
+    }
+    for dt in dts {
+        let sz = dt.size() as f64;
+        for (rows, d) in [(65536, 77), (4096, 4096)] {
+            let rows = rows / q;
+            let x = Tensor::full(ctx, &[rows, d], 0.5, dt)?;
+            let n = (rows * d) as f64;
+            let units = if d % 4 == 0 { d / 4 } else { d };
+            let default = RowTiling::choose(ctx, rows, units);
+            let mut tilings = vec![("softmax".to_string(), default, None)];
+            if args.filter.is_some() {
+                tilings.push(("softmax_recompute".to_string(), default, Some(true)));
+                tilings.push(("softmax_store".to_string(), default, Some(false)));
+                for t in [
+                    RowTiling { wg: 64, tpr: 1 },
+                    RowTiling { wg: 16, tpr: 1 },
+                    RowTiling { wg: 64, tpr: 8 },
+                    RowTiling { wg: 64, tpr: 16 },
+                    RowTiling { wg: 64, tpr: 64 },
+                    RowTiling { wg: 128, tpr: 128 },
+                    RowTiling { wg: 256, tpr: 256 },
+                ] {
+                    if t != default {
+                        tilings.push((format!("softmax_wg{}_tpr{}", t.wg, t.tpr), t, None));
+                    }
+                }
+            }
+            for (kernel, t, rc) in tilings {
+                let x = x.clone();
+                v.push(Case {
+                    kernel: kernel.clone(),
+                    shape: format!("{rows}x{d} {}", dt.name()),
+                    flops: 5.0 * n,
+                    bytes: 2.0 * n * sz,
+                    bound: Bound::Memory,
+                    baseline: (kernel != "softmax").then(|| "softmax".to_string()),
+                    run: Box::new(move |c| softmax_variant(c, &x, 0.125, Some(t), rc).map(drop)),
+                });
+            }
+        }
+    }
+    Ok(v)
+}
