@@ -2,13 +2,18 @@
 //! field the WGSL one), the dispatch functions, and a `reference` module: a plain CPU
 //! implementation with f64 accumulation that the tests compare against.
 
+pub mod attention;
 pub mod elementwise;
 
 use crate::error::{Error, Result};
 use crate::gpu::{ShaderFamily, Tensor};
 
 /// Every shader family, for validation and for warming the pipeline cache.
-pub const SHADERS: &[ShaderFamily] = &[crate::bench::SHADER, elementwise::SHADER];
+pub const SHADERS: &[ShaderFamily] = &[
+    crate::bench::SHADER,
+    elementwise::SHADER,
+    attention::SHADER,
+];
 
 /// Activation functions fusable into kernels; the ids are `ACT_*` in `shaders/common.wgsl`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
