@@ -242,20 +242,55 @@ fn bad_shapes_are_errors_naming_them() {
     let o = AttentionOptions::new(2);
     let msg = |e: Error| e.to_string();
     // k width differs from q width
-    let e = msg(attention(c, &t(c, &[1, 7, 16]), &t(c, &[1, 5, 12]), &t(c, &[1, 5, 16]), &o).unwrap_err());
+    let e = msg(attention(
+        c,
+        &t(c, &[1, 7, 16]),
+        &t(c, &[1, 5, 12]),
+        &t(c, &[1, 5, 16]),
+        &o,
+    )
+    .unwrap_err());
     assert!(e.contains("[1, 5, 12]") && e.contains("[1, 7, 16]"), "{e}");
     // heads do not divide the width
     let o3 = AttentionOptions::new(3);
-    let e = msg(attention(c, &t(c, &[1, 7, 16]), &t(c, &[1, 5, 16]), &t(c, &[1, 5, 16]), &o3).unwrap_err());
+    let e = msg(attention(
+        c,
+        &t(c, &[1, 7, 16]),
+        &t(c, &[1, 5, 16]),
+        &t(c, &[1, 5, 16]),
+        &o3,
+    )
+    .unwrap_err());
     assert!(e.contains("num_heads 3") && e.contains("[1, 7, 16]"), "{e}");
     // k and v lengths differ
-    let e = msg(attention(c, &t(c, &[1, 7, 16]), &t(c, &[1, 5, 16]), &t(c, &[1, 6, 16]), &o).unwrap_err());
+    let e = msg(attention(
+        c,
+        &t(c, &[1, 7, 16]),
+        &t(c, &[1, 5, 16]),
+        &t(c, &[1, 6, 16]),
+        &o,
+    )
+    .unwrap_err());
     assert!(e.contains("[1, 5, 16]") && e.contains("[1, 6, 16]"), "{e}");
     // batch differs
-    let e = msg(attention(c, &t(c, &[2, 7, 16]), &t(c, &[1, 5, 16]), &t(c, &[1, 5, 16]), &o).unwrap_err());
+    let e = msg(attention(
+        c,
+        &t(c, &[2, 7, 16]),
+        &t(c, &[1, 5, 16]),
+        &t(c, &[1, 5, 16]),
+        &o,
+    )
+    .unwrap_err());
     assert!(e.contains("[2, 7, 16]"), "{e}");
     // rank
-    let e = msg(attention(c, &t(c, &[7, 16]), &t(c, &[1, 5, 16]), &t(c, &[1, 5, 16]), &o).unwrap_err());
+    let e = msg(attention(
+        c,
+        &t(c, &[7, 16]),
+        &t(c, &[1, 5, 16]),
+        &t(c, &[1, 5, 16]),
+        &o,
+    )
+    .unwrap_err());
     assert!(e.contains("[7, 16]"), "{e}");
     // bias of the wrong shape
     let bias = t(c, &[2, 7, 6]);
@@ -263,12 +298,29 @@ fn bad_shapes_are_errors_naming_them() {
         bias: Some(&bias),
         ..o
     };
-    let e = msg(attention(c, &t(c, &[1, 7, 16]), &t(c, &[1, 5, 16]), &t(c, &[1, 5, 16]), &ob).unwrap_err());
+    let e = msg(attention(
+        c,
+        &t(c, &[1, 7, 16]),
+        &t(c, &[1, 5, 16]),
+        &t(c, &[1, 5, 16]),
+        &ob,
+    )
+    .unwrap_err());
     assert!(e.contains("[2, 7, 6]") && e.contains("[2, 7, 5]"), "{e}");
     // causal with Lq != Lk
     let oc = AttentionOptions { causal: true, ..o };
-    let e = msg(attention(c, &t(c, &[1, 7, 16]), &t(c, &[1, 5, 16]), &t(c, &[1, 5, 16]), &oc).unwrap_err());
-    assert!(e.contains("causal") && e.contains("[1, 7, 16]") && e.contains("[1, 5, 16]"), "{e}");
+    let e = msg(attention(
+        c,
+        &t(c, &[1, 7, 16]),
+        &t(c, &[1, 5, 16]),
+        &t(c, &[1, 5, 16]),
+        &oc,
+    )
+    .unwrap_err());
+    assert!(
+        e.contains("causal") && e.contains("[1, 7, 16]") && e.contains("[1, 5, 16]"),
+        "{e}"
+    );
     c.sync().unwrap();
 }
 
@@ -282,24 +334,36 @@ fn device_limits_are_errors_not_crashes() {
     let kv = (t(c, &[1, 1, 1]), t(c, &[1, 1, 160]));
     let e = attention(c, &q, &kv.0, &kv.1, &AttentionOptions::new(1)).unwrap_err();
     assert!(
-        matches!(e, Error::Limit { limit: "max_storage_buffer_binding_size", .. }),
+        matches!(
+            e,
+            Error::Limit {
+                limit: "max_storage_buffer_binding_size",
+                ..
+            }
+        ),
         "{e}"
     );
     drop(q);
-    // A grid with more workgroups along x than the device allows (one row per workgroup).
+    // A grid with more workgroups along x than the device allows (4 rows per workgroup).
     let max_wg = c.limits.max_compute_workgroups_per_dimension as usize;
-    let q = t(c, &[1, max_wg + 1, 1]);
+    let q = t(c, &[1, 4 * (max_wg + 1), 1]);
     let e = attention::attention_tiled(
         c,
         &q,
         &kv.0,
         &kv.0,
         &AttentionOptions::new(1),
-        Tiling { wg: 1, tk: 4 },
+        Tiling { wg: 1 },
     )
     .unwrap_err();
     assert!(
-        matches!(e, Error::Limit { limit: "max_compute_workgroups_per_dimension", .. }),
+        matches!(
+            e,
+            Error::Limit {
+                limit: "max_compute_workgroups_per_dimension",
+                ..
+            }
+        ),
         "{e}"
     );
     // Head dims beyond the kernel's registers.

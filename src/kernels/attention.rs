@@ -15,8 +15,6 @@ pub const SHADER: ShaderFamily = ShaderFamily {
 
 /// Largest head dim (q/k and v) the kernel holds in registers (`DMAX4 * 4` in the shader).
 pub const MAX_HEAD_DIM: usize = 160;
-/// Largest key tile (`TK_MAX` in the shader).
-const TK_MAX: u32 = 128;
 
 /// Attention options; `AttentionOptions::new(heads)` gives plain softmax(Q K^T / sqrt(D)) V.
 #[derive(Clone, Copy, Debug)]
@@ -42,17 +40,15 @@ impl AttentionOptions<'_> {
     }
 }
 
-/// Tiling of the flash kernel: `wg` query rows per workgroup (one per invocation), `tk` keys
-/// per tile (a multiple of 4, at most 128).
+/// Tiling of the flash kernel: `wg` invocations per workgroup, each owning 4 query rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tiling {
     pub wg: u32,
-    pub tk: u32,
 }
 
 impl Default for Tiling {
     fn default() -> Self {
-        Tiling { wg: 64, tk: 32 }
+        Tiling { wg: 16 }
     }
 }
 
@@ -112,9 +108,7 @@ fn check(q: &Tensor, k: &Tensor, v: &Tensor, o: &AttentionOptions) -> Result<Sha
         ));
     }
     if qs[0] != ks[0] || ks[0] != vs[0] {
-        return bad(format!(
-            "batch sizes differ: q {qs:?}, k {ks:?}, v {vs:?}"
-        ));
+        return bad(format!("batch sizes differ: q {qs:?}, k {ks:?}, v {vs:?}"));
     }
     if ks[1] != vs[1] {
         return bad(format!(
@@ -190,17 +184,14 @@ pub fn attention_tiled(
     opts: &AttentionOptions,
     tiling: Tiling,
 ) -> Result<Tensor> {
-    if tiling.wg == 0 || tiling.tk == 0 || tiling.tk % 4 != 0 || tiling.tk > TK_MAX {
-        return Err(Error::shape(
-            OP,
-            format!("bad tiling {tiling:?}: tk must be a multiple of 4 up to {TK_MAX}"),
-        ));
+    if tiling.wg == 0 || tiling.wg > ctx.limits.max_compute_invocations_per_workgroup {
+        return Err(Error::shape(OP, format!("bad tiling {tiling:?}")));
     }
     let s = check(q, k, v, opts)?;
     let out = Tensor::empty(ctx, &[s.batch, s.lq, s.heads * s.dv], q.dtype())?;
     to_u32(OP, "output", out.numel())?;
     let wg = [
-        to_u32(OP, "query tiles", s.lq.div_ceil(tiling.wg as usize))?,
+        to_u32(OP, "query tiles", s.lq.div_ceil(4 * tiling.wg as usize))?,
         to_u32(OP, "heads", s.heads)?,
         to_u32(OP, "batch", s.batch)?,
     ];
@@ -211,7 +202,13 @@ pub fn attention_tiled(
             family: SHADER.name,
             entry: "attention_flash",
             dtype: q.dtype(),
-            constants: vec![("WG", tiling.wg), ("TK", tiling.tk)],
+            // One pipeline per head-dim pair (SD: 40, 64, 80, 160; CLIP / T5: 64).
+            constants: vec![
+                ("WG", tiling.wg),
+                ("D", s.d as u32),
+                ("DV", s.dv as u32),
+                ("VEC4", (s.d % 4 == 0 && s.dv % 4 == 0) as u32),
+            ],
         },
     )?;
     launch(ctx, &pipe, "attention_flash", q, k, v, &out, opts, &s, wg);
@@ -273,12 +270,14 @@ fn launch(
         has_bias: opts.bias.is_some() as u32,
         batch: s.batch as u32,
     };
-    // Without a bias the shader never reads binding 3; q stands in for it.
+    // Without a bias the shader never reads its binding; q stands in for it. q, k, v are bound
+    // twice: as scalars and as vec4s.
     let bias = opts.bias.unwrap_or(q);
+    let (qb, kb, vb) = (q.buffer(), k.buffer(), v.buffer());
     ctx.launch(
         pipe,
         label,
-        &[q.buffer(), k.buffer(), v.buffer(), bias.buffer(), out.buffer()],
+        &[qb, kb, vb, qb, kb, vb, bias.buffer(), out.buffer()],
         bytemuck::bytes_of(&p),
         wg,
     );
@@ -318,7 +317,11 @@ pub mod reference {
                 let kr = &k[(b * n.lk + j) * hd + h * n.d..][..n.d];
                 let dot: f64 = qr.iter().zip(kr).map(|(&a, &c)| a as f64 * c as f64).sum();
                 let add = bias.map_or(0.0, |(bd, batched)| {
-                    let bb = if batched { b * n.heads * n.lq * n.lk } else { 0 };
+                    let bb = if batched {
+                        b * n.heads * n.lq * n.lk
+                    } else {
+                        0
+                    };
                     bd[bb + (h * n.lq + i) * n.lk + j] as f64
                 });
                 dot * scale + add
