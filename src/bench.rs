@@ -156,6 +156,7 @@ pub fn ceilings(ctx: &Context, reps: usize) -> Result<Ceilings> {
 pub fn cases(ctx: &Context, args: &BenchArgs) -> Result<Vec<Case>> {
     let mut v = Vec::new();
     use crate::kernels::*;
+    v.extend(attention::bench_cases(ctx, args)?);
     v.extend(concat::bench_cases(ctx, args)?);
     v.extend(elementwise::bench_cases(ctx, args)?);
     v.extend(group_norm::bench_cases(ctx, args)?);

@@ -2,6 +2,7 @@
 //! field the WGSL one), the dispatch functions, and a `reference` module: a plain CPU
 //! implementation with f64 accumulation that the tests compare against.
 
+pub mod attention;
 pub mod concat;
 pub mod elementwise;
 pub mod embedding;
@@ -17,6 +18,7 @@ use crate::gpu::{ShaderFamily, Tensor};
 /// Every shader family, for validation and for warming the pipeline cache.
 pub const SHADERS: &[ShaderFamily] = &[
     crate::bench::SHADER,
+    attention::SHADER,
     concat::SHADER,
     elementwise::SHADER,
     embedding::SHADER,
