@@ -156,6 +156,7 @@ pub fn ceilings(ctx: &Context, reps: usize) -> Result<Ceilings> {
 pub fn cases(ctx: &Context, args: &BenchArgs) -> Result<Vec<Case>> {
     let mut v = Vec::new();
     v.extend(crate::kernels::elementwise::bench_cases(ctx, args)?);
+    v.extend(crate::kernels::conv2d::bench_cases(ctx, args)?);
     Ok(v)
 }
 

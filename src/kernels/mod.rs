@@ -2,13 +2,18 @@
 //! field the WGSL one), the dispatch functions, and a `reference` module: a plain CPU
 //! implementation with f64 accumulation that the tests compare against.
 
+pub mod conv2d;
 pub mod elementwise;
 
 use crate::error::{Error, Result};
 use crate::gpu::{ShaderFamily, Tensor};
 
 /// Every shader family, for validation and for warming the pipeline cache.
-pub const SHADERS: &[ShaderFamily] = &[crate::bench::SHADER, elementwise::SHADER];
+pub const SHADERS: &[ShaderFamily] = &[
+    crate::bench::SHADER,
+    elementwise::SHADER,
+    conv2d::SHADER,
+];
 
 /// Activation functions fusable into kernels; the ids are `ACT_*` in `shaders/common.wgsl`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -83,7 +88,6 @@ pub(crate) fn same_dtype(op: &'static str, ts: &[&Tensor]) -> Result<()> {
 }
 
 /// Errors unless the tensor has `n` dimensions.
-#[allow(dead_code)]
 pub(crate) fn rank(op: &'static str, what: &str, t: &Tensor, n: usize) -> Result<()> {
     if t.shape().len() != n {
         return Err(Error::shape(
