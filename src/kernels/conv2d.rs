@@ -13,8 +13,8 @@ pub const SHADER: ShaderFamily = ShaderFamily {
     source: include_str!("../../shaders/conv2d.wgsl"),
 };
 
-/// Size of the shader's row cache (`xr`): (TP-1)*STRIDE + KW must fit.
-const ROW_CACHE: usize = 24;
+/// Output pixels per invocation (one vec4 accumulator per channel).
+const TP: usize = 4;
 const NAIVE_WG: u32 = 64;
 
 #[repr(C)]
@@ -28,13 +28,13 @@ struct Params {
     ho: u32,
     wo: u32,
     pad: u32,
-    tiles_w: u32,
-    n_tiles: u32,
-    has_bias: u32,
-    _pad0: u32,
     kh: u32,
     kw: u32,
     stride: u32,
+    cout4: u32,
+    tiles_w: u32,
+    n_tiles: u32,
+    has_bias: u32,
     n_out: u32,
 }
 
@@ -58,21 +58,16 @@ impl Default for Conv2dOptions<'_> {
     }
 }
 
-/// The register tile of the implicit-GEMM kernel: `tc` output channels x `tp` output pixels
-/// per invocation, `wg` invocations per workgroup (all sharing the same channels).
+/// The register tile of the implicit-GEMM kernel: `tc` output channels (4 or 8) x 4 output
+/// pixels per invocation, `wg` invocations per workgroup (all sharing the same channels).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tile {
     pub wg: u32,
     pub tc: u32,
-    pub tp: u32,
 }
 
 /// The tile [`conv2d`] uses (chosen by measurement on lavapipe, see `bench_cases`).
-pub const DEFAULT_TILE: Tile = Tile {
-    wg: 64,
-    tc: 8,
-    tp: 2,
-};
+pub const DEFAULT_TILE: Tile = Tile { wg: 64, tc: 8 };
 
 /// Checked geometry of one convolution.
 struct Geom {
@@ -181,26 +176,15 @@ pub fn conv2d_tiled(
     tile: Tile,
 ) -> Result<Tensor> {
     let g = check(x, weight, o)?;
-    let mut tp = tile.tp.clamp(1, 4) as usize;
-    // The row cache holds (TP-1)*stride + kw inputs; shrink the pixel tile to fit.
-    while tp > 1 && (tp - 1) * o.stride + g.kw > ROW_CACHE {
-        tp -= 1;
-    }
-    if g.kw > ROW_CACHE {
-        return Err(Error::Limit {
-            op: "conv2d",
-            limit: "kernel width (shader row cache)",
-            needed: g.kw as u64,
-            max: ROW_CACHE as u64,
-            hint: format!("weight {:?} is wider than the kernel supports", weight.shape()),
-        });
-    }
-    let tc = tile.tc.clamp(1, 16);
+    let tc = if tile.tc > 4 { 8 } else { 4 };
     let mut p = params(&g, o)?;
-    let tiles_w = g.wo.div_ceil(tp);
+    p.cout4 = to_u32("conv2d", "channels", g.cout.div_ceil(tc as usize) * tc as usize / 4)?;
+    let packed = pack_weight(ctx, weight, &p)?;
+    let tiles_w = g.wo.div_ceil(TP);
     p.tiles_w = to_u32("conv2d", "output", tiles_w)?;
     p.n_tiles = to_u32("conv2d", "output", g.n * g.ho * tiles_w)?;
     let out = Tensor::empty(ctx, &[g.n, g.cout, g.ho, g.wo], x.dtype())?;
+    let row3 = g.kh == 3 && g.kw == 3 && o.stride == 1;
     let key = PipelineKey {
         family: SHADER.name,
         entry: "conv2d",
@@ -208,10 +192,7 @@ pub fn conv2d_tiled(
         constants: vec![
             ("WG", tile.wg),
             ("TC", tc),
-            ("TP", tp as u32),
-            ("KH", p.kh),
-            ("KW", p.kw),
-            ("STRIDE", p.stride),
+            ("ROW3", row3 as u32),
             ("ACT", o.act.id()),
         ],
     };
@@ -226,11 +207,36 @@ pub fn conv2d_tiled(
     ctx.launch(
         &pipe,
         "conv2d",
-        &[x.buffer(), weight.buffer(), bias.buffer(), out.buffer()],
+        &[x.buffer(), packed.buffer(), bias.buffer(), out.buffer()],
         bytemuck::bytes_of(&p),
         wg,
     );
     Ok(out)
+}
+
+/// Repacks weight [Cout, Cin, kh, kw] as [Cin*kh*kw, cout4] vec4s of 4 output channels.
+fn pack_weight(ctx: &Context, weight: &Tensor, p: &Params) -> Result<Tensor> {
+    let k = (p.cin * p.kh * p.kw) as usize;
+    let n4 = to_u32("conv2d", "weight", k * p.cout4 as usize)?;
+    let packed = Tensor::empty(ctx, &[k, p.cout4 as usize * 4], weight.dtype())?;
+    let key = PipelineKey {
+        family: SHADER.name,
+        entry: "pack_weight",
+        dtype: weight.dtype(),
+        constants: vec![("WG", NAIVE_WG)],
+    };
+    let pipe = ctx.pipeline(&SHADER, key)?;
+    let wg = ctx.grid_1d(n4.div_ceil(NAIVE_WG) as u64);
+    ctx.check_grid("conv2d", wg)?;
+    let pk = Params { n_out: n4, ..*p };
+    ctx.launch(
+        &pipe,
+        "pack_weight",
+        &[weight.buffer(), packed.buffer()],
+        bytemuck::bytes_of(&pk),
+        wg,
+    );
+    Ok(packed)
 }
 
 /// The direct convolution, one output per invocation: only a baseline for `hoa bench`.
@@ -343,11 +349,7 @@ pub fn bench_cases(
             s.split(',')
                 .filter_map(|t| {
                     let v: Vec<u32> = t.split('x').filter_map(|n| n.parse().ok()).collect();
-                    (v.len() == 3).then(|| Tile {
-                        wg: v[0],
-                        tc: v[1],
-                        tp: v[2],
-                    })
+                    (v.len() == 2).then(|| Tile { wg: v[0], tc: v[1] })
                 })
                 .collect()
         })
@@ -392,7 +394,7 @@ pub fn bench_cases(
             for &t in &tiles {
                 let (x, w, b) = (x.clone(), w.clone(), b.clone());
                 v.push(mk(
-                    format!("conv2d_{}x{}x{}", t.wg, t.tc, t.tp),
+                    format!("conv2d_{}x{}", t.wg, t.tc),
                     base.clone(),
                     Box::new(move |c| {
                         let o = Conv2dOptions {
