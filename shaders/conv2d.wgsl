@@ -8,25 +8,29 @@
 //      per channel). All invocations of a workgroup share the same TC channels
 //      (workgroup_id.y) and differ in pixel tile, so on SIMD adapters (llvmpipe: 8 lanes) the
 //      weight loads are uniform broadcasts and only the input loads are per-lane gathers.
-//      With ROW3 (3x3 kernel, stride 1) an invocation loads the 6 input values its 4 pixels
-//      need from one input row once and reuses them for the 3 taps (6 gathers instead of 12);
-//      otherwise kernel size and stride are runtime values and each tap loads 4 values.
+//      MODE 1 (3x3 kernel, stride 1): an invocation loads the 6 input values its 4 pixels
+//      need from one input row once and reuses them for the 3 taps (6 loads instead of 12).
+//      MODE 2 (3x3, stride 1, padding 1, W % 4 == 0): the same 6 values as one aligned vec4
+//      load (x4, the same buffer as x) and two scalar loads. MODE 3 (1x1, stride 1, padding 0,
+//      W % 4 == 0): one vec4 load per input channel. MODE 0: kernel size, stride and padding
+//      are runtime values and each tap loads 4 values.
 //      The accumulators are named private variables, not an array: llvmpipe keeps arrays that
 //      are indexed in loops in memory.
 //      Dispatch: x = pixel tiles / WG, y = ceil(Cout / TC); pixel tiles are N*Ho*ceil(Wo/4),
 //      numbered with ox fastest.
 // conv2d_naive: direct convolution, one output per invocation (benchmark baseline). 1-D grid
 //      over outputs split over x/y (Context::grid_1d).
-// Bindings: 0 = x, 1 = packed weight (conv2d) or weight (naive), 2 = bias (the weight buffer again when there is none, with
-//      has_bias = 0), 3 = out, 4 = params (uniform).
+// Bindings: conv2d: 0 = x, 1 = x again as vec4s, 2 = packed weight, 3 = bias (the packed weight
+//      again when there is none, with has_bias = 0), 4 = out, 5 = params (uniform);
+//      conv2d_naive: 0 = x, 1 = weight, 2 = bias, 3 = out, 4 = params.
 // pack_weight: weight [Cout, Cin*KH*KW] -> packed [Cin*KH*KW, cout4] of vec4 (4 consecutive
 //      output channels, zero past Cout), so one load gives a tap's weight for 4 channels.
 //      1-D grid over packed vec4s (Context::grid_1d). Bindings: 0 = weight, 1 = packed, 2 = params.
-// Overrides: WG (workgroup size), TC (output channels per invocation: 4 or 8), ROW3 (1: the
-//      3x3 stride-1 row-cache path), ACT (activation id, common.wgsl).
+// Overrides: WG (workgroup size), TC (output channels per invocation: 4 or 8), MODE (input
+//      path, above), ACT (activation id, common.wgsl).
 override WG: u32 = 64u;
 override TC: u32 = 8u;
-override ROW3: bool = false;
+override MODE: u32 = 0u;
 override ACT: u32 = 0u;
 
 struct Params {
@@ -49,10 +53,11 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> x: array<T>;
-@group(0) @binding(1) var<storage, read> wp: array<T4>;
-@group(0) @binding(2) var<storage, read> bias: array<T>;
-@group(0) @binding(3) var<storage, read_write> out: array<T>;
-@group(0) @binding(4) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x4: array<T4>; // the same buffer as x
+@group(0) @binding(2) var<storage, read> wp: array<T4>;
+@group(0) @binding(3) var<storage, read> bias: array<T>;
+@group(0) @binding(4) var<storage, read_write> out: array<T>;
+@group(0) @binding(5) var<uniform> p: Params;
 
 var<private> a0: vec4<f32>;
 var<private> a1: vec4<f32>;
@@ -88,6 +93,11 @@ fn tap(xv: vec4<f32>, k: u32) {
 fn ld(xrow: u32, ix: u32, row_ok: bool) -> f32 {
     let ok = row_ok && ix < p.w;
     return select(0.0, f32(x[select(0u, xrow + ix, ok)]), ok);
+}
+
+// Four inputs at an index that is a multiple of 4 (W % 4 == 0), zero if the row is outside.
+fn ld4(i: u32, row_ok: bool) -> vec4<f32> {
+    return select(vec4<f32>(0.0), vec4<f32>(x4[select(0u, i / 4u, row_ok)]), row_ok);
 }
 
 fn store(c: u32, v: vec4<f32>, n: u32, oy: u32, ox0: u32) {
@@ -134,7 +144,17 @@ fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
             let row_ok = iy < p.h;
             let xrow = xc + iy * p.w;
             let wk = wc + ky * p.kw;
-            if (ROW3) {
+            if (MODE == 2u) {
+                // Columns ox0-1 .. ox0+4: one aligned vec4 and two scalars.
+                let c = ld4(xrow + ox0, row_ok);
+                let r0 = ld(xrow, ox0 - 1u, row_ok);
+                let r5 = ld(xrow, ox0 + 4u, row_ok);
+                tap(vec4<f32>(r0, c.xyz), wk);
+                tap(c, wk + 1u);
+                tap(vec4<f32>(c.yzw, r5), wk + 2u);
+            } else if (MODE == 3u) {
+                tap(ld4(xrow + ox0, row_ok), wk);
+            } else if (MODE == 1u) {
                 let r0 = ld(xrow, ix0, row_ok);
                 let r1 = ld(xrow, ix0 + 1u, row_ok);
                 let r2 = ld(xrow, ix0 + 2u, row_ok);

@@ -98,10 +98,36 @@ fn run_case(
 fn conv2d_matches_reference() {
     let Some(c) = ctx() else { return };
     let mut r = rng(11);
-    let cases = random_cases(&mut r, 24);
+    let mut cases = random_cases(&mut r, 24);
+    // Widths that are multiples of 4 take the vec4 input paths (3x3 pad 1 and 1x1 pad 0,
+    // stride 1); the others the scalar ones.
+    for (xs, k, padding, bias) in [
+        ([2, 7, 5, 8], 3, 1, true),
+        ([1, 3, 1, 4], 3, 1, false),
+        ([1, 33, 9, 12], 3, 1, false),
+        ([2, 33, 3, 12], 1, 0, true),
+        ([1, 1, 1, 4], 1, 0, false),
+        ([1, 7, 6, 8], 3, 0, true),
+    ] {
+        cases.push(Case {
+            xs,
+            ws: [[1, 7, 33][cases.len() % 3], xs[1], k, k],
+            stride: 1,
+            padding,
+            bias,
+            act: Activation::Silu,
+        });
+    }
     for dt in dtypes(c) {
         for cs in &cases {
-            run_case(c, &mut r, dt, cs, &|x, w, o| conv2d::conv2d(c, x, w, o), "conv2d");
+            run_case(
+                c,
+                &mut r,
+                dt,
+                cs,
+                &|x, w, o| conv2d::conv2d(c, x, w, o),
+                "conv2d",
+            );
         }
     }
 }
@@ -111,10 +137,7 @@ fn conv2d_matches_reference() {
 fn conv2d_other_tiles_and_kernels() {
     let Some(c) = ctx() else { return };
     let mut r = rng(12);
-    let tiles = [
-        Tile { wg: 64, tc: 4 },
-        Tile { wg: 32, tc: 8 },
-    ];
+    let tiles = [Tile { wg: 64, tc: 4 }, Tile { wg: 32, tc: 8 }];
     let mut cases = random_cases(&mut r, 6);
     cases.push(Case {
         xs: [2, 3, 9, 17],
@@ -169,7 +192,10 @@ fn conv2d_rejects_bad_shapes() {
     let d = Conv2dOptions::default();
 
     let e = err(&x, &t(&[4, 2, 3, 3]), &d);
-    assert!(e.contains("[1, 3, 5, 5]") && e.contains("[4, 2, 3, 3]"), "{e}");
+    assert!(
+        e.contains("[1, 3, 5, 5]") && e.contains("[4, 2, 3, 3]"),
+        "{e}"
+    );
 
     let e = err(&t(&[3, 5, 5]), &w, &d);
     assert!(e.contains("[3, 5, 5]") && e.contains("4 dimensions"), "{e}");
@@ -185,7 +211,10 @@ fn conv2d_rejects_bad_shapes() {
     assert!(e.contains("[5]") && e.contains("[4]"), "{e}");
 
     let e = err(&t(&[1, 3, 2, 5]), &w, &d);
-    assert!(e.contains("[1, 3, 2, 5]") && e.contains("empty output"), "{e}");
+    assert!(
+        e.contains("[1, 3, 2, 5]") && e.contains("empty output"),
+        "{e}"
+    );
 
     let o = Conv2dOptions {
         stride: 0,

@@ -9,11 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{ShaderFamily, Tensor};
 
 /// Every shader family, for validation and for warming the pipeline cache.
-pub const SHADERS: &[ShaderFamily] = &[
-    crate::bench::SHADER,
-    elementwise::SHADER,
-    conv2d::SHADER,
-];
+pub const SHADERS: &[ShaderFamily] = &[crate::bench::SHADER, elementwise::SHADER, conv2d::SHADER];
 
 /// Activation functions fusable into kernels; the ids are `ACT_*` in `shaders/common.wgsl`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
