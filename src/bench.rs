@@ -158,6 +158,7 @@ pub fn cases(ctx: &Context, args: &BenchArgs) -> Result<Vec<Case>> {
     use crate::kernels::*;
     v.extend(attention::bench_cases(ctx, args)?);
     v.extend(concat::bench_cases(ctx, args)?);
+    v.extend(conv2d::bench_cases(ctx, args)?);
     v.extend(elementwise::bench_cases(ctx, args)?);
     v.extend(group_norm::bench_cases(ctx, args)?);
     v.extend(layer_norm::bench_cases(ctx, args)?);

@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod concat;
+pub mod conv2d;
 pub mod elementwise;
 pub mod embedding;
 pub mod group_norm;
@@ -20,6 +21,7 @@ pub const SHADERS: &[ShaderFamily] = &[
     crate::bench::SHADER,
     attention::SHADER,
     concat::SHADER,
+    conv2d::SHADER,
     elementwise::SHADER,
     embedding::SHADER,
     group_norm::SHADER,

@@ -1,0 +1,417 @@
+//! 2-D convolution (`shaders/conv2d.wgsl`): `torch.nn.functional.conv2d` on NCHW tensors with
+//! PyTorch's weight layout [Cout, Cin, kh, kw] (as diffusers checkpoints store it), square
+//! stride and zero padding, optional bias and a fused activation. The fast path is an implicit
+//! GEMM with a register tile per invocation; `conv2d_naive` is the direct loop kept as a
+//! benchmark baseline.
+
+use super::{rank, same_dtype, to_u32, Activation};
+use crate::error::{Error, Result};
+use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
+
+pub const SHADER: ShaderFamily = ShaderFamily {
+    name: "conv2d",
+    source: include_str!("../../shaders/conv2d.wgsl"),
+};
+
+/// Output pixels per invocation (one vec4 accumulator per channel).
+const TP: usize = 4;
+const NAIVE_WG: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    cin: u32,
+    h: u32,
+    w: u32,
+    cout: u32,
+    ho: u32,
+    wo: u32,
+    pad: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    cout4: u32,
+    tiles_w: u32,
+    n_tiles: u32,
+    has_bias: u32,
+    n_out: u32,
+}
+
+/// Options of [`conv2d`]; `Default` is stride 1, no padding, no bias, no activation.
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2dOptions<'a> {
+    pub stride: usize,
+    pub padding: usize,
+    pub bias: Option<&'a Tensor>,
+    pub act: Activation,
+}
+
+impl Default for Conv2dOptions<'_> {
+    fn default() -> Self {
+        Conv2dOptions {
+            stride: 1,
+            padding: 0,
+            bias: None,
+            act: Activation::None,
+        }
+    }
+}
+
+/// The register tile of the implicit-GEMM kernel: `tc` output channels (4 or 8) x 4 output
+/// pixels per invocation, `wg` invocations per workgroup (all sharing the same channels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    pub wg: u32,
+    pub tc: u32,
+}
+
+/// The tile [`conv2d`] uses (chosen by measurement on lavapipe, see `bench_cases`).
+pub const DEFAULT_TILE: Tile = Tile { wg: 64, tc: 8 };
+
+/// Checked geometry of one convolution.
+struct Geom {
+    n: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    ho: usize,
+    wo: usize,
+}
+
+fn check(x: &Tensor, weight: &Tensor, o: &Conv2dOptions) -> Result<Geom> {
+    const OP: &str = "conv2d";
+    rank(OP, "input x [N, Cin, H, W]", x, 4)?;
+    rank(OP, "weight [Cout, Cin, kh, kw]", weight, 4)?;
+    let mut ts = vec![x, weight];
+    ts.extend(o.bias);
+    same_dtype(OP, &ts)?;
+    let (xs, ws) = (x.shape(), weight.shape());
+    let (n, cin, h, w) = (xs[0], xs[1], xs[2], xs[3]);
+    let (cout, wcin, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
+    if wcin != cin {
+        return Err(Error::shape(
+            OP,
+            format!("input {xs:?} has {cin} channels but weight {ws:?} expects {wcin}"),
+        ));
+    }
+    if o.stride == 0 {
+        return Err(Error::shape(OP, "stride must be at least 1"));
+    }
+    if let Some(b) = o.bias {
+        if b.shape() != [cout] {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "bias shape {:?} does not match weight {ws:?}: expected [{cout}]",
+                    b.shape()
+                ),
+            ));
+        }
+    }
+    let (hp, wp) = (h + 2 * o.padding, w + 2 * o.padding);
+    if n == 0 || cin == 0 || cout == 0 || kh == 0 || kw == 0 || hp < kh || wp < kw {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "input {xs:?} with padding {} and weight {ws:?} give an empty output",
+                o.padding
+            ),
+        ));
+    }
+    let ho = (hp - kh) / o.stride + 1;
+    let wo = (wp - kw) / o.stride + 1;
+    Ok(Geom {
+        n,
+        cin,
+        h,
+        w,
+        cout,
+        kh,
+        kw,
+        ho,
+        wo,
+    })
+}
+
+fn params(g: &Geom, o: &Conv2dOptions) -> Result<Params> {
+    let u = |what: &str, v: usize| to_u32("conv2d", what, v);
+    // Every flat index the shader forms stays below these element counts.
+    u("input", g.n * g.cin * g.h * g.w)?;
+    u("weight", g.cout * g.cin * g.kh * g.kw)?;
+    Ok(Params {
+        n: u("batch", g.n)?,
+        cin: u("channels", g.cin)?,
+        h: u("height", g.h)?,
+        w: u("width", g.w)?,
+        cout: u("channels", g.cout)?,
+        ho: u("height", g.ho)?,
+        wo: u("width", g.wo)?,
+        pad: u("padding", o.padding)?,
+        has_bias: o.bias.is_some() as u32,
+        kh: u("kernel", g.kh)?,
+        kw: u("kernel", g.kw)?,
+        stride: u("stride", o.stride)?,
+        n_out: u("output", g.n * g.cout * g.ho * g.wo)?,
+        ..Default::default()
+    })
+}
+
+/// `F.conv2d(x, weight, bias, stride, padding)` followed by `act`: x [N, Cin, H, W], weight
+/// [Cout, Cin, kh, kw], bias [Cout]; returns [N, Cout, Ho, Wo] with
+/// Ho = (H + 2 padding - kh) / stride + 1.
+pub fn conv2d(ctx: &Context, x: &Tensor, weight: &Tensor, o: &Conv2dOptions) -> Result<Tensor> {
+    conv2d_tiled(ctx, x, weight, o, DEFAULT_TILE)
+}
+
+/// [`conv2d`] with an explicit register tile (for tuning; each tile is its own pipeline).
+pub fn conv2d_tiled(
+    ctx: &Context,
+    x: &Tensor,
+    weight: &Tensor,
+    o: &Conv2dOptions,
+    tile: Tile,
+) -> Result<Tensor> {
+    let g = check(x, weight, o)?;
+    let tc = if tile.tc > 4 { 8 } else { 4 };
+    let mut p = params(&g, o)?;
+    p.cout4 = to_u32(
+        "conv2d",
+        "channels",
+        g.cout.div_ceil(tc as usize) * tc as usize / 4,
+    )?;
+    let packed = pack_weight(ctx, weight, &p)?;
+    let tiles_w = g.wo.div_ceil(TP);
+    p.tiles_w = to_u32("conv2d", "output", tiles_w)?;
+    p.n_tiles = to_u32("conv2d", "output", g.n * g.ho * tiles_w)?;
+    let out = Tensor::empty(ctx, &[g.n, g.cout, g.ho, g.wo], x.dtype())?;
+    let w4 = g.w % 4 == 0;
+    let mode = match (g.kh, g.kw, o.stride, o.padding) {
+        (3, 3, 1, 1) if w4 => 2,
+        (1, 1, 1, 0) if w4 => 3,
+        (3, 3, 1, _) => 1,
+        _ => 0,
+    };
+    let key = PipelineKey {
+        family: SHADER.name,
+        entry: "conv2d",
+        dtype: x.dtype(),
+        constants: vec![
+            ("WG", tile.wg),
+            ("TC", tc),
+            ("MODE", mode),
+            ("ACT", o.act.id()),
+        ],
+    };
+    let pipe = ctx.pipeline(&SHADER, key)?;
+    let wg = [p.n_tiles.div_ceil(tile.wg), p.cout.div_ceil(tc), 1];
+    ctx.check_grid("conv2d", wg)?;
+    let bias = o.bias.unwrap_or(&packed);
+    ctx.launch(
+        &pipe,
+        "conv2d",
+        &[
+            x.buffer(),
+            x.buffer(),
+            packed.buffer(),
+            bias.buffer(),
+            out.buffer(),
+        ],
+        bytemuck::bytes_of(&p),
+        wg,
+    );
+    Ok(out)
+}
+
+/// Repacks weight [Cout, Cin, kh, kw] as [Cin*kh*kw, cout4] vec4s of 4 output channels.
+fn pack_weight(ctx: &Context, weight: &Tensor, p: &Params) -> Result<Tensor> {
+    let k = (p.cin * p.kh * p.kw) as usize;
+    let n4 = to_u32("conv2d", "weight", k * p.cout4 as usize)?;
+    let packed = Tensor::empty(ctx, &[k, p.cout4 as usize * 4], weight.dtype())?;
+    let key = PipelineKey {
+        family: SHADER.name,
+        entry: "pack_weight",
+        dtype: weight.dtype(),
+        constants: vec![("WG", NAIVE_WG)],
+    };
+    let pipe = ctx.pipeline(&SHADER, key)?;
+    let wg = ctx.grid_1d(n4.div_ceil(NAIVE_WG) as u64);
+    ctx.check_grid("conv2d", wg)?;
+    let pk = Params { n_out: n4, ..*p };
+    ctx.launch(
+        &pipe,
+        "pack_weight",
+        &[weight.buffer(), packed.buffer()],
+        bytemuck::bytes_of(&pk),
+        wg,
+    );
+    Ok(packed)
+}
+
+/// The direct convolution, one output per invocation: only a baseline for `hoa bench`.
+pub fn conv2d_naive(
+    ctx: &Context,
+    x: &Tensor,
+    weight: &Tensor,
+    o: &Conv2dOptions,
+) -> Result<Tensor> {
+    let g = check(x, weight, o)?;
+    let p = params(&g, o)?;
+    let out = Tensor::empty(ctx, &[g.n, g.cout, g.ho, g.wo], x.dtype())?;
+    let key = PipelineKey {
+        family: SHADER.name,
+        entry: "conv2d_naive",
+        dtype: x.dtype(),
+        constants: vec![("WG", NAIVE_WG), ("ACT", o.act.id())],
+    };
+    let pipe = ctx.pipeline(&SHADER, key)?;
+    let wg = ctx.grid_1d(p.n_out.div_ceil(NAIVE_WG) as u64);
+    ctx.check_grid("conv2d_naive", wg)?;
+    let bias = o.bias.unwrap_or(weight);
+    ctx.launch(
+        &pipe,
+        "conv2d_naive",
+        &[x.buffer(), weight.buffer(), bias.buffer(), out.buffer()],
+        bytemuck::bytes_of(&p),
+        wg,
+    );
+    Ok(out)
+}
+
+/// CPU reference: direct convolution with f64 accumulation.
+pub mod reference {
+    use super::Activation;
+
+    /// x [n, cin, h, w], weight [cout, cin, kh, kw] (shapes given as arrays); returns the
+    /// output and its shape [n, cout, ho, wo].
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d(
+        x: &[f32],
+        xs: [usize; 4],
+        weight: &[f32],
+        ws: [usize; 4],
+        bias: Option<&[f32]>,
+        stride: usize,
+        padding: usize,
+        act: Activation,
+    ) -> (Vec<f32>, [usize; 4]) {
+        let [n, cin, h, w] = xs;
+        let [cout, _, kh, kw] = ws;
+        let ho = (h + 2 * padding - kh) / stride + 1;
+        let wo = (w + 2 * padding - kw) / stride + 1;
+        let mut out = Vec::with_capacity(n * cout * ho * wo);
+        for b in 0..n {
+            for co in 0..cout {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut s = bias.map_or(0.0, |bv| bv[co] as f64);
+                        for ci in 0..cin {
+                            for ky in 0..kh {
+                                let iy = (oy * stride + ky) as isize - padding as isize;
+                                if iy < 0 || iy >= h as isize {
+                                    continue;
+                                }
+                                for kx in 0..kw {
+                                    let ix = (ox * stride + kx) as isize - padding as isize;
+                                    if ix < 0 || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let xv =
+                                        x[((b * cin + ci) * h + iy as usize) * w + ix as usize];
+                                    let wv = weight[((co * cin + ci) * kh + ky) * kw + kx];
+                                    s += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        out.push(act.apply_f64(s) as f32);
+                    }
+                }
+            }
+        }
+        (out, [n, cout, ho, wo])
+    }
+}
+
+/// `hoa bench` cases: the convolutions of an SD-1.5 U-Net at batch 2 (64x64 latents, halved
+/// with `--quick`): 3x3 320->320, 1x1 320->320, the stride-2 downsampler, conv_in (4->320)
+/// and 3x3 640->640 at half size; each after the naive baseline on the same shape where that
+/// is affordable. (Measured on lavapipe while choosing the tile: 8 channels x 4 pixels beat 4
+/// channels x 4 pixels by 1.0-1.6x; workgroup size 32 vs 64 was within the noise.)
+pub fn bench_cases(
+    ctx: &Context,
+    args: &crate::bench::BenchArgs,
+) -> Result<Vec<crate::bench::Case>> {
+    use crate::bench::{Bound, Case};
+    let mut v = Vec::new();
+    let s = if args.quick { 32 } else { 64 };
+    let mut dts = vec![crate::DType::F32];
+    if args.f16 && ctx.has_f16() {
+        dts.push(crate::DType::F16);
+    }
+    // (name, cin, cout, hw, k, stride, pad, time the naive baseline too: it runs at ~0.3
+    // GFLOP/s on lavapipe, ~50 s for the full-size 3x3, so that one only with --quick)
+    type Shape = (&'static str, usize, usize, usize, usize, usize, usize, bool);
+    let shapes: [Shape; 5] = [
+        ("3x3", 320, 320, s, 3, 1, 1, args.quick),
+        ("1x1", 320, 320, s, 1, 1, 0, true),
+        ("3x3s2", 320, 320, s, 3, 2, 1, false),
+        ("3x3in", 4, 320, s, 3, 1, 1, true),
+        ("3x3", 640, 640, s / 2, 3, 1, 1, false),
+    ];
+    for dt in dts {
+        let sz = dt.size() as f64;
+        for &(name, cin, cout, hw, k, stride, pad, naive) in &shapes {
+            let n = 2;
+            let x = Tensor::full(ctx, &[n, cin, hw, hw], 0.5, dt)?;
+            let w = Tensor::full(ctx, &[cout, cin, k, k], 0.01, dt)?;
+            let b = Tensor::full(ctx, &[cout], 0.1, dt)?;
+            let ho = (hw + 2 * pad - k) / stride + 1;
+            let flops = 2.0 * (n * cout * ho * ho * cin * k * k) as f64;
+            let bytes = (x.numel() + w.numel() + n * cout * ho * ho) as f64 * sz;
+            let shape = format!("{name} {n}x{cin}x{hw}x{hw}->{cout} {}", dt.name());
+            let mk = |kernel: String, baseline: Option<String>, run| Case {
+                kernel,
+                shape: shape.clone(),
+                flops,
+                bytes,
+                bound: Bound::Compute,
+                baseline,
+                run,
+            };
+            if naive {
+                let (x, w, b) = (x.clone(), w.clone(), b.clone());
+                v.push(mk(
+                    "conv2d_naive".into(),
+                    None,
+                    Box::new(move |c| {
+                        let o = Conv2dOptions {
+                            stride,
+                            padding: pad,
+                            bias: Some(&b),
+                            act: Activation::None,
+                        };
+                        conv2d_naive(c, &x, &w, &o).map(drop)
+                    }),
+                ));
+            }
+            let base = naive.then(|| "conv2d_naive".to_string());
+            v.push(mk(
+                "conv2d".into(),
+                base,
+                Box::new(move |c| {
+                    let o = Conv2dOptions {
+                        stride,
+                        padding: pad,
+                        bias: Some(&b),
+                        act: Activation::None,
+                    };
+                    conv2d(c, &x, &w, &o).map(drop)
+                }),
+            ));
+        }
+    }
+    Ok(v)
+}

@@ -1,0 +1,236 @@
+//! conv2d (implicit GEMM) and the naive baseline vs the f64 direct-convolution reference, on odd
+//! shapes (channels 1/3/7/33, sizes 1/5/9/17, non-square), 1x1 and 3x3 kernels, stride 1 and 2,
+//! padding 0 and 1, with and without bias, in f32 and f16; and the shape errors.
+
+mod common;
+use common::*;
+use hoa::kernels::conv2d::{self, reference, Conv2dOptions, Tile};
+use hoa::kernels::Activation;
+use hoa::{DType, Tensor};
+use rand::Rng;
+
+struct Case {
+    xs: [usize; 4],
+    ws: [usize; 4],
+    stride: usize,
+    padding: usize,
+    bias: bool,
+    act: Activation,
+}
+
+fn random_cases(r: &mut impl Rng, count: usize) -> Vec<Case> {
+    let chans = [1usize, 3, 7, 33];
+    let sizes = [1usize, 5, 9, 17];
+    let acts = [Activation::None, Activation::Silu, Activation::Gelu];
+    let mut v = Vec::new();
+    while v.len() < count {
+        let i = v.len();
+        let k = if i % 2 == 0 { 3 } else { 1 };
+        let stride = 1 + (i / 2) % 2;
+        let padding = if k == 3 { (i / 4 + 1) % 2 } else { (i / 4) % 2 };
+        let xs = [
+            1 + r.random_range(0..2),
+            chans[r.random_range(0..4)],
+            sizes[r.random_range(0..4)],
+            sizes[r.random_range(0..4)],
+        ];
+        // Skip shapes whose output would be empty (that is an error case, tested below).
+        if xs[2] + 2 * padding < k || xs[3] + 2 * padding < k {
+            continue;
+        }
+        v.push(Case {
+            xs,
+            ws: [chans[r.random_range(0..4)], xs[1], k, k],
+            stride,
+            padding,
+            bias: r.random_range(0..2) == 0,
+            act: acts[i % 3],
+        });
+    }
+    v
+}
+
+fn run_case(
+    c: &hoa::Context,
+    r: &mut impl Rng,
+    dt: DType,
+    cs: &Case,
+    f: &dyn Fn(&Tensor, &Tensor, &Conv2dOptions) -> hoa::Result<Tensor>,
+    what: &str,
+) {
+    let x = round_to(dt, &randn(r, cs.xs.iter().product(), 1.0));
+    let w = round_to(dt, &randn(r, cs.ws.iter().product(), 0.5));
+    let b = round_to(dt, &randn(r, cs.ws[0], 1.0));
+    let tx = Tensor::from_f32(c, &x, &cs.xs, dt).unwrap();
+    let tw = Tensor::from_f32(c, &w, &cs.ws, dt).unwrap();
+    let tb = Tensor::from_f32(c, &b, &[cs.ws[0]], dt).unwrap();
+    let o = Conv2dOptions {
+        stride: cs.stride,
+        padding: cs.padding,
+        bias: cs.bias.then_some(&tb),
+        act: cs.act,
+    };
+    let out = f(&tx, &tw, &o).unwrap();
+    let (want, shape) = reference::conv2d(
+        &x,
+        cs.xs,
+        &w,
+        cs.ws,
+        cs.bias.then_some(&b[..]),
+        cs.stride,
+        cs.padding,
+        cs.act,
+    );
+    assert_eq!(out.shape(), &shape[..], "{what}");
+    let got = out.to_vec(c).unwrap();
+    all_close(
+        &format!(
+            "{what} x {:?} w {:?} stride {} pad {} bias {} {:?} {dt:?}",
+            cs.xs, cs.ws, cs.stride, cs.padding, cs.bias, cs.act
+        ),
+        &got,
+        &want,
+        &tol_for(dt, true),
+    );
+}
+
+#[test]
+fn conv2d_matches_reference() {
+    let Some(c) = ctx() else { return };
+    let mut r = rng(11);
+    let mut cases = random_cases(&mut r, 24);
+    // Widths that are multiples of 4 take the vec4 input paths (3x3 pad 1 and 1x1 pad 0,
+    // stride 1); the others the scalar ones.
+    for (xs, k, padding, bias) in [
+        ([2, 7, 5, 8], 3, 1, true),
+        ([1, 3, 1, 4], 3, 1, false),
+        ([1, 33, 9, 12], 3, 1, false),
+        ([2, 33, 3, 12], 1, 0, true),
+        ([1, 1, 1, 4], 1, 0, false),
+        ([1, 7, 6, 8], 3, 0, true),
+    ] {
+        cases.push(Case {
+            xs,
+            ws: [[1, 7, 33][cases.len() % 3], xs[1], k, k],
+            stride: 1,
+            padding,
+            bias,
+            act: Activation::Silu,
+        });
+    }
+    for dt in dtypes(c) {
+        for cs in &cases {
+            run_case(
+                c,
+                &mut r,
+                dt,
+                cs,
+                &|x, w, o| conv2d::conv2d(c, x, w, o),
+                "conv2d",
+            );
+        }
+    }
+}
+
+/// Other register tiles (4 and 8 channels, other workgroup sizes) and a 5x3 kernel (the runtime-geometry path).
+#[test]
+fn conv2d_other_tiles_and_kernels() {
+    let Some(c) = ctx() else { return };
+    let mut r = rng(12);
+    let tiles = [Tile { wg: 64, tc: 4 }, Tile { wg: 32, tc: 8 }];
+    let mut cases = random_cases(&mut r, 6);
+    cases.push(Case {
+        xs: [2, 3, 9, 17],
+        ws: [7, 3, 5, 3],
+        stride: 2,
+        padding: 1,
+        bias: true,
+        act: Activation::None,
+    });
+    for t in tiles {
+        for cs in &cases {
+            run_case(
+                c,
+                &mut r,
+                DType::F32,
+                cs,
+                &|x, w, o| conv2d::conv2d_tiled(c, x, w, o, t),
+                &format!("conv2d tile {t:?}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn conv2d_naive_matches_reference() {
+    let Some(c) = ctx() else { return };
+    let mut r = rng(13);
+    let cases = random_cases(&mut r, 8);
+    for cs in &cases {
+        run_case(
+            c,
+            &mut r,
+            DType::F32,
+            cs,
+            &|x, w, o| conv2d::conv2d_naive(c, x, w, o),
+            "conv2d_naive",
+        );
+    }
+}
+
+#[test]
+fn conv2d_rejects_bad_shapes() {
+    let Some(c) = ctx() else { return };
+    let t = |s: &[usize]| Tensor::full(c, s, 0.0, DType::F32).unwrap();
+    let x = t(&[1, 3, 5, 5]);
+    let w = t(&[4, 3, 3, 3]);
+    let err = |x: &Tensor, w: &Tensor, o: &Conv2dOptions| {
+        conv2d::conv2d(c, x, w, o)
+            .expect_err("bad shapes must be refused")
+            .to_string()
+    };
+    let d = Conv2dOptions::default();
+
+    let e = err(&x, &t(&[4, 2, 3, 3]), &d);
+    assert!(
+        e.contains("[1, 3, 5, 5]") && e.contains("[4, 2, 3, 3]"),
+        "{e}"
+    );
+
+    let e = err(&t(&[3, 5, 5]), &w, &d);
+    assert!(e.contains("[3, 5, 5]") && e.contains("4 dimensions"), "{e}");
+    let e = err(&x, &t(&[4, 27]), &d);
+    assert!(e.contains("[4, 27]") && e.contains("4 dimensions"), "{e}");
+
+    let b = t(&[5]);
+    let o = Conv2dOptions {
+        bias: Some(&b),
+        ..Default::default()
+    };
+    let e = err(&x, &w, &o);
+    assert!(e.contains("[5]") && e.contains("[4]"), "{e}");
+
+    let e = err(&t(&[1, 3, 2, 5]), &w, &d);
+    assert!(
+        e.contains("[1, 3, 2, 5]") && e.contains("empty output"),
+        "{e}"
+    );
+
+    let o = Conv2dOptions {
+        stride: 0,
+        ..Default::default()
+    };
+    assert!(err(&x, &w, &o).contains("stride"));
+    // Padding makes the same input valid.
+    let o = Conv2dOptions {
+        padding: 1,
+        ..Default::default()
+    };
+    let y = conv2d::conv2d(c, &t(&[1, 3, 2, 5]), &w, &o).unwrap();
+    assert_eq!(y.shape(), &[1, 4, 2, 5]);
+
+    if c.has_f16() {
+        let xh = Tensor::full(c, &[1, 3, 5, 5], 0.0, DType::F16).unwrap();
+        assert!(err(&xh, &w, &d).contains("mixed dtypes"));
+    }
+}
