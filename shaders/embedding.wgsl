@@ -42,3 +42,27 @@ fn timestep_embedding(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     let use_sin = first != (p.flip != 0u);
     out[i] = T(select(cos(arg), sin(arg), use_sin));
 }
+
+// ---- token embedding lookup: out[i, :] = table[ids[i], :] (nn.Embedding) ----------------
+// Dispatch: 1-D over outputs (ids * dim), split over x/y (grid_1d).
+// Bindings: 0 = table [V, dim], 1 = ids (u32, validated < V on the host), 2 = out, 3 = params.
+
+struct GatherParams {
+    n: u32,    // ids * dim
+    dim: u32,
+    vocab: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read> g_table: array<T>;
+@group(0) @binding(1) var<storage, read> g_ids: array<u32>;
+@group(0) @binding(2) var<storage, read_write> g_out: array<T>;
+@group(0) @binding(3) var<uniform> g_p: GatherParams;
+
+@compute @workgroup_size(WG)
+fn gather_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= g_p.n) { return; }
+    let row = min(g_ids[i / g_p.dim], g_p.vocab - 1u);
+    g_out[i] = g_table[row * g_p.dim + i % g_p.dim];
+}

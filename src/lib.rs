@@ -6,9 +6,11 @@
 //! microbenchmarks behind `hoa bench`.
 
 pub mod bench;
+pub mod config;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod models;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -186,6 +186,12 @@ impl<'a> Loader<'a> {
         }
     }
 
+    /// Marks `prefix.name` as expected even though no lookup reads it (buffers such as
+    /// `position_ids` that a model derives itself).
+    pub fn ignore(&self, name: &str) {
+        self.report.borrow_mut().used.insert(self.key(name));
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.weights.index.contains_key(&self.key(name))
     }
@@ -210,6 +216,25 @@ impl<'a> Loader<'a> {
         }
         drop(r);
         Tensor::empty(self.ctx, shape, self.dtype)
+    }
+
+    /// The values of `prefix.name` on the host (small tables the CPU uses, such as T5's
+    /// relative attention bias). Problems are recorded like [`Loader::get`]'s.
+    pub fn get_host(&self, name: &str, shape: &[usize]) -> Vec<f32> {
+        let key = self.key(name);
+        let mut r = self.report.borrow_mut();
+        r.used.insert(key.clone());
+        match self.weights.shape(&key) {
+            None => r.missing.push(format!("{key} {shape:?}")),
+            Some(got) if got != shape => r
+                .wrong_shape
+                .push(format!("{key}: expected {shape:?}, found {got:?}")),
+            Some(_) => match self.weights.read_f32(&key) {
+                Ok(v) => return v,
+                Err(e) => r.other.push(e.to_string()),
+            },
+        }
+        vec![0.0; shape.iter().product()]
     }
 
     /// Errors with every problem found so far, plus every tensor in the checkpoint that no

@@ -134,3 +134,31 @@ fn timestep_embedding_matches_diffusers_formula() {
         }
     }
 }
+
+#[test]
+fn gather_rows_matches_reference_and_rejects_bad_ids() {
+    let Some(c) = ctx() else { return };
+    let mut r = rng(12);
+    for dt in dtypes(c) {
+        let (vocab, dim) = (37usize, 13usize);
+        let table = round_to(dt, &randn(&mut r, vocab * dim, 1.0));
+        let t = Tensor::from_f32(c, &table, &[vocab, dim], dt).unwrap();
+        let ids: Vec<u32> = (0..77).map(|i| (i * 7 % vocab) as u32).collect();
+        let y = embedding::gather_rows(c, &t, &ids).unwrap();
+        assert_eq!(y.shape(), &[77, dim]);
+        let want = embedding::reference::gather_rows(&table, dim, &ids);
+        all_close(
+            &format!("gather {dt:?}"),
+            &y.to_vec(c).unwrap(),
+            &want,
+            &Tol {
+                atol: 0.0,
+                rtol: 0.0,
+            },
+        );
+        let e = embedding::gather_rows(c, &t, &[3, 37])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("token id 37") && e.contains("37"), "{e}");
+    }
+}

@@ -1,5 +1,6 @@
 //! Embeddings (`shaders/embedding.wgsl`): the sinusoidal timestep embedding of diffusers'
-//! `embeddings.get_timestep_embedding` / `Timesteps`.
+//! `embeddings.get_timestep_embedding` / `Timesteps`, and token-embedding lookup
+//! (`nn.Embedding`).
 
 use super::to_u32;
 use crate::error::{Error, Result};
@@ -102,8 +103,81 @@ pub fn timestep_embedding(
     Ok(out)
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct GatherParams {
+    n: u32,
+    dim: u32,
+    vocab: u32,
+    _pad: u32,
+}
+
+/// `nn.Embedding`: rows of `table` [V, D] picked by `ids`; returns [ids.len(), D].
+pub fn gather_rows(ctx: &Context, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    use wgpu::util::DeviceExt;
+    if table.shape().len() != 2 {
+        return Err(Error::shape(
+            "embedding",
+            format!("table must be [vocab, dim], got {:?}", table.shape()),
+        ));
+    }
+    let (vocab, dim) = (table.shape()[0], table.shape()[1]);
+    if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(Error::shape(
+            "embedding",
+            format!(
+                "token id {bad} is outside the vocabulary of {vocab}; tokenizer and model disagree"
+            ),
+        ));
+    }
+    if ids.is_empty() {
+        return Err(Error::shape("embedding", "no token ids"));
+    }
+    let out = Tensor::empty(ctx, &[ids.len(), dim], table.dtype())?;
+    let n = to_u32("embedding", "output", ids.len() * dim)?;
+    let id_buf = ctx
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("token ids"),
+            contents: bytemuck::cast_slice(ids),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+    let p = GatherParams {
+        n,
+        dim: to_u32("embedding", "dim", dim)?,
+        vocab: to_u32("embedding", "vocab", vocab)?,
+        _pad: 0,
+    };
+    let key = PipelineKey {
+        family: SHADER.name,
+        entry: "gather_rows",
+        dtype: table.dtype(),
+        constants: vec![("WG", WG)],
+    };
+    let pipe = ctx.pipeline(&SHADER, key)?;
+    let wg = ctx.grid_1d(n.div_ceil(WG) as u64);
+    ctx.launch(
+        &pipe,
+        "gather_rows",
+        &[table.buffer(), &id_buf, out.buffer()],
+        bytemuck::bytes_of(&p),
+        wg,
+    );
+    Ok(out)
+}
+
 pub mod reference {
     use super::TimestepEmbedding;
+
+    pub fn gather_rows(table: &[f32], dim: usize, ids: &[u32]) -> Vec<f32> {
+        ids.iter()
+            .flat_map(|&i| {
+                table[i as usize * dim..(i as usize + 1) * dim]
+                    .iter()
+                    .copied()
+            })
+            .collect()
+    }
 
     pub fn timestep_embedding(t: &[f32], cfg: &TimestepEmbedding) -> Vec<f32> {
         let half = cfg.dim / 2;
