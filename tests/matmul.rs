@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use hoa::kernels::matmul::{self, reference, MatmulOptions, Tile};
+use hoa::kernels::matmul::{self, reference, MatmulOptions, SgTile, Tile};
 use hoa::kernels::Activation;
 use hoa::{DType, Tensor};
 
@@ -32,7 +32,15 @@ struct Case {
     alpha: f32,
 }
 
-fn run(c: &hoa::Context, dt: DType, cs: Case, seed: u64, tile: Option<Tile>) {
+/// Which kernel runs a case: `matmul`'s own routing, or one path with an explicit tile.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    Auto,
+    Tiled(Tile),
+    Sg(SgTile),
+}
+
+fn run(c: &hoa::Context, dt: DType, cs: Case, seed: u64, tile: Path) {
     let mut r = rng(seed);
     let bt = cs.batch.unwrap_or(1);
     let a_batched = cs.batch.is_some();
@@ -73,10 +81,11 @@ fn run(c: &hoa::Context, dt: DType, cs: Case, seed: u64, tile: Option<Tile>) {
         alpha: cs.alpha,
     };
     let out = match tile {
-        Some(t) => matmul::matmul_with(c, &ta, &tb, &o, t),
-        None => matmul::matmul(c, &ta, &tb, &o),
+        Path::Tiled(t) => matmul::matmul_with(c, &ta, &tb, &o, t),
+        Path::Sg(t) => matmul::matmul_sg_with(c, &ta, &tb, &o, t),
+        Path::Auto => matmul::matmul(c, &ta, &tb, &o),
     }
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{cs:?} {dt:?} {tile:?}: {e}"));
     let want_shape: Vec<usize> = if a_batched {
         vec![bt, cs.m, cs.n]
     } else {
@@ -131,7 +140,7 @@ fn odd_sizes_every_transpose() {
                         act: Activation::None,
                         alpha: 1.0,
                     };
-                    run(c, dt, cs, i, None);
+                    run(c, dt, cs, i, Path::Auto);
                 }
             }
         }
@@ -158,7 +167,7 @@ fn batched_and_broadcast_weight() {
                 act: Activation::None,
                 alpha: 1.0,
             };
-            run(c, dt, cs, 100 + i as u64, None);
+            run(c, dt, cs, 100 + i as u64, Path::Auto);
         }
     }
 }
@@ -180,7 +189,7 @@ fn fused_bias_activation_alpha() {
                 act,
                 alpha: 0.5 + 0.25 * i as f32,
             };
-            run(c, dt, cs, 200 + i as u64, None);
+            run(c, dt, cs, 200 + i as u64, Path::Auto);
         }
     }
 }
@@ -207,8 +216,91 @@ fn other_tiles() {
             DType::F32,
             cs,
             300 + i as u64,
-            Some(Tile { wg: 16, tm, tn }),
+            Path::Tiled(Tile { wg: 16, tm, tn }),
         );
+    }
+}
+
+/// Whether this adapter runs the subgroup fast path (lavapipe does; SwiftShader does not).
+fn has_sg(c: &hoa::Context) -> bool {
+    c.features.contains(wgpu::Features::SUBGROUP) && c.info.subgroup_min_size >= 8
+}
+
+/// Aligned shapes (K, N multiples of 4, A untransposed) are routed to `matmul_sg`; cover its
+/// edges: M not a multiple of the row tile, N not a multiple of the column tile, K = 4,
+/// both B layouts, batches, a broadcast weight, bias + activation + alpha, in every dtype.
+#[test]
+fn aligned_fast_path() {
+    let Some(c) = ctx() else { return };
+    let mut i = 0u64;
+    for dt in dtypes(c) {
+        for tb in [false, true] {
+            for (batch, b_batched, m, n, k, bias, act, alpha) in [
+                (None, false, 1, 4, 4, false, Activation::None, 1.0),
+                (None, false, 13, 68, 36, true, Activation::Gelu, 0.5),
+                (None, false, 70, 132, 8, true, Activation::Silu, 1.0),
+                (Some(3), true, 9, 20, 44, false, Activation::None, 1.0),
+                (Some(2), false, 17, 12, 64, true, Activation::Relu, 2.0),
+                (None, false, 33, 260, 132, false, Activation::QuickGelu, 1.0),
+            ] {
+                i += 1;
+                let cs = Case {
+                    batch,
+                    b_batched,
+                    m,
+                    n,
+                    k,
+                    trans_a: false,
+                    trans_b: tb,
+                    bias,
+                    act,
+                    alpha,
+                };
+                run(c, dt, cs, 600 + i, Path::Auto);
+                if has_sg(c) {
+                    run(c, dt, cs, 600 + i, Path::Sg(matmul::SG_TILE));
+                }
+            }
+        }
+    }
+}
+
+/// Every row tile of `matmul_sg` (and a few workgroup sizes) computes the same thing.
+#[test]
+fn other_sg_tiles() {
+    let Some(c) = ctx() else { return };
+    if !has_sg(c) {
+        return;
+    }
+    for (i, &(wg, tr)) in [(8u32, 1u32), (16, 11), (32, 27)].iter().enumerate() {
+        for tb in [false, true] {
+            let cs = Case {
+                batch: Some(2),
+                b_batched: !tb,
+                m: 29,
+                n: 76,
+                k: 24,
+                trans_a: false,
+                trans_b: tb,
+                bias: true,
+                act: Activation::GeluTanh,
+                alpha: 1.0,
+            };
+            run(
+                c,
+                DType::F32,
+                cs,
+                700 + i as u64,
+                Path::Sg(SgTile { wg, tr }),
+            );
+        }
+    }
+    // Shapes it cannot take are errors, not wrong answers.
+    let t = |s: &[usize]| Tensor::full(c, s, 1.0, DType::F32).unwrap();
+    let d = MatmulOptions::default();
+    for (a, b) in [([3usize, 6usize], [6usize, 8usize]), ([3, 8], [8, 6])] {
+        let e = matmul::matmul_sg_with(c, &t(&a), &t(&b), &d, matmul::SG_TILE);
+        assert!(e.is_err(), "{a:?} x {b:?}");
     }
 }
 

@@ -27,6 +27,7 @@ pub const SHADERS: &[ShaderFamily] = &[
     group_norm::SHADER,
     layer_norm::SHADER,
     matmul::SHADER,
+    matmul::SHADER_SG,
     resample::SHADER,
     softmax::SHADER,
 ];
