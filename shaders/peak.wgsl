@@ -1,7 +1,9 @@
 // peak.wgsl: the adapter's own ceilings, measured as vkpeak does.
 //
-// fma_peak: each invocation runs ITERS x 16 independent vec4 FMA chains (no memory traffic in the
-//      loop), then writes one value so the work cannot be optimized away.
+// fma_peak: each invocation runs ITERS x 16 vec4 FMAs on 4 independent accumulators (no memory
+//      traffic in the loop), then writes one value so the work cannot be optimized away.
+//      Four vec4 chains hide the FMA latency and still fit in registers on llvmpipe, where each
+//      per-invocation float takes a whole SIMD register; eight spilled and read 40% low.
 // copy_peak: vec4 storage-to-storage copy, 1-D grid split over x/y (Context::grid_1d).
 // Bindings: 0 = input (copy only), then out, then params.
 
@@ -23,16 +25,15 @@ fn fma_peak(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let i = gid.x + gid.y * nwg.x * WG;
     let s = f_p.seed + f32(i & 7u) * 1e-7;
     var a0 = vec4<f32>(s); var a1 = a0 + 1e-3; var a2 = a0 + 2e-3; var a3 = a0 + 3e-3;
-    var a4 = a0 + 4e-3; var a5 = a0 + 5e-3; var a6 = a0 + 6e-3; var a7 = a0 + 7e-3;
     let m = vec4<f32>(0.9999);
     let c = vec4<f32>(1e-4);
     for (var k = 0u; k < ITERS; k++) {
         a0 = fma(a0, m, c); a1 = fma(a1, m, c); a2 = fma(a2, m, c); a3 = fma(a3, m, c);
-        a4 = fma(a4, m, c); a5 = fma(a5, m, c); a6 = fma(a6, m, c); a7 = fma(a7, m, c);
         a0 = fma(a0, m, c); a1 = fma(a1, m, c); a2 = fma(a2, m, c); a3 = fma(a3, m, c);
-        a4 = fma(a4, m, c); a5 = fma(a5, m, c); a6 = fma(a6, m, c); a7 = fma(a7, m, c);
+        a0 = fma(a0, m, c); a1 = fma(a1, m, c); a2 = fma(a2, m, c); a3 = fma(a3, m, c);
+        a0 = fma(a0, m, c); a1 = fma(a1, m, c); a2 = fma(a2, m, c); a3 = fma(a3, m, c);
     }
-    f_out[i] = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
+    f_out[i] = a0 + a1 + a2 + a3;
 }
 
 @group(0) @binding(0) var<storage, read> c_in: array<T4>;

@@ -95,7 +95,7 @@ pub fn time(ctx: &Context, reps: usize, run: &dyn Fn(&Context) -> Result<()>) ->
 #[cfg(not(target_arch = "wasm32"))]
 pub fn ceilings(ctx: &Context, reps: usize) -> Result<Ceilings> {
     const WG: u32 = 256;
-    const ITERS: u32 = 256;
+    const ITERS: u32 = 1024;
     // Enough invocations to fill any GPU, few enough for a software rasterizer.
     let threads: u32 = if ctx.info.device_type == wgpu::DeviceType::Cpu {
         1 << 14
@@ -122,8 +122,8 @@ pub fn ceilings(ctx: &Context, reps: usize) -> Result<Ceilings> {
         );
         Ok(())
     })?;
-    // 2 chains x 8 accumulators x 4 lanes x 2 flops per iteration.
-    let gflops = threads as f64 * ITERS as f64 * 2.0 * 8.0 * 4.0 * 2.0 / t / 1e9;
+    // 4 statements x 4 accumulators x 4 lanes x 2 flops per iteration.
+    let gflops = threads as f64 * ITERS as f64 * 4.0 * 4.0 * 4.0 * 2.0 / t / 1e9;
 
     let bytes: usize = if ctx.info.device_type == wgpu::DeviceType::Cpu {
         64 << 20

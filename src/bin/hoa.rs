@@ -43,7 +43,6 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Info => info(&ctx),
         Command::Bench(args) => {
-            eprintln!("adapter: {}", ctx.describe());
             hoa::bench::run(&ctx, &args)?;
         }
     }
