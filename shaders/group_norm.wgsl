@@ -34,35 +34,6 @@ struct Params {
     _pad2: u32,
 }
 
-var<workgroup> red_a: array<f32, WG>;
-var<workgroup> red_b: array<f32, WG>;
-
-fn row_sum_a(v: f32, lid: u32) -> f32 {
-    if (TPR == 1u) { return v; } // one invocation per row: no barrier at all
-    red_a[lid] = v;
-    workgroupBarrier();
-    // A constant 0 when one row fills the workgroup: the loads below are then uniform.
-    let base = select(lid & ~(TPR - 1u), 0u, TPR == WG);
-    var s = 0.0;
-    for (var i = 0u; i < TPR; i++) { s += red_a[base + i]; }
-    return s;
-}
-
-fn row_sum_b(v: f32, lid: u32) -> f32 {
-    if (TPR == 1u) { return v; } // one invocation per row: no barrier at all
-    red_b[lid] = v;
-    workgroupBarrier();
-    // A constant 0 when one row fills the workgroup: the loads below are then uniform.
-    let base = select(lid & ~(TPR - 1u), 0u, TPR == WG);
-    var s = 0.0;
-    for (var i = 0u; i < TPR; i++) { s += red_b[base + i]; }
-    return s;
-}
-
-fn hsum(v: vec4<f32>) -> f32 {
-    return (v.x + v.y) + (v.z + v.w);
-}
-
 // ---- vec4 path: inner % 4 == 0 ---------------------------------------------------------
 @group(0) @binding(0) var<storage, read> v_x: array<T4>;
 @group(0) @binding(1) var<storage, read> v_w: array<T>;

@@ -22,31 +22,6 @@ struct Params {
 
 const NEG_BIG: f32 = -3.402823466e38;
 
-var<workgroup> red_a: array<f32, WG>;
-var<workgroup> red_b: array<f32, WG>;
-
-fn row_max_a(v: f32, lid: u32) -> f32 {
-    if (TPR == 1u) { return v; } // one invocation per row: no barrier at all
-    red_a[lid] = v;
-    workgroupBarrier();
-    // A constant 0 when one row fills the workgroup: the loads below are then uniform.
-    let base = select(lid & ~(TPR - 1u), 0u, TPR == WG);
-    var m = NEG_BIG;
-    for (var i = 0u; i < TPR; i++) { m = max(m, red_a[base + i]); }
-    return m;
-}
-
-fn row_sum_b(v: f32, lid: u32) -> f32 {
-    if (TPR == 1u) { return v; } // one invocation per row: no barrier at all
-    red_b[lid] = v;
-    workgroupBarrier();
-    // A constant 0 when one row fills the workgroup: the loads below are then uniform.
-    let base = select(lid & ~(TPR - 1u), 0u, TPR == WG);
-    var s = 0.0;
-    for (var i = 0u; i < TPR; i++) { s += red_b[base + i]; }
-    return s;
-}
-
 // ---- vec4 path: d % 4 == 0 -------------------------------------------------------------
 @group(0) @binding(0) var<storage, read> v_x: array<T4>;
 @group(0) @binding(1) var<storage, read_write> v_out: array<T4>;

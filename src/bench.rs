@@ -11,6 +11,7 @@ use crate::gpu::{DType, PipelineKey, Tensor};
 pub const SHADER: ShaderFamily = ShaderFamily {
     name: "peak",
     source: include_str!("../shaders/peak.wgsl"),
+    includes: &[],
 };
 
 /// Options of `hoa bench`.

@@ -6,7 +6,7 @@ mod pipelines;
 mod pool;
 mod tensor;
 
-pub use pipelines::{PipelineCache, PipelineKey, ShaderFamily};
+pub use pipelines::{PipelineCache, PipelineKey, ShaderFamily, ROW_REDUCE};
 pub use pool::BufferPool;
 pub use tensor::{DType, Tensor};
 

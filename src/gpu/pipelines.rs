@@ -3,7 +3,8 @@
 //! enter shader text; they travel in a params uniform.
 //!
 //! Shader text is assembled from a small explicit template: a dtype header that defines the
-//! storage types `T`/`T4` (f32 or f16), then `shaders/common.wgsl`, then the family's file.
+//! storage types `T`/`T4` (f32 or f16), then `shaders/common.wgsl`, then the family's includes
+//! (shared snippets such as `shaders/row_reduce.wgsl`), then the family's file.
 
 use super::{Context, DType};
 use crate::error::{Error, Result};
@@ -15,9 +16,14 @@ use std::sync::Mutex;
 pub struct ShaderFamily {
     pub name: &'static str,
     pub source: &'static str,
+    /// Shared WGSL placed between common.wgsl and the family's file (e.g. row_reduce.wgsl).
+    pub includes: &'static [&'static str],
 }
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+/// Row reductions shared by group_norm, layer_norm and softmax.
+pub const ROW_REDUCE: &str = include_str!("../../shaders/row_reduce.wgsl");
 
 impl ShaderFamily {
     /// The full WGSL text for `dtype`.
@@ -26,7 +32,11 @@ impl ShaderFamily {
             DType::F32 => "alias T = f32;\nalias T4 = vec4<f32>;\n",
             DType::F16 => "enable f16;\nalias T = f16;\nalias T4 = vec4<f16>;\n",
         };
-        format!("{header}{COMMON}\n{}", self.source)
+        format!(
+            "{header}{COMMON}\n{}\n{}",
+            self.includes.concat(),
+            self.source
+        )
     }
 }
 

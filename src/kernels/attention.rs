@@ -11,6 +11,7 @@ use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
 pub const SHADER: ShaderFamily = ShaderFamily {
     name: "attention",
     source: include_str!("../../shaders/attention.wgsl"),
+    includes: &[],
 };
 
 /// Largest head dim (q/k and v) the kernel holds in registers (`DMAX4 * 4` in the shader).

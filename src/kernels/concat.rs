@@ -9,6 +9,7 @@ use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
 pub const SHADER: ShaderFamily = ShaderFamily {
     name: "concat",
     source: include_str!("../../shaders/concat.wgsl"),
+    includes: &[],
 };
 
 const WG: u32 = 256;

@@ -11,6 +11,7 @@ use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
 pub const SHADER: ShaderFamily = ShaderFamily {
     name: "conv2d",
     source: include_str!("../../shaders/conv2d.wgsl"),
+    includes: &[],
 };
 
 /// Output pixels per invocation (one vec4 accumulator per channel).

@@ -9,6 +9,7 @@ use crate::gpu::{Context, DType, PipelineKey, ShaderFamily, Tensor};
 pub const SHADER: ShaderFamily = ShaderFamily {
     name: "embedding",
     source: include_str!("../../shaders/embedding.wgsl"),
+    includes: &[],
 };
 
 const WG: u32 = 256;

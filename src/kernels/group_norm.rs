@@ -10,6 +10,7 @@ use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
 pub const SHADER: ShaderFamily = ShaderFamily {
     name: "group_norm",
     source: include_str!("../../shaders/group_norm.wgsl"),
+    includes: &[crate::gpu::ROW_REDUCE],
 };
 
 #[repr(C)]

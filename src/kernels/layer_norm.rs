@@ -9,6 +9,7 @@ use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
 pub const SHADER: ShaderFamily = ShaderFamily {
     name: "layer_norm",
     source: include_str!("../../shaders/layer_norm.wgsl"),
+    includes: &[crate::gpu::ROW_REDUCE],
 };
 
 #[repr(C)]

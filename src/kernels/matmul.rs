@@ -9,6 +9,7 @@ use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
 pub const SHADER: ShaderFamily = ShaderFamily {
     name: "matmul",
     source: include_str!("../../shaders/matmul.wgsl"),
+    includes: &[],
 };
 
 /// The aligned fast path (`shaders/matmul_sg.wgsl`): its own family because it uses subgroup
@@ -16,6 +17,7 @@ pub const SHADER: ShaderFamily = ShaderFamily {
 pub const SHADER_SG: ShaderFamily = ShaderFamily {
     name: "matmul_sg",
     source: include_str!("../../shaders/matmul_sg.wgsl"),
+    includes: &[],
 };
 
 /// Tile of `matmul_sg`: a workgroup of `wg` invocations owns `tr` rows (1..=32) and `4 * wg`

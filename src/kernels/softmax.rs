@@ -10,6 +10,7 @@ use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
 pub const SHADER: ShaderFamily = ShaderFamily {
     name: "softmax",
     source: include_str!("../../shaders/softmax.wgsl"),
+    includes: &[crate::gpu::ROW_REDUCE],
 };
 
 #[repr(C)]
