@@ -377,10 +377,7 @@ pub fn bench_cases(
     use crate::bench::{Bound, Case};
     let mut v = Vec::new();
     let l = if args.quick { 1024 } else { 4096 };
-    let mut dts = vec![crate::DType::F32];
-    if args.f16 && ctx.has_f16() {
-        dts.push(crate::DType::F16);
-    }
+    let dts = super::bench_dtypes(ctx, args);
     let (b, h) = (2usize, 8usize);
     for dt in dts {
         for (lk, d) in [(l, 64usize), (l, 40), (77, 40)] {

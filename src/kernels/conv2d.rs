@@ -348,10 +348,7 @@ pub fn bench_cases(
     use crate::bench::{Bound, Case};
     let mut v = Vec::new();
     let s = if args.quick { 32 } else { 64 };
-    let mut dts = vec![crate::DType::F32];
-    if args.f16 && ctx.has_f16() {
-        dts.push(crate::DType::F16);
-    }
+    let dts = super::bench_dtypes(ctx, args);
     // (name, cin, cout, hw, k, stride, pad, time the naive baseline too: it runs at ~0.3
     // GFLOP/s on lavapipe, ~50 s for the full-size 3x3, so that one only with --quick)
     type Shape = (&'static str, usize, usize, usize, usize, usize, usize, bool);

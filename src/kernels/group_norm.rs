@@ -195,11 +195,7 @@ pub fn bench_cases(
     use crate::bench::{Bound, Case};
     let mut v = Vec::new();
     let hw = if args.quick { 32 } else { 64 };
-    let mut dts = vec![crate::DType::F32];
-    if args.f16 && ctx.has_f16() {
-        dts.push(crate::DType::F16);
-    }
-    for dt in dts {
+    for dt in super::bench_dtypes(ctx, args) {
         let sz = dt.size() as f64;
         for (shape, silu) in [([2, 320, hw, hw], true), ([2, 1280, 8, 8], false)] {
             let c = shape[1];

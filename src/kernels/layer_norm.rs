@@ -255,11 +255,7 @@ pub fn bench_cases(
     use crate::bench::{Bound, Case};
     let mut v = Vec::new();
     let q = if args.quick { 4 } else { 1 };
-    let mut dts = vec![crate::DType::F32];
-    if args.f16 && ctx.has_f16() {
-        dts.push(crate::DType::F16);
-    }
-    for dt in dts {
+    for dt in super::bench_dtypes(ctx, args) {
         let sz = dt.size() as f64;
         for (rms, rows, d) in [(false, 8192, 320), (true, 512, 512), (true, 8192, 320)] {
             let rows = rows / q;

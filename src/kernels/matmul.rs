@@ -473,10 +473,7 @@ pub fn bench_cases(
 ) -> Result<Vec<crate::bench::Case>> {
     use crate::bench::{Bound, Case};
     let mut v = Vec::new();
-    let mut dts = vec![crate::DType::F32];
-    if args.f16 && ctx.has_f16() {
-        dts.push(crate::DType::F16);
-    }
+    let dts = super::bench_dtypes(ctx, args);
     let q = if args.quick { 4 } else { 1 };
     for dt in dts {
         let sz = dt.size() as f64;
