@@ -520,3 +520,106 @@ impl UNet2DConditionModelConfig {
             .collect())
     }
 }
+
+/// diffusers `AutoencoderKL`'s config. `scaling_factor` (and `shift_factor`) are not applied by
+/// the model: callers multiply the encoded mean by `scaling_factor` and divide latents by it
+/// before decoding, as diffusers' pipelines do.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct AutoencoderKLConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub act_fn: String,
+    pub latent_channels: usize,
+    pub norm_num_groups: usize,
+    pub sample_size: serde_json::Value,
+    pub scaling_factor: f64,
+    pub shift_factor: Option<f64>,
+    pub force_upcast: bool,
+    pub use_quant_conv: bool,
+    pub use_post_quant_conv: bool,
+    pub mid_block_add_attention: bool,
+}
+
+impl Default for AutoencoderKLConfig {
+    fn default() -> Self {
+        AutoencoderKLConfig {
+            in_channels: 3,
+            out_channels: 3,
+            down_block_types: vec!["DownEncoderBlock2D".into()],
+            up_block_types: vec!["UpDecoderBlock2D".into()],
+            block_out_channels: vec![64],
+            layers_per_block: 1,
+            act_fn: "silu".into(),
+            latent_channels: 4,
+            norm_num_groups: 32,
+            sample_size: serde_json::Value::from(32),
+            scaling_factor: 0.18215,
+            shift_factor: None,
+            force_upcast: true,
+            use_quant_conv: true,
+            use_post_quant_conv: true,
+            mid_block_add_attention: true,
+        }
+    }
+}
+
+impl AutoencoderKLConfig {
+    pub const WHAT: &'static str = "AutoencoderKL";
+
+    pub fn from_json(json: &[u8]) -> Result<Self> {
+        let c: AutoencoderKLConfig = parse(Self::WHAT, json)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let w = Self::WHAT;
+        let n = self.block_out_channels.len();
+        if n == 0 {
+            return Err(Error::Checkpoint(format!(
+                "{w} config.json: `block_out_channels` is empty"
+            )));
+        }
+        if self.act_fn != "silu" {
+            return Err(refuse(
+                w,
+                "act_fn",
+                format!("= {:?} (hoa runs \"silu\")", self.act_fn),
+            ));
+        }
+        for (field, types, known) in [
+            (
+                "down_block_types",
+                &self.down_block_types,
+                "DownEncoderBlock2D",
+            ),
+            ("up_block_types", &self.up_block_types, "UpDecoderBlock2D"),
+        ] {
+            if types.len() != n {
+                return Err(Error::Checkpoint(format!(
+                    "{w} config.json: `{field}` has {} entries, `block_out_channels` {n}",
+                    types.len()
+                )));
+            }
+            if let Some(t) = types.iter().find(|t| *t != known) {
+                return Err(refuse(w, field, format!("contains {t:?} (known: {known})")));
+            }
+        }
+        let g = self.norm_num_groups;
+        if let Some(ch) = self
+            .block_out_channels
+            .iter()
+            .find(|&&ch| g == 0 || ch % g != 0)
+        {
+            return Err(Error::Checkpoint(format!(
+                "{w} config.json: {ch} channels are not divisible by `norm_num_groups` {g}"
+            )));
+        }
+        Ok(())
+    }
+}

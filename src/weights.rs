@@ -167,6 +167,11 @@ impl<'a> Loader<'a> {
         self.dtype
     }
 
+    /// The device tensors are loaded onto (for tensors a model derives from host values).
+    pub fn context(&self) -> &'a Context {
+        self.ctx
+    }
+
     /// The loader for a sub-module: keys get `name.` in front.
     pub fn pp(&self, name: impl std::fmt::Display) -> Loader<'a> {
         let mut l = self.clone();

@@ -2,6 +2,7 @@
 //! checkpoint keys, so loading is a direct lookup.
 
 pub mod attention;
+pub mod autoencoder_kl;
 pub mod clip;
 pub mod nn;
 pub mod resnet;
