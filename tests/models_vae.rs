@@ -106,3 +106,39 @@ fn vae_rejects_bad_inputs_and_configs() {
         assert!(e.contains(field), "{field}: {e}");
     }
 }
+
+/// The SD VAE's mid attention has one 512-wide head, past the flash kernel's MAX_HEAD_DIM: the
+/// matmul-softmax-matmul fallback must agree with the f64 reference.
+#[test]
+fn wide_single_head_attention_falls_back_correctly() {
+    use hoa::kernels::attention::{reference, MAX_HEAD_DIM};
+    use hoa::models::attention::scaled_dot_product_attention;
+    let Some(c) = ctx() else { return };
+    let mut r = rng(5);
+    let (b, lq, lk, d) = (2, 37, 29, MAX_HEAD_DIM + 36);
+    for dt in dtypes(c) {
+        let q = round_to(dt, &randn(&mut r, b * lq * d, 0.2));
+        let k = round_to(dt, &randn(&mut r, b * lk * d, 0.2));
+        let v = round_to(dt, &randn(&mut r, b * lk * d, 1.0));
+        let t = |x: &[f32], l| hoa::Tensor::from_f32(c, x, &[b, l, d], dt).unwrap();
+        let got = scaled_dot_product_attention(c, &t(&q, lq), &t(&k, lk), &t(&v, lk), 1)
+            .unwrap()
+            .to_vec(c)
+            .unwrap();
+        let dims = reference::Dims {
+            batch: b,
+            lq,
+            lk,
+            heads: 1,
+            d,
+            dv: d,
+        };
+        let want = reference::attention(&q, &k, &v, &dims, 1.0 / (d as f64).sqrt(), false, None);
+        all_close(
+            &format!("attention fallback d={d} {dt:?}"),
+            &got,
+            &want,
+            &tol_for(dt, true),
+        );
+    }
+}
