@@ -44,7 +44,11 @@ fn main() -> Result<()> {
         Command::Info => info(&ctx),
         Command::Bench(args) => {
             eprintln!("adapter: {}", ctx.describe());
-            hoa::bench::run(&ctx, &args)?;
+            if args.model {
+                hoa::bench::run_model(&ctx, &args)?;
+            } else {
+                hoa::bench::run(&ctx, &args)?;
+            }
         }
     }
     Ok(())
