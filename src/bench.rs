@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// Also run f16 variants where the adapter has shader-f16.
     #[cfg_attr(feature = "cli", arg(long))]
     pub f16: bool,
+    /// Instead of the kernels, time one U-Net step of the SD-1.5 architecture (random
+    /// weights, 64x64 latent, batch 2; 32x32 at batch 1 with --quick).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub model: bool,
 }
 
 /// What bounds a kernel: arithmetic (compared with the FMA ceiling) or memory (copy bandwidth).
@@ -229,4 +233,56 @@ pub fn run(ctx: &Context, args: &BenchArgs) -> Result<Vec<Measured>> {
         ctx.trim_pool();
     }
     Ok(done)
+}
+
+/// One `UNet2DConditionModel` forward of the SD-1.5 architecture (diffusers' default config
+/// with `cross_attention_dim` 768) on random weights and inputs: the load time, the first
+/// (cold: pipeline compiles) step and the median warm step.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn run_model(ctx: &Context, args: &BenchArgs) -> Result<()> {
+    use crate::config::{PerBlock, UNet2DConditionModelConfig};
+    use crate::models::unet_2d_condition::UNet2DConditionModel;
+    use crate::weights::{Loader, Weights};
+    use std::time::Instant;
+    let cfg = UNet2DConditionModelConfig {
+        cross_attention_dim: PerBlock::One(768),
+        ..Default::default()
+    };
+    let (b, s) = if args.quick { (1, 32) } else { (2, 64) };
+    println!("adapter: {}", ctx.describe());
+    println!(
+        "{:<22} {:<32} {:>8} {:>10} {:>10}",
+        "model", "input", "load s", "cold ms", "median ms"
+    );
+    let empty = Weights::from_files(vec![])?;
+    for dt in crate::kernels::bench_dtypes(ctx, args) {
+        let t0 = Instant::now();
+        let unet = UNet2DConditionModel::load(&Loader::random(ctx, &empty, dt, 7), &cfg)?;
+        ctx.sync()?;
+        let load = t0.elapsed().as_secs_f64();
+        let fill = |n: usize| {
+            (0..n)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect::<Vec<_>>()
+        };
+        let sample = Tensor::from_f32(ctx, &fill(b * 4 * s * s), &[b, 4, s, s], dt)?;
+        let enc = Tensor::from_f32(ctx, &fill(b * 77 * 768), &[b, 77, 768], dt)?;
+        let step = |c: &Context| unet.forward(c, &sample, &[999.0], &enc).map(drop);
+        let t1 = Instant::now();
+        step(ctx)?;
+        ctx.sync()?;
+        let cold = t1.elapsed().as_secs_f64();
+        let warm = time(ctx, args.reps, &step)?;
+        println!(
+            "{:<22} {:<32} {:>8.1} {:>10.0} {:>10.0}",
+            format!("unet_sd15_step_{}", dt.name()),
+            format!("[{b}, 4, {s}, {s}] + [{b}, 77, 768]"),
+            load,
+            cold * 1e3,
+            warm * 1e3
+        );
+        drop(unet);
+        ctx.trim_pool();
+    }
+    Ok(())
 }

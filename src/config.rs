@@ -136,3 +136,490 @@ impl T5Config {
         ))
     }
 }
+
+/// A config value that is either one value for every block or a list with one per block.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PerBlock<T> {
+    One(T),
+    Each(Vec<T>),
+}
+
+impl<T: Clone> PerBlock<T> {
+    /// One value per block; a list of the wrong length is an error naming `field`.
+    pub fn expand(&self, what: &str, field: &str, blocks: usize) -> Result<Vec<T>> {
+        match self {
+            PerBlock::One(v) => Ok(vec![v.clone(); blocks]),
+            PerBlock::Each(v) if v.len() == blocks => Ok(v.clone()),
+            PerBlock::Each(v) => Err(Error::Checkpoint(format!(
+                "{what} config.json: `{field}` has {} entries for {blocks} blocks",
+                v.len()
+            ))),
+        }
+    }
+}
+
+fn refuse(what: &str, field: &str, why: impl std::fmt::Display) -> Error {
+    Error::Checkpoint(format!(
+        "{what} config.json: `{field}` {why}: hoa does not implement it"
+    ))
+}
+
+/// diffusers `UNet2DConditionModel`'s config. hoa runs the SD 1.x / 2.x family: the block types
+/// CrossAttnDownBlock2D, DownBlock2D, UNetMidBlock2DCrossAttn, CrossAttnUpBlock2D, UpBlock2D,
+/// positional timestep embedding, text conditioning only; [`Self::from_json`] refuses the rest
+/// with a message naming the field.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct UNet2DConditionModelConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub center_input_sample: bool,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f64,
+    pub down_block_types: Vec<String>,
+    pub mid_block_type: Option<String>,
+    pub up_block_types: Vec<String>,
+    pub only_cross_attention: PerBlock<bool>,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: PerBlock<usize>,
+    pub downsample_padding: usize,
+    pub mid_block_scale_factor: f64,
+    pub act_fn: String,
+    pub norm_num_groups: Option<usize>,
+    pub norm_eps: f64,
+    pub cross_attention_dim: PerBlock<usize>,
+    pub transformer_layers_per_block: PerBlock<usize>,
+    pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
+    pub encoder_hid_dim: Option<usize>,
+    pub encoder_hid_dim_type: Option<String>,
+    /// The number of heads when `num_attention_heads` is null (diffusers' naming quirk).
+    pub attention_head_dim: PerBlock<usize>,
+    pub num_attention_heads: Option<PerBlock<usize>>,
+    pub dual_cross_attention: bool,
+    pub use_linear_projection: bool,
+    pub class_embed_type: Option<String>,
+    pub addition_embed_type: Option<String>,
+    pub num_class_embeds: Option<usize>,
+    /// Softmax in f32: hoa's attention always accumulates in f32, so this changes nothing.
+    pub upcast_attention: bool,
+    pub resnet_time_scale_shift: String,
+    pub resnet_skip_time_act: bool,
+    pub resnet_out_scale_factor: f64,
+    pub time_embedding_type: String,
+    pub time_embedding_dim: Option<usize>,
+    pub time_embedding_act_fn: Option<String>,
+    pub timestep_post_act: Option<String>,
+    pub time_cond_proj_dim: Option<usize>,
+    pub conv_in_kernel: usize,
+    pub conv_out_kernel: usize,
+    pub attention_type: String,
+    pub mid_block_only_cross_attention: Option<bool>,
+    pub cross_attention_norm: Option<String>,
+}
+
+impl Default for UNet2DConditionModelConfig {
+    fn default() -> Self {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect();
+        UNet2DConditionModelConfig {
+            in_channels: 4,
+            out_channels: 4,
+            center_input_sample: false,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            down_block_types: s(&[
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "DownBlock2D",
+            ]),
+            mid_block_type: Some("UNetMidBlock2DCrossAttn".into()),
+            up_block_types: s(&[
+                "UpBlock2D",
+                "CrossAttnUpBlock2D",
+                "CrossAttnUpBlock2D",
+                "CrossAttnUpBlock2D",
+            ]),
+            only_cross_attention: PerBlock::One(false),
+            block_out_channels: vec![320, 640, 1280, 1280],
+            layers_per_block: PerBlock::One(2),
+            downsample_padding: 1,
+            mid_block_scale_factor: 1.0,
+            act_fn: "silu".into(),
+            norm_num_groups: Some(32),
+            norm_eps: 1e-5,
+            cross_attention_dim: PerBlock::One(1280),
+            transformer_layers_per_block: PerBlock::One(1),
+            reverse_transformer_layers_per_block: None,
+            encoder_hid_dim: None,
+            encoder_hid_dim_type: None,
+            attention_head_dim: PerBlock::One(8),
+            num_attention_heads: None,
+            dual_cross_attention: false,
+            use_linear_projection: false,
+            class_embed_type: None,
+            addition_embed_type: None,
+            num_class_embeds: None,
+            upcast_attention: false,
+            resnet_time_scale_shift: "default".into(),
+            resnet_skip_time_act: false,
+            resnet_out_scale_factor: 1.0,
+            time_embedding_type: "positional".into(),
+            time_embedding_dim: None,
+            time_embedding_act_fn: None,
+            timestep_post_act: None,
+            time_cond_proj_dim: None,
+            conv_in_kernel: 3,
+            conv_out_kernel: 3,
+            attention_type: "default".into(),
+            mid_block_only_cross_attention: None,
+            cross_attention_norm: None,
+        }
+    }
+}
+
+/// One down or up block of a [`UNet2DConditionModelConfig`], with the per-block lists resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UNetBlockSpec {
+    pub cross_attention: bool,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Up blocks: the channels of the block below (`prev_output_channel`).
+    pub prev_channels: usize,
+    pub layers: usize,
+    pub transformer_layers: usize,
+    pub heads: usize,
+    pub cross_attention_dim: usize,
+    pub resample: bool,
+}
+
+impl UNet2DConditionModelConfig {
+    pub const WHAT: &'static str = "UNet2DConditionModel";
+
+    pub fn from_json(json: &[u8]) -> Result<Self> {
+        let c: UNet2DConditionModelConfig = parse(Self::WHAT, json)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Refuses what hoa cannot run, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let w = Self::WHAT;
+        let set = |field: &str, v: &Option<String>| match v {
+            Some(v) => Err(refuse(w, field, format!("= {v:?}"))),
+            None => Ok(()),
+        };
+        set("class_embed_type", &self.class_embed_type)?;
+        set("addition_embed_type", &self.addition_embed_type)?;
+        set("encoder_hid_dim_type", &self.encoder_hid_dim_type)?;
+        set("time_embedding_act_fn", &self.time_embedding_act_fn)?;
+        set("timestep_post_act", &self.timestep_post_act)?;
+        set("cross_attention_norm", &self.cross_attention_norm)?;
+        let num = |field: &str, v: Option<usize>| match v {
+            Some(v) => Err(refuse(w, field, format!("= {v}"))),
+            None => Ok(()),
+        };
+        num("time_cond_proj_dim", self.time_cond_proj_dim)?;
+        num("num_class_embeds", self.num_class_embeds)?;
+        num("encoder_hid_dim", self.encoder_hid_dim)?;
+        if self.reverse_transformer_layers_per_block.is_some() {
+            return Err(refuse(w, "reverse_transformer_layers_per_block", "is set"));
+        }
+        let eq = |field: &str, v: &str, want: &str| {
+            if v == want {
+                Ok(())
+            } else {
+                Err(refuse(w, field, format!("= {v:?} (hoa runs {want:?})")))
+            }
+        };
+        eq("act_fn", &self.act_fn, "silu")?;
+        eq(
+            "resnet_time_scale_shift",
+            &self.resnet_time_scale_shift,
+            "default",
+        )?;
+        eq(
+            "time_embedding_type",
+            &self.time_embedding_type,
+            "positional",
+        )?;
+        eq("attention_type", &self.attention_type, "default")?;
+        if self.dual_cross_attention {
+            return Err(refuse(w, "dual_cross_attention", "= true"));
+        }
+        if self.resnet_skip_time_act {
+            return Err(refuse(w, "resnet_skip_time_act", "= true"));
+        }
+        let n = self.block_out_channels.len();
+        if n == 0 {
+            return Err(Error::Checkpoint(format!(
+                "{w} config.json: `block_out_channels` is empty"
+            )));
+        }
+        if self
+            .only_cross_attention
+            .expand(w, "only_cross_attention", n)?
+            .contains(&true)
+            || self.mid_block_only_cross_attention == Some(true)
+        {
+            return Err(refuse(w, "only_cross_attention", "= true"));
+        }
+        for (field, types, known) in [
+            (
+                "down_block_types",
+                &self.down_block_types,
+                &["CrossAttnDownBlock2D", "DownBlock2D"],
+            ),
+            (
+                "up_block_types",
+                &self.up_block_types,
+                &["CrossAttnUpBlock2D", "UpBlock2D"],
+            ),
+        ] {
+            if types.len() != n {
+                return Err(Error::Checkpoint(format!(
+                    "{w} config.json: `{field}` has {} entries, `block_out_channels` {n}",
+                    types.len()
+                )));
+            }
+            if let Some(t) = types.iter().find(|t| !known.contains(&t.as_str())) {
+                return Err(refuse(
+                    w,
+                    field,
+                    format!("contains {t:?} (known: {})", known.join(", ")),
+                ));
+            }
+        }
+        match self.mid_block_type.as_deref() {
+            Some("UNetMidBlock2DCrossAttn") | None => {}
+            Some(t) => {
+                return Err(refuse(
+                    w,
+                    "mid_block_type",
+                    format!("= {t:?} (known: UNetMidBlock2DCrossAttn)"),
+                ))
+            }
+        }
+        let groups = self
+            .norm_num_groups
+            .ok_or_else(|| refuse(w, "norm_num_groups", "is null"))?;
+        for (field, k) in [
+            ("conv_in_kernel", self.conv_in_kernel),
+            ("conv_out_kernel", self.conv_out_kernel),
+        ] {
+            if k % 2 == 0 {
+                return Err(refuse(w, field, format!("= {k} (even kernel)")));
+            }
+        }
+        for (i, b) in self
+            .down_blocks()?
+            .iter()
+            .chain(&self.up_blocks()?)
+            .enumerate()
+        {
+            for (what, ch) in [("in", b.in_channels), ("out", b.out_channels)] {
+                if ch % groups != 0 {
+                    return Err(Error::Checkpoint(format!(
+                        "{w} config.json: block {i} has {ch} {what} channels, not divisible by \
+                         `norm_num_groups` {groups}"
+                    )));
+                }
+            }
+            if b.cross_attention && (b.heads == 0 || b.out_channels % b.heads != 0) {
+                return Err(Error::Checkpoint(format!(
+                    "{w} config.json: {} channels do not split into {} heads \
+                     (`attention_head_dim` / `num_attention_heads`)",
+                    b.out_channels, b.heads
+                )));
+            }
+        }
+        let heads = *self.heads()?.last().expect("at least one block");
+        let ch = *self.block_out_channels.last().expect("at least one block");
+        if self.mid_block_type.is_some() && (heads == 0 || ch % heads != 0) {
+            return Err(Error::Checkpoint(format!(
+                "{w} config.json: the mid block's {ch} channels do not split into {heads} heads \
+                 (`attention_head_dim` / `num_attention_heads`)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The number of attention heads per down block: `num_attention_heads`, or
+    /// `attention_head_dim` when that is null (diffusers' naming quirk).
+    pub fn heads(&self) -> Result<Vec<usize>> {
+        let n = self.block_out_channels.len();
+        match &self.num_attention_heads {
+            Some(h) => h.expand(Self::WHAT, "num_attention_heads", n),
+            None => self
+                .attention_head_dim
+                .expand(Self::WHAT, "attention_head_dim", n),
+        }
+    }
+
+    fn lists(&self) -> Result<(Vec<usize>, Vec<usize>, Vec<usize>)> {
+        let (w, n) = (Self::WHAT, self.block_out_channels.len());
+        Ok((
+            self.layers_per_block.expand(w, "layers_per_block", n)?,
+            self.transformer_layers_per_block
+                .expand(w, "transformer_layers_per_block", n)?,
+            self.cross_attention_dim
+                .expand(w, "cross_attention_dim", n)?,
+        ))
+    }
+
+    /// `time_embed_dim`: `time_embedding_dim` or 4 x `block_out_channels[0]`.
+    pub fn time_embed_dim(&self) -> usize {
+        self.time_embedding_dim
+            .unwrap_or(4 * self.block_out_channels[0])
+    }
+
+    pub fn down_blocks(&self) -> Result<Vec<UNetBlockSpec>> {
+        let (layers, tl, cross) = self.lists()?;
+        let heads = self.heads()?;
+        let ch = &self.block_out_channels;
+        Ok((0..ch.len())
+            .map(|i| UNetBlockSpec {
+                cross_attention: self.down_block_types[i] == "CrossAttnDownBlock2D",
+                in_channels: if i == 0 { ch[0] } else { ch[i - 1] },
+                out_channels: ch[i],
+                prev_channels: 0,
+                layers: layers[i],
+                transformer_layers: tl[i],
+                heads: heads[i],
+                cross_attention_dim: cross[i],
+                resample: i + 1 < ch.len(),
+            })
+            .collect())
+    }
+
+    /// Up block i works at the resolution of down block n-1-i, with the reversed lists.
+    pub fn up_blocks(&self) -> Result<Vec<UNetBlockSpec>> {
+        let (layers, tl, cross) = self.lists()?;
+        let heads = self.heads()?;
+        let n = self.block_out_channels.len();
+        let rev = |v: &[usize]| v.iter().rev().copied().collect::<Vec<_>>();
+        let (ch, layers, tl, cross, heads) = (
+            rev(&self.block_out_channels),
+            rev(&layers),
+            rev(&tl),
+            rev(&cross),
+            rev(&heads),
+        );
+        Ok((0..n)
+            .map(|i| UNetBlockSpec {
+                cross_attention: self.up_block_types[i] == "CrossAttnUpBlock2D",
+                in_channels: ch[(i + 1).min(n - 1)],
+                out_channels: ch[i],
+                prev_channels: if i == 0 { ch[0] } else { ch[i - 1] },
+                layers: layers[i] + 1,
+                transformer_layers: tl[i],
+                heads: heads[i],
+                cross_attention_dim: cross[i],
+                resample: i + 1 < n,
+            })
+            .collect())
+    }
+}
+
+/// diffusers `AutoencoderKL`'s config. `scaling_factor` (and `shift_factor`) are not applied by
+/// the model: callers multiply the encoded mean by `scaling_factor` and divide latents by it
+/// before decoding, as diffusers' pipelines do.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct AutoencoderKLConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub act_fn: String,
+    pub latent_channels: usize,
+    pub norm_num_groups: usize,
+    pub sample_size: serde_json::Value,
+    pub scaling_factor: f64,
+    pub shift_factor: Option<f64>,
+    pub force_upcast: bool,
+    pub use_quant_conv: bool,
+    pub use_post_quant_conv: bool,
+    pub mid_block_add_attention: bool,
+}
+
+impl Default for AutoencoderKLConfig {
+    fn default() -> Self {
+        AutoencoderKLConfig {
+            in_channels: 3,
+            out_channels: 3,
+            down_block_types: vec!["DownEncoderBlock2D".into()],
+            up_block_types: vec!["UpDecoderBlock2D".into()],
+            block_out_channels: vec![64],
+            layers_per_block: 1,
+            act_fn: "silu".into(),
+            latent_channels: 4,
+            norm_num_groups: 32,
+            sample_size: serde_json::Value::from(32),
+            scaling_factor: 0.18215,
+            shift_factor: None,
+            force_upcast: true,
+            use_quant_conv: true,
+            use_post_quant_conv: true,
+            mid_block_add_attention: true,
+        }
+    }
+}
+
+impl AutoencoderKLConfig {
+    pub const WHAT: &'static str = "AutoencoderKL";
+
+    pub fn from_json(json: &[u8]) -> Result<Self> {
+        let c: AutoencoderKLConfig = parse(Self::WHAT, json)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let w = Self::WHAT;
+        let n = self.block_out_channels.len();
+        if n == 0 {
+            return Err(Error::Checkpoint(format!(
+                "{w} config.json: `block_out_channels` is empty"
+            )));
+        }
+        if self.act_fn != "silu" {
+            return Err(refuse(
+                w,
+                "act_fn",
+                format!("= {:?} (hoa runs \"silu\")", self.act_fn),
+            ));
+        }
+        for (field, types, known) in [
+            (
+                "down_block_types",
+                &self.down_block_types,
+                "DownEncoderBlock2D",
+            ),
+            ("up_block_types", &self.up_block_types, "UpDecoderBlock2D"),
+        ] {
+            if types.len() != n {
+                return Err(Error::Checkpoint(format!(
+                    "{w} config.json: `{field}` has {} entries, `block_out_channels` {n}",
+                    types.len()
+                )));
+            }
+            if let Some(t) = types.iter().find(|t| *t != known) {
+                return Err(refuse(w, field, format!("contains {t:?} (known: {known})")));
+            }
+        }
+        let g = self.norm_num_groups;
+        if let Some(ch) = self
+            .block_out_channels
+            .iter()
+            .find(|&&ch| g == 0 || ch % g != 0)
+        {
+            return Err(Error::Checkpoint(format!(
+                "{w} config.json: {ch} channels are not divisible by `norm_num_groups` {g}"
+            )));
+        }
+        Ok(())
+    }
+}

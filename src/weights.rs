@@ -150,6 +150,8 @@ pub struct Loader<'a> {
     dtype: DType,
     prefix: String,
     report: Rc<RefCell<Report>>,
+    /// `Some(state)`: no checkpoint, every lookup returns random values (benchmarks).
+    random: Option<Rc<std::cell::Cell<u64>>>,
 }
 
 impl<'a> Loader<'a> {
@@ -160,11 +162,49 @@ impl<'a> Loader<'a> {
             dtype,
             prefix: String::new(),
             report: Rc::default(),
+            random: None,
         }
+    }
+
+    /// A loader without a checkpoint (pass an empty [`Weights`]): every `get` returns values
+    /// drawn from `seed`: 1-D `weight`s (norm scales) are 1, 1-D `bias`es 0, and matrices /
+    /// kernels uniform with variance 1 / fan_in, so activations keep a sane scale. For
+    /// benchmarking architectures without downloading them.
+    pub fn random(ctx: &'a Context, weights: &'a Weights, dtype: DType, seed: u64) -> Loader<'a> {
+        let mut l = Loader::new(ctx, weights, dtype);
+        l.random = Some(Rc::new(std::cell::Cell::new(seed | 1)));
+        l
+    }
+
+    fn random_values(&self, name: &str, shape: &[usize]) -> Option<Vec<f32>> {
+        let state = self.random.as_ref()?;
+        let n: usize = shape.iter().product();
+        if shape.len() == 1 {
+            return Some(vec![if name == "weight" { 1.0 } else { 0.0 }; n]);
+        }
+        let fan_in: usize = shape[1..].iter().product();
+        let a = (3.0 / fan_in.max(1) as f64).sqrt() as f32;
+        let mut x = state.get();
+        let v = (0..n)
+            .map(|_| {
+                // xorshift64
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
+            })
+            .collect();
+        state.set(x);
+        Some(v)
     }
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The device tensors are loaded onto (for tensors a model derives from host values).
+    pub fn context(&self) -> &'a Context {
+        self.ctx
     }
 
     /// The loader for a sub-module: keys get `name.` in front.
@@ -198,6 +238,9 @@ impl<'a> Loader<'a> {
 
     /// The tensor `prefix.name`, which must have `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if let Some(v) = self.random_values(name, shape) {
+            return Tensor::from_f32(self.ctx, &v, shape, self.dtype);
+        }
         let key = self.key(name);
         let mut r = self.report.borrow_mut();
         r.used.insert(key.clone());
@@ -221,6 +264,9 @@ impl<'a> Loader<'a> {
     /// The values of `prefix.name` on the host (small tables the CPU uses, such as T5's
     /// relative attention bias). Problems are recorded like [`Loader::get`]'s.
     pub fn get_host(&self, name: &str, shape: &[usize]) -> Vec<f32> {
+        if let Some(v) = self.random_values(name, shape) {
+            return v;
+        }
         let key = self.key(name);
         let mut r = self.report.borrow_mut();
         r.used.insert(key.clone());

@@ -69,6 +69,7 @@ fn run_case(
         padding: cs.padding,
         bias: cs.bias.then_some(&tb),
         act: cs.act,
+        ..Default::default()
     };
     let out = f(&tx, &tw, &o).unwrap();
     let (want, shape) = reference::conv2d(
@@ -128,6 +129,65 @@ fn conv2d_matches_reference() {
                 &|x, w, o| conv2d::conv2d(c, x, w, o),
                 "conv2d",
             );
+        }
+    }
+}
+
+/// Extra padding after the bottom and right edges (diffusers' `Downsample2D` with padding 0:
+/// `F.pad(x, (0, 1, 0, 1))` then a stride-2 3x3 conv), on widths that would otherwise take the
+/// vec4 paths too, and with symmetric padding on top.
+#[test]
+fn conv2d_pad_end_matches_reference() {
+    let Some(c) = ctx() else { return };
+    let mut r = rng(12);
+    for dt in dtypes(c) {
+        for (xs, cout, k, stride, padding, pad_end) in [
+            ([2, 5, 24, 30], 7, 3, 2, 0, 1),
+            ([1, 3, 7, 9], 9, 3, 2, 0, 1),
+            ([1, 4, 8, 8], 4, 3, 1, 1, 1),
+            ([1, 3, 4, 4], 5, 1, 1, 0, 2),
+            ([1, 2, 1, 1], 3, 3, 2, 0, 2),
+        ] {
+            let ws = [cout, xs[1], k, k];
+            let x = round_to(dt, &randn(&mut r, xs.iter().product(), 1.0));
+            let w = round_to(dt, &randn(&mut r, ws.iter().product(), 0.5));
+            let b = round_to(dt, &randn(&mut r, cout, 1.0));
+            let tx = Tensor::from_f32(c, &x, &xs, dt).unwrap();
+            let tw = Tensor::from_f32(c, &w, &ws, dt).unwrap();
+            let tb = Tensor::from_f32(c, &b, &[cout], dt).unwrap();
+            let o = Conv2dOptions {
+                stride,
+                padding,
+                pad_end,
+                bias: Some(&tb),
+                act: Activation::None,
+            };
+            let (want, shape) = reference::conv2d_pad_end(
+                &x,
+                xs,
+                &w,
+                ws,
+                Some(&b),
+                stride,
+                padding,
+                pad_end,
+                Activation::None,
+            );
+            for (name, out) in [
+                ("conv2d", conv2d::conv2d(c, &tx, &tw, &o).unwrap()),
+                (
+                    "conv2d_naive",
+                    conv2d::conv2d_naive(c, &tx, &tw, &o).unwrap(),
+                ),
+            ] {
+                assert_eq!(out.shape(), &shape[..]);
+                all_close(
+                    &format!("{name} x {xs:?} w {ws:?} stride {stride} pad {padding} pad_end {pad_end} {dt:?}"),
+                    &out.to_vec(c).unwrap(),
+                    &want,
+                    &tol_for(dt, true),
+                );
+            }
         }
     }
 }

@@ -43,7 +43,12 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Info => info(&ctx),
         Command::Bench(args) => {
-            hoa::bench::run(&ctx, &args)?;
+            if args.model {
+                eprintln!("adapter: {}", ctx.describe());
+                hoa::bench::run_model(&ctx, &args)?;
+            } else {
+                hoa::bench::run(&ctx, &args)?;
+            }
         }
     }
     Ok(())

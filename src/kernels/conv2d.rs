@@ -1,6 +1,8 @@
 //! 2-D convolution (`shaders/conv2d.wgsl`): `torch.nn.functional.conv2d` on NCHW tensors with
 //! PyTorch's weight layout [Cout, Cin, kh, kw] (as diffusers checkpoints store it), square
-//! stride and zero padding, optional bias and a fused activation. The fast path is an implicit
+//! stride and zero padding (plus optional extra padding after the bottom and right edges, as
+//! diffusers' `Downsample2D` with `padding=0` does with `F.pad(x, (0, 1, 0, 1))`), optional bias
+//! and a fused activation. The fast path is an implicit
 //! GEMM with a register tile per invocation; `conv2d_naive` is the direct loop kept as a
 //! benchmark baseline.
 
@@ -44,6 +46,10 @@ struct Params {
 pub struct Conv2dOptions<'a> {
     pub stride: usize,
     pub padding: usize,
+    /// Extra zero rows below and columns right of the input, on top of `padding`:
+    /// `F.conv2d(F.pad(x, (0, pad_end, 0, pad_end)), ...)`. The kernel's bounds checks read
+    /// zeros there, so only the output size changes.
+    pub pad_end: usize,
     pub bias: Option<&'a Tensor>,
     pub act: Activation,
 }
@@ -53,6 +59,7 @@ impl Default for Conv2dOptions<'_> {
         Conv2dOptions {
             stride: 1,
             padding: 0,
+            pad_end: 0,
             bias: None,
             act: Activation::None,
         }
@@ -113,13 +120,13 @@ fn check(x: &Tensor, weight: &Tensor, o: &Conv2dOptions) -> Result<Geom> {
             ));
         }
     }
-    let (hp, wp) = (h + 2 * o.padding, w + 2 * o.padding);
+    let (hp, wp) = (h + 2 * o.padding + o.pad_end, w + 2 * o.padding + o.pad_end);
     if n == 0 || cin == 0 || cout == 0 || kh == 0 || kw == 0 || hp < kh || wp < kw {
         return Err(Error::shape(
             OP,
             format!(
-                "input {xs:?} with padding {} and weight {ws:?} give an empty output",
-                o.padding
+                "input {xs:?} with padding {} (+{} after) and weight {ws:?} give an empty output",
+                o.padding, o.pad_end
             ),
         ));
     }
@@ -190,6 +197,8 @@ pub fn conv2d_tiled(
     p.n_tiles = to_u32("conv2d", "output", g.n * g.ho * tiles_w)?;
     let out = Tensor::empty(ctx, &[g.n, g.cout, g.ho, g.wo], x.dtype())?;
     let w4 = g.w % 4 == 0;
+    // The vec4 paths assume the output row is no wider than the input row.
+    let w4 = w4 && o.pad_end == 0;
     let mode = match (g.kh, g.kw, o.stride, o.padding) {
         (3, 3, 1, 1) if w4 => 2,
         (1, 1, 1, 0) if w4 => 3,
@@ -299,10 +308,26 @@ pub mod reference {
         padding: usize,
         act: Activation,
     ) -> (Vec<f32>, [usize; 4]) {
+        conv2d_pad_end(x, xs, weight, ws, bias, stride, padding, 0, act)
+    }
+
+    /// [`conv2d`] with `pad_end` extra zero rows / columns after the bottom / right edges.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_pad_end(
+        x: &[f32],
+        xs: [usize; 4],
+        weight: &[f32],
+        ws: [usize; 4],
+        bias: Option<&[f32]>,
+        stride: usize,
+        padding: usize,
+        pad_end: usize,
+        act: Activation,
+    ) -> (Vec<f32>, [usize; 4]) {
         let [n, cin, h, w] = xs;
         let [cout, _, kh, kw] = ws;
-        let ho = (h + 2 * padding - kh) / stride + 1;
-        let wo = (w + 2 * padding - kw) / stride + 1;
+        let ho = (h + 2 * padding + pad_end - kh) / stride + 1;
+        let wo = (w + 2 * padding + pad_end - kw) / stride + 1;
         let mut out = Vec::with_capacity(n * cout * ho * wo);
         for b in 0..n {
             for co in 0..cout {
@@ -390,6 +415,7 @@ pub fn bench_cases(
                             padding: pad,
                             bias: Some(&b),
                             act: Activation::None,
+                            ..Default::default()
                         };
                         conv2d_naive(c, &x, &w, &o).map(drop)
                     }),
@@ -405,6 +431,7 @@ pub fn bench_cases(
                         padding: pad,
                         bias: Some(&b),
                         act: Activation::None,
+                        ..Default::default()
                     };
                     conv2d(c, &x, &w, &o).map(drop)
                 }),
