@@ -281,6 +281,9 @@ pub fn run_model(ctx: &Context, args: &BenchArgs) -> Result<()> {
             cold * 1e3,
             warm * 1e3
         );
+        if let Some(r) = ctx.profile_report() {
+            println!("{r}");
+        }
         drop(unet);
         ctx.trim_pool();
     }

@@ -26,6 +26,9 @@ pub struct ContextOptions {
     /// Fill every new tensor with NaN (all-ones bytes, a NaN in f32 and f16) so that an
     /// element a kernel fails to write shows up in a test (`HOA_POISON=1`).
     pub poison: bool,
+    /// Time every dispatch on its own (GPU timestamps) and keep totals per kernel, for
+    /// [`Context::profile_report`] (`HOA_PROFILE=1`). Slow: one submit per dispatch.
+    pub profile: bool,
 }
 
 impl ContextOptions {
@@ -37,6 +40,7 @@ impl ContextOptions {
             adapter_name: var("HOA_ADAPTER"),
             disable_f16: var("HOA_NO_F16").is_some_and(|v| v != "0"),
             poison: var("HOA_POISON").is_some_and(|v| v != "0"),
+            profile: var("HOA_PROFILE").is_some_and(|v| v != "0"),
         }
     }
 }
@@ -60,6 +64,7 @@ pub struct Context {
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
     pub(crate) poison: bool,
+    profile: Option<Mutex<std::collections::HashMap<String, (u32, f64)>>>,
     pub(crate) pipelines: PipelineCache,
     pub(crate) pool: Arc<BufferPool>,
     pending: Mutex<Vec<Dispatch>>,
@@ -114,6 +119,7 @@ impl Context {
             .then(|| Timestamps::new(&device, &queue));
         Ok(Context {
             poison: opts.poison,
+            profile: opts.profile.then(Mutex::default),
             pipelines: PipelineCache::default(),
             pool: Arc::new(BufferPool::default()),
             pending: Mutex::default(),
@@ -231,6 +237,33 @@ impl Context {
             bind_group,
             workgroups,
         });
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(p) = &self.profile {
+            // Errors surface at the caller's next flush or readback.
+            if let Ok(Some(t)) = self.flush_timed() {
+                let mut p = p.lock().unwrap();
+                let e = p.entry(label.to_string()).or_default();
+                e.0 += 1;
+                e.1 += t;
+            }
+        }
+    }
+
+    /// With `profile` on: GPU time per kernel since the last report, largest first.
+    pub fn profile_report(&self) -> Option<String> {
+        let mut p = self.profile.as_ref()?.lock().unwrap();
+        let total: f64 = p.values().map(|v| v.1).sum();
+        let mut rows: Vec<_> = p.drain().collect();
+        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        let mut s = format!("{:<28} {:>7} {:>11} {:>6}\n", "kernel", "calls", "total ms", "share");
+        for (k, (n, t)) in rows {
+            s.push_str(&format!(
+                "{k:<28} {n:>7} {:>11.1} {:>5.1}%\n",
+                t * 1e3,
+                100.0 * t / total.max(1e-12)
+            ));
+        }
+        Some(s)
     }
 
     /// Number of dispatches recorded and not yet submitted.
