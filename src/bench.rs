@@ -240,12 +240,22 @@ pub fn run(ctx: &Context, args: &BenchArgs) -> Result<Vec<Measured>> {
 /// (cold: pipeline compiles) step and the median warm step.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn run_model(ctx: &Context, args: &BenchArgs) -> Result<()> {
-    use crate::config::{PerBlock, UNet2DConditionModelConfig};
+    use crate::config::{AutoencoderKLConfig, PerBlock, UNet2DConditionModelConfig};
+    use crate::models::autoencoder_kl::AutoencoderKL;
     use crate::models::unet_2d_condition::UNet2DConditionModel;
     use crate::weights::{Loader, Weights};
     use std::time::Instant;
-    let cfg = UNet2DConditionModelConfig {
+    // SD 1.5's unet/config.json differs from diffusers' defaults only in cross_attention_dim.
+    let unet_cfg = UNet2DConditionModelConfig {
         cross_attention_dim: PerBlock::One(768),
+        ..Default::default()
+    };
+    // SD 1.5's vae/config.json.
+    let vae_cfg = AutoencoderKLConfig {
+        down_block_types: vec!["DownEncoderBlock2D".into(); 4],
+        up_block_types: vec!["UpDecoderBlock2D".into(); 4],
+        block_out_channels: vec![128, 256, 512, 512],
+        layers_per_block: 2,
         ..Default::default()
     };
     let (b, s) = if args.quick { (1, 32) } else { (2, 64) };
@@ -255,37 +265,62 @@ pub fn run_model(ctx: &Context, args: &BenchArgs) -> Result<()> {
         "model", "input", "load s", "cold ms", "median ms"
     );
     let empty = Weights::from_files(vec![])?;
-    for dt in crate::kernels::bench_dtypes(ctx, args) {
-        let t0 = Instant::now();
-        let unet = UNet2DConditionModel::load(&Loader::random(ctx, &empty, dt, 7), &cfg)?;
-        ctx.sync()?;
-        let load = t0.elapsed().as_secs_f64();
-        let fill = |n: usize| {
-            (0..n)
-                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-                .collect::<Vec<_>>()
-        };
-        let sample = Tensor::from_f32(ctx, &fill(b * 4 * s * s), &[b, 4, s, s], dt)?;
-        let enc = Tensor::from_f32(ctx, &fill(b * 77 * 768), &[b, 77, 768], dt)?;
-        let step = |c: &Context| unet.forward(c, &sample, &[999.0], &enc).map(drop);
-        let t1 = Instant::now();
+    let fill = |n: usize| {
+        (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect::<Vec<_>>()
+    };
+    // The first (cold) run includes compiling the pipelines; the median is over `reps` more.
+    let report = |name: String, input: String, load: f64, step: &dyn Fn(&Context) -> Result<()>| -> Result<()> {
+        let t = Instant::now();
         step(ctx)?;
         ctx.sync()?;
-        let cold = t1.elapsed().as_secs_f64();
-        let warm = time(ctx, args.reps, &step)?;
+        let cold = t.elapsed().as_secs_f64();
+        let mut times = Vec::new();
+        for _ in 0..args.reps.max(1) {
+            let t = Instant::now();
+            step(ctx)?;
+            ctx.sync()?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
         println!(
-            "{:<22} {:<32} {:>8.1} {:>10.0} {:>10.0}",
-            format!("unet_sd15_step_{}", dt.name()),
-            format!("[{b}, 4, {s}, {s}] + [{b}, 77, 768]"),
-            load,
+            "{name:<22} {input:<32} {load:>8.1} {:>10.0} {:>10.0}",
             cold * 1e3,
-            warm * 1e3
+            times[times.len() / 2] * 1e3
         );
         if let Some(r) = ctx.profile_report() {
             println!("{r}");
         }
-        drop(unet);
         ctx.trim_pool();
+        Ok(())
+    };
+    for dt in crate::kernels::bench_dtypes(ctx, args) {
+        let t0 = Instant::now();
+        let unet = UNet2DConditionModel::load(&Loader::random(ctx, &empty, dt, 7), &unet_cfg)?;
+        ctx.sync()?;
+        let load = t0.elapsed().as_secs_f64();
+        let sample = Tensor::from_f32(ctx, &fill(b * 4 * s * s), &[b, 4, s, s], dt)?;
+        let enc = Tensor::from_f32(ctx, &fill(b * 77 * 768), &[b, 77, 768], dt)?;
+        report(
+            format!("unet_sd15_step_{}", dt.name()),
+            format!("[{b}, 4, {s}, {s}] + [{b}, 77, 768]"),
+            load,
+            &|c| unet.forward(c, &sample, &[999.0], &enc).map(drop),
+        )?;
+        drop(unet);
+
+        let t0 = Instant::now();
+        let vae = AutoencoderKL::load(&Loader::random(ctx, &empty, dt, 8), &vae_cfg)?;
+        ctx.sync()?;
+        let load = t0.elapsed().as_secs_f64();
+        let latent = Tensor::from_f32(ctx, &fill(4 * s * s), &[1, 4, s, s], dt)?;
+        report(
+            format!("vae_sd15_decode_{}", dt.name()),
+            format!("[1, 4, {s}, {s}] -> {}x{}", 8 * s, 8 * s),
+            load,
+            &|c| vae.decode(c, &latent).map(drop),
+        )?;
     }
     Ok(())
 }
