@@ -139,7 +139,7 @@ fn consistency_decoder_rejects_bad_inputs_and_configs() {
     let model = ConsistencyDecoderVAE::load(&Loader::new(c, &w, DType::F32), &cfg).unwrap();
     let t = |s: &[usize]| hoa::Tensor::full(c, s, 0.0, DType::F32).unwrap();
     let n = t(&[2, 3, 24, 32]);
-    let err = |r: hoa::Result<_>| r.err().expect("accepted").to_string();
+    let err = |r: hoa::Result<()>| r.expect_err("accepted").to_string();
     let e = err(model.decode(c, &t(&[2, 3, 3, 4]), &[&n, &n]).map(|_| ()));
     assert!(
         e.contains("[2, 3, 3, 4]") && e.contains("latent_channels"),
