@@ -199,3 +199,39 @@ fn consistency_decoder_rejects_bad_inputs_and_configs() {
         .to_string();
     assert!(e.contains("down_block_types"), "{e}");
 }
+
+/// `ResnetBlock2D(down=True)`'s `avg_pool2d(2, 2)` (strided views, no kernel of its own):
+/// odd heights and widths floor like PyTorch's.
+#[test]
+fn avg_pool_2x2_matches_reference_on_odd_sizes() {
+    use hoa::models::nn::avg_pool2d_2x2;
+    let Some(c) = ctx() else { return };
+    let mut r = rng(11);
+    for dt in dtypes(c) {
+        for &(b, ch, h, w) in &[(1, 1, 2, 2), (2, 3, 7, 9), (1, 5, 6, 33)] {
+            let x = round_to(dt, &randn(&mut r, b * ch * h * w, 1.0));
+            let t = hoa::Tensor::from_f32(c, &x, &[b, ch, h, w], dt).unwrap();
+            let got = avg_pool2d_2x2(c, &t).unwrap();
+            let (ho, wo) = (h / 2, w / 2);
+            assert_eq!(got.shape(), [b, ch, ho, wo]);
+            let mut want = Vec::new();
+            for p in 0..b * ch {
+                for i in 0..ho {
+                    for j in 0..wo {
+                        let at =
+                            |di: usize, dj: usize| x[p * h * w + (2 * i + di) * w + 2 * j + dj];
+                        want.push((at(0, 0) + at(0, 1) + at(1, 0) + at(1, 1)) / 4.0);
+                    }
+                }
+            }
+            all_close(
+                &format!("avg_pool2d {b}x{ch}x{h}x{w} {dt:?}"),
+                &got.to_vec(c).unwrap(),
+                &want,
+                &tol_for(dt, false),
+            );
+        }
+        let one_row = hoa::Tensor::full(c, &[1, 1, 1, 4], 0.0, dt).unwrap();
+        assert!(avg_pool2d_2x2(c, &one_row).is_err());
+    }
+}
