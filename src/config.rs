@@ -623,3 +623,421 @@ impl AutoencoderKLConfig {
         Ok(())
     }
 }
+
+/// diffusers `UNet2DModel`'s config (`models/unets/unet_2d.py`), the unconditional U-Net of
+/// the consistency decoder. hoa runs ResnetDownsampleBlock2D / ResnetUpsampleBlock2D blocks,
+/// an attention-free UNetMidBlock2D (or none), the "positional" or "learned" time embedding,
+/// the "default" or "scale_shift" time norm, SiLU, no class conditioning; [`Self::validate`]
+/// refuses the rest with a message naming the field.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct UNet2DModelConfig {
+    pub sample_size: Option<serde_json::Value>,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub center_input_sample: bool,
+    pub time_embedding_type: String,
+    pub time_embedding_dim: Option<usize>,
+    pub freq_shift: f64,
+    pub flip_sin_to_cos: bool,
+    pub down_block_types: Vec<String>,
+    pub mid_block_type: Option<String>,
+    pub up_block_types: Vec<String>,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub mid_block_scale_factor: f64,
+    pub downsample_padding: usize,
+    pub downsample_type: String,
+    pub upsample_type: String,
+    pub dropout: f64,
+    pub act_fn: String,
+    pub attention_head_dim: Option<usize>,
+    pub norm_num_groups: Option<usize>,
+    pub attn_norm_num_groups: Option<usize>,
+    pub norm_eps: f64,
+    pub resnet_time_scale_shift: String,
+    pub add_attention: bool,
+    pub class_embed_type: Option<String>,
+    pub num_class_embeds: Option<usize>,
+    pub num_train_timesteps: Option<usize>,
+}
+
+impl Default for UNet2DModelConfig {
+    fn default() -> Self {
+        UNet2DModelConfig {
+            sample_size: None,
+            in_channels: 3,
+            out_channels: 3,
+            center_input_sample: false,
+            time_embedding_type: "positional".into(),
+            time_embedding_dim: None,
+            freq_shift: 0.0,
+            flip_sin_to_cos: true,
+            down_block_types: [
+                "DownBlock2D",
+                "AttnDownBlock2D",
+                "AttnDownBlock2D",
+                "AttnDownBlock2D",
+            ]
+            .map(String::from)
+            .to_vec(),
+            mid_block_type: Some("UNetMidBlock2D".into()),
+            up_block_types: [
+                "AttnUpBlock2D",
+                "AttnUpBlock2D",
+                "AttnUpBlock2D",
+                "UpBlock2D",
+            ]
+            .map(String::from)
+            .to_vec(),
+            block_out_channels: vec![224, 448, 672, 896],
+            layers_per_block: 2,
+            mid_block_scale_factor: 1.0,
+            downsample_padding: 1,
+            downsample_type: "conv".into(),
+            upsample_type: "conv".into(),
+            dropout: 0.0,
+            act_fn: "silu".into(),
+            attention_head_dim: Some(8),
+            norm_num_groups: Some(32),
+            attn_norm_num_groups: None,
+            norm_eps: 1e-5,
+            resnet_time_scale_shift: "default".into(),
+            add_attention: true,
+            class_embed_type: None,
+            num_class_embeds: None,
+            num_train_timesteps: None,
+        }
+    }
+}
+
+impl UNet2DModelConfig {
+    pub const WHAT: &'static str = "UNet2DModel";
+
+    pub fn from_json(json: &[u8]) -> Result<Self> {
+        let c: UNet2DModelConfig = parse(Self::WHAT, json)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Refuses what hoa cannot run, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let w = Self::WHAT;
+        let n = self.block_out_channels.len();
+        if n == 0 {
+            return Err(Error::Checkpoint(format!(
+                "{w} config.json: `block_out_channels` is empty"
+            )));
+        }
+        for (field, types, known) in [
+            (
+                "down_block_types",
+                &self.down_block_types,
+                "ResnetDownsampleBlock2D",
+            ),
+            (
+                "up_block_types",
+                &self.up_block_types,
+                "ResnetUpsampleBlock2D",
+            ),
+        ] {
+            if types.len() != n {
+                return Err(Error::Checkpoint(format!(
+                    "{w} config.json: `{field}` has {} entries, `block_out_channels` {n}",
+                    types.len()
+                )));
+            }
+            if let Some(t) = types.iter().find(|t| *t != known) {
+                return Err(refuse(w, field, format!("contains {t:?} (known: {known})")));
+            }
+        }
+        match self.mid_block_type.as_deref() {
+            None | Some("UNetMidBlock2D") => {}
+            Some(t) => {
+                return Err(refuse(
+                    w,
+                    "mid_block_type",
+                    format!("= {t:?} (known: \"UNetMidBlock2D\", null)"),
+                ))
+            }
+        }
+        if self.mid_block_type.is_some() && self.add_attention {
+            return Err(refuse(
+                w,
+                "add_attention",
+                "= true (the mid block's attention)",
+            ));
+        }
+        match self.time_embedding_type.as_str() {
+            "positional" => {}
+            "learned" => {
+                if self.num_train_timesteps.is_none() {
+                    return Err(Error::Checkpoint(format!(
+                        "{w} config.json: `time_embedding_type` \"learned\" needs \
+                         `num_train_timesteps`"
+                    )));
+                }
+            }
+            t => {
+                return Err(refuse(
+                    w,
+                    "time_embedding_type",
+                    format!("= {t:?} (known: \"positional\", \"learned\")"),
+                ))
+            }
+        }
+        match self.resnet_time_scale_shift.as_str() {
+            "default" | "scale_shift" => {}
+            t => {
+                return Err(refuse(
+                    w,
+                    "resnet_time_scale_shift",
+                    format!("= {t:?} (known: \"default\", \"scale_shift\")"),
+                ))
+            }
+        }
+        if self.act_fn != "silu" {
+            return Err(refuse(
+                w,
+                "act_fn",
+                format!("= {:?} (hoa runs \"silu\")", self.act_fn),
+            ));
+        }
+        if let Some(t) = &self.class_embed_type {
+            return Err(refuse(w, "class_embed_type", format!("= {t:?}")));
+        }
+        if let Some(v) = self.num_class_embeds {
+            return Err(refuse(w, "num_class_embeds", format!("= {v}")));
+        }
+        let Some(g) = self.norm_num_groups else {
+            return Err(refuse(w, "norm_num_groups", "= null"));
+        };
+        if let Some(ch) = self
+            .block_out_channels
+            .iter()
+            .find(|&&ch| g == 0 || ch % g != 0)
+        {
+            return Err(Error::Checkpoint(format!(
+                "{w} config.json: {ch} channels are not divisible by `norm_num_groups` {g}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `time_embed_dim`: `time_embedding_dim` or 4 x `block_out_channels[0]`.
+    pub fn time_embed_dim(&self) -> usize {
+        self.time_embedding_dim
+            .unwrap_or(4 * self.block_out_channels[0])
+    }
+}
+
+/// diffusers `ConsistencyDecoderVAE`'s config (`models/autoencoders/consistency_decoder_vae.py`):
+/// an `AutoencoderKL`-style encoder (`encoder_*`) and a `UNet2DModel` decoder (`decoder_*`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ConsistencyDecoderVAEConfig {
+    pub scaling_factor: f64,
+    pub latent_channels: usize,
+    pub sample_size: serde_json::Value,
+    pub encoder_act_fn: String,
+    pub encoder_block_out_channels: Vec<usize>,
+    pub encoder_double_z: bool,
+    pub encoder_down_block_types: Vec<String>,
+    pub encoder_in_channels: usize,
+    pub encoder_layers_per_block: usize,
+    pub encoder_norm_num_groups: usize,
+    pub encoder_out_channels: usize,
+    pub decoder_add_attention: bool,
+    pub decoder_block_out_channels: Vec<usize>,
+    pub decoder_down_block_types: Vec<String>,
+    pub decoder_downsample_padding: usize,
+    pub decoder_in_channels: usize,
+    pub decoder_layers_per_block: usize,
+    pub decoder_norm_eps: f64,
+    pub decoder_norm_num_groups: usize,
+    pub decoder_num_train_timesteps: usize,
+    pub decoder_out_channels: usize,
+    pub decoder_resnet_time_scale_shift: String,
+    pub decoder_time_embedding_type: String,
+    pub decoder_up_block_types: Vec<String>,
+    /// Registered by diffusers as `encoder_block_out_channels`; `decode` takes its latent
+    /// upsampling factor `2 ** (len(block_out_channels) - 1)` from it.
+    pub block_out_channels: Option<Vec<usize>>,
+}
+
+impl Default for ConsistencyDecoderVAEConfig {
+    fn default() -> Self {
+        let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        ConsistencyDecoderVAEConfig {
+            scaling_factor: 0.18215,
+            latent_channels: 4,
+            sample_size: serde_json::Value::from(32),
+            encoder_act_fn: "silu".into(),
+            encoder_block_out_channels: vec![128, 256, 512, 512],
+            encoder_double_z: true,
+            encoder_down_block_types: strs(&["DownEncoderBlock2D"; 4]),
+            encoder_in_channels: 3,
+            encoder_layers_per_block: 2,
+            encoder_norm_num_groups: 32,
+            encoder_out_channels: 4,
+            decoder_add_attention: false,
+            decoder_block_out_channels: vec![320, 640, 1024, 1024],
+            decoder_down_block_types: strs(&["ResnetDownsampleBlock2D"; 4]),
+            decoder_downsample_padding: 1,
+            decoder_in_channels: 7,
+            decoder_layers_per_block: 3,
+            decoder_norm_eps: 1e-5,
+            decoder_norm_num_groups: 32,
+            decoder_num_train_timesteps: 1024,
+            decoder_out_channels: 6,
+            decoder_resnet_time_scale_shift: "scale_shift".into(),
+            decoder_time_embedding_type: "learned".into(),
+            decoder_up_block_types: strs(&["ResnetUpsampleBlock2D"; 4]),
+            block_out_channels: None,
+        }
+    }
+}
+
+impl ConsistencyDecoderVAEConfig {
+    pub const WHAT: &'static str = "ConsistencyDecoderVAE";
+
+    pub fn from_json(json: &[u8]) -> Result<Self> {
+        let c: ConsistencyDecoderVAEConfig = parse(Self::WHAT, json)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Refuses what hoa (or diffusers itself) cannot run, naming the field; the encoder and
+    /// decoder configs are validated with `encoder_` / `decoder_` in front of their fields.
+    pub fn validate(&self) -> Result<()> {
+        let w = Self::WHAT;
+        let bad = |field: &str, why: String| {
+            Err(Error::Checkpoint(format!(
+                "{w} config.json: `{field}` {why}"
+            )))
+        };
+        // decode normalizes with 4 fixed channel means / stds.
+        if self.latent_channels != 4 {
+            return bad(
+                "latent_channels",
+                format!(
+                    "= {}: the decoder's latent means / stds have 4 channels",
+                    self.latent_channels
+                ),
+            );
+        }
+        if !self.encoder_double_z {
+            return Err(refuse(w, "encoder_double_z", "= false"));
+        }
+        if self.encoder_out_channels != self.latent_channels {
+            return bad(
+                "encoder_out_channels",
+                format!(
+                    "= {} must equal latent_channels {} (quant_conv)",
+                    self.encoder_out_channels, self.latent_channels
+                ),
+            );
+        }
+        if self.decoder_in_channels != 3 + self.latent_channels {
+            return bad(
+                "decoder_in_channels",
+                format!(
+                    "= {}: the decoder takes 3 image channels + {} latent channels",
+                    self.decoder_in_channels, self.latent_channels
+                ),
+            );
+        }
+        if self.decoder_out_channels < 3 {
+            return bad(
+                "decoder_out_channels",
+                format!(
+                    "= {}: decode keeps the first 3 channels",
+                    self.decoder_out_channels
+                ),
+            );
+        }
+        if let Some(b) = &self.block_out_channels {
+            if b.is_empty() {
+                return bad("block_out_channels", "is empty".into());
+            }
+        }
+        // "AutoencoderKL config.json: `act_fn` ..." -> "ConsistencyDecoderVAE config.json:
+        // `encoder_act_fn` ...": every backquoted name is a field of the inner config.
+        let prefixed = |inner: &str, prefix: &str, e: Error| match e {
+            Error::Checkpoint(m) => Error::Checkpoint(
+                m.replacen(inner, w, 1)
+                    .split('`')
+                    .enumerate()
+                    .map(|(i, part)| {
+                        if i % 2 == 1 {
+                            format!("`{prefix}{part}`")
+                        } else {
+                            part.to_string()
+                        }
+                    })
+                    .collect(),
+            ),
+            e => e,
+        };
+        self.encoder_config()
+            .validate()
+            .map_err(|e| prefixed(AutoencoderKLConfig::WHAT, "encoder_", e))?;
+        self.decoder_unet_config()
+            .validate()
+            .map_err(|e| prefixed(UNet2DModelConfig::WHAT, "decoder_", e))?;
+        Ok(())
+    }
+
+    /// The encoder's config in `AutoencoderKL` terms (diffusers builds the same `Encoder`).
+    pub fn encoder_config(&self) -> AutoencoderKLConfig {
+        let n = self.encoder_block_out_channels.len();
+        AutoencoderKLConfig {
+            in_channels: self.encoder_in_channels,
+            out_channels: 3,
+            down_block_types: self.encoder_down_block_types.clone(),
+            up_block_types: vec!["UpDecoderBlock2D".into(); n],
+            block_out_channels: self.encoder_block_out_channels.clone(),
+            layers_per_block: self.encoder_layers_per_block,
+            act_fn: self.encoder_act_fn.clone(),
+            latent_channels: self.latent_channels,
+            norm_num_groups: self.encoder_norm_num_groups,
+            sample_size: self.sample_size.clone(),
+            scaling_factor: self.scaling_factor,
+            shift_factor: None,
+            force_upcast: false,
+            use_quant_conv: true,
+            use_post_quant_conv: false,
+            mid_block_add_attention: true,
+        }
+    }
+
+    /// The `UNet2DModel` config `ConsistencyDecoderVAE.__init__` builds.
+    pub fn decoder_unet_config(&self) -> UNet2DModelConfig {
+        UNet2DModelConfig {
+            add_attention: self.decoder_add_attention,
+            block_out_channels: self.decoder_block_out_channels.clone(),
+            down_block_types: self.decoder_down_block_types.clone(),
+            downsample_padding: self.decoder_downsample_padding,
+            in_channels: self.decoder_in_channels,
+            layers_per_block: self.decoder_layers_per_block,
+            norm_eps: self.decoder_norm_eps,
+            norm_num_groups: Some(self.decoder_norm_num_groups),
+            num_train_timesteps: Some(self.decoder_num_train_timesteps),
+            out_channels: self.decoder_out_channels,
+            resnet_time_scale_shift: self.decoder_resnet_time_scale_shift.clone(),
+            time_embedding_type: self.decoder_time_embedding_type.clone(),
+            up_block_types: self.decoder_up_block_types.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// `2 ** (len(block_out_channels) - 1)`: the latent's nearest upsampling factor in decode.
+    pub fn scale_factor(&self) -> usize {
+        let n = self
+            .block_out_channels
+            .as_ref()
+            .unwrap_or(&self.encoder_block_out_channels)
+            .len();
+        1 << n.saturating_sub(1)
+    }
+}

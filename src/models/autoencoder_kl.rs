@@ -136,18 +136,24 @@ fn conv_rows(vb: &Loader, cin: usize, cout: usize, from: usize, to: usize) -> Re
     })
 }
 
-impl AutoencoderKL {
-    pub fn load(vb: &Loader, config: &AutoencoderKLConfig) -> Result<AutoencoderKL> {
-        config.validate()?;
-        let c = config;
+/// Loads `quant_conv` ([2 x latent, 2 x latent, 1, 1]) split into the rows that give the
+/// mean and the log-variance.
+pub fn load_quant_conv(vb: &Loader, lat: usize) -> Result<(Conv2d, Conv2d)> {
+    Ok((
+        conv_rows(vb, 2 * lat, 2 * lat, 0, lat)?,
+        conv_rows(vb, 2 * lat, 2 * lat, lat, 2 * lat)?,
+    ))
+}
+
+impl Encoder {
+    /// diffusers' `vae.Encoder` under `ev` (`encoder.`), built from an AutoencoderKL config.
+    pub fn load(ev: &Loader, c: &AutoencoderKLConfig) -> Result<Encoder> {
         let g = c.norm_num_groups;
         let ch = &c.block_out_channels;
         let n = ch.len();
         let lat = c.latent_channels;
         let resnet = |vb: &Loader, cin, cout| ResnetBlock2D::load(vb, cin, cout, None, g, EPS, 1.0);
-
-        let ev = vb.pp("encoder");
-        let encoder = Encoder {
+        Ok(Encoder {
             conv_in: Conv2d::load(&ev.pp("conv_in"), c.in_channels, ch[0], 3, 1)?,
             down_blocks: (0..n)
                 .map(|i| {
@@ -179,82 +185,25 @@ impl AutoencoderKL {
             )?,
             conv_norm_out: GroupNorm::load(&ev.pp("conv_norm_out"), g, ch[n - 1], EPS)?,
             conv_out: Conv2d::load(&ev.pp("conv_out"), ch[n - 1], 2 * lat, 3, 1)?,
-        };
-
-        let dv = vb.pp("decoder");
-        let rch: Vec<usize> = ch.iter().rev().copied().collect();
-        let decoder = Decoder {
-            conv_in: Conv2d::load(&dv.pp("conv_in"), lat, rch[0], 3, 1)?,
-            mid_block: UNetMidBlock2D::load(
-                &dv.pp("mid_block"),
-                rch[0],
-                g,
-                c.mid_block_add_attention,
-            )?,
-            up_blocks: (0..n)
-                .map(|i| {
-                    let bv = dv.pp("up_blocks").pp(i);
-                    let cin = if i == 0 { rch[0] } else { rch[i - 1] };
-                    Ok(UpDecoderBlock2D {
-                        resnets: (0..c.layers_per_block + 1)
-                            .map(|j| {
-                                resnet(
-                                    &bv.pp("resnets").pp(j),
-                                    if j == 0 { cin } else { rch[i] },
-                                    rch[i],
-                                )
-                            })
-                            .collect::<Result<_>>()?,
-                        upsampler: if i + 1 < n {
-                            Some(Upsample2D::load(&bv.pp("upsamplers.0"), rch[i])?)
-                        } else {
-                            None
-                        },
-                    })
-                })
-                .collect::<Result<_>>()?,
-            conv_norm_out: GroupNorm::load(&dv.pp("conv_norm_out"), g, ch[0], EPS)?,
-            conv_out: Conv2d::load(&dv.pp("conv_out"), ch[0], c.out_channels, 3, 1)?,
-        };
-        let (quant_conv_mean, quant_conv_logvar) = if c.use_quant_conv {
-            let q = vb.pp("quant_conv");
-            (
-                Some(conv_rows(&q, 2 * lat, 2 * lat, 0, lat)?),
-                Some(conv_rows(&q, 2 * lat, 2 * lat, lat, 2 * lat)?),
-            )
-        } else {
-            (None, None)
-        };
-        let post_quant_conv = if c.use_post_quant_conv {
-            Some(Conv2d::load(&vb.pp("post_quant_conv"), lat, lat, 1, 1)?)
-        } else {
-            None
-        };
-        vb.finish()?;
-        Ok(AutoencoderKL {
-            config: c.clone(),
-            encoder,
-            decoder,
-            quant_conv_mean,
-            quant_conv_logvar,
-            post_quant_conv,
         })
     }
 
-    /// The factor between image and latent sizes (2 per downsampler).
-    pub fn scale_factor(&self) -> usize {
-        1 << (self.config.block_out_channels.len() - 1)
-    }
-
-    /// image [B, in_channels, H, W] (values in [-1, 1]) -> the latent distribution.
-    pub fn encode(&self, ctx: &Context, image: &Tensor) -> Result<EncoderOutput> {
-        const OP: &str = "AutoencoderKL::encode";
-        let c = &self.config;
+    /// image -> the latent distribution: the encoder, then `quant_conv` split into its mean and
+    /// log-variance rows (None: the moments' halves). `op` names the caller in errors.
+    pub fn encode(
+        &self,
+        ctx: &Context,
+        config: &AutoencoderKLConfig,
+        quant_conv: Option<(&Conv2d, &Conv2d)>,
+        image: &Tensor,
+        op: &'static str,
+    ) -> Result<EncoderOutput> {
+        let c = config;
         let s = image.shape();
-        let f = self.scale_factor();
+        let f = 1 << (c.block_out_channels.len() - 1);
         if s.len() != 4 || s[1] != c.in_channels {
             return Err(Error::shape(
-                OP,
+                op,
                 format!(
                     "image {s:?} must be [B, {}, H, W] (in_channels)",
                     c.in_channels
@@ -263,14 +212,14 @@ impl AutoencoderKL {
         }
         if s[2] % f != 0 || s[3] % f != 0 {
             return Err(Error::shape(
-                OP,
+                op,
                 format!(
                     "image {}x{} is not divisible by {f} (the VAE's scale factor)",
                     s[2], s[3]
                 ),
             ));
         }
-        let e = &self.encoder;
+        let e = self;
         let mut x = e.conv_in.forward(ctx, image)?;
         let conv_in = x.clone();
         let mut down = Vec::new();
@@ -287,8 +236,8 @@ impl AutoencoderKL {
         let h = e.conv_norm_out.forward(ctx, &mid, true)?;
         let conv_out = e.conv_out.forward(ctx, &h)?;
         let lat = c.latent_channels;
-        let (mean, logvar) = match (&self.quant_conv_mean, &self.quant_conv_logvar) {
-            (Some(m), Some(l)) => (m.forward(ctx, &conv_out)?, l.forward(ctx, &conv_out)?),
+        let (mean, logvar) = match quant_conv {
+            Some((m, l)) => (m.forward(ctx, &conv_out)?, l.forward(ctx, &conv_out)?),
             _ => {
                 // No quant_conv: the moments' two halves, copied out of their strided views.
                 let half = |i| -> Result<Tensor> {
@@ -326,6 +275,91 @@ impl AutoencoderKL {
             mid,
             conv_out,
         })
+    }
+}
+
+impl AutoencoderKL {
+    pub fn load(vb: &Loader, config: &AutoencoderKLConfig) -> Result<AutoencoderKL> {
+        config.validate()?;
+        let c = config;
+        let g = c.norm_num_groups;
+        let ch = &c.block_out_channels;
+        let n = ch.len();
+        let lat = c.latent_channels;
+        let resnet = |vb: &Loader, cin, cout| ResnetBlock2D::load(vb, cin, cout, None, g, EPS, 1.0);
+
+        let encoder = Encoder::load(&vb.pp("encoder"), c)?;
+
+        let dv = vb.pp("decoder");
+        let rch: Vec<usize> = ch.iter().rev().copied().collect();
+        let decoder = Decoder {
+            conv_in: Conv2d::load(&dv.pp("conv_in"), lat, rch[0], 3, 1)?,
+            mid_block: UNetMidBlock2D::load(
+                &dv.pp("mid_block"),
+                rch[0],
+                g,
+                c.mid_block_add_attention,
+            )?,
+            up_blocks: (0..n)
+                .map(|i| {
+                    let bv = dv.pp("up_blocks").pp(i);
+                    let cin = if i == 0 { rch[0] } else { rch[i - 1] };
+                    Ok(UpDecoderBlock2D {
+                        resnets: (0..c.layers_per_block + 1)
+                            .map(|j| {
+                                resnet(
+                                    &bv.pp("resnets").pp(j),
+                                    if j == 0 { cin } else { rch[i] },
+                                    rch[i],
+                                )
+                            })
+                            .collect::<Result<_>>()?,
+                        upsampler: if i + 1 < n {
+                            Some(Upsample2D::load(&bv.pp("upsamplers.0"), rch[i])?)
+                        } else {
+                            None
+                        },
+                    })
+                })
+                .collect::<Result<_>>()?,
+            conv_norm_out: GroupNorm::load(&dv.pp("conv_norm_out"), g, ch[0], EPS)?,
+            conv_out: Conv2d::load(&dv.pp("conv_out"), ch[0], c.out_channels, 3, 1)?,
+        };
+        let (quant_conv_mean, quant_conv_logvar) = if c.use_quant_conv {
+            let (m, l) = load_quant_conv(&vb.pp("quant_conv"), lat)?;
+            (Some(m), Some(l))
+        } else {
+            (None, None)
+        };
+        let post_quant_conv = if c.use_post_quant_conv {
+            Some(Conv2d::load(&vb.pp("post_quant_conv"), lat, lat, 1, 1)?)
+        } else {
+            None
+        };
+        vb.finish()?;
+        Ok(AutoencoderKL {
+            config: c.clone(),
+            encoder,
+            decoder,
+            quant_conv_mean,
+            quant_conv_logvar,
+            post_quant_conv,
+        })
+    }
+
+    /// The factor between image and latent sizes (2 per downsampler).
+    pub fn scale_factor(&self) -> usize {
+        1 << (self.config.block_out_channels.len() - 1)
+    }
+
+    /// image [B, in_channels, H, W] (values in [-1, 1]) -> the latent distribution.
+    pub fn encode(&self, ctx: &Context, image: &Tensor) -> Result<EncoderOutput> {
+        let quant = match (&self.quant_conv_mean, &self.quant_conv_logvar) {
+            (Some(m), Some(l)) => Some((m, l)),
+            _ => None,
+        };
+        self.encoder
+            .encode(ctx, &self.config, quant, image, "AutoencoderKL::encode")
     }
 
     /// latent [B, latent_channels, h, w] (already divided by `scaling_factor`) -> image.

@@ -4,7 +4,9 @@
 pub mod attention;
 pub mod autoencoder_kl;
 pub mod clip;
+pub mod consistency_decoder;
 pub mod nn;
 pub mod resnet;
 pub mod t5;
+pub mod unet_2d;
 pub mod unet_2d_condition;

@@ -190,3 +190,32 @@ pub fn add_sequence_to_nchw(ctx: &Context, residual: &Tensor, y: &Tensor) -> Res
     };
     elementwise::binary(ctx, View::of(residual), yv, BinaryOp::Add, Activation::None)
 }
+
+/// `F.avg_pool2d(x, kernel_size=2, stride=2)` on [B, C, H, W] (odd sizes floor, as PyTorch):
+/// the row pairs summed, then the column pairs, through strided views, then a quarter.
+pub fn avg_pool2d_2x2(ctx: &Context, x: &Tensor) -> Result<Tensor> {
+    let s = x.shape();
+    if s.len() != 4 || s[2] < 2 || s[3] < 2 {
+        return Err(Error::shape(
+            "avg_pool2d",
+            format!("x must be [B, C, H, W] with H, W >= 2, got {s:?}"),
+        ));
+    }
+    let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
+    let (ho, wo) = (h / 2, w / 2);
+    let rows = |offset| View {
+        tensor: x,
+        shape: vec![b, c, ho, w],
+        strides: vec![c * h * w, h * w, 2 * w, 1],
+        offset,
+    };
+    let r = elementwise::binary(ctx, rows(0), rows(w), BinaryOp::Add, Activation::None)?;
+    let cols = |offset| View {
+        tensor: &r,
+        shape: vec![b, c, ho, wo],
+        strides: vec![c * ho * w, ho * w, w, 2],
+        offset,
+    };
+    let sum = elementwise::binary(ctx, cols(0), cols(1), BinaryOp::Add, Activation::None)?;
+    elementwise::scale(ctx, &sum, 0.25)
+}
