@@ -271,7 +271,11 @@ pub fn run_model(ctx: &Context, args: &BenchArgs) -> Result<()> {
             .collect::<Vec<_>>()
     };
     // The first (cold) run includes compiling the pipelines; the median is over `reps` more.
-    let report = |name: String, input: String, load: f64, step: &dyn Fn(&Context) -> Result<()>| -> Result<()> {
+    let report = |name: String,
+                  input: String,
+                  load: f64,
+                  step: &dyn Fn(&Context) -> Result<()>|
+     -> Result<()> {
         let t = Instant::now();
         step(ctx)?;
         ctx.sync()?;

@@ -255,7 +255,10 @@ impl Context {
         let total: f64 = p.values().map(|v| v.1).sum();
         let mut rows: Vec<_> = p.drain().collect();
         rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-        let mut s = format!("{:<28} {:>7} {:>11} {:>6}\n", "kernel", "calls", "total ms", "share");
+        let mut s = format!(
+            "{:<28} {:>7} {:>11} {:>6}\n",
+            "kernel", "calls", "total ms", "share"
+        );
         for (k, (n, t)) in rows {
             s.push_str(&format!(
                 "{k:<28} {n:>7} {:>11.1} {:>5.1}%\n",
