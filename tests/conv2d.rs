@@ -421,6 +421,18 @@ fn conv2d_rejects_bad_shapes() {
         "{e}"
     );
 
+    // The packed weight (what models hold) checks the same way.
+    let pw = conv2d::PackedConv2dWeight::new(c, &w).unwrap();
+    assert_eq!(pw.shape(), [4, 3, 3, 3]);
+    let e = conv2d::conv2d_packed(c, &t(&[1, 2, 5, 5]), &pw, &d)
+        .expect_err("channel mismatch must be refused")
+        .to_string();
+    assert!(
+        e.contains("[1, 2, 5, 5]") && e.contains("[4, 3, 3, 3]"),
+        "{e}"
+    );
+    assert!(conv2d::PackedConv2dWeight::new(c, &t(&[4, 27])).is_err());
+
     let e = err(&t(&[3, 5, 5]), &w, &d);
     assert!(e.contains("[3, 5, 5]") && e.contains("4 dimensions"), "{e}");
     let e = err(&x, &t(&[4, 27]), &d);

@@ -132,13 +132,18 @@ struct Geom {
 }
 
 fn check(x: &Tensor, weight: &Tensor, o: &Conv2dOptions) -> Result<Geom> {
+    rank("conv2d", "weight [Cout, Cin, kh, kw]", weight, 4)?;
+    check_ws(x, weight.shape(), weight, o)
+}
+
+/// [`check`] for a weight of shape `ws` (rank 4) whose dtype is `wt`'s.
+fn check_ws(x: &Tensor, ws: &[usize], wt: &Tensor, o: &Conv2dOptions) -> Result<Geom> {
     const OP: &str = "conv2d";
     rank(OP, "input x [N, Cin, H, W]", x, 4)?;
-    rank(OP, "weight [Cout, Cin, kh, kw]", weight, 4)?;
-    let mut ts = vec![x, weight];
+    let mut ts = vec![x, wt];
     ts.extend(o.bias);
     same_dtype(OP, &ts)?;
-    let (xs, ws) = (x.shape(), weight.shape());
+    let xs = x.shape();
     let (n, cin, h, w) = (xs[0], xs[1], xs[2], xs[3]);
     let (cout, wcin, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
     if wcin != cin {
@@ -216,16 +221,84 @@ fn params(g: &Geom, o: &Conv2dOptions) -> Result<Params> {
 /// the subgroup fast path (`conv2d_sg`) where the adapter has subgroups, the rest the
 /// register-tiled kernel.
 pub fn conv2d(ctx: &Context, x: &Tensor, weight: &Tensor, o: &Conv2dOptions) -> Result<Tensor> {
-    let g = check(x, weight, o)?;
-    if let Some(mode) = sg_mode(ctx, &g, o) {
-        let tr = match g.cout {
-            0..=8 => 8,
-            9..=16 => 16,
-            _ => SG_TILE.tr,
+    check(x, weight, o)?;
+    conv2d_packed(ctx, x, &PackedConv2dWeight::new(ctx, weight)?, o)
+}
+
+/// A conv weight [Cout, Cin, kh, kw] repacked once as [Cin*kh*kw, cout4] vec4s of 4 output
+/// channels (zero past Cout; cout4 = ceil(Cout / tr) * tr / 4 for the fast path's channel tile
+/// tr), the layout both implicit-GEMM kernels read. [`conv2d`] packs per call (one extra
+/// dispatch, ~70 ms for a 1280x1280x3x3 weight on lavapipe, a quarter of that conv at 8x8);
+/// layers that run many times hold one of these instead of the weight (`nn::Conv2d` does).
+pub struct PackedConv2dWeight {
+    packed: Tensor,
+    shape: [usize; 4],
+    tr: u32,
+    cout4: u32,
+}
+
+impl PackedConv2dWeight {
+    pub fn new(ctx: &Context, weight: &Tensor) -> Result<PackedConv2dWeight> {
+        rank("conv2d", "weight [Cout, Cin, kh, kw]", weight, 4)?;
+        let ws = weight.shape();
+        let shape = [ws[0], ws[1], ws[2], ws[3]];
+        let tr = sg_tr(shape[0]);
+        let u = |what: &str, v: usize| to_u32("conv2d", what, v);
+        let cout4 = u("channels", shape[0].div_ceil(tr as usize) * tr as usize / 4)?;
+        let p = Params {
+            cin: u("channels", shape[1])?,
+            cout: u("channels", shape[0])?,
+            kh: u("kernel", shape[2])?,
+            kw: u("kernel", shape[3])?,
+            cout4,
+            ..Default::default()
         };
-        return launch_sg(ctx, x, weight, o, &g, mode, SgTile { tr, ..SG_TILE });
+        u("weight", weight.numel())?;
+        let packed = pack_weight(ctx, weight, &p)?;
+        Ok(PackedConv2dWeight {
+            packed,
+            shape,
+            tr,
+            cout4,
+        })
     }
-    conv2d_tiled(ctx, x, weight, o, DEFAULT_TILE)
+
+    /// The original weight's shape [Cout, Cin, kh, kw].
+    pub fn shape(&self) -> [usize; 4] {
+        self.shape
+    }
+
+    pub fn dtype(&self) -> crate::gpu::DType {
+        self.packed.dtype()
+    }
+}
+
+/// The fast path's channel tile for `cout` output channels: 32 (measured 1.2-1.6x 16 on
+/// lavapipe), less for small layers such as a U-Net's conv_out (4 channels).
+fn sg_tr(cout: usize) -> u32 {
+    match cout {
+        0..=8 => 8,
+        9..=16 => 16,
+        _ => SG_TILE.tr,
+    }
+}
+
+/// [`conv2d`] with a weight packed beforehand.
+pub fn conv2d_packed(
+    ctx: &Context,
+    x: &Tensor,
+    weight: &PackedConv2dWeight,
+    o: &Conv2dOptions,
+) -> Result<Tensor> {
+    let g = check_ws(x, &weight.shape, &weight.packed, o)?;
+    if let Some(mode) = sg_mode(ctx, &g, o) {
+        let t = SgTile {
+            tr: weight.tr,
+            ..SG_TILE
+        };
+        return launch_sg(ctx, x, &weight.packed, weight.cout4, o, &g, mode, t);
+    }
+    launch_tiled(ctx, x, &weight.packed, weight.cout4, o, &g, DEFAULT_TILE)
 }
 
 /// The input path of `conv2d_sg` for this call (the shader's MODE), or None where the fast path
@@ -251,10 +324,13 @@ fn sg_mode(ctx: &Context, g: &Geom, o: &Conv2dOptions) -> Option<u32> {
     })
 }
 
+/// Runs `conv2d_sg` on a packed weight with `cout4` >= ceil(Cout / tr) * tr / 4 vec4 columns.
+#[allow(clippy::too_many_arguments)]
 fn launch_sg(
     ctx: &Context,
     x: &Tensor,
-    weight: &Tensor,
+    packed: &Tensor,
+    cout4: u32,
     o: &Conv2dOptions,
     g: &Geom,
     mode: u32,
@@ -263,8 +339,6 @@ fn launch_sg(
     let base = params(g, o)?;
     let u = |what: &str, v: usize| to_u32("conv2d", what, v);
     let tr = t.tr as usize;
-    let cout4 = u("channels", g.cout.div_ceil(tr) * tr / 4)?;
-    let packed = pack_weight(ctx, weight, &Params { cout4, ..base })?;
     // MODE 3 sees the image as one row of H*W pixels.
     let (h, w, ho, wo) = if mode == 3 {
         (1, g.h * g.w, 1, g.ho * g.wo)
@@ -307,7 +381,7 @@ fn launch_sg(
         constants: vec![("WG", t.wg), ("TR", t.tr), ("MODE", mode)],
     };
     let pipe = ctx.pipeline(&SHADER_SG, key)?;
-    let bias = o.bias.unwrap_or(&packed);
+    let bias = o.bias.unwrap_or(packed);
     ctx.launch(
         &pipe,
         "conv2d_sg",
@@ -352,7 +426,17 @@ pub fn conv2d_sg_with(
             ),
         ));
     };
-    launch_sg(ctx, x, weight, o, &g, mode, t)
+    let tr = t.tr as usize;
+    let cout4 = to_u32("conv2d", "channels", g.cout.div_ceil(tr) * tr / 4)?;
+    let packed = pack_weight(
+        ctx,
+        weight,
+        &Params {
+            cout4,
+            ..params(&g, o)?
+        },
+    )?;
+    launch_sg(ctx, x, &packed, cout4, o, &g, mode, t)
 }
 
 /// [`conv2d`] without the subgroup fast path, with an explicit register tile (for tuning and
@@ -366,13 +450,36 @@ pub fn conv2d_tiled(
 ) -> Result<Tensor> {
     let g = check(x, weight, o)?;
     let tc = if tile.tc > 4 { 8 } else { 4 };
-    let mut p = params(&g, o)?;
-    p.cout4 = to_u32(
+    let cout4 = to_u32(
         "conv2d",
         "channels",
         g.cout.div_ceil(tc as usize) * tc as usize / 4,
     )?;
-    let packed = pack_weight(ctx, weight, &p)?;
+    let packed = pack_weight(
+        ctx,
+        weight,
+        &Params {
+            cout4,
+            ..params(&g, o)?
+        },
+    )?;
+    launch_tiled(ctx, x, &packed, cout4, o, &g, tile)
+}
+
+/// Runs the register-tiled kernel on a packed weight with `cout4` >= ceil(Cout / tc) * tc / 4
+/// vec4 columns.
+fn launch_tiled(
+    ctx: &Context,
+    x: &Tensor,
+    packed: &Tensor,
+    cout4: u32,
+    o: &Conv2dOptions,
+    g: &Geom,
+    tile: Tile,
+) -> Result<Tensor> {
+    let tc = if tile.tc > 4 { 8 } else { 4 };
+    let mut p = params(g, o)?;
+    p.cout4 = cout4;
     let tiles_w = g.wo.div_ceil(TP);
     p.tiles_w = to_u32("conv2d", "output", tiles_w)?;
     p.n_tiles = to_u32("conv2d", "output", g.n * g.ho * tiles_w)?;
@@ -400,7 +507,7 @@ pub fn conv2d_tiled(
     let pipe = ctx.pipeline(&SHADER, key)?;
     let wg = [p.n_tiles.div_ceil(tile.wg), p.cout.div_ceil(tc), 1];
     ctx.check_grid("conv2d", wg)?;
-    let bias = o.bias.unwrap_or(&packed);
+    let bias = o.bias.unwrap_or(packed);
     ctx.launch(
         &pipe,
         "conv2d",
