@@ -45,7 +45,7 @@ struct Params {
     kh: u32,
     kw: u32,
     stride: u32,
-    cout4: u32,     // vec4 columns of the packed weight: ceil(Cout / TC) * TC / 4
+    cout4: u32,     // vec4 columns of the packed weight: at least ceil(Cout / TC) * TC / 4
     tiles_w: u32,   // pixel tiles per output row: ceil(Wo / 4)
     n_tiles: u32,   // N * Ho * tiles_w
     has_bias: u32,

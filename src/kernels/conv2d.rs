@@ -2,9 +2,10 @@
 //! PyTorch's weight layout [Cout, Cin, kh, kw] (as diffusers checkpoints store it), square
 //! stride and zero padding (plus optional extra padding after the bottom and right edges, as
 //! diffusers' `Downsample2D` with `padding=0` does with `F.pad(x, (0, 1, 0, 1))`), optional bias
-//! and a fused activation. The fast path is an implicit
-//! GEMM with a register tile per invocation; `conv2d_naive` is the direct loop kept as a
-//! benchmark baseline.
+//! and a fused activation. The fast path is an implicit GEMM: `conv2d_sg`
+//! (`shaders/conv2d_sg.wgsl`, subgroups, output widths that are multiples of 4) where it
+//! applies, else `conv2d` with a register tile per invocation; `conv2d_naive` is the direct loop
+//! kept as a benchmark baseline.
 
 use super::{rank, same_dtype, to_u32, Activation};
 use crate::error::{Error, Result};
@@ -13,6 +14,14 @@ use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
 pub const SHADER: ShaderFamily = ShaderFamily {
     name: "conv2d",
     source: include_str!("../../shaders/conv2d.wgsl"),
+    includes: &[],
+};
+
+/// The aligned fast path (`shaders/conv2d_sg.wgsl`): its own family because it uses subgroup
+/// operations, which not every adapter has.
+pub const SHADER_SG: ShaderFamily = ShaderFamily {
+    name: "conv2d_sg",
+    source: include_str!("../../shaders/conv2d_sg.wgsl"),
     includes: &[],
 };
 
@@ -77,6 +86,38 @@ pub struct Tile {
 /// The tile [`conv2d`] uses (chosen by measurement on lavapipe, see `bench_cases`).
 pub const DEFAULT_TILE: Tile = Tile { wg: 64, tc: 8 };
 
+/// Tile of `conv2d_sg`: a workgroup of `wg` invocations (4 output pixels each) owns `tr` output
+/// channels (4, 8, .. 32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SgTile {
+    pub wg: u32,
+    pub tr: u32,
+}
+
+/// The tile [`conv2d`] uses on the fast path (`tr` shrinks to 8 or 16 for fewer channels).
+pub const SG_TILE: SgTile = SgTile { wg: 8, tr: 32 };
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct SgParams {
+    n: u32,
+    cin: u32,
+    h: u32,
+    w: u32,
+    cout: u32,
+    ho: u32,
+    wo: u32,
+    pad: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    cout4: u32,
+    n_tiles: u32,
+    gx: u32,
+    has_bias: u32,
+    act: u32,
+}
+
 /// Checked geometry of one convolution.
 struct Geom {
     n: usize,
@@ -91,13 +132,18 @@ struct Geom {
 }
 
 fn check(x: &Tensor, weight: &Tensor, o: &Conv2dOptions) -> Result<Geom> {
+    rank("conv2d", "weight [Cout, Cin, kh, kw]", weight, 4)?;
+    check_ws(x, weight.shape(), weight, o)
+}
+
+/// [`check`] for a weight of shape `ws` (rank 4) whose dtype is `wt`'s.
+fn check_ws(x: &Tensor, ws: &[usize], wt: &Tensor, o: &Conv2dOptions) -> Result<Geom> {
     const OP: &str = "conv2d";
     rank(OP, "input x [N, Cin, H, W]", x, 4)?;
-    rank(OP, "weight [Cout, Cin, kh, kw]", weight, 4)?;
-    let mut ts = vec![x, weight];
+    let mut ts = vec![x, wt];
     ts.extend(o.bias);
     same_dtype(OP, &ts)?;
-    let (xs, ws) = (x.shape(), weight.shape());
+    let xs = x.shape();
     let (n, cin, h, w) = (xs[0], xs[1], xs[2], xs[3]);
     let (cout, wcin, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
     if wcin != cin {
@@ -171,11 +217,230 @@ fn params(g: &Geom, o: &Conv2dOptions) -> Result<Params> {
 /// `F.conv2d(x, weight, bias, stride, padding)` followed by `act`: x [N, Cin, H, W], weight
 /// [Cout, Cin, kh, kw], bias [Cout]; returns [N, Cout, Ho, Wo] with
 /// Ho = (H + 2 padding - kh) / stride + 1.
+/// Output widths that are multiples of 4 (and 1x1 unpadded convs over H*W % 4 == 0 pixels) take
+/// the subgroup fast path (`conv2d_sg`) where the adapter has subgroups, the rest the
+/// register-tiled kernel.
 pub fn conv2d(ctx: &Context, x: &Tensor, weight: &Tensor, o: &Conv2dOptions) -> Result<Tensor> {
-    conv2d_tiled(ctx, x, weight, o, DEFAULT_TILE)
+    check(x, weight, o)?;
+    conv2d_packed(ctx, x, &PackedConv2dWeight::new(ctx, weight)?, o)
 }
 
-/// [`conv2d`] with an explicit register tile (for tuning; each tile is its own pipeline).
+/// A conv weight [Cout, Cin, kh, kw] repacked once as [Cin*kh*kw, cout4] vec4s of 4 output
+/// channels (zero past Cout; cout4 = ceil(Cout / tr) * tr / 4 for the fast path's channel tile
+/// tr), the layout both implicit-GEMM kernels read. [`conv2d`] packs per call (one extra
+/// dispatch, ~70 ms for a 1280x1280x3x3 weight on lavapipe, a quarter of that conv at 8x8);
+/// layers that run many times hold one of these instead of the weight (`nn::Conv2d` does).
+pub struct PackedConv2dWeight {
+    packed: Tensor,
+    shape: [usize; 4],
+    tr: u32,
+    cout4: u32,
+}
+
+impl PackedConv2dWeight {
+    pub fn new(ctx: &Context, weight: &Tensor) -> Result<PackedConv2dWeight> {
+        rank("conv2d", "weight [Cout, Cin, kh, kw]", weight, 4)?;
+        let ws = weight.shape();
+        let shape = [ws[0], ws[1], ws[2], ws[3]];
+        let tr = sg_tr(shape[0]);
+        let u = |what: &str, v: usize| to_u32("conv2d", what, v);
+        let cout4 = u("channels", shape[0].div_ceil(tr as usize) * tr as usize / 4)?;
+        let p = Params {
+            cin: u("channels", shape[1])?,
+            cout: u("channels", shape[0])?,
+            kh: u("kernel", shape[2])?,
+            kw: u("kernel", shape[3])?,
+            cout4,
+            ..Default::default()
+        };
+        u("weight", weight.numel())?;
+        let packed = pack_weight(ctx, weight, &p)?;
+        Ok(PackedConv2dWeight {
+            packed,
+            shape,
+            tr,
+            cout4,
+        })
+    }
+
+    /// The original weight's shape [Cout, Cin, kh, kw].
+    pub fn shape(&self) -> [usize; 4] {
+        self.shape
+    }
+
+    pub fn dtype(&self) -> crate::gpu::DType {
+        self.packed.dtype()
+    }
+}
+
+/// The fast path's channel tile for `cout` output channels: 32 (measured 1.2-1.6x 16 on
+/// lavapipe), less for small layers such as a U-Net's conv_out (4 channels).
+fn sg_tr(cout: usize) -> u32 {
+    match cout {
+        0..=8 => 8,
+        9..=16 => 16,
+        _ => SG_TILE.tr,
+    }
+}
+
+/// [`conv2d`] with a weight packed beforehand.
+pub fn conv2d_packed(
+    ctx: &Context,
+    x: &Tensor,
+    weight: &PackedConv2dWeight,
+    o: &Conv2dOptions,
+) -> Result<Tensor> {
+    let g = check_ws(x, &weight.shape, &weight.packed, o)?;
+    if let Some(mode) = sg_mode(ctx, &g, o) {
+        let t = SgTile {
+            tr: weight.tr,
+            ..SG_TILE
+        };
+        return launch_sg(ctx, x, &weight.packed, weight.cout4, o, &g, mode, t);
+    }
+    launch_tiled(ctx, x, &weight.packed, weight.cout4, o, &g, DEFAULT_TILE)
+}
+
+/// The input path of `conv2d_sg` for this call (the shader's MODE), or None where the fast path
+/// does not apply: no subgroups of >= 8 invocations, or an output width that is not a multiple
+/// of 4 (vec4 stores) unless the conv is 1x1 / stride 1 / unpadded (then the image is one row
+/// of H*W pixels and H*W % 4 == 0 suffices).
+fn sg_mode(ctx: &Context, g: &Geom, o: &Conv2dOptions) -> Option<u32> {
+    if !ctx.features.contains(wgpu::Features::SUBGROUP) || ctx.info.subgroup_min_size < 8 {
+        return None;
+    }
+    let plain = o.padding == 0 && o.pad_end == 0;
+    if (g.kh, g.kw, o.stride) == (1, 1, 1) && plain && (g.h * g.w) % 4 == 0 {
+        return Some(3);
+    }
+    if g.wo % 4 != 0 {
+        return None;
+    }
+    Some(match (g.kh, g.kw, o.stride, o.padding, o.pad_end) {
+        (3, 3, 1, 1, 0) if g.w % 4 == 0 => 2,
+        // The two vec4s at column 2 ox0 stay inside the row while the output fits in W / 2.
+        (3, 3, 2, 1, 0) | (3, 3, 2, 0, 0 | 1) if g.w % 8 == 0 => 4,
+        _ => 0,
+    })
+}
+
+/// Runs `conv2d_sg` on a packed weight with `cout4` >= ceil(Cout / tr) * tr / 4 vec4 columns.
+#[allow(clippy::too_many_arguments)]
+fn launch_sg(
+    ctx: &Context,
+    x: &Tensor,
+    packed: &Tensor,
+    cout4: u32,
+    o: &Conv2dOptions,
+    g: &Geom,
+    mode: u32,
+    t: SgTile,
+) -> Result<Tensor> {
+    let base = params(g, o)?;
+    let u = |what: &str, v: usize| to_u32("conv2d", what, v);
+    let tr = t.tr as usize;
+    // MODE 3 sees the image as one row of H*W pixels.
+    let (h, w, ho, wo) = if mode == 3 {
+        (1, g.h * g.w, 1, g.ho * g.wo)
+    } else {
+        (g.h, g.w, g.ho, g.wo)
+    };
+    let n_tiles = g.n * ho * wo / 4;
+    let groups = n_tiles.div_ceil(t.wg as usize);
+    let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    let gx = groups.min(max);
+    let wg = [
+        u("output", gx)?,
+        u("channels", g.cout.div_ceil(tr))?,
+        u("output", groups.div_ceil(gx))?,
+    ];
+    ctx.check_grid("conv2d", wg)?;
+    let p = SgParams {
+        n: base.n,
+        cin: base.cin,
+        h: u("height", h)?,
+        w: u("width", w)?,
+        cout: base.cout,
+        ho: u("height", ho)?,
+        wo: u("width", wo)?,
+        pad: base.pad,
+        kh: base.kh,
+        kw: base.kw,
+        stride: base.stride,
+        cout4,
+        n_tiles: u("output", n_tiles)?,
+        gx: wg[0],
+        has_bias: base.has_bias,
+        act: o.act.id(),
+    };
+    let out = Tensor::empty(ctx, &[g.n, g.cout, g.ho, g.wo], x.dtype())?;
+    let key = PipelineKey {
+        family: SHADER_SG.name,
+        entry: "conv2d_sg",
+        dtype: x.dtype(),
+        constants: vec![("WG", t.wg), ("TR", t.tr), ("MODE", mode)],
+    };
+    let pipe = ctx.pipeline(&SHADER_SG, key)?;
+    let bias = o.bias.unwrap_or(packed);
+    ctx.launch(
+        &pipe,
+        "conv2d_sg",
+        &[
+            x.buffer(),
+            x.buffer(),
+            packed.buffer(),
+            bias.buffer(),
+            out.buffer(),
+        ],
+        bytemuck::bytes_of(&p),
+        wg,
+    );
+    Ok(out)
+}
+
+/// The subgroup fast path with an explicit tile; an error where it does not apply (see
+/// [`conv2d`]: no subgroups of >= 8 invocations, or an output width not a multiple of 4).
+pub fn conv2d_sg_with(
+    ctx: &Context,
+    x: &Tensor,
+    weight: &Tensor,
+    o: &Conv2dOptions,
+    t: SgTile,
+) -> Result<Tensor> {
+    if !(4..=32).contains(&t.tr) || t.tr % 4 != 0 || t.wg == 0 {
+        return Err(Error::shape(
+            "conv2d",
+            format!("unsupported tile {t:?}: tr must be 4, 8, .. 32"),
+        ));
+    }
+    let g = check(x, weight, o)?;
+    let Some(mode) = sg_mode(ctx, &g, o) else {
+        return Err(Error::shape(
+            "conv2d",
+            format!(
+                "the subgroup path needs subgroups of >= 8 invocations and an output width that \
+                 is a multiple of 4: input {:?}, weight {:?}, output width {}",
+                x.shape(),
+                weight.shape(),
+                g.wo
+            ),
+        ));
+    };
+    let tr = t.tr as usize;
+    let cout4 = to_u32("conv2d", "channels", g.cout.div_ceil(tr) * tr / 4)?;
+    let packed = pack_weight(
+        ctx,
+        weight,
+        &Params {
+            cout4,
+            ..params(&g, o)?
+        },
+    )?;
+    launch_sg(ctx, x, &packed, cout4, o, &g, mode, t)
+}
+
+/// [`conv2d`] without the subgroup fast path, with an explicit register tile (for tuning and
+/// for testing the fallback; each tile is its own pipeline).
 pub fn conv2d_tiled(
     ctx: &Context,
     x: &Tensor,
@@ -185,13 +450,36 @@ pub fn conv2d_tiled(
 ) -> Result<Tensor> {
     let g = check(x, weight, o)?;
     let tc = if tile.tc > 4 { 8 } else { 4 };
-    let mut p = params(&g, o)?;
-    p.cout4 = to_u32(
+    let cout4 = to_u32(
         "conv2d",
         "channels",
         g.cout.div_ceil(tc as usize) * tc as usize / 4,
     )?;
-    let packed = pack_weight(ctx, weight, &p)?;
+    let packed = pack_weight(
+        ctx,
+        weight,
+        &Params {
+            cout4,
+            ..params(&g, o)?
+        },
+    )?;
+    launch_tiled(ctx, x, &packed, cout4, o, &g, tile)
+}
+
+/// Runs the register-tiled kernel on a packed weight with `cout4` >= ceil(Cout / tc) * tc / 4
+/// vec4 columns.
+fn launch_tiled(
+    ctx: &Context,
+    x: &Tensor,
+    packed: &Tensor,
+    cout4: u32,
+    o: &Conv2dOptions,
+    g: &Geom,
+    tile: Tile,
+) -> Result<Tensor> {
+    let tc = if tile.tc > 4 { 8 } else { 4 };
+    let mut p = params(g, o)?;
+    p.cout4 = cout4;
     let tiles_w = g.wo.div_ceil(TP);
     p.tiles_w = to_u32("conv2d", "output", tiles_w)?;
     p.n_tiles = to_u32("conv2d", "output", g.n * g.ho * tiles_w)?;
@@ -219,7 +507,7 @@ pub fn conv2d_tiled(
     let pipe = ctx.pipeline(&SHADER, key)?;
     let wg = [p.n_tiles.div_ceil(tile.wg), p.cout.div_ceil(tc), 1];
     ctx.check_grid("conv2d", wg)?;
-    let bias = o.bias.unwrap_or(&packed);
+    let bias = o.bias.unwrap_or(packed);
     ctx.launch(
         &pipe,
         "conv2d",
@@ -362,10 +650,12 @@ pub mod reference {
 }
 
 /// `hoa bench` cases: the convolutions of an SD-1.5 U-Net at batch 2 (64x64 latents, halved
-/// with `--quick`): 3x3 320->320, 1x1 320->320, the stride-2 downsampler, conv_in (4->320)
-/// and 3x3 640->640 at half size; each after the naive baseline on the same shape where that
-/// is affordable. (Measured on lavapipe while choosing the tile: 8 channels x 4 pixels beat 4
-/// channels x 4 pixels by 1.0-1.6x; workgroup size 32 vs 64 was within the noise.)
+/// with `--quick`): 3x3 320->320, 1x1 320->320, the stride-2 downsampler, conv_in (4->320),
+/// conv_out (320->4), 3x3 640->640 at half size and 1280->1280 at a quarter; each as
+/// `conv2d_tiled` (the register-tiled kernel, the fallback) and `conv2d` (the fast path where it
+/// applies), plus the naive baseline where that is affordable. (Measured on lavapipe while
+/// choosing the fallback's tile: 8 channels x 4 pixels beat 4 channels x 4 pixels by 1.0-1.6x;
+/// workgroup size 32 vs 64 was within the noise.)
 pub fn bench_cases(
     ctx: &Context,
     args: &crate::bench::BenchArgs,
@@ -377,12 +667,14 @@ pub fn bench_cases(
     // (name, cin, cout, hw, k, stride, pad, time the naive baseline too: it runs at ~0.3
     // GFLOP/s on lavapipe, ~50 s for the full-size 3x3, so that one only with --quick)
     type Shape = (&'static str, usize, usize, usize, usize, usize, usize, bool);
-    let shapes: [Shape; 5] = [
+    let shapes: [Shape; 7] = [
         ("3x3", 320, 320, s, 3, 1, 1, args.quick),
         ("1x1", 320, 320, s, 1, 1, 0, true),
         ("3x3s2", 320, 320, s, 3, 2, 1, false),
         ("3x3in", 4, 320, s, 3, 1, 1, true),
+        ("3x3out", 320, 4, s, 3, 1, 1, false),
         ("3x3", 640, 640, s / 2, 3, 1, 1, false),
+        ("3x3", 1280, 1280, s / 4, 3, 1, 1, false),
     ];
     for dt in dts {
         let sz = dt.size() as f64;
@@ -395,20 +687,28 @@ pub fn bench_cases(
             let flops = 2.0 * (n * cout * ho * ho * cin * k * k) as f64;
             let bytes = (x.numel() + w.numel() + n * cout * ho * ho) as f64 * sz;
             let shape = format!("{name} {n}x{cin}x{hw}x{hw}->{cout} {}", dt.name());
-            let mk = |kernel: String, baseline: Option<String>, run| Case {
-                kernel,
+            let mk = |kernel: &str, baseline: Option<&str>, run| Case {
+                kernel: kernel.into(),
                 shape: shape.clone(),
                 flops,
                 bytes,
                 bound: Bound::Compute,
-                baseline,
+                baseline: baseline.map(Into::into),
                 run,
             };
+            type F = fn(&Context, &Tensor, &Tensor, &Conv2dOptions) -> Result<Tensor>;
+            let tiled: F = |c, x, w, o| conv2d_tiled(c, x, w, o, DEFAULT_TILE);
+            let mut kernels: Vec<(&str, Option<&str>, F)> = Vec::new();
             if naive {
+                kernels.push(("conv2d_naive", None, conv2d_naive));
+            }
+            kernels.push(("conv2d_tiled", naive.then_some("conv2d_naive"), tiled));
+            kernels.push(("conv2d", Some("conv2d_tiled"), conv2d));
+            for (kernel, base, f) in kernels {
                 let (x, w, b) = (x.clone(), w.clone(), b.clone());
                 v.push(mk(
-                    "conv2d_naive".into(),
-                    None,
+                    kernel,
+                    base,
                     Box::new(move |c| {
                         let o = Conv2dOptions {
                             stride,
@@ -417,25 +717,10 @@ pub fn bench_cases(
                             act: Activation::None,
                             ..Default::default()
                         };
-                        conv2d_naive(c, &x, &w, &o).map(drop)
+                        f(c, &x, &w, &o).map(drop)
                     }),
                 ));
             }
-            let base = naive.then(|| "conv2d_naive".to_string());
-            v.push(mk(
-                "conv2d".into(),
-                base,
-                Box::new(move |c| {
-                    let o = Conv2dOptions {
-                        stride,
-                        padding: pad,
-                        bias: Some(&b),
-                        act: Activation::None,
-                        ..Default::default()
-                    };
-                    conv2d(c, &x, &w, &o).map(drop)
-                }),
-            ));
         }
     }
     Ok(v)

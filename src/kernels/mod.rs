@@ -22,6 +22,7 @@ pub const SHADERS: &[ShaderFamily] = &[
     attention::SHADER,
     concat::SHADER,
     conv2d::SHADER,
+    conv2d::SHADER_SG,
     elementwise::SHADER,
     embedding::SHADER,
     group_norm::SHADER,

@@ -11,6 +11,7 @@ use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use crate::config::AutoencoderKLConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Tensor};
+use crate::kernels::conv2d::PackedConv2dWeight;
 use crate::kernels::{elementwise, Activation};
 use crate::weights::Loader;
 
@@ -122,13 +123,14 @@ fn conv_rows(vb: &Loader, cin: usize, cout: usize, from: usize, to: usize) -> Re
     let b = vb.get_host("bias", &[cout]);
     let dtype = vb.dtype();
     let ctx = vb.context();
+    let weight = Tensor::from_f32(
+        ctx,
+        &w[from * cin..to * cin],
+        &[to - from, cin, 1, 1],
+        dtype,
+    )?;
     Ok(Conv2d {
-        weight: Tensor::from_f32(
-            ctx,
-            &w[from * cin..to * cin],
-            &[to - from, cin, 1, 1],
-            dtype,
-        )?,
+        weight: PackedConv2dWeight::new(ctx, &weight)?,
         bias: Some(Tensor::from_f32(ctx, &b[from..to], &[to - from], dtype)?),
         stride: 1,
         padding: 0,

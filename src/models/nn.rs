@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Tensor};
-use crate::kernels::conv2d::{self, Conv2dOptions};
+use crate::kernels::conv2d::{self, Conv2dOptions, PackedConv2dWeight};
 use crate::kernels::elementwise::{self, BinaryOp, View};
 use crate::kernels::matmul::MatmulOptions;
 use crate::kernels::{group_norm, layer_norm, matmul, Activation};
@@ -61,7 +61,9 @@ impl LayerNorm {
 /// `nn.Conv2d` with square kernel, stride and zero padding; `pad_end` adds zero rows / columns
 /// after the bottom / right edges (diffusers' `F.pad(x, (0, 1, 0, 1))`).
 pub struct Conv2d {
-    pub weight: Tensor,
+    /// Packed once at load for the implicit-GEMM kernels (the [out, in, k, k] original is not
+    /// kept).
+    pub weight: PackedConv2dWeight,
     pub bias: Option<Tensor>,
     pub stride: usize,
     pub padding: usize,
@@ -71,8 +73,9 @@ pub struct Conv2d {
 impl Conv2d {
     /// Weight [out, in, k, k] and bias [out]; padding `(k - 1) / 2` ("same" at stride 1).
     pub fn load(vb: &Loader, cin: usize, cout: usize, k: usize, stride: usize) -> Result<Conv2d> {
+        let w = vb.get("weight", &[cout, cin, k, k])?;
         Ok(Conv2d {
-            weight: vb.get("weight", &[cout, cin, k, k])?,
+            weight: PackedConv2dWeight::new(vb.context(), &w)?,
             bias: Some(vb.get("bias", &[cout])?),
             stride,
             padding: (k - 1) / 2,
@@ -89,7 +92,7 @@ impl Conv2d {
     }
 
     pub fn forward_act(&self, ctx: &Context, x: &Tensor, act: Activation) -> Result<Tensor> {
-        conv2d::conv2d(
+        conv2d::conv2d_packed(
             ctx,
             x,
             &self.weight,
