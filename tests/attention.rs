@@ -23,7 +23,26 @@ struct Case {
     scale: Option<f32>,
 }
 
-fn run_case(c: &hoa::Context, dt: DType, cs: &Case, r: &mut impl Rng, naive: bool) {
+/// Which kernel a case runs: `attention` (routed), or one path explicitly.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    Routed,
+    Flash,
+    Sg(u32),
+    Naive,
+}
+
+/// The paths a case can run on this adapter: routed and flash always, the subgroup path
+/// (two workgroup sizes) where it applies.
+fn paths(c: &hoa::Context, cs: &Case) -> Vec<Path> {
+    let mut v = vec![Path::Routed, Path::Flash];
+    if attention::subgroups_available(c) && cs.d % 4 == 0 && cs.dv % 4 == 0 {
+        v.extend([Path::Sg(16), Path::Sg(8)]);
+    }
+    v
+}
+
+fn run_case(c: &hoa::Context, dt: DType, cs: &Case, r: &mut impl Rng, path: Path) {
     let n = reference::Dims {
         batch: cs.batch,
         lq: cs.lq,
@@ -56,11 +75,13 @@ fn run_case(c: &hoa::Context, dt: DType, cs: &Case, r: &mut impl Rng, naive: boo
         causal: cs.causal,
         bias: tb.as_ref(),
     };
-    let out = if naive {
-        attention_naive(c, &tq, &tk, &tv, &opts).unwrap()
-    } else {
-        attention(c, &tq, &tk, &tv, &opts).unwrap()
-    };
+    let out = match path {
+        Path::Naive => attention_naive(c, &tq, &tk, &tv, &opts),
+        Path::Routed => attention(c, &tq, &tk, &tv, &opts),
+        Path::Flash => attention::attention_tiled(c, &tq, &tk, &tv, &opts, Tiling::default()),
+        Path::Sg(wg) => attention::attention_sg_tiled(c, &tq, &tk, &tv, &opts, Tiling { wg }),
+    }
+    .unwrap();
     assert_eq!(out.shape(), &[cs.batch, cs.lq, hdv]);
     let got = out.to_vec(c).unwrap();
     let scale = cs.scale.map_or(1.0 / (cs.d as f64).sqrt(), |s| s as f64);
@@ -75,17 +96,8 @@ fn run_case(c: &hoa::Context, dt: DType, cs: &Case, r: &mut impl Rng, naive: boo
     );
     all_close(
         &format!(
-            "{} B{} H{} D{} Dv{} Lq{} Lk{} causal={} bias={:?} scale={:?} {dt:?}",
-            if naive { "naive" } else { "flash" },
-            cs.batch,
-            cs.heads,
-            cs.d,
-            cs.dv,
-            cs.lq,
-            cs.lk,
-            cs.causal,
-            cs.bias,
-            cs.scale
+            "{:?} B{} H{} D{} Dv{} Lq{} Lk{} causal={} bias={:?} scale={:?} {dt:?}",
+            path, cs.batch, cs.heads, cs.d, cs.dv, cs.lq, cs.lk, cs.causal, cs.bias, cs.scale
         ),
         &got,
         &want,
@@ -119,7 +131,9 @@ fn random_shapes_match_reference() {
                 bias: None,
                 scale: None,
             };
-            run_case(c, dt, &cs, &mut r, false);
+            for path in paths(c, &cs) {
+                run_case(c, dt, &cs, &mut r, path);
+            }
         }
     }
 }
@@ -156,9 +170,26 @@ fn causal_bias_scale_and_odd_head_dims() {
                 bias,
                 scale,
             };
-            run_case(c, dt, &cs, &mut r, false);
+            for path in paths(c, &cs) {
+                run_case(c, dt, &cs, &mut r, path);
+            }
         }
     }
+}
+
+/// The subgroup path refuses what it cannot run (a head dim not a multiple of 4, or an adapter
+/// without subgroups) with an error; `attention` routes those calls to attention_flash.
+#[test]
+fn subgroup_path_refuses_unaligned_head_dims() {
+    let Some(c) = ctx() else { return };
+    let q = Tensor::full(c, &[1, 7, 2 * 6], 0.5, DType::F32).unwrap();
+    let o = AttentionOptions::new(2);
+    let e = attention::attention_sg_tiled(c, &q, &q, &q, &o, Tiling::default()).unwrap_err();
+    assert!(e.to_string().contains("multiples of 4"), "{e}");
+    let q = Tensor::full(c, &[1, 7, 2 * 8], 0.5, DType::F32).unwrap();
+    let r = attention::attention_sg_tiled(c, &q, &q, &q, &o, Tiling::default());
+    assert_eq!(r.is_ok(), attention::subgroups_available(c));
+    c.sync().unwrap();
 }
 
 #[test]
@@ -182,7 +213,7 @@ fn naive_baseline_matches_reference() {
                 bias,
                 scale: None,
             };
-            run_case(c, dt, &cs, &mut r, true);
+            run_case(c, dt, &cs, &mut r, Path::Naive);
         }
     }
 }

@@ -14,6 +14,14 @@ pub const SHADER: ShaderFamily = ShaderFamily {
     includes: &[],
 };
 
+/// The subgroup fast path (`shaders/attention_sg.wgsl`): its own family because it uses
+/// subgroup operations, which not every adapter has.
+pub const SHADER_SG: ShaderFamily = ShaderFamily {
+    name: "attention_sg",
+    source: include_str!("../../shaders/attention_sg.wgsl"),
+    includes: &[],
+};
+
 /// Largest head dim (q/k and v) the kernel holds in registers (`DMAX4 * 4` in the shader).
 pub const MAX_HEAD_DIM: usize = 160;
 
@@ -166,6 +174,8 @@ fn check(q: &Tensor, k: &Tensor, v: &Tensor, o: &AttentionOptions) -> Result<Sha
 
 /// `softmax(scale * Q K^T + bias) V` per head; q `[B, Lq, H*D]`, k `[B, Lk, H*D]`, v
 /// `[B, Lk, H*Dv]`, returns `[B, Lq, H*Dv]`. Self and cross attention (Lq != Lk).
+/// Head dims that are multiples of 4 take the subgroup fast path (`attention_sg`) where the
+/// adapter has subgroups of >= 8 invocations, the rest `attention_flash`.
 pub fn attention(
     ctx: &Context,
     q: &Tensor,
@@ -173,10 +183,99 @@ pub fn attention(
     v: &Tensor,
     opts: &AttentionOptions,
 ) -> Result<Tensor> {
+    let s = check(q, k, v, opts)?;
+    if sg_ok(ctx, &s) {
+        return launch_sg(ctx, q, k, v, opts, &s, Tiling::default());
+    }
     attention_tiled(ctx, q, k, v, opts, Tiling::default())
 }
 
-/// [`attention`] with an explicit tiling (benchmarks sweep it).
+/// Whether `attention_sg` can run this call: head dims multiples of 4 (vec4 loads and stores)
+/// and subgroups of at least 8 invocations on this adapter.
+fn sg_ok(ctx: &Context, s: &Shapes) -> bool {
+    subgroups_available(ctx) && s.d % 4 == 0 && s.dv % 4 == 0
+}
+
+/// Whether this adapter can run `attention_sg` at all (subgroups of >= 8 invocations).
+pub fn subgroups_available(ctx: &Context) -> bool {
+    ctx.features.contains(wgpu::Features::SUBGROUP) && ctx.info.subgroup_min_size >= 8
+}
+
+/// The subgroup fast path with an explicit tiling; an error where it does not apply (a head
+/// dim not a multiple of 4, no subgroups of >= 8 invocations).
+pub fn attention_sg_tiled(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions,
+    tiling: Tiling,
+) -> Result<Tensor> {
+    let s = check(q, k, v, opts)?;
+    if !sg_ok(ctx, &s) {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "the subgroup path needs head dims that are multiples of 4 and subgroups of >= 8 \
+                 invocations: q {:?}, v {:?}, {} heads",
+                q.shape(),
+                v.shape(),
+                s.heads
+            ),
+        ));
+    }
+    launch_sg(ctx, q, k, v, opts, &s, tiling)
+}
+
+fn launch_sg(
+    ctx: &Context,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions,
+    s: &Shapes,
+    tiling: Tiling,
+) -> Result<Tensor> {
+    if tiling.wg == 0 || tiling.wg > ctx.limits.max_compute_invocations_per_workgroup {
+        return Err(Error::shape(OP, format!("bad tiling {tiling:?}")));
+    }
+    let out = Tensor::empty(ctx, &[s.batch, s.lq, s.heads * s.dv], q.dtype())?;
+    to_u32(OP, "output", out.numel())?;
+    let wg = [
+        to_u32(OP, "query tiles", s.lq.div_ceil(4 * tiling.wg as usize))?,
+        to_u32(OP, "heads", s.heads)?,
+        to_u32(OP, "batch", s.batch)?,
+    ];
+    ctx.check_grid(OP, wg)?;
+    let pipe = ctx.pipeline(
+        &SHADER_SG,
+        PipelineKey {
+            family: SHADER_SG.name,
+            entry: "attention_sg",
+            dtype: q.dtype(),
+            constants: vec![("WG", tiling.wg), ("D", s.d as u32), ("DV", s.dv as u32)],
+        },
+    )?;
+    let p = params(opts, s);
+    let bias = opts.bias.unwrap_or(q);
+    ctx.launch(
+        &pipe,
+        "attention_sg",
+        &[
+            q.buffer(),
+            k.buffer(),
+            v.buffer(),
+            bias.buffer(),
+            out.buffer(),
+        ],
+        bytemuck::bytes_of(&p),
+        wg,
+    );
+    Ok(out)
+}
+
+/// `attention_flash` (the general path, any head dim) with an explicit tiling (benchmarks sweep
+/// it).
 pub fn attention_tiled(
     ctx: &Context,
     q: &Tensor,
@@ -257,7 +356,22 @@ fn launch(
     s: &Shapes,
     wg: [u32; 3],
 ) {
-    let p = Params {
+    let p = params(opts, s);
+    // Without a bias the shader never reads its binding; q stands in for it. q, k, v are bound
+    // twice: as scalars and as vec4s.
+    let bias = opts.bias.unwrap_or(q);
+    let (qb, kb, vb) = (q.buffer(), k.buffer(), v.buffer());
+    ctx.launch(
+        pipe,
+        label,
+        &[qb, kb, vb, qb, kb, vb, bias.buffer(), out.buffer()],
+        bytemuck::bytes_of(&p),
+        wg,
+    );
+}
+
+fn params(opts: &AttentionOptions, s: &Shapes) -> Params {
+    Params {
         lq: s.lq as u32,
         lk: s.lk as u32,
         heads: s.heads as u32,
@@ -270,18 +384,7 @@ fn launch(
         causal: opts.causal as u32,
         has_bias: opts.bias.is_some() as u32,
         batch: s.batch as u32,
-    };
-    // Without a bias the shader never reads its binding; q stands in for it. q, k, v are bound
-    // twice: as scalars and as vec4s.
-    let bias = opts.bias.unwrap_or(q);
-    let (qb, kb, vb) = (q.buffer(), k.buffer(), v.buffer());
-    ctx.launch(
-        pipe,
-        label,
-        &[qb, kb, vb, qb, kb, vb, bias.buffer(), out.buffer()],
-        bytemuck::bytes_of(&p),
-        wg,
-    );
+    }
 }
 
 /// CPU reference, f64 arithmetic, same layouts as the kernel.
@@ -402,6 +505,20 @@ pub fn bench_cases(
                     }),
                 });
             }
+            // The general path, for comparison with the subgroup path `attention` routes to.
+            let (q3, kv3) = (q.clone(), kv.clone());
+            v.push(Case {
+                kernel: "attention_flash".into(),
+                shape: shape.clone(),
+                flops,
+                bytes,
+                bound: Bound::Compute,
+                baseline: None,
+                run: Box::new(move |c| {
+                    let o = AttentionOptions::new(h);
+                    attention_tiled(c, &q3, &kv3, &kv3, &o, Tiling::default()).map(drop)
+                }),
+            });
             v.push(Case {
                 kernel: "attention".into(),
                 shape,

@@ -20,6 +20,7 @@ use crate::gpu::{ShaderFamily, Tensor};
 pub const SHADERS: &[ShaderFamily] = &[
     crate::bench::SHADER,
     attention::SHADER,
+    attention::SHADER_SG,
     concat::SHADER,
     conv2d::SHADER,
     conv2d::SHADER_SG,
