@@ -212,18 +212,7 @@ pub fn bench_cases(
             let default = RowTiling::choose(ctx, shape[0] * 32, row_u);
             let mut tilings = vec![(name.to_string(), default)];
             if args.filter.is_some() {
-                for t in [
-                    RowTiling { wg: 64, tpr: 1 },
-                    RowTiling { wg: 16, tpr: 1 },
-                    RowTiling { wg: 4, tpr: 1 },
-                    RowTiling { wg: 64, tpr: 64 },
-                    RowTiling { wg: 128, tpr: 128 },
-                    RowTiling { wg: 256, tpr: 256 },
-                ] {
-                    if t != default {
-                        tilings.push((format!("{name}_wg{}_tpr{}", t.wg, t.tpr), t));
-                    }
-                }
+                tilings.extend(RowTiling::bench_alternatives(name, default));
             }
             for (kernel, t) in tilings {
                 let (x, w, b) = (x.clone(), w.clone(), b.clone());

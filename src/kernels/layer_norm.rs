@@ -57,6 +57,26 @@ impl RowTiling {
         RowTiling { wg: 128, tpr: 128 },
     ];
 
+    /// Alternatives `hoa bench` also times when asked to (`--filter`), named `{name}_wgW_tprT`;
+    /// the default is left out, it is timed under the plain name.
+    pub(crate) fn bench_alternatives(name: &str, default: RowTiling) -> Vec<(String, RowTiling)> {
+        [
+            (64, 1),
+            (16, 1),
+            (4, 1),
+            (64, 8),
+            (64, 16),
+            (64, 64),
+            (128, 128),
+            (256, 256),
+        ]
+        .into_iter()
+        .map(|(wg, tpr)| RowTiling { wg, tpr })
+        .filter(|&t| t != default)
+        .map(|t| (format!("{name}_wg{}_tpr{}", t.wg, t.tpr), t))
+        .collect()
+    }
+
     pub(crate) fn check(self, op: &'static str) -> Result<()> {
         if !self.tpr.is_power_of_two() || self.tpr > self.wg || self.wg % self.tpr != 0 {
             return Err(Error::shape(
@@ -269,19 +289,7 @@ pub fn bench_cases(
             let mut tilings = vec![(name.to_string(), default)];
             if args.filter.is_some() {
                 // Alternatives, timed only on request (`--filter norm`).
-                for t in [
-                    RowTiling { wg: 64, tpr: 1 },
-                    RowTiling { wg: 16, tpr: 1 },
-                    RowTiling { wg: 64, tpr: 8 },
-                    RowTiling { wg: 64, tpr: 16 },
-                    RowTiling { wg: 64, tpr: 64 },
-                    RowTiling { wg: 128, tpr: 128 },
-                    RowTiling { wg: 256, tpr: 256 },
-                ] {
-                    if t != default {
-                        tilings.push((format!("{name}_wg{}_tpr{}", t.wg, t.tpr), t));
-                    }
-                }
+                tilings.extend(RowTiling::bench_alternatives(name, default));
             }
             for (kernel, t) in tilings {
                 let (x, w, b) = (x.clone(), w.clone(), b.clone());

@@ -134,18 +134,8 @@ pub fn bench_cases(
             if args.filter.is_some() {
                 tilings.push(("softmax_recompute".to_string(), default, Some(true)));
                 tilings.push(("softmax_store".to_string(), default, Some(false)));
-                for t in [
-                    RowTiling { wg: 64, tpr: 1 },
-                    RowTiling { wg: 16, tpr: 1 },
-                    RowTiling { wg: 64, tpr: 8 },
-                    RowTiling { wg: 64, tpr: 16 },
-                    RowTiling { wg: 64, tpr: 64 },
-                    RowTiling { wg: 128, tpr: 128 },
-                    RowTiling { wg: 256, tpr: 256 },
-                ] {
-                    if t != default {
-                        tilings.push((format!("softmax_wg{}_tpr{}", t.wg, t.tpr), t, None));
-                    }
+                for (k, t) in RowTiling::bench_alternatives("softmax", default) {
+                    tilings.push((k, t, None));
                 }
             }
             for (kernel, t, rc) in tilings {

@@ -7,7 +7,7 @@
 
 use super::nn::{Conv2d, GroupNorm, Linear};
 use super::resnet::{ResnetBlock2D, ResnetResample, TimeEmbeddingNorm};
-use super::unet_2d_condition::TimestepEmbeddingMlp;
+use super::unet_2d_condition::{batch_timesteps, TimestepEmbeddingMlp};
 use crate::config::UNet2DModelConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
@@ -274,17 +274,7 @@ impl UNet2DModel {
                 format!("sample must be {} like the weights", self.dtype.name()),
             ));
         }
-        // timesteps = timesteps * torch.ones(sample.shape[0])
-        let t: Vec<f32> = match timesteps.len() {
-            1 => vec![timesteps[0]; b],
-            n if n == b => timesteps.to_vec(),
-            n => {
-                return Err(Error::shape(
-                    OP,
-                    format!("{n} timesteps for a batch of {b}: give 1 or {b}"),
-                ))
-            }
-        };
+        let t = batch_timesteps(OP, timesteps, b)?;
 
         // 0. center input if necessary
         let centered;

@@ -277,16 +277,7 @@ impl UNet2DConditionModel {
                 format!("inputs must be {} like the weights", self.dtype.name()),
             ));
         }
-        let t: Vec<f32> = match timesteps.len() {
-            1 => vec![timesteps[0]; b],
-            n if n == b => timesteps.to_vec(),
-            n => {
-                return Err(Error::shape(
-                    OP,
-                    format!("{n} timesteps for a batch of {b}: give 1 or {b}"),
-                ))
-            }
-        };
+        let t = batch_timesteps(OP, timesteps, b)?;
 
         // 0. center input if necessary
         let centered;
@@ -404,5 +395,17 @@ impl UNet2DConditionModel {
             .chain(self.mid_block.iter().flat_map(|m| &m.attentions))
             .chain(self.up_blocks.iter().flat_map(|b| &b.attentions))
             .filter(|t| !t.transformer_blocks.is_empty())
+    }
+}
+
+/// `timesteps * torch.ones(batch)`: one timestep for the whole batch, or one per sample.
+pub(crate) fn batch_timesteps(op: &'static str, timesteps: &[f32], b: usize) -> Result<Vec<f32>> {
+    match timesteps.len() {
+        1 => Ok(vec![timesteps[0]; b]),
+        n if n == b => Ok(timesteps.to_vec()),
+        n => Err(Error::shape(
+            op,
+            format!("{n} timesteps for a batch of {b}: give 1 or {b}"),
+        )),
     }
 }
