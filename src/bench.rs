@@ -31,7 +31,8 @@ pub struct BenchArgs {
     #[cfg_attr(feature = "cli", arg(long))]
     pub f16: bool,
     /// Instead of the kernels, time one U-Net step of the SD-1.5 architecture (random
-    /// weights, 64x64 latent, batch 2; 32x32 at batch 1 with --quick).
+    /// weights, 64x64 latent, batch 2; 32x32 at batch 1 with --quick) and the SD-1.5 VAE
+    /// decode of one such latent (512x512; 256x256 with --quick). --filter picks by name.
     #[cfg_attr(feature = "cli", arg(long))]
     pub model: bool,
 }
@@ -241,7 +242,7 @@ pub fn run(ctx: &Context, args: &BenchArgs) -> Result<Vec<Measured>> {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn run_model(ctx: &Context, args: &BenchArgs) -> Result<()> {
     use crate::config::{AutoencoderKLConfig, PerBlock, UNet2DConditionModelConfig};
-    use crate::models::autoencoder_kl::AutoencoderKL;
+    use crate::models::autoencoder_kl::{AutoencoderKL, DecodePlan};
     use crate::models::unet_2d_condition::UNet2DConditionModel;
     use crate::weights::{Loader, Weights};
     use std::time::Instant;
@@ -256,9 +257,16 @@ pub fn run_model(ctx: &Context, args: &BenchArgs) -> Result<()> {
         up_block_types: vec!["UpDecoderBlock2D".into(); 4],
         block_out_channels: vec![128, 256, 512, 512],
         layers_per_block: 2,
+        sample_size: serde_json::Value::from(512),
         ..Default::default()
     };
     let (b, s) = if args.quick { (1, 32) } else { (2, 64) };
+    // --filter picks models by name (e.g. `--filter vae`).
+    let wanted = |name: &str| {
+        args.filter
+            .as_ref()
+            .is_none_or(|f| name.contains(f.as_str()))
+    };
     println!("adapter: {}", ctx.describe());
     println!(
         "{:<22} {:<32} {:>8} {:>10} {:>10}",
@@ -300,31 +308,42 @@ pub fn run_model(ctx: &Context, args: &BenchArgs) -> Result<()> {
         Ok(())
     };
     for dt in crate::kernels::bench_dtypes(ctx, args) {
-        let t0 = Instant::now();
-        let unet = UNet2DConditionModel::load(&Loader::random(ctx, &empty, dt, 7), &unet_cfg)?;
-        ctx.sync()?;
-        let load = t0.elapsed().as_secs_f64();
-        let sample = Tensor::from_f32(ctx, &fill(b * 4 * s * s), &[b, 4, s, s], dt)?;
-        let enc = Tensor::from_f32(ctx, &fill(b * 77 * 768), &[b, 77, 768], dt)?;
-        report(
-            format!("unet_sd15_step_{}", dt.name()),
-            format!("[{b}, 4, {s}, {s}] + [{b}, 77, 768]"),
-            load,
-            &|c| unet.forward(c, &sample, &[999.0], &enc).map(drop),
-        )?;
-        drop(unet);
+        let unet_name = format!("unet_sd15_step_{}", dt.name());
+        if wanted(&unet_name) {
+            let t0 = Instant::now();
+            let unet = UNet2DConditionModel::load(&Loader::random(ctx, &empty, dt, 7), &unet_cfg)?;
+            ctx.sync()?;
+            let load = t0.elapsed().as_secs_f64();
+            let sample = Tensor::from_f32(ctx, &fill(b * 4 * s * s), &[b, 4, s, s], dt)?;
+            let enc = Tensor::from_f32(ctx, &fill(b * 77 * 768), &[b, 77, 768], dt)?;
+            report(
+                unet_name,
+                format!("[{b}, 4, {s}, {s}] + [{b}, 77, 768]"),
+                load,
+                &|c| unet.forward(c, &sample, &[999.0], &enc).map(drop),
+            )?;
+        }
 
-        let t0 = Instant::now();
-        let vae = AutoencoderKL::load(&Loader::random(ctx, &empty, dt, 8), &vae_cfg)?;
-        ctx.sync()?;
-        let load = t0.elapsed().as_secs_f64();
-        let latent = Tensor::from_f32(ctx, &fill(4 * s * s), &[1, 4, s, s], dt)?;
-        report(
-            format!("vae_sd15_decode_{}", dt.name()),
-            format!("[1, 4, {s}, {s}] -> {}x{}", 8 * s, 8 * s),
-            load,
-            &|c| vae.decode(c, &latent).map(drop),
-        )?;
+        let vae_name = format!("vae_sd15_decode_{}", dt.name());
+        if wanted(&vae_name) {
+            let t0 = Instant::now();
+            let vae = AutoencoderKL::load(&Loader::random(ctx, &empty, dt, 8), &vae_cfg)?;
+            ctx.sync()?;
+            let load = t0.elapsed().as_secs_f64();
+            let latent = Tensor::from_f32(ctx, &fill(4 * s * s), &[1, 4, s, s], dt)?;
+            // decode_auto, as the pipeline does: tiled where the last up blocks would exceed
+            // the binding limit (SD 1.5 at 512x512 in f32: [1, 256, 512, 512] = 256 MiB).
+            let how = match vae.decode_plan(latent.shape(), dt, ctx.max_binding_bytes())? {
+                DecodePlan::Whole => "whole".to_string(),
+                DecodePlan::Tiled(t) => format!("tiles {}", t.tile_sample_size),
+            };
+            report(
+                vae_name,
+                format!("[1, 4, {s}, {s}] -> {}x{} {how}", 8 * s, 8 * s),
+                load,
+                &|c| vae.decode_auto(c, &latent).map(drop),
+            )?;
+        }
     }
     Ok(())
 }

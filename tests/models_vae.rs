@@ -142,3 +142,116 @@ fn wide_single_head_attention_falls_back_correctly() {
         );
     }
 }
+
+/// diffusers' `tiled_decode` (`enable_tiling()`, tiles of 32 pixels = 16 latent, stride 12,
+/// blend 8, crop 24) of a [2, 4, 24, 40] latent: 2x4 tiles with partial ones at the bottom and
+/// right. Same tolerance as above (max |err| <= 1e-3 x max |ref| in f32, 1e-2 in f16); the
+/// fixture's tiled output differs from the untiled one by far more, so this checks the tiling.
+#[test]
+fn vae_tiled_decode_matches_diffusers() {
+    let Some(c) = ctx() else { return };
+    let name = "vae_tiled";
+    let cfg = AutoencoderKLConfig::from_json(&config(name)).unwrap();
+    let w = diffusers_weights(name);
+    let io = Io::load(name);
+    let (tiled, untiled) = (io.f32("decoded"), io.f32("decoded_untiled"));
+    let scale = tiled.0.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+    let diff = tiled
+        .0
+        .iter()
+        .zip(&untiled.0)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs())) as f64;
+    assert!(
+        diff > 10.0 * rel_tol(DType::F16) * scale,
+        "the fixture's tiled and untiled decodes must differ ({diff:.2e})"
+    );
+    for dt in dtypes(c) {
+        let rel = rel_tol(dt);
+        let model = AutoencoderKL::load(&Loader::new(c, &w, dt), &cfg).unwrap();
+        let opts = model.tile_options().unwrap();
+        assert_eq!((opts.tile_sample_size, opts.overlap_factor), (32, 0.25));
+        let latent = io.tensor(c, "latent", dt);
+        let got = model.decode_tiled(c, &latent, opts).unwrap();
+        let r = close_rel(&format!("{name} {dt:?} tiled"), &got, &tiled, rel, c).unwrap();
+        let whole = model.decode(c, &latent).unwrap().sample;
+        let r2 = close_rel(&format!("{name} {dt:?} untiled"), &whole, &untiled, rel, c).unwrap();
+        eprintln!("{name} {dt:?}: max|err|/max|ref| tiled {r:.2e}, untiled {r2:.2e}");
+    }
+}
+
+/// decode_auto decodes whole while every activation fits the binding limit and tiled (as
+/// diffusers' `tiled_decode`) when it would not; the limit is lowered instead of growing the
+/// image, so the test stays small.
+#[test]
+fn vae_decode_auto_tiles_when_a_binding_would_not_fit() {
+    use hoa::gpu::BufferPool;
+    use hoa::models::autoencoder_kl::{DecodePlan, TileOptions};
+    let Some(c) = ctx() else { return };
+    let name = "vae_tiled";
+    let cfg = AutoencoderKLConfig::from_json(&config(name)).unwrap();
+    let w = diffusers_weights(name);
+    let io = Io::load(name);
+    let dt = DType::F32;
+    let model = AutoencoderKL::load(&Loader::new(c, &w, dt), &cfg).unwrap();
+    let latent = io.tensor(c, "latent", dt);
+    let shape = latent.shape().to_vec();
+    // The widest activation: up_blocks.0's upsampler, [2, 16, 48, 80] f32.
+    let peak = model.decode_peak_bytes(2, 24, 40, dt);
+    assert_eq!(peak, BufferPool::size_class(2 * 16 * 48 * 80 * 4));
+    // A 16x16-latent tile's: [2, 16, 32, 32].
+    let tile_peak = model.decode_peak_bytes(2, 16, 16, dt);
+    assert_eq!(tile_peak, BufferPool::size_class(2 * 16 * 32 * 32 * 4));
+
+    assert_eq!(
+        model.decode_plan(&shape, dt, peak).unwrap(),
+        DecodePlan::Whole
+    );
+    let whole = model.decode_auto_within(c, &latent, peak).unwrap();
+    close_rel(
+        "decode_auto whole",
+        &whole,
+        &io.f32("decoded_untiled"),
+        1e-3,
+        c,
+    )
+    .unwrap();
+
+    // One byte short of the whole decode: diffusers' tiles (sample_size 32) fit.
+    let plan = model.decode_plan(&shape, dt, peak - 1).unwrap();
+    assert_eq!(plan, DecodePlan::Tiled(model.tile_options().unwrap()));
+    let tiled = model.decode_auto_within(c, &latent, peak - 1).unwrap();
+    let r = close_rel("decode_auto tiled", &tiled, &io.f32("decoded"), 1e-3, c).unwrap();
+    eprintln!("decode_auto tiled: max|err|/max|ref| {r:.2e}");
+
+    // Below one 16x16 tile: the tile shrinks to 12 latent pixels (a multiple of 4).
+    let plan = model.decode_plan(&shape, dt, tile_peak - 1).unwrap();
+    assert_eq!(
+        plan,
+        DecodePlan::Tiled(TileOptions {
+            tile_sample_size: 24,
+            overlap_factor: 0.25
+        })
+    );
+    let small = model.decode_auto_within(c, &latent, tile_peak - 1).unwrap();
+    assert_eq!(small.shape(), &[2, 3, 48, 80]);
+    assert!(small.to_vec(c).unwrap().iter().all(|x| x.is_finite()));
+
+    // Nothing fits: a clear error.
+    let e = model.decode_plan(&shape, dt, 1000).unwrap_err().to_string();
+    assert!(
+        e.contains("max_storage_buffer_binding_size") && e.contains("fewer images"),
+        "{e}"
+    );
+    let e = model
+        .decode_tiled(
+            c,
+            &latent,
+            TileOptions {
+                tile_sample_size: 2,
+                overlap_factor: 0.25,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tile_sample_size 2"), "{e}");
+}

@@ -1,4 +1,5 @@
-//! Upsampling, concatenation and the timestep embedding vs their CPU references.
+//! Upsampling, concatenation, the tiled VAE's seam blend and the timestep embedding vs their
+//! CPU references.
 
 mod common;
 use common::*;
@@ -160,5 +161,80 @@ fn gather_rows_matches_reference_and_rejects_bad_ids() {
             .unwrap_err()
             .to_string();
         assert!(e.contains("token id 37") && e.contains("37"), "{e}");
+    }
+}
+
+/// The tiled VAE's seam kernel vs diffusers' `blend_v` then `blend_h` (f64 reference): the tile
+/// is blended in place and its crop lands in the output, nothing else is written.
+#[test]
+fn tile_blend_matches_blend_v_then_blend_h() {
+    use hoa::kernels::tile_blend::{reference, tile_blend, Seam};
+    let Some(c) = ctx() else { return };
+    let mut r = rng(12);
+    for dt in dtypes(c) {
+        let (top_s, left_s, tile_s, out_s) =
+            ([2, 3, 7, 9], [2, 3, 6, 5], [2, 3, 6, 9], [2, 3, 12, 14]);
+        let data = |s: [usize; 4], r: &mut _| round_to(dt, &randn(r, s.iter().product(), 1.0));
+        let (top, left, tile) = (
+            data(top_s, &mut r),
+            data(left_s, &mut r),
+            data(tile_s, &mut r),
+        );
+        let t = |d: &[f32], s: [usize; 4]| Tensor::from_f32(c, d, &s, dt).unwrap();
+        let (tt, lt, xt) = (t(&top, top_s), t(&left, left_s), t(&tile, tile_s));
+        let out = Tensor::full(c, &out_s, f32::NAN, dt).unwrap();
+        let seam = Seam {
+            top: Some(&tt),
+            left: Some(&lt),
+            // min(6, 7, 4) rows, min(5, 9, 4) columns.
+            blend_extent: 4,
+            row_limit: 5,
+            at: (3, 4),
+        };
+        tile_blend(c, &xt, &out, &seam).unwrap();
+        let mut want = tile.clone();
+        reference::blend_v((&top, top_s), (&mut want, tile_s), 4);
+        reference::blend_h((&left, left_s), (&mut want, tile_s), 4);
+        let tol = tol_for(dt, false);
+        all_close(
+            &format!("tile_blend {dt:?}"),
+            &xt.to_vec(c).unwrap(),
+            &want,
+            &tol,
+        );
+        let got = out.to_vec(c).unwrap();
+        let mut want_out = vec![f32::NAN; got.len()];
+        for q in 0..6 {
+            for y in 0..5 {
+                for x in 0..5 {
+                    want_out[(q * 12 + 3 + y) * 14 + 4 + x] = want[(q * 6 + y) * 9 + x];
+                }
+            }
+        }
+        for (i, (g, w)) in got.iter().zip(&want_out).enumerate() {
+            assert!(
+                w.is_nan() == g.is_nan()
+                    && (w.is_nan()
+                        || ((g - w).abs() as f64) <= tol.atol + tol.rtol * w.abs() as f64),
+                "tile_blend {dt:?} out[{i}]: got {g} want {w}"
+            );
+        }
+        // A top tile of another width is refused with both shapes named.
+        let bad = t(&left, left_s);
+        let e = tile_blend(
+            c,
+            &xt,
+            &out,
+            &Seam {
+                top: Some(&bad),
+                ..seam
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("[2, 3, 6, 5]") && e.contains("[2, 3, 6, 9]"),
+            "{e}"
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod layer_norm;
 pub mod matmul;
 pub mod resample;
 pub mod softmax;
+pub mod tile_blend;
 
 use crate::error::{Error, Result};
 use crate::gpu::{ShaderFamily, Tensor};
@@ -32,6 +33,7 @@ pub const SHADERS: &[ShaderFamily] = &[
     matmul::SHADER_SG,
     resample::SHADER,
     softmax::SHADER,
+    tile_blend::SHADER,
 ];
 
 /// Activation functions fusable into kernels; the ids are `ACT_*` in `shaders/common.wgsl`.

@@ -10,9 +10,9 @@ use super::nn::{Conv2d, GroupNorm};
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use crate::config::AutoencoderKLConfig;
 use crate::error::{Error, Result};
-use crate::gpu::{Context, Tensor};
+use crate::gpu::{BufferPool, Context, DType, Tensor};
 use crate::kernels::conv2d::PackedConv2dWeight;
-use crate::kernels::{elementwise, Activation};
+use crate::kernels::{elementwise, tile_blend, Activation};
 use crate::weights::Loader;
 
 const EPS: f64 = 1e-6;
@@ -115,6 +115,70 @@ pub struct DecoderOutput {
     pub conv_in: Tensor,
     pub mid: Tensor,
     pub up: Vec<Tensor>,
+}
+
+/// diffusers' VAE tiling settings (`enable_tiling()`; `tile_sample_min_size`,
+/// `tile_overlap_factor`). The latent tile is `tile_sample_size / 2^(len(block_out_channels) - 1)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TileOptions {
+    /// Tile edge in image pixels (`tile_sample_min_size`; diffusers: `config.sample_size`).
+    pub tile_sample_size: usize,
+    /// Fraction of a tile shared with its neighbour (`tile_overlap_factor`; diffusers: 0.25).
+    pub overlap_factor: f64,
+}
+
+/// diffusers' derived tiling numbers, in latent (`tile`, `stride`) and image pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TileGrid {
+    /// `tile_latent_min_size`.
+    pub tile: usize,
+    /// `overlap_size = int(tile_latent_min_size * (1 - tile_overlap_factor))`.
+    pub stride: usize,
+    /// `blend_extent = int(tile_sample_min_size * tile_overlap_factor)`.
+    pub blend_extent: usize,
+    /// `row_limit = tile_sample_min_size - blend_extent`.
+    pub row_limit: usize,
+}
+
+impl TileOptions {
+    /// The decode grid for a VAE with scale factor `f`, or an error naming the bad setting.
+    pub fn grid(&self, f: usize, op: &'static str) -> Result<TileGrid> {
+        let o = self.overlap_factor;
+        if !(0.0..1.0).contains(&o) {
+            return Err(Error::shape(
+                op,
+                format!("tile overlap_factor {o} must be in [0, 1)"),
+            ));
+        }
+        let tile = self.tile_sample_size / f;
+        let stride = (tile as f64 * (1.0 - o)) as usize;
+        let blend_extent = (self.tile_sample_size as f64 * o) as usize;
+        if tile == 0 || stride == 0 {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "tile_sample_size {} with overlap {o} leaves a latent tile of {tile} and a stride of {stride}; use tiles of at least {} pixels",
+                    self.tile_sample_size,
+                    4 * f
+                ),
+            ));
+        }
+        Ok(TileGrid {
+            tile,
+            stride,
+            blend_extent,
+            row_limit: self.tile_sample_size - blend_extent,
+        })
+    }
+}
+
+/// What [`AutoencoderKL::decode_plan`] chose.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DecodePlan {
+    /// Every activation fits one binding: decode in one piece.
+    Whole,
+    /// Decode tiled with these settings.
+    Tiled(TileOptions),
 }
 
 /// Loads a conv's output channels [from, to) only.
@@ -364,28 +428,55 @@ impl AutoencoderKL {
             .encode(ctx, &self.config, quant, image, "AutoencoderKL::encode")
     }
 
-    /// latent [B, latent_channels, h, w] (already divided by `scaling_factor`) -> image.
+    /// latent [B, latent_channels, h, w] (already divided by `scaling_factor`) -> image, with
+    /// every block's activation (for the tests; [`AutoencoderKL::decode_auto`] keeps none).
     pub fn decode(&self, ctx: &Context, latent: &Tensor) -> Result<DecoderOutput> {
-        const OP: &str = "AutoencoderKL::decode";
+        self.check_latent(latent, "AutoencoderKL::decode")?;
+        let (sample, acts) = self.run_decoder(ctx, latent, true)?;
+        let (conv_in, mid, up) = acts.expect("kept");
+        Ok(DecoderOutput {
+            sample,
+            conv_in,
+            mid,
+            up,
+        })
+    }
+
+    fn check_latent(&self, latent: &Tensor, op: &'static str) -> Result<()> {
         let c = &self.config;
         let s = latent.shape();
         if s.len() != 4 || s[1] != c.latent_channels {
             return Err(Error::shape(
-                OP,
+                op,
                 format!(
                     "latent {s:?} must be [B, {}, h, w] (latent_channels)",
                     c.latent_channels
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// `post_quant_conv` then the decoder; `keep` returns (conv_in, mid, up blocks) too,
+    /// otherwise each activation is dropped (back to the pool) as soon as the next exists.
+    #[allow(clippy::type_complexity)]
+    fn run_decoder(
+        &self,
+        ctx: &Context,
+        latent: &Tensor,
+        keep: bool,
+    ) -> Result<(Tensor, Option<(Tensor, Tensor, Vec<Tensor>)>)> {
         let z = match &self.post_quant_conv {
             Some(p) => p.forward(ctx, latent)?,
             None => latent.clone(),
         };
         let d = &self.decoder;
         let conv_in = d.conv_in.forward(ctx, &z)?;
+        drop(z);
         let mid = d.mid_block.forward(ctx, &conv_in)?;
+        let conv_in = keep.then_some(conv_in);
         let mut x = mid.clone();
+        let mid = keep.then_some(mid);
         let mut up = Vec::new();
         for b in &d.up_blocks {
             for r in &b.resnets {
@@ -394,15 +485,203 @@ impl AutoencoderKL {
             if let Some(u) = &b.upsampler {
                 x = u.forward(ctx, &x)?;
             }
-            up.push(x.clone());
+            if keep {
+                up.push(x.clone());
+            }
         }
         let h = d.conv_norm_out.forward(ctx, &x, true)?;
+        drop(x);
         let sample = d.conv_out.forward(ctx, &h)?;
-        Ok(DecoderOutput {
-            sample,
-            conv_in,
-            mid,
-            up,
+        Ok((sample, conv_in.zip(mid).map(|(c, m)| (c, m, up))))
+    }
+
+    /// diffusers' tiling settings after `enable_tiling()`: tiles of `config.sample_size`
+    /// pixels (its first entry when it is a list, as diffusers' `tile_latent_min_size` takes),
+    /// overlap 0.25.
+    pub fn tile_options(&self) -> Result<TileOptions> {
+        let v = &self.config.sample_size;
+        let size = v
+            .as_u64()
+            .or_else(|| v.as_array().and_then(|a| a.first()).and_then(|x| x.as_u64()))
+            .ok_or_else(|| {
+                Error::shape(
+                    "AutoencoderKL::tile_options",
+                    format!("config sample_size {v} must be a number or a list of numbers; pass TileOptions to decode_tiled instead"),
+                )
+            })?;
+        Ok(TileOptions {
+            tile_sample_size: size as usize,
+            overlap_factor: 0.25,
         })
+    }
+
+    /// The largest activation of an untiled decode of a [batch, _, h, w] latent in bytes: the
+    /// widest of conv_in / mid block (`block_out_channels[-1]` x h x w), each up block's
+    /// resnets and upsampler, and `conv_norm_out` (`block_out_channels[0]` at full size) — for
+    /// SD's VAE the last upsampler's [B, 256, 8h, 8w]. Rounded up to the buffer pool's size
+    /// class, which is what a binding must hold.
+    pub fn decode_peak_bytes(&self, batch: usize, h: usize, w: usize, dtype: DType) -> u64 {
+        let c = &self.config;
+        let rch: Vec<usize> = c.block_out_channels.iter().rev().copied().collect();
+        let n = rch.len();
+        let mut peak = rch[0] * h * w;
+        for (i, &ch) in rch.iter().enumerate() {
+            let s = 1usize << i;
+            peak = peak.max(ch * h * s * w * s);
+            if i + 1 < n {
+                peak = peak.max(ch * h * 2 * s * w * 2 * s);
+            }
+        }
+        let f = 1usize << (n - 1);
+        peak = peak.max(c.out_channels.max(c.block_out_channels[0]) * h * f * w * f);
+        BufferPool::size_class((batch * peak * dtype.size()) as u64)
+    }
+
+    /// How [`AutoencoderKL::decode_auto`] decodes a latent of `shape` when no binding may exceed
+    /// `max_binding` bytes: whole when every activation fits, otherwise tiled with diffusers'
+    /// tiles shrunk (to a multiple of 4 latent pixels, so the crops add up to the image) until
+    /// a tile's activations fit.
+    pub fn decode_plan(
+        &self,
+        shape: &[usize],
+        dtype: DType,
+        max_binding: u64,
+    ) -> Result<DecodePlan> {
+        const OP: &str = "AutoencoderKL::decode_auto";
+        let c = &self.config;
+        if shape.len() != 4 || shape[1] != c.latent_channels {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "latent {shape:?} must be [B, {}, h, w] (latent_channels)",
+                    c.latent_channels
+                ),
+            ));
+        }
+        let (b, h, w) = (shape[0], shape[2], shape[3]);
+        if self.decode_peak_bytes(b, h, w, dtype) <= max_binding {
+            return Ok(DecodePlan::Whole);
+        }
+        let f = self.scale_factor();
+        let mut t = self.tile_options()?;
+        let mut lat = t.tile_sample_size / f;
+        if lat % 4 != 0 || self.decode_peak_bytes(b, lat, lat, dtype) > max_binding {
+            lat -= lat % 4;
+            while lat > 4 && self.decode_peak_bytes(b, lat, lat, dtype) > max_binding {
+                lat -= 4;
+            }
+            if lat < 4 || self.decode_peak_bytes(b, lat, lat, dtype) > max_binding {
+                return Err(Error::Limit {
+                    op: OP,
+                    limit: "max_storage_buffer_binding_size",
+                    needed: self.decode_peak_bytes(b, 4, 4, dtype),
+                    max: max_binding,
+                    hint: format!(
+                        "even a 4x4-latent tile of a batch of {b} does not fit; decode fewer images at once"
+                    ),
+                });
+            }
+            t.tile_sample_size = lat * f;
+        }
+        Ok(DecodePlan::Tiled(t))
+    }
+
+    /// Decodes whole when every activation fits the device's `max_storage_buffer_binding_size`
+    /// (and `max_buffer_size`), tiled otherwise (see [`AutoencoderKL::decode_plan`]).
+    pub fn decode_auto(&self, ctx: &Context, latent: &Tensor) -> Result<Tensor> {
+        self.decode_auto_within(ctx, latent, ctx.max_binding_bytes())
+    }
+
+    /// [`AutoencoderKL::decode_auto`] under a binding limit of `max_binding` bytes (at most the
+    /// device's): lets tests and callers that share the device ask for smaller tiles.
+    pub fn decode_auto_within(
+        &self,
+        ctx: &Context,
+        latent: &Tensor,
+        max_binding: u64,
+    ) -> Result<Tensor> {
+        let max = max_binding.min(ctx.max_binding_bytes());
+        match self.decode_plan(latent.shape(), latent.dtype(), max)? {
+            DecodePlan::Whole => Ok(self.run_decoder(ctx, latent, false)?.0),
+            DecodePlan::Tiled(t) => self.decode_tiled(ctx, latent, t),
+        }
+    }
+
+    /// diffusers' `AutoencoderKL.tiled_decode`: the latent is cut into overlapping tiles of
+    /// `tile_latent_min_size = tile_sample_size / 2^(len(block_out_channels) - 1)` with stride
+    /// `int(tile_latent_min_size * (1 - overlap))`; each is decoded on its own
+    /// (`post_quant_conv` included), blended with the (already blended) tiles above and to the
+    /// left over `int(tile_sample_size * overlap)` rows / columns and cropped to
+    /// `row_limit = tile_sample_size - blend_extent`, in raster order, as diffusers' in-place
+    /// `blend_v` / `blend_h` do. Blending runs on the device (`kernels::tile_blend`), so no
+    /// tile is read back; only one row of blended tiles is held at a time. Always tiles, even
+    /// a latent smaller than one tile (diffusers' `decode` only calls it for larger ones).
+    pub fn decode_tiled(
+        &self,
+        ctx: &Context,
+        latent: &Tensor,
+        opts: TileOptions,
+    ) -> Result<Tensor> {
+        const OP: &str = "AutoencoderKL::decode_tiled";
+        self.check_latent(latent, OP)?;
+        let g = opts.grid(self.scale_factor(), OP)?;
+        let s = latent.shape();
+        let (b, h, w) = (s[0], s[2], s[3]);
+        let f = self.scale_factor();
+        let starts = |n: usize| (0..n).step_by(g.stride).collect::<Vec<_>>();
+        let (ys, xs) = (starts(h), starts(w));
+        // torch.cat of the crops: each tile row / column adds min(tile size, row_limit).
+        let crop = |n: usize, i: usize| ((n.min(i + g.tile) - i) * f).min(g.row_limit);
+        let out_h: usize = ys.iter().map(|&i| crop(h, i)).sum();
+        let out_w: usize = xs.iter().map(|&j| crop(w, j)).sum();
+        let out = Tensor::empty(
+            ctx,
+            &[b, self.config.out_channels, out_h, out_w],
+            latent.dtype(),
+        )?;
+        let zero = Tensor::full(ctx, &[1], 0.0, latent.dtype())?;
+        let mut above: Vec<Tensor> = Vec::new();
+        let mut oy = 0;
+        for &i in &ys {
+            let mut row: Vec<Tensor> = Vec::with_capacity(xs.len());
+            let mut ox = 0;
+            for (jx, &j) in xs.iter().enumerate() {
+                // tile = z[:, :, i : i + tile_latent_min_size, j : j + tile_latent_min_size]
+                let mut v = elementwise::View::of(latent);
+                v.offset = i * w + j;
+                v.shape[2] = (h - i).min(g.tile);
+                v.shape[3] = (w - j).min(g.tile);
+                let tile = elementwise::binary(
+                    ctx,
+                    v,
+                    elementwise::View::of(&zero),
+                    elementwise::BinaryOp::Add,
+                    Activation::None,
+                )?;
+                let dec = self.run_decoder(ctx, &tile, false)?.0;
+                drop(tile);
+                tile_blend::tile_blend(
+                    ctx,
+                    &dec,
+                    &out,
+                    &tile_blend::Seam {
+                        top: above.get(jx),
+                        left: row.last(),
+                        blend_extent: g.blend_extent,
+                        row_limit: g.row_limit,
+                        at: (oy, ox),
+                    },
+                )?;
+                ox += dec.shape()[3].min(g.row_limit);
+                row.push(dec);
+                // One tile's work per submission keeps the recorded list (and what it holds
+                // alive) small.
+                ctx.flush()?;
+            }
+            oy += row[0].shape()[2].min(g.row_limit);
+            above = row;
+        }
+        debug_assert_eq!(oy, out_h);
+        Ok(out)
     }
 }
