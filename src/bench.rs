@@ -170,6 +170,7 @@ pub fn cases(ctx: &Context, args: &BenchArgs) -> Result<Vec<Case>> {
     v.extend(layer_norm::bench_cases(ctx, args)?);
     v.extend(matmul::bench_cases(ctx, args)?);
     v.extend(resample::bench_cases(ctx, args)?);
+    v.extend(scheduler::bench_cases(ctx, args)?);
     v.extend(softmax::bench_cases(ctx, args)?);
     Ok(v)
 }

@@ -46,6 +46,10 @@ pub enum Error {
 
     #[error("{0}")]
     Checkpoint(String),
+
+    /// A sampler configuration or call hoa cannot honour (`hoa::schedulers`).
+    #[error("scheduler: {0}")]
+    Scheduler(String),
 }
 
 impl Error {

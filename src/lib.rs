@@ -11,6 +11,7 @@ pub mod error;
 pub mod gpu;
 pub mod kernels;
 pub mod models;
+pub mod schedulers;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -11,6 +11,7 @@ pub mod group_norm;
 pub mod layer_norm;
 pub mod matmul;
 pub mod resample;
+pub mod scheduler;
 pub mod softmax;
 pub mod tile_blend;
 
@@ -32,6 +33,7 @@ pub const SHADERS: &[ShaderFamily] = &[
     matmul::SHADER,
     matmul::SHADER_SG,
     resample::SHADER,
+    scheduler::SHADER,
     softmax::SHADER,
     tile_blend::SHADER,
 ];

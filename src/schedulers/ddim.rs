@@ -1,0 +1,147 @@
+//! `DDIMScheduler` (diffusers `scheduling_ddim.py`) with eta = 0: the deterministic DDIM update
+//! `prev = sqrt(a_prev) * x0 + sqrt(1 - a_prev) * eps`, x0 optionally clipped.
+
+use super::{
+    alphas_cumprod, check_index, check_noise, check_timesteps, mix, np_arange, np_linspace,
+    PredictionType, Resolved, Scheduler, SchedulerKind, TimestepSpacing,
+};
+use crate::error::Result;
+use crate::gpu::{Context, Tensor};
+use crate::kernels::scheduler::{self as kernel, StepCoefs};
+
+/// The integer timesteps of `set_timesteps` shared by DDIM (and, with their own spacing
+/// rules, the others): `linspace` rounds half to even like numpy, `leading` adds
+/// `steps_offset`, `trailing` subtracts 1 from a float `arange`.
+pub(crate) fn ddim_timesteps(r: &Resolved, n: usize) -> Result<Vec<i64>> {
+    let t = r.num_train_timesteps;
+    let ts: Vec<i64> = match r.timestep_spacing {
+        TimestepSpacing::Linspace => np_linspace(0.0, (t - 1) as f64, n, true)
+            .into_iter()
+            .rev()
+            .map(|v| v.round_ties_even() as i64)
+            .collect(),
+        TimestepSpacing::Leading => {
+            let ratio = t / n;
+            (0..n)
+                .rev()
+                .map(|i| (i * ratio + r.steps_offset) as i64)
+                .collect()
+        }
+        TimestepSpacing::Trailing => np_arange(t as f64, 0.0, -(t as f64 / n as f64))
+            .into_iter()
+            .map(|v| v.round_ties_even() as i64 - 1)
+            .collect(),
+    };
+    check_timesteps(r, n, &ts.iter().map(|&v| v as f64).collect::<Vec<_>>())?;
+    Ok(ts)
+}
+
+pub struct DDIMScheduler {
+    r: Resolved,
+    alphas_cumprod: Vec<f32>,
+    final_alpha_cumprod: f32,
+    timesteps_int: Vec<i64>,
+    timesteps: Vec<f32>,
+}
+
+impl DDIMScheduler {
+    pub fn new(r: Resolved, num_inference_steps: usize) -> Result<Self> {
+        let ac = alphas_cumprod(&r, false)?;
+        let final_alpha_cumprod = if r.set_alpha_to_one { 1.0 } else { ac[0] };
+        let timesteps_int = ddim_timesteps(&r, num_inference_steps)?;
+        Ok(DDIMScheduler {
+            timesteps: timesteps_int.iter().map(|&t| t as f32).collect(),
+            timesteps_int,
+            alphas_cumprod: ac,
+            final_alpha_cumprod,
+            r,
+        })
+    }
+
+    /// The host-side alphas_cumprod (float32, as diffusers holds it).
+    pub fn alphas_cumprod(&self) -> &[f32] {
+        &self.alphas_cumprod
+    }
+
+    /// The scalars of step `i`.
+    pub fn coefs(&self, i: usize) -> StepCoefs {
+        let t = self.timesteps_int[i];
+        // diffusers: prev_timestep = timestep - num_train_timesteps // num_inference_steps,
+        // whatever the spacing.
+        let prev_t = t - (self.r.num_train_timesteps / self.timesteps.len()) as i64;
+        let a = self.alphas_cumprod[t as usize] as f64;
+        let a_prev = if prev_t >= 0 {
+            self.alphas_cumprod[prev_t as usize]
+        } else {
+            self.final_alpha_cumprod
+        } as f64;
+        let b = 1.0 - a;
+        let (sa, sb) = (a.sqrt(), b.sqrt());
+        let (a0, a1) = super::x0_coefs(self.r.prediction_type, sa, sb);
+        // pred_epsilon (from the unclipped prediction) = e_x * x + e_m * m.
+        let (e_x, e_m) = match self.r.prediction_type {
+            PredictionType::Epsilon => (0.0, 1.0),
+            PredictionType::Sample => (1.0 / sb, -sa / sb),
+            PredictionType::VPrediction => (sb, sa),
+        };
+        let dir = (1.0 - a_prev).sqrt();
+        let range = self.r.clip_sample_range;
+        StepCoefs {
+            a0,
+            a1,
+            clip: self.r.clip_sample.then_some((-range, range)),
+            b_x: dir * e_x,
+            b_x0: a_prev.sqrt(),
+            b_m: dir * e_m,
+            ..Default::default()
+        }
+    }
+}
+
+impl Scheduler for DDIMScheduler {
+    fn timesteps(&self) -> &[f32] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+
+    fn input_scale(&self, _i: usize) -> f32 {
+        1.0
+    }
+
+    fn needs_noise(&self, _i: usize) -> bool {
+        false
+    }
+
+    fn step(
+        &mut self,
+        ctx: &Context,
+        model_output: &Tensor,
+        i: usize,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        check_index("DDIMScheduler.step", i, self.timesteps.len())?;
+        check_noise(self.kind(), i, false, noise)?;
+        let c = self.coefs(i);
+        Ok(kernel::step(ctx, sample, model_output, None, None, &c, false)?.0)
+    }
+
+    fn add_noise(
+        &self,
+        ctx: &Context,
+        original: &Tensor,
+        noise: &Tensor,
+        i: usize,
+    ) -> Result<Tensor> {
+        check_index("DDIMScheduler.add_noise", i, self.timesteps.len())?;
+        let a = self.alphas_cumprod[self.timesteps_int[i] as usize] as f64;
+        mix(ctx, original, noise, a.sqrt(), (1.0 - a).sqrt())
+    }
+
+    fn kind(&self) -> SchedulerKind {
+        SchedulerKind::Ddim
+    }
+}

@@ -1,0 +1,114 @@
+//! `EulerAncestralDiscreteScheduler` (diffusers `scheduling_euler_ancestral_discrete.py`): an
+//! Euler step to `sigma_down`, then fresh noise of std `sigma_up` (drawn at every step).
+
+use super::euler_discrete::{euler_init_noise_sigma, euler_timesteps, euler_x0};
+use super::{
+    alphas_cumprod, check_index, check_noise, mix, np_interp, train_sigmas, Resolved, Scheduler,
+    SchedulerKind,
+};
+use crate::error::Result;
+use crate::gpu::{Context, Tensor};
+use crate::kernels::scheduler::{self as kernel, StepCoefs};
+
+pub struct EulerAncestralDiscreteScheduler {
+    r: Resolved,
+    timesteps: Vec<f32>,
+    sigmas: Vec<f32>,
+    init_noise_sigma: f32,
+}
+
+impl EulerAncestralDiscreteScheduler {
+    pub fn new(r: Resolved, n: usize) -> Result<Self> {
+        let ac = alphas_cumprod(&r, true)?;
+        let timesteps = euler_timesteps(&r, n)?;
+        let train = train_sigmas(&ac);
+        let mut sigmas: Vec<f32> = timesteps
+            .iter()
+            .map(|&t| np_interp(t as f64, &train) as f32)
+            .collect();
+        sigmas.push(0.0);
+        Ok(EulerAncestralDiscreteScheduler {
+            init_noise_sigma: euler_init_noise_sigma(&r, &sigmas),
+            r,
+            timesteps,
+            sigmas,
+        })
+    }
+
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
+    pub fn coefs(&self, i: usize) -> StepCoefs {
+        let (from, to) = (self.sigmas[i] as f64, self.sigmas[i + 1] as f64);
+        let up = (to * to * (from * from - to * to) / (from * from)).sqrt();
+        let down = (to * to - up * up).max(0.0).sqrt();
+        let (a0, a1) = euler_x0(self.r.prediction_type, from);
+        let dt = down - from;
+        StepCoefs {
+            a0,
+            a1,
+            b_x: 1.0 + dt / from,
+            b_x0: -dt / from,
+            b_noise: up,
+            ..Default::default()
+        }
+    }
+}
+
+impl Scheduler for EulerAncestralDiscreteScheduler {
+    fn timesteps(&self) -> &[f32] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f32 {
+        self.init_noise_sigma
+    }
+
+    fn input_scale(&self, i: usize) -> f32 {
+        let s = self.sigmas[i.min(self.sigmas.len() - 1)] as f64;
+        (1.0 / (s * s + 1.0).sqrt()) as f32
+    }
+
+    /// diffusers draws noise at every step, the last included (where sigma_up is 0).
+    fn needs_noise(&self, _i: usize) -> bool {
+        true
+    }
+
+    fn step(
+        &mut self,
+        ctx: &Context,
+        model_output: &Tensor,
+        i: usize,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        check_index(
+            "EulerAncestralDiscreteScheduler.step",
+            i,
+            self.timesteps.len(),
+        )?;
+        check_noise(self.kind(), i, true, noise)?;
+        let c = self.coefs(i);
+        Ok(kernel::step(ctx, sample, model_output, noise, None, &c, false)?.0)
+    }
+
+    fn add_noise(
+        &self,
+        ctx: &Context,
+        original: &Tensor,
+        noise: &Tensor,
+        i: usize,
+    ) -> Result<Tensor> {
+        check_index(
+            "EulerAncestralDiscreteScheduler.add_noise",
+            i,
+            self.timesteps.len(),
+        )?;
+        mix(ctx, original, noise, 1.0, self.sigmas[i] as f64)
+    }
+
+    fn kind(&self) -> SchedulerKind {
+        SchedulerKind::EulerAncestral
+    }
+}

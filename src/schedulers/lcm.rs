@@ -1,0 +1,137 @@
+//! `LCMScheduler` (diffusers `scheduling_lcm.py`): the consistency-model boundary condition
+//! `denoised = c_out * x0 + c_skip * x`, re-noised to the next timestep with fresh noise (every
+//! step but the last).
+
+use super::{
+    alphas_cumprod, check_index, check_noise, err, mix, np_linspace, Resolved, Scheduler,
+    SchedulerKind,
+};
+use crate::error::Result;
+use crate::gpu::{Context, Tensor};
+use crate::kernels::scheduler::{self as kernel, StepCoefs};
+
+pub struct LCMScheduler {
+    r: Resolved,
+    alphas_cumprod: Vec<f32>,
+    final_alpha_cumprod: f32,
+    timesteps_int: Vec<i64>,
+    timesteps: Vec<f32>,
+}
+
+impl LCMScheduler {
+    pub fn new(r: Resolved, n: usize) -> Result<Self> {
+        let ac = alphas_cumprod(&r, false)?;
+        let t = r.num_train_timesteps;
+        let orig = r.original_inference_steps;
+        if orig == 0 || orig > t {
+            return Err(err(format!(
+                "LCMScheduler: original_inference_steps {orig} must be in 1..={t} \
+                 (num_train_timesteps)"
+            )));
+        }
+        if n > orig {
+            return Err(err(format!(
+                "LCMScheduler: num_inference_steps {n} cannot be larger than \
+                 original_inference_steps {orig}: the schedule is a subset of the \
+                 {orig}-step one"
+            )));
+        }
+        // strength = 1: lcm_origin_timesteps = [1..=orig] * k - 1, reversed.
+        let k = t / orig;
+        let origin: Vec<i64> = (1..=orig).rev().map(|i| (i * k) as i64 - 1).collect();
+        let idx = np_linspace(0.0, origin.len() as f64, n, false);
+        let timesteps_int: Vec<i64> = idx.iter().map(|&v| origin[v.floor() as usize]).collect();
+        let final_alpha_cumprod = if r.set_alpha_to_one { 1.0 } else { ac[0] };
+        Ok(LCMScheduler {
+            timesteps: timesteps_int.iter().map(|&x| x as f32).collect(),
+            timesteps_int,
+            alphas_cumprod: ac,
+            final_alpha_cumprod,
+            r,
+        })
+    }
+
+    pub fn coefs(&self, i: usize) -> StepCoefs {
+        let n = self.timesteps.len();
+        let t = self.timesteps_int[i];
+        let prev_t = if i + 1 < n {
+            self.timesteps_int[i + 1]
+        } else {
+            t
+        };
+        let a = self.alphas_cumprod[t as usize] as f64;
+        let a_prev = if prev_t >= 0 {
+            self.alphas_cumprod[prev_t as usize]
+        } else {
+            self.final_alpha_cumprod
+        } as f64;
+        // get_scalings_for_boundary_condition_discrete, sigma_data = 0.5.
+        let st = t as f64 * self.r.timestep_scaling;
+        let c_skip = 0.25 / (st * st + 0.25);
+        let c_out = st / (st * st + 0.25).sqrt();
+        let (a0, a1) = super::x0_coefs(self.r.prediction_type, a.sqrt(), (1.0 - a).sqrt());
+        let range = self.r.clip_sample_range;
+        let (scale, noise) = if i + 1 < n {
+            (a_prev.sqrt(), (1.0 - a_prev).sqrt())
+        } else {
+            (1.0, 0.0)
+        };
+        StepCoefs {
+            a0,
+            a1,
+            clip: self.r.clip_sample.then_some((-range, range)),
+            b_x: scale * c_skip,
+            b_x0: scale * c_out,
+            b_noise: noise,
+            ..Default::default()
+        }
+    }
+}
+
+impl Scheduler for LCMScheduler {
+    fn timesteps(&self) -> &[f32] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+
+    fn input_scale(&self, _i: usize) -> f32 {
+        1.0
+    }
+
+    fn needs_noise(&self, i: usize) -> bool {
+        i + 1 < self.timesteps.len()
+    }
+
+    fn step(
+        &mut self,
+        ctx: &Context,
+        model_output: &Tensor,
+        i: usize,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        check_index("LCMScheduler.step", i, self.timesteps.len())?;
+        check_noise(self.kind(), i, self.needs_noise(i), noise)?;
+        let c = self.coefs(i);
+        Ok(kernel::step(ctx, sample, model_output, noise, None, &c, false)?.0)
+    }
+
+    fn add_noise(
+        &self,
+        ctx: &Context,
+        original: &Tensor,
+        noise: &Tensor,
+        i: usize,
+    ) -> Result<Tensor> {
+        check_index("LCMScheduler.add_noise", i, self.timesteps.len())?;
+        let a = self.alphas_cumprod[self.timesteps_int[i] as usize] as f64;
+        mix(ctx, original, noise, a.sqrt(), (1.0 - a).sqrt())
+    }
+
+    fn kind(&self) -> SchedulerKind {
+        SchedulerKind::Lcm
+    }
+}

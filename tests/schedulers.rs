@@ -1,0 +1,416 @@
+//! hoa::schedulers against diffusers 0.42.1 (tests/fixtures/schedulers, written by
+//! tools/fixtures/make_fixtures.py): every case's scheduler loop replayed step by step with the
+//! same fake model, each prev_sample compared; timesteps compared exactly; the host-side
+//! schedule (alphas_cumprod, sigmas, init_noise_sigma, input scales) compared tightly; bad
+//! inputs give messages naming the problem.
+
+mod common;
+#[path = "common/fixture.rs"]
+mod fixture;
+
+use fixture::{dir, Io};
+use hoa::schedulers::{
+    self, dpmsolver_multistep::DPMSolverMultistepScheduler,
+    euler_ancestral_discrete::EulerAncestralDiscreteScheduler,
+    euler_discrete::EulerDiscreteScheduler, SchedulerConfig, SchedulerKind,
+};
+use hoa::{DType, Tensor};
+
+/// A step's prev_sample: max |hoa - diffusers| <= STEP_TOL * the largest magnitude among the
+/// step's operands (sample, model output) and its result. The scalars are computed in f64 from
+/// diffusers' float32 tables and folded into one fused f32 update, where diffusers rounds after
+/// every torch op: both carry a few f32 ulps of the largest operand. (Euler at sigma = 20291,
+/// cosine schedule, cancels x ~ 8e4 down to ~10: diffusers' own rounding there is ~1e-4 of
+/// the result, so the scale must be the operands', not the result's.)
+const STEP_TOL: f64 = 1e-5;
+/// Host-side tables (alphas_cumprod, sigmas, input scales, init_noise_sigma): relative.
+const TABLE_TOL: f64 = 2e-6;
+
+const CASES: &[&str] = &[
+    "ddim_sd15",
+    "ddim_v_cos",
+    "ddim_clip_linspace",
+    "euler_sd15",
+    "euler_v_cos",
+    "euler_a",
+    "euler_a_v_sd15",
+    "dpm_sd15",
+    "dpm_v_cos",
+    "dpm_karras",
+    "dpm_karras_v_sd15",
+    "lcm",
+    "lcm_v_clip",
+];
+
+fn config(case: &str) -> SchedulerConfig {
+    let path = dir("schedulers").join(format!("{case}.scheduler_config.json"));
+    SchedulerConfig::from_json(&std::fs::read(path).expect("fixture config")).unwrap()
+}
+
+fn max_abs(v: &[f32]) -> f64 {
+    v.iter().fold(0f64, |m, &x| m.max((x as f64).abs()))
+}
+
+/// max |got - want| / max(|want|, operand_scale).
+fn max_rel(got: &[f32], want: &[f32], operand_scale: f64) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = max_abs(want).max(operand_scale);
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |m, (&g, &w)| m.max(((g - w) as f64).abs()));
+    if got.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    err / scale.max(f64::MIN_POSITIVE)
+}
+
+fn close_tables(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let rel = ((g - w) as f64).abs() / (w as f64).abs().max(1e-30);
+        assert!(
+            rel <= TABLE_TOL || g == w,
+            "{what}[{i}]: hoa {g} diffusers {w} (relative {rel:.2e} > {TABLE_TOL:e})"
+        );
+    }
+}
+
+/// Runs `case`'s loop with hoa, returning per step max |err| / max(|ref|, |operands|).
+/// `forced`: each step starts from diffusers' previous prev_sample (so every step is compared
+/// on its own); otherwise from hoa's own (the free-running loop, errors accumulate).
+fn replay(c: &hoa::Context, io: &Io, case: &str, forced: bool) -> Vec<f64> {
+    let (init, shape) = io.f32("init");
+    let (fixed, _) = io.f32("fixed");
+    let cfg = config(case);
+    let kind = SchedulerKind::from_config(&cfg).unwrap();
+    let (want_ts, _) = io.f32(&format!("{case}.timesteps"));
+    let steps = want_ts.len();
+    let mut s = schedulers::build(kind, &cfg, steps).unwrap();
+    assert_eq!(s.timesteps(), &want_ts[..], "{case}: timesteps");
+    let (ins, _) = io.f32(&format!("{case}.init_noise_sigma"));
+    close_tables(
+        &format!("{case}.init_noise_sigma"),
+        &[s.init_noise_sigma()],
+        &ins,
+    );
+    let (scales, _) = io.f32(&format!("{case}.input_scale"));
+    let got_scales: Vec<f32> = (0..steps).map(|i| s.input_scale(i)).collect();
+    close_tables(&format!("{case}.input_scale"), &got_scales, &scales);
+
+    let mut x: Vec<f32> = init.iter().map(|&v| v * s.init_noise_sigma()).collect();
+    let mut errs = Vec::new();
+    for i in 0..steps {
+        if forced && i > 0 {
+            x = io.f32(&format!("{case}.prev.{}", i - 1)).0;
+        }
+        let xt = Tensor::from_f32(c, &x, &shape, DType::F32).unwrap();
+        // The fixture's fake model: 0.5 * scale_model_input(x) + 0.1 * t / 1000 + fixed.
+        let xin = schedulers::scale_model_input(c, s.as_ref(), &xt, i).unwrap();
+        let t = s.timesteps()[i] as f64;
+        let bias = (0.1 * t / 1000.0) as f32;
+        let m: Vec<f32> = xin
+            .to_vec(c)
+            .unwrap()
+            .iter()
+            .zip(&fixed)
+            .map(|(&v, &f)| 0.5 * v + bias + f)
+            .collect();
+        let operands = max_abs(&m).max(max_abs(&x));
+        let m = Tensor::from_f32(c, &m, &shape, DType::F32).unwrap();
+        let key = format!("{case}.noise.{i}");
+        assert_eq!(s.needs_noise(i), io.has(&key), "{case}: needs_noise({i})");
+        let noise = io.has(&key).then(|| io.tensor(c, &key, DType::F32));
+        x = s
+            .step(c, &m, i, &xt, noise.as_ref())
+            .unwrap()
+            .to_vec(c)
+            .unwrap();
+        let (want, _) = io.f32(&format!("{case}.prev.{i}"));
+        errs.push(max_rel(&x, &want, operands));
+    }
+    errs
+}
+
+#[test]
+fn each_step_matches_diffusers() {
+    let Some(c) = common::ctx() else { return };
+    let io = Io::load("schedulers");
+    let mut report = Vec::new();
+    for &case in CASES {
+        let errs = replay(c, &io, case, true);
+        for (i, &e) in errs.iter().enumerate() {
+            assert!(
+                e <= STEP_TOL,
+                "{case} step {i}: max |err| / max(|ref|, |operands|) = {e:.2e} > {STEP_TOL:e}"
+            );
+        }
+        // add_noise at step 2 (img2img's begin_index).
+        let cfg = config(case);
+        let kind = SchedulerKind::from_config(&cfg).unwrap();
+        let fresh = schedulers::build(kind, &cfg, errs.len()).unwrap();
+        let orig = io.tensor(c, "original", DType::F32);
+        let noise = io.tensor(c, "noise", DType::F32);
+        let got = fresh
+            .add_noise(c, &orig, &noise, 2)
+            .unwrap()
+            .to_vec(c)
+            .unwrap();
+        let (want, _) = io.f32(&format!("{case}.add_noise"));
+        let rel = max_rel(&got, &want, 0.0);
+        assert!(
+            rel <= STEP_TOL,
+            "{case}: add_noise relative error {rel:.2e}"
+        );
+        let worst = errs.iter().cloned().fold(0f64, f64::max);
+        report.push(format!(
+            "{case}: worst step {worst:.1e}, add_noise {rel:.1e}"
+        ));
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+/// The whole loop on hoa's own samples: rounding differences compound through the steps
+/// (observed <= 1.0e-6 of max(|ref|, |operands|) after 7 steps).
+const LOOP_TOL: f64 = 5e-6;
+/// euler_v_cos starts at sigma = 20291 (cosine schedule, trailing): its first step cancels
+/// |x| ~ 7e4 down to ~10, and diffusers' own float32 result there is 4.4e-4 (relative to the
+/// result) away from the same step in float64, so the free-running loops part by that much.
+const LOOP_TOL_EULER_V_COS: f64 = 1e-3;
+
+fn fmt(errs: &[f64]) -> String {
+    errs.iter()
+        .map(|e| format!("{e:.1e}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn free_running_loops_match_diffusers() {
+    let Some(c) = common::ctx() else { return };
+    let io = Io::load("schedulers");
+    let mut report = Vec::new();
+    for &case in CASES {
+        let errs = replay(c, &io, case, false);
+        let worst = errs.iter().cloned().fold(0f64, f64::max);
+        let tol = if case == "euler_v_cos" {
+            LOOP_TOL_EULER_V_COS
+        } else {
+            LOOP_TOL
+        };
+        assert!(
+            worst <= tol,
+            "{case}: free-running loop drifts to {worst:.2e} (per step {})",
+            fmt(&errs)
+        );
+        report.push(format!("{case}: {}", fmt(&errs)));
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+#[test]
+fn host_tables_match_diffusers() {
+    let io = Io::load("schedulers");
+    for case in ["ddim_sd15", "ddim_v_cos", "ddim_clip_linspace"] {
+        let r = config(case).resolve(SchedulerKind::Ddim).unwrap();
+        let s = schedulers::ddim::DDIMScheduler::new(r, 5).unwrap();
+        let (want, _) = io.f32(&format!("{case}.alphas_cumprod"));
+        close_tables(&format!("{case}.alphas_cumprod"), s.alphas_cumprod(), &want);
+    }
+    for &case in CASES {
+        let key = format!("{case}.sigmas");
+        if !io.has(&key) {
+            continue;
+        }
+        let (want, _) = io.f32(&key);
+        let cfg = config(case);
+        let kind = SchedulerKind::from_config(&cfg).unwrap();
+        let r = cfg.resolve(kind).unwrap();
+        let n = want.len() - 1;
+        let got = match kind {
+            SchedulerKind::Euler => EulerDiscreteScheduler::new(r, n).unwrap().sigmas().to_vec(),
+            SchedulerKind::EulerAncestral => EulerAncestralDiscreteScheduler::new(r, n)
+                .unwrap()
+                .sigmas()
+                .to_vec(),
+            _ => DPMSolverMultistepScheduler::new(r, n)
+                .unwrap()
+                .sigmas()
+                .to_vec(),
+        };
+        close_tables(&key, &got, &want);
+    }
+}
+
+#[test]
+fn img2img_start_matches_get_timesteps() {
+    let io = Io::load("schedulers");
+    let (rows, shape) = io.f32("img2img");
+    assert_eq!(shape[1], 3);
+    for r in rows.chunks(3) {
+        let (steps, strength, want) = (r[0] as usize, r[1] / 100.0, r[2] as usize);
+        assert_eq!(
+            schedulers::img2img_start(steps, strength),
+            want,
+            "steps {steps}, strength {strength}"
+        );
+    }
+    // 10 * 0.7 is 7.000000000000001 in Python (start 3); 10 * 0.7f32 is 6.9999998 (start 4).
+    assert_eq!(schedulers::img2img_start(10, 0.7), 3);
+}
+
+#[test]
+fn kinds_parse_and_name_themselves() {
+    for k in SchedulerKind::ALL {
+        assert_eq!(k.name().parse::<SchedulerKind>().unwrap(), k);
+        assert_eq!(k.to_string(), k.name());
+    }
+    assert_eq!(
+        SchedulerKind::from_class_name("EulerAncestralDiscreteScheduler").unwrap(),
+        SchedulerKind::EulerAncestral
+    );
+    assert_eq!(
+        SchedulerKind::from_config(&config("dpm_karras")).unwrap(),
+        SchedulerKind::DpmPp2MKarras
+    );
+}
+
+/// SD-1.5's own scheduler_config.json (PNDMScheduler, fields DDIM lacks) read as DDIM / Euler:
+/// unknown fields ignored, missing ones take the target class's defaults, as from_config does.
+#[test]
+fn foreign_config_takes_class_defaults() {
+    let sd15 = br#"{"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0",
+        "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+        "num_train_timesteps": 1000, "set_alpha_to_one": false, "skip_prk_steps": true,
+        "steps_offset": 1, "trained_betas": null, "clip_sample": false}"#;
+    let cfg = SchedulerConfig::from_json(sd15).unwrap();
+    assert_eq!(cfg.class_name.as_deref(), Some("PNDMScheduler"));
+    let e = SchedulerKind::from_config(&cfg).unwrap_err().to_string();
+    assert!(
+        e.contains("PNDMScheduler") && e.contains("--scheduler"),
+        "{e}"
+    );
+    let ddim = schedulers::build(SchedulerKind::Ddim, &cfg, 4).unwrap();
+    assert_eq!(ddim.timesteps(), &[751.0, 501.0, 251.0, 1.0]);
+    // Euler's default spacing is linspace.
+    let euler = schedulers::build(SchedulerKind::Euler, &cfg, 4).unwrap();
+    assert_eq!(euler.timesteps(), &[999.0, 666.0, 333.0, 0.0]);
+    // An empty config is each class's defaults: DDIM clips, LCM is scaled_linear/leading.
+    let empty = SchedulerConfig::from_json(b"{}").unwrap();
+    assert!(empty.resolve(SchedulerKind::Ddim).unwrap().clip_sample);
+    let lcm = empty.resolve(SchedulerKind::Lcm).unwrap();
+    assert!(!lcm.clip_sample);
+    assert_eq!(lcm.beta_start, 0.00085);
+}
+
+fn build_err(kind: SchedulerKind, json: &str, steps: usize) -> String {
+    let cfg = SchedulerConfig::from_json(json.as_bytes()).unwrap();
+    match schedulers::build(kind, &cfg, steps) {
+        Ok(_) => panic!("{kind} with {json} and {steps} steps was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_inputs_are_refused_with_clear_messages() {
+    let e = "dpm++3m".parse::<SchedulerKind>().unwrap_err().to_string();
+    assert!(
+        e.contains("dpm++3m") && e.contains("euler_a") && e.contains("lcm"),
+        "{e}"
+    );
+
+    let e = build_err(SchedulerKind::Ddim, "{}", 0);
+    assert!(e.contains("num_inference_steps") && e.contains('0'), "{e}");
+
+    let e = build_err(SchedulerKind::Euler, r#"{"beta_schedule": "sigmoid"}"#, 10);
+    assert!(
+        e.contains("beta_schedule") && e.contains("sigmoid") && e.contains("scaled_linear"),
+        "{e}"
+    );
+
+    let e = build_err(SchedulerKind::Ddim, r#"{"num_train_timesteps": 100}"#, 101);
+    assert!(e.contains("101") && e.contains("100"), "{e}");
+
+    let e = build_err(SchedulerKind::DpmPp2M, r#"{"solver_order": 3}"#, 10);
+    assert!(e.contains("solver_order") && e.contains('2'), "{e}");
+
+    let e = build_err(
+        SchedulerKind::DpmPp2M,
+        r#"{"algorithm_type": "sde-dpmsolver++"}"#,
+        10,
+    );
+    assert!(
+        e.contains("algorithm_type") && e.contains("dpmsolver++"),
+        "{e}"
+    );
+
+    let e = build_err(SchedulerKind::Euler, r#"{"prediction_type": "flow"}"#, 10);
+    assert!(e.contains("prediction_type"), "{e}");
+
+    let e = build_err(
+        SchedulerKind::Ddim,
+        r#"{"timestep_spacing": "uniform"}"#,
+        10,
+    );
+    assert!(
+        e.contains("timestep_spacing") && e.contains("trailing"),
+        "{e}"
+    );
+
+    let e = build_err(SchedulerKind::Ddim, r#"{"thresholding": true}"#, 10);
+    assert!(e.contains("thresholding"), "{e}");
+
+    let e = build_err(SchedulerKind::Lcm, "{}", 51);
+    assert!(
+        e.contains("original_inference_steps") && e.contains("51"),
+        "{e}"
+    );
+
+    // numpy's arange(1000, 0, -1000/61) has 62 values: diffusers' schedule is broken there.
+    let e = build_err(
+        SchedulerKind::Ddim,
+        r#"{"timestep_spacing": "trailing"}"#,
+        61,
+    );
+    assert!(e.contains("61") && e.contains("trailing"), "{e}");
+
+    let e = SchedulerConfig::from_json(b"{\"beta_start\": \"x\"}")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("scheduler_config.json"), "{e}");
+
+    let e = SchedulerKind::from_class_name("KDPM2DiscreteScheduler")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("KDPM2DiscreteScheduler") && e.contains("ddim"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_step_calls_are_refused() {
+    let Some(c) = common::ctx() else { return };
+    let cfg = SchedulerConfig::default();
+    let x = Tensor::from_f32(c, &[0.5; 8], &[1, 2, 2, 2], DType::F32).unwrap();
+
+    let mut a = schedulers::build(SchedulerKind::EulerAncestral, &cfg, 3).unwrap();
+    let e = a.step(c, &x, 0, &x, None).unwrap_err().to_string();
+    assert!(e.contains("noise"), "{e}");
+
+    let mut d = schedulers::build(SchedulerKind::Ddim, &cfg, 3).unwrap();
+    let e = d.step(c, &x, 0, &x, Some(&x)).unwrap_err().to_string();
+    assert!(e.contains("draws no noise"), "{e}");
+    let e = d.step(c, &x, 3, &x, None).unwrap_err().to_string();
+    assert!(e.contains("out of range"), "{e}");
+    let e = d.add_noise(c, &x, &x, 3).unwrap_err().to_string();
+    assert!(e.contains("out of range"), "{e}");
+    let other = Tensor::from_f32(c, &[0.5; 4], &[1, 1, 2, 2], DType::F32).unwrap();
+    let e = d.step(c, &other, 0, &x, None).unwrap_err().to_string();
+    assert!(e.contains("shape"), "{e}");
+
+    let mut m = schedulers::build(SchedulerKind::DpmPp2M, &cfg, 3).unwrap();
+    m.step(c, &x, 0, &x, None).unwrap();
+    let e = m.step(c, &x, 2, &x, None).unwrap_err().to_string();
+    assert!(e.contains("in order"), "{e}");
+}
