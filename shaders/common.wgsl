@@ -7,6 +7,7 @@ const ACT_GELU_TANH: u32 = 2u;  // tanh approximation
 const ACT_SILU: u32 = 3u;
 const ACT_QUICK_GELU: u32 = 4u; // x * sigmoid(1.702 x), CLIP
 const ACT_RELU: u32 = 5u;
+const ACT_EXP: u32 = 6u;       // the VAE posterior's std = exp(logvar / 2)
 
 // Abramowitz & Stegun 7.1.26, |error| < 1.5e-7: below f32 GELU's own rounding.
 fn erf_f32(x: f32) -> f32 {
@@ -32,6 +33,7 @@ fn activate(x: f32, act: u32) -> f32 {
         case 3u: { return x * sigmoid_f32(x); }
         case 4u: { return x * sigmoid_f32(1.702 * x); }
         case 5u: { return max(x, 0.0); }
+        case 6u: { return exp(x); }
         default: { return x; }
     }
 }

@@ -172,6 +172,8 @@ fn refuse(what: &str, field: &str, why: impl std::fmt::Display) -> Error {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
 pub struct UNet2DConditionModelConfig {
+    /// The latent size it was trained at (pipelines default to sample_size x the VAE factor).
+    pub sample_size: Option<usize>,
     pub in_channels: usize,
     pub out_channels: usize,
     pub center_input_sample: bool,
@@ -222,6 +224,7 @@ impl Default for UNet2DConditionModelConfig {
     fn default() -> Self {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect();
         UNet2DConditionModelConfig {
+            sample_size: None,
             in_channels: 4,
             out_channels: 4,
             center_input_sample: false,

@@ -9,9 +9,14 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod gpu;
+pub mod image_io;
 pub mod kernels;
+pub mod model_files;
 pub mod models;
+pub mod noise;
+pub mod pipeline;
 pub mod schedulers;
+pub mod tokenizer;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -392,6 +392,28 @@ impl Context {
         self.take_errors("wait")
     }
 
+    /// Flushes and waits, without blocking the thread, until the GPU has finished everything
+    /// submitted: per-step progress in the browser as well as natively.
+    pub async fn finish(&self) -> Result<()> {
+        self.flush()?;
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu {
+                context: "finish".into(),
+                msg: e.to_string(),
+            })?;
+        rx.await.map_err(|e| Error::Gpu {
+            context: "finish".into(),
+            msg: e.to_string(),
+        })?;
+        self.take_errors("finish")
+    }
+
     /// Flushes and waits for the GPU to finish everything.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn sync(&self) -> Result<()> {

@@ -51,6 +51,8 @@ pub enum Activation {
     /// CLIP's `x * sigmoid(1.702 x)`.
     QuickGelu,
     Relu,
+    /// `exp(x)` (the VAE posterior's std from its log-variance).
+    Exp,
 }
 
 impl Activation {
@@ -62,6 +64,7 @@ impl Activation {
             Activation::Silu => 3,
             Activation::QuickGelu => 4,
             Activation::Relu => 5,
+            Activation::Exp => 6,
         }
     }
 
@@ -78,6 +81,7 @@ impl Activation {
             Activation::Silu => x * sigmoid(x),
             Activation::QuickGelu => x * sigmoid(1.702 * x),
             Activation::Relu => x.max(0.0),
+            Activation::Exp => x.exp(),
         }
     }
 

@@ -175,6 +175,11 @@ impl ConsistencyDecoderVAE {
     }
 
     /// The factor between image and latent sizes: `2 ** (len(block_out_channels) - 1)`.
+    /// The latent `scaling_factor` of its config (pipelines divide latents by it).
+    pub fn scaling_factor(&self) -> f64 {
+        self.config.scaling_factor
+    }
+
     pub fn scale_factor(&self) -> usize {
         self.config.scale_factor()
     }

@@ -1,5 +1,7 @@
-//! The `hoa` command line: `info` (which adapter and what it allows) and `bench` (kernel
-//! microbenchmarks against the adapter's own ceilings).
+//! The `hoa` command line: `generate` (prompt to PNG), `info` (which adapter and what it
+//! allows) and `bench` (kernel microbenchmarks against the adapter's own ceilings).
+
+mod generate;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -23,14 +25,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate images from a prompt and write them as PNGs.
+    Generate(Box<generate::GenerateArgs>),
     /// Print the adapter, backend, features and the limits that matter.
     Info,
     /// Measure the adapter's ceilings, then every kernel on Stable Diffusion-sized shapes.
     Bench(hoa::bench::BenchArgs),
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    // One line per cause, no backtrace: these are messages for the user.
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let mut opts = ContextOptions::from_env();
     if let Some(b) = &cli.backend {
         opts.backends = Some(wgpu::Backends::from_comma_list(b));
@@ -41,6 +52,7 @@ fn main() -> Result<()> {
     opts.disable_f16 |= cli.no_f16;
     let ctx = Context::new_blocking(opts)?;
     match cli.command {
+        Command::Generate(args) => generate::run(&ctx, *args)?,
         Command::Info => info(&ctx),
         Command::Bench(args) => {
             if args.model {

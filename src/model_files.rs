@@ -1,0 +1,131 @@
+//! Where a diffusers-layout model folder's files come from: a directory on disk (the CLI) or
+//! bytes the browser fetched. The pipeline only ever asks for a file by its relative path, so
+//! both share one loader.
+
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+use std::collections::HashMap;
+
+/// A model folder: `model_index.json`, `unet/config.json`, ...
+pub trait ModelFiles {
+    /// The bytes of `path` ('/'-separated, relative to the folder), `None` if there is no such
+    /// file; an `Err` only when it exists but cannot be read.
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>>;
+    /// Whether `path` exists, without reading it.
+    fn exists(&self, path: &str) -> bool;
+    /// The folder's name for messages.
+    fn describe(&self) -> String;
+
+    /// Like [`ModelFiles::read`], but a missing file is an error that names it.
+    fn require(&self, path: &str) -> Result<Vec<u8>> {
+        self.read(path)?.ok_or_else(|| {
+            Error::Checkpoint(format!(
+                "{}: missing `{path}` (is this a diffusers model folder? it needs \
+                 model_index.json and one sub-folder per component)",
+                self.describe()
+            ))
+        })
+    }
+}
+
+/// Files held in memory, e.g. fetched by the browser page.
+#[derive(Default)]
+pub struct MemoryFiles {
+    pub name: String,
+    pub files: HashMap<String, Vec<u8>>,
+}
+
+impl ModelFiles for MemoryFiles {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.files.get(path).cloned())
+    }
+    fn exists(&self, path: &str) -> bool {
+        self.files.contains_key(path)
+    }
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// A folder on disk.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct DirFiles {
+    pub root: std::path::PathBuf,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl DirFiles {
+    /// Checks that `root` is a folder with a `model_index.json`.
+    pub fn open(root: impl Into<std::path::PathBuf>) -> Result<DirFiles> {
+        let root = root.into();
+        if !root.is_dir() {
+            return Err(Error::Checkpoint(format!(
+                "model folder {} does not exist (pass --model DIR: a diffusers folder with \
+                 model_index.json, unet/, vae/, text_encoder/, tokenizer/)",
+                root.display()
+            )));
+        }
+        let files = DirFiles { root };
+        if !files.exists("model_index.json") {
+            return Err(Error::Checkpoint(format!(
+                "{} has no model_index.json: not a diffusers model folder",
+                files.describe()
+            )));
+        }
+        Ok(files)
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl ModelFiles for DirFiles {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let p = self.root.join(path);
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Checkpoint(format!("{}: {e}", p.display()))),
+        }
+    }
+    fn exists(&self, path: &str) -> bool {
+        self.root.join(path).is_file()
+    }
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+/// The weights of component `dir` (`unet`, `text_encoder`, ...) in any of the names diffusers
+/// and transformers save: `diffusion_pytorch_model[.fp16].safetensors`,
+/// `model[.fp16].safetensors`, or a sharded `*.safetensors.index.json`.
+pub fn component_weights(files: &dyn ModelFiles, dir: &str) -> Result<Weights> {
+    for stem in ["diffusion_pytorch_model", "model"] {
+        for variant in ["", ".fp16"] {
+            let single = format!("{dir}/{stem}{variant}.safetensors");
+            if let Some(bytes) = files.read(&single)? {
+                return Weights::from_bytes(&single, bytes);
+            }
+            let index = format!("{dir}/{stem}{variant}.safetensors.index.json");
+            if let Some(json) = files.read(&index)? {
+                return Weights::from_index(&json, |shard| {
+                    files.require(&format!("{dir}/{shard}"))
+                });
+            }
+        }
+    }
+    let pickle = ["diffusion_pytorch_model.bin", "pytorch_model.bin"]
+        .iter()
+        .any(|f| files.exists(&format!("{dir}/{f}")));
+    Err(Error::Checkpoint(if pickle {
+        format!(
+            "{}/{dir}: only PyTorch pickle (.bin) weights; hoa reads safetensors (convert with \
+             `safetensors.torch.save_file` or diffusers' `save_pretrained(safe_serialization=True)`)",
+            files.describe()
+        )
+    } else {
+        format!(
+            "{}/{dir}: no weights (expected diffusion_pytorch_model.safetensors or \
+             model.safetensors)",
+            files.describe()
+        )
+    }))
+}
