@@ -79,8 +79,8 @@ fn classifier_free_guidance_matches_reference() {
             for scale in [0.0f32, 1.0, 7.5] {
                 let n: usize = shape.iter().product();
                 let m = round_to(dt, &randn(&mut r, n, 2.0));
-                let y = scheduler::classifier_free_guidance(c, &up(c, &m, shape, dt), scale)
-                    .unwrap();
+                let y =
+                    scheduler::classifier_free_guidance(c, &up(c, &m, shape, dt), scale).unwrap();
                 let mut half = shape.to_vec();
                 half[0] /= 2;
                 assert_eq!(y.shape(), &half[..]);
@@ -106,7 +106,12 @@ fn blend_matches_reference() {
     let Some(c) = ctx() else { return };
     let mut r = rng(13);
     for dt in dtypes(c) {
-        for (b, ch, h, w, mb) in [(2, 4, 5, 7, 2), (2, 4, 5, 7, 1), (1, 3, 1, 1, 1), (3, 9, 6, 3, 3)] {
+        for (b, ch, h, w, mb) in [
+            (2, 4, 5, 7, 2),
+            (2, 4, 5, 7, 1),
+            (1, 3, 1, 1, 1),
+            (3, 9, 6, 3, 3),
+        ] {
             let n = b * ch * h * w;
             let a = round_to(dt, &randn(&mut r, n, 2.0));
             let bb = round_to(dt, &randn(&mut r, n, 2.0));
@@ -141,7 +146,10 @@ fn bad_shapes_are_refused() {
     let e = scheduler::classifier_free_guidance(c, &odd, 7.5)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("even batch") && e.contains("[3, 1, 3, 4]"), "{e}");
+    assert!(
+        e.contains("even batch") && e.contains("[3, 1, 3, 4]"),
+        "{e}"
+    );
     let even = up(c, &[0.5; 24], &[2, 1, 3, 4], DType::F32);
     let e = scheduler::classifier_free_guidance(c, &even, f32::NAN)
         .unwrap_err()
@@ -149,7 +157,9 @@ fn bad_shapes_are_refused() {
     assert!(e.contains("finite"), "{e}");
 
     let bad_mask = up(c, &[0.5; 24], &[1, 2, 3, 4], DType::F32);
-    let e = scheduler::blend(c, &x, &x, &bad_mask).unwrap_err().to_string();
+    let e = scheduler::blend(c, &x, &x, &bad_mask)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("mask") && e.contains("[1, 1, 3, 4]"), "{e}");
 
     let co = StepCoefs {
