@@ -170,7 +170,6 @@ impl SchedulerConfig {
             "trailing" => TimestepSpacing::Trailing,
             o => return Err(bad("timestep_spacing", &o, "linspace, leading, trailing")),
         };
-        let sigmas_kind = matches!(kind, SchedulerKind::Euler | SchedulerKind::DpmPp2M);
         let use_karras_sigmas = match kind {
             SchedulerKind::DpmPp2MKarras => true,
             SchedulerKind::DpmPp2M => false,
@@ -231,7 +230,6 @@ impl SchedulerConfig {
                 return Err(bad("variance_type", &v, "null"));
             }
         }
-        let _ = sigmas_kind;
         let (beta_start, beta_end) = if lcm {
             (0.00085, 0.012)
         } else {
@@ -571,9 +569,8 @@ pub fn scale_model_input(
 
 // ---- shared host-side math --------------------------------------------------------------
 
-/// The `alphas_cumprod` diffusers builds in `__init__` (float32 torch tensor): betas rounded to
-/// f32 (torch.linspace in float32; computed here in f64 and rounded, which can differ from
-/// torch's own float32 linspace by one ulp in some betas), `alphas = 1 - betas` in f32, and the
+/// The `alphas_cumprod` diffusers builds in `__init__` (float32 torch tensor): betas as torch's
+/// float32 linspace makes them, `alphas = 1 - betas` in f32, and the
 /// cumulative product accumulated in f64 and rounded per element (torch's CPU cumprod
 /// accumulates float32 in double). `zero_snr_fix`: Euler/DPM's `alphas_cumprod[-1] = 2**-24`.
 pub(crate) fn alphas_cumprod(r: &Resolved, zero_snr_fix: bool) -> Result<Vec<f32>> {
@@ -605,8 +602,10 @@ pub(crate) fn alphas_cumprod(r: &Resolved, zero_snr_fix: bool) -> Result<Vec<f32
         betas = rescale_zero_terminal_snr(&betas);
     }
     let alphas: Vec<f32> = betas.iter().map(|&b| 1.0f32 - b).collect();
-    if let Some(i) = alphas.iter().position(|a| !(*a > 0.0 && *a <= 1.0)) {
-        if !r.rescale_betas_zero_snr || i != 0 {
+    // Zero terminal SNR makes the last alpha exactly 0, on purpose.
+    let zero_ok = |i: usize, a: f32| r.rescale_betas_zero_snr && i == n - 1 && a == 0.0;
+    if let Some(i) = (0..n).find(|&i| !(alphas[i] > 0.0 && alphas[i] <= 1.0)) {
+        if !zero_ok(i, alphas[i]) {
             return Err(err(format!(
                 "beta {} at timestep {i} is outside (0, 1); check beta_start / beta_end / \
                  trained_betas",
@@ -628,17 +627,19 @@ pub(crate) fn alphas_cumprod(r: &Resolved, zero_snr_fix: bool) -> Result<Vec<f32
     Ok(out)
 }
 
-/// `torch.linspace(start, end, n, dtype=float32)`, values computed in f64 and rounded.
+/// `torch.linspace(start, end, n, dtype=float32)` as torch's CPU kernel computes it: a float32
+/// step, `start + step * i` below the halfway index and `end - step * (n - 1 - i)` from there,
+/// each a fused multiply-add (reproduces torch 2.15 bit for bit on the SD schedules).
 fn linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
-    let (s, e) = (start as f32 as f64, end as f32 as f64);
-    let step = (e - s) / (n - 1) as f64;
+    let (s, e) = (start as f32, end as f32);
+    let step = (e - s) / (n - 1) as f32;
     let half = n / 2;
     (0..n)
         .map(|i| {
             if i < half {
-                (s + step * i as f64) as f32
+                step.mul_add(i as f32, s)
             } else {
-                (e - step * (n - i - 1) as f64) as f32
+                (-step).mul_add((n - 1 - i) as f32, e)
             }
         })
         .collect()
