@@ -302,11 +302,23 @@ impl Pipeline {
         self.vae.scale_factor()
     }
 
-    /// The scheduler `opts` asks for, or the folder's own.
+    /// The scheduler `opts` asks for, or the folder's own. A folder whose scheduler hoa does
+    /// not implement (SD 1.x ships PNDMScheduler) gets DPM-Solver++ 2M on the same noise
+    /// schedule, the usual replacement (20-25 steps match PNDM's 50), with a warning.
     pub fn scheduler_kind(&self, opts: &GenerateOptions) -> Result<SchedulerKind> {
-        match opts.scheduler {
-            Some(k) => Ok(k),
-            None => SchedulerKind::from_config(&self.scheduler_config),
+        Ok(self.scheduler_choice(opts).0)
+    }
+
+    fn scheduler_choice(&self, opts: &GenerateOptions) -> (SchedulerKind, Option<String>) {
+        if let Some(k) = opts.scheduler {
+            return (k, None);
+        }
+        match SchedulerKind::from_config(&self.scheduler_config) {
+            Ok(k) => (k, None),
+            Err(e) => (
+                SchedulerKind::DpmPp2M,
+                Some(format!("{e}; using dpm++2m on the model's noise schedule")),
+            ),
         }
     }
 
@@ -493,7 +505,10 @@ impl Pipeline {
         let context = self.encode_prompts(ctx, opts, cfg, events)?;
 
         // 2. Timesteps.
-        let kind = self.scheduler_kind(opts)?;
+        let (kind, note) = self.scheduler_choice(opts);
+        if let Some(n) = note {
+            events(Event::Warning(n));
+        }
         let mut sched = schedulers::build(kind, &self.scheduler_config, opts.steps)?;
         let n = sched.timesteps().len();
 

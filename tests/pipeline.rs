@@ -351,3 +351,25 @@ fn broken_model_folders_are_clear_errors() {
     assert!(files.require("model_index.json").is_err());
     let _ = Error::Checkpoint(String::new());
 }
+
+#[test]
+fn an_unimplemented_folder_scheduler_falls_back_to_dpm_with_a_warning() {
+    let Some((c, mut p)) = load() else { return };
+    let io = Io::load(NAME);
+    p.scheduler_config.class_name = Some("PNDMScheduler".into());
+    let opts = GenerateOptions {
+        latents: None,
+        batch: 1,
+        steps: 2,
+        ..base(&io)
+    };
+    assert_eq!(p.scheduler_kind(&opts).unwrap(), SchedulerKind::DpmPp2M);
+    let (_, steps, warnings) = run(c, &p, &opts);
+    assert_eq!(steps.len(), 2);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("PNDMScheduler") && warnings[0].contains("dpm++2m"),
+        "{}",
+        warnings[0]
+    );
+}
