@@ -475,7 +475,7 @@ impl FromStr for SchedulerKind {
 }
 
 /// What the pipeline calls; one instance per generation (multistep solvers keep state).
-pub trait Scheduler: Send {
+pub trait Scheduler {
     /// Timesteps one per inference step, as the U-Net receives them.
     fn timesteps(&self) -> &[f32];
     /// Std of the initial noise: latents = noise * init_noise_sigma().
