@@ -212,3 +212,43 @@ fn a_model_folder_missing_a_component_is_named() {
     assert!(!Path::new(&out).exists());
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_prompt_file_makes_one_image_per_line_seeded_in_turn() {
+    if common::ctx().is_none() {
+        return;
+    }
+    let d = out_dir("file");
+    let list = d.join("prompts.txt");
+    std::fs::write(&list, "a red circle\n\na blue square\n").unwrap();
+    let m = model();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", &m, "--steps", "2", "--seed", "3"];
+        args.extend_from_slice(extra);
+        assert!(hoa(&args).status.success());
+    };
+    let out = d.join("x.png").display().to_string();
+    run(&["--prompt-file", &list.display().to_string(), "--out", &out]);
+    assert_eq!(files_in(&d), ["prompts.txt", "x-0000.png", "x-0001.png"]);
+    // Line 1 is seeded 3 + 1: the same as asking for it alone with seed 4.
+    let alone = d.join("alone.png").display().to_string();
+    let m2 = model();
+    let args = [
+        "generate",
+        "a blue square",
+        "--model",
+        &m2,
+        "--steps",
+        "2",
+        "--seed",
+        "4",
+        "--out",
+        &alone,
+    ];
+    assert!(hoa(&args).status.success());
+    assert_eq!(
+        std::fs::read(d.join("x-0001.png")).unwrap(),
+        std::fs::read(d.join("alone.png")).unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

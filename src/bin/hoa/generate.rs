@@ -15,7 +15,11 @@ use std::path::{Path, PathBuf};
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     /// What to draw.
-    pub prompt: String,
+    pub prompt: Option<String>,
+    /// Many prompts, one per line (blank lines skipped), in one run: the model loads once.
+    /// Prompt j is seeded seed + j x batch and written as OUT-jjjj.png.
+    #[arg(long, conflicts_with = "prompt")]
+    pub prompt_file: Option<PathBuf>,
     /// What to steer away from (the unconditional half of classifier-free guidance).
     #[arg(long, default_value = "")]
     pub negative: String,
@@ -143,6 +147,24 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     if a.batch == Some(0) {
         bail!("--batch must be at least 1");
     }
+    let prompts: Vec<String> = match (&a.prompt, &a.prompt_file) {
+        (Some(p), None) => vec![p.clone()],
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("--prompt-file {}", f.display()))?;
+            let v: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect();
+            if v.is_empty() {
+                bail!("--prompt-file {} has no prompts", f.display());
+            }
+            v
+        }
+        _ => bail!("give a prompt, or --prompt-file FILE"),
+    };
     if a.mask.is_some() && a.init_image.is_none() {
         bail!("--mask needs --init-image (the picture to inpaint)");
     }
@@ -223,8 +245,8 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     } else {
         a.steps
     };
-    let opts = GenerateOptions {
-        prompt: a.prompt.clone(),
+    let mut opts = GenerateOptions {
+        prompt: prompts[0].clone(),
         negative_prompt: a.negative.clone(),
         width,
         height,
@@ -239,70 +261,76 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     };
     pipe.validate(ctx, &opts)?;
     let sampler = pipe.scheduler_kind(&opts)?.name().to_string();
-
-    let bar = ProgressBar::new(steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} step {pos}/{len} [{bar:30}] {elapsed} < {eta}, {per_sec} {msg}",
-        )
-        .map_err(|e| anyhow!("{e}"))?
-        .progress_chars("=> "),
-    );
-    let t1 = std::time::Instant::now();
-    let images = pollster::block_on(pipe.generate(ctx, &opts, &mut |ev| match ev {
-        Event::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
-        Event::Step { step, total, .. } => {
-            bar.set_length(total as u64);
-            bar.set_position(step as u64);
-        }
-        Event::Decoding => bar.set_message("decoding"),
-    }))?;
-    bar.finish_with_message("done");
-    eprintln!(
-        "{} image(s) {width}x{height} in {:.1} s",
-        images.len(),
-        t1.elapsed().as_secs_f64()
-    );
+    let model_name = model_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
 
     let mut written = Vec::new();
-    for (k, img) in images.iter().enumerate() {
-        let path = if images.len() == 1 {
-            a.out.clone()
-        } else {
-            let stem = a.out.file_stem().unwrap_or_default().to_string_lossy();
-            a.out.with_file_name(format!("{stem}-{k}.png"))
-        };
-        let path = free_name(&path, a.force, &written);
-        let mut extra = Vec::new();
-        if let Some(init) = &opts.init {
-            extra.push(("Denoising strength".to_string(), init.strength.to_string()));
-            if init.mask.is_some() {
-                extra.push(("Mask".to_string(), "yes".to_string()));
+    for (j, prompt) in prompts.iter().enumerate() {
+        opts.prompt = prompt.clone();
+        opts.seed = a.seed.wrapping_add((j * batch) as u64);
+        let bar = ProgressBar::new(steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} step {pos}/{len} [{bar:30}] {elapsed} < {eta}, {per_sec} {msg}",
+            )
+            .map_err(|e| anyhow!("{e}"))?
+            .progress_chars("=> "),
+        );
+        let t1 = std::time::Instant::now();
+        let images = pollster::block_on(pipe.generate(ctx, &opts, &mut |ev| match ev {
+            Event::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
+            Event::Step { step, total, .. } => {
+                bar.set_length(total as u64);
+                bar.set_position(step as u64);
             }
+            Event::Decoding => bar.set_message("decoding"),
+        }))?;
+        bar.finish_with_message("done");
+        eprintln!(
+            "{} image(s) {width}x{height} in {:.1} s",
+            images.len(),
+            t1.elapsed().as_secs_f64()
+        );
+
+        for (k, img) in images.iter().enumerate() {
+            let stem = a.out.file_stem().unwrap_or_default().to_string_lossy();
+            let name = match (prompts.len() > 1, images.len() > 1) {
+                (false, false) => a.out.clone(),
+                (false, true) => a.out.with_file_name(format!("{stem}-{k}.png")),
+                (true, false) => a.out.with_file_name(format!("{stem}-{j:04}.png")),
+                (true, true) => a.out.with_file_name(format!("{stem}-{j:04}-{k}.png")),
+            };
+            let path = free_name(&name, a.force, &written);
+            let mut extra = Vec::new();
+            if let Some(init) = &opts.init {
+                extra.push(("Denoising strength".to_string(), init.strength.to_string()));
+                if init.mask.is_some() {
+                    extra.push(("Mask".to_string(), "yes".to_string()));
+                }
+            }
+            if a.latents.is_some() {
+                extra.push(("Latents".to_string(), "file".to_string()));
+            }
+            let params = GenerationParameters {
+                prompt: opts.prompt.clone(),
+                negative_prompt: opts.negative_prompt.clone(),
+                steps,
+                sampler: sampler.clone(),
+                guidance: opts.guidance,
+                seed: opts.seed + k as u64,
+                width,
+                height,
+                model: model_name.clone(),
+                decoder: opts.decoder.name().to_string(),
+                extra,
+            };
+            let png = encode_png(img, Some(&params.to_text()))?;
+            std::fs::write(&path, png).with_context(|| format!("writing {}", path.display()))?;
+            println!("{}", path.display());
+            written.push(path);
         }
-        if a.latents.is_some() {
-            extra.push(("Latents".to_string(), "file".to_string()));
-        }
-        let params = GenerationParameters {
-            prompt: opts.prompt.clone(),
-            negative_prompt: opts.negative_prompt.clone(),
-            steps,
-            sampler: sampler.clone(),
-            guidance: opts.guidance,
-            seed: opts.seed + k as u64,
-            width,
-            height,
-            model: model_dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            decoder: opts.decoder.name().to_string(),
-            extra,
-        };
-        let png = encode_png(img, Some(&params.to_text()))?;
-        std::fs::write(&path, png).with_context(|| format!("writing {}", path.display()))?;
-        println!("{}", path.display());
-        written.push(path);
     }
     Ok(())
 }
