@@ -167,9 +167,16 @@ fn require_class(files: &dyn ModelFiles, index: &Value, component: &str) -> Resu
             files.describe()
         ))
     })?;
-    if !files.exists(&format!("{component}/config.json"))
-        && !files.exists(&format!("{component}/scheduler_config.json"))
-        && !files.exists(&format!("{component}/tokenizer.json"))
+    let markers = [
+        "config.json",
+        "scheduler_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+    ];
+    if !markers
+        .iter()
+        .any(|m| files.exists(&format!("{component}/{m}")))
     {
         return Err(Error::Checkpoint(format!(
             "{}: model_index.json lists `{component}` ({class}) but the folder `{component}/` \
@@ -229,13 +236,26 @@ impl Pipeline {
         };
         drop(te_weights);
 
-        let tok_json = files.read("tokenizer/tokenizer.json")?.ok_or_else(|| {
-            Error::Checkpoint(format!(
-                "{}/tokenizer has no tokenizer.json (hoa reads the fast-tokenizer file; write it \
-                 with `AutoTokenizer.from_pretrained(dir).save_pretrained(dir)`)",
-                files.describe()
-            ))
-        })?;
+        let tok_json = match files.read("tokenizer/tokenizer.json")? {
+            Some(j) => j,
+            // SD 1.x/2.x repositories ship CLIP's vocab.json + merges.txt only.
+            None => match (
+                files.read("tokenizer/vocab.json")?,
+                files.read("tokenizer/merges.txt")?,
+            ) {
+                (Some(v), Some(m)) if matches!(text_encoder, TextEncoder::Clip(_)) => {
+                    crate::tokenizer::clip_tokenizer_json(&v, &m)?
+                }
+                _ => {
+                    return Err(Error::Checkpoint(format!(
+                        "{}/tokenizer has no tokenizer.json (hoa reads the fast-tokenizer file, \
+                         or CLIP's vocab.json + merges.txt; write it with \
+                         `AutoTokenizer.from_pretrained(dir).save_pretrained(dir)`)",
+                        files.describe()
+                    )))
+                }
+            },
+        };
         let tok_cfg = files.read("tokenizer/tokenizer_config.json")?;
         let tokenizer = Tokenizer::from_bytes(&tok_json, tok_cfg.as_deref(), context_len)?;
         if tokenizer.max_length() > context_len {

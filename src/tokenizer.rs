@@ -153,3 +153,56 @@ impl Tokenizer {
         })
     }
 }
+
+/// The `tokenizer.json` that transformers' `CLIPTokenizer` builds from the `vocab.json` and
+/// `merges.txt` that Stable Diffusion 1.x/2.x repositories ship (they have no
+/// tokenizer.json): byte-level BPE with `</w>` word ends, NFC + whitespace + lowercase
+/// normalization, CLIP's split regex, `<|startoftext|> ... <|endoftext|>` around the ids.
+pub fn clip_tokenizer_json(vocab_json: &[u8], merges_txt: &[u8]) -> Result<Vec<u8>> {
+    let vocab: serde_json::Map<String, Value> = serde_json::from_slice(vocab_json)
+        .map_err(|e| Error::Checkpoint(format!("tokenizer/vocab.json: {e}")))?;
+    let text = std::str::from_utf8(merges_txt)
+        .map_err(|e| Error::Checkpoint(format!("tokenizer/merges.txt: {e}")))?;
+    let merges: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
+        .collect();
+    let id = |t: &str| -> Result<u64> {
+        vocab.get(t).and_then(Value::as_u64).ok_or_else(|| {
+            Error::Checkpoint(format!(
+                "tokenizer/vocab.json has no `{t}` (not a CLIP vocabulary)"
+            ))
+        })
+    };
+    let (bos, eos) = ("<|startoftext|>", "<|endoftext|>");
+    let (bos_id, eos_id) = (id(bos)?, id(eos)?);
+    let added = |content: &str, id: u64| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    let json = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [added(bos, bos_id), added(eos, eos_id)],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "NFC"},
+            {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "},
+            {"type": "Lowercase"}]},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex":
+                "<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+"},
+             "behavior": "Removed", "invert": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+             "use_regex": true}]},
+        "post_processor": {"type": "RobertaProcessing", "sep": [eos, eos_id],
+            "cls": [bos, bos_id], "trim_offsets": false, "add_prefix_space": false},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+            "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": eos,
+            "continuing_subword_prefix": "", "end_of_word_suffix": "</w>", "fuse_unk": false,
+            "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges},
+    });
+    serde_json::to_vec(&json).map_err(|e| Error::Checkpoint(format!("CLIP tokenizer: {e}")))
+}

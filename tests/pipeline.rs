@@ -373,3 +373,42 @@ fn an_unimplemented_folder_scheduler_falls_back_to_dpm_with_a_warning() {
         warnings[0]
     );
 }
+
+#[test]
+fn clip_vocab_and_merges_tokenize_like_the_tokenizer_json() {
+    // SD 1.x folders ship vocab.json + merges.txt only; hoa rebuilds CLIP's tokenizer from
+    // them. It must give the ids transformers' tokenizer.json gives.
+    let d = dir("clip_tokenizer_files");
+    let rebuilt = hoa::tokenizer::clip_tokenizer_json(
+        &std::fs::read(d.join("vocab.json")).unwrap(),
+        &std::fs::read(d.join("merges.txt")).unwrap(),
+    )
+    .unwrap();
+    let cfg = std::fs::read(dir(NAME).join("tokenizer/tokenizer_config.json")).unwrap();
+    let a = hoa::tokenizer::Tokenizer::from_bytes(&rebuilt, Some(&cfg), 77).unwrap();
+    let json = std::fs::read(dir(NAME).join("tokenizer/tokenizer.json")).unwrap();
+    let b = hoa::tokenizer::Tokenizer::from_bytes(&json, Some(&cfg), 77).unwrap();
+    for text in [
+        "a red circle left of a blue square",
+        "A  Photo\tof the BIG Square, isn't it? 42 cafés!",
+        "",
+        "<|endoftext|> green circle",
+        "a photo of a big red circle above a small blue square left of a green circle",
+    ] {
+        let (x, y) = (a.encode(text).unwrap(), b.encode(text).unwrap());
+        assert_eq!(x.ids, y.ids, "{text:?}");
+        assert_eq!(x.dropped, y.dropped, "{text:?}");
+    }
+    // And the pipeline uses it when tokenizer.json is absent.
+    let broken = broken_copy("tokenizer/tokenizer.json");
+    for f in ["vocab.json", "merges.txt"] {
+        std::fs::copy(d.join(f), broken.join("tokenizer").join(f)).unwrap();
+    }
+    let Some(c) = ctx() else { return };
+    let p = Pipeline::load(c, &DirFiles::open(&broken).unwrap(), DType::F32).unwrap();
+    assert_eq!(
+        p.tokenizer.encode("a red circle").unwrap().ids,
+        b.encode("a red circle").unwrap().ids
+    );
+    let _ = std::fs::remove_dir_all(&broken);
+}
