@@ -421,13 +421,10 @@ impl Pipeline {
         }
         self.scheduler_kind(opts)?;
         // The U-Net's widest activation is at full latent resolution: the last up block's
-        // concat of a skip with the level below, or the feed-forward's GEGLU projection (8x
-        // channels) when that level has attention. (The VAE decode tiles itself.)
+        // concat of a skip with the level below. (The feed-forward runs in chunks of tokens
+        // and the VAE decode in tiles when they would not fit.)
         let c = &self.unet_config.block_out_channels;
-        let mut widest = c[0] + c.get(1).copied().unwrap_or(c[0]);
-        if self.unet_config.down_block_types[0].starts_with("CrossAttn") {
-            widest = widest.max(8 * c[0]);
-        }
+        let widest = c[0] + c.get(1).copied().unwrap_or(c[0]);
         let rows = if opts.guidance > 1.0 { 2 } else { 1 } * opts.batch;
         let needed = (rows * widest * (h / f) * (w / f) * self.dtype.size()) as u64;
         let max = ctx.max_binding_bytes();

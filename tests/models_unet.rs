@@ -125,3 +125,36 @@ fn unet_rejects_bad_inputs_with_clear_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn feed_forward_in_chunks_of_tokens_equals_the_whole() {
+    // What large images take when the GEGLU projection would exceed one binding.
+    use hoa::models::attention::FeedForward;
+    use hoa::models::nn::Linear;
+    let Some(c) = ctx() else { return };
+    let mut r = rng(9);
+    let (dim, inner) = (16, 32);
+    let t = |v: Vec<f32>, s: &[usize]| hoa::Tensor::from_f32(c, &v, s, DType::F32).unwrap();
+    let ff = FeedForward {
+        proj: Linear {
+            weight: t(randn(&mut r, 2 * inner * dim, 0.3), &[2 * inner, dim]),
+            bias: Some(t(randn(&mut r, 2 * inner, 0.3), &[2 * inner])),
+        },
+        out: Linear {
+            weight: t(randn(&mut r, dim * inner, 0.3), &[dim, inner]),
+            bias: Some(t(randn(&mut r, dim, 0.3), &[dim])),
+        },
+    };
+    let x = t(randn(&mut r, 2 * 37 * dim, 1.0), &[2, 37, dim]);
+    let whole = ff.forward(c, &x).unwrap();
+    for chunk in [1, 10, 37, 73] {
+        let parts = ff.forward_in_chunks(c, &x, chunk).unwrap();
+        assert_eq!(parts.shape(), whole.shape());
+        all_close(
+            &format!("chunks of {chunk}"),
+            &parts.to_vec(c).unwrap(),
+            &whole.to_vec(c).unwrap(),
+            &F32,
+        );
+    }
+}

@@ -114,6 +114,38 @@ impl Tensor {
         Ok(t)
     }
 
+    /// Rows `start..start + count` of dimension 0 as a new tensor (a buffer copy ordered after
+    /// every dispatch recorded so far), for processing an activation in chunks that each fit
+    /// one binding.
+    pub fn narrow_rows(&self, ctx: &Context, start: usize, count: usize) -> Result<Tensor> {
+        let rows = *self.shape.first().unwrap_or(&0);
+        if count == 0 || start + count > rows {
+            return Err(Error::shape(
+                "narrow_rows",
+                format!("rows {start}..{} of {:?}", start + count, self.shape),
+            ));
+        }
+        let row_bytes = (self.numel() / rows * self.dtype.size()) as u64;
+        let (offset, size) = (start as u64 * row_bytes, count as u64 * row_bytes);
+        if offset % 4 != 0 || size % 4 != 0 {
+            return Err(Error::shape(
+                "narrow_rows",
+                format!(
+                    "rows of {row_bytes} bytes cannot be copied at 4-byte granularity ({:?} {})",
+                    self.shape,
+                    self.dtype.name()
+                ),
+            ));
+        }
+        let mut shape = self.shape.clone();
+        shape[0] = count;
+        let out = Tensor::empty(ctx, &shape, self.dtype)?;
+        ctx.submit_with(false, |enc| {
+            enc.copy_buffer_to_buffer(self.buffer(), offset, out.buffer(), 0, size);
+        })?;
+        Ok(out)
+    }
+
     /// A tensor of `shape` filled with `value` (NaN for test outputs, so unwritten elements show).
     pub fn full(ctx: &Context, shape: &[usize], value: f32, dtype: DType) -> Result<Tensor> {
         let n: usize = shape.iter().product();
