@@ -104,6 +104,9 @@ pub struct GenerateOptions {
     /// them; they are multiplied by the scheduler's `init_noise_sigma` like diffusers does.
     pub latents: Option<Vec<f32>>,
     pub init: Option<InitImage>,
+    /// Run the guidance halves as two U-Net batches (half the activation memory). Automatic
+    /// when one batch of both would exceed a binding.
+    pub split_guidance: bool,
 }
 
 impl Default for GenerateOptions {
@@ -121,6 +124,7 @@ impl Default for GenerateOptions {
             decoder: Decoder::Vae,
             latents: None,
             init: None,
+            split_guidance: false,
         }
     }
 }
@@ -423,10 +427,8 @@ impl Pipeline {
         // The U-Net's widest activation is at full latent resolution: the last up block's
         // concat of a skip with the level below. (The feed-forward runs in chunks of tokens
         // and the VAE decode in tiles when they would not fit.)
-        let c = &self.unet_config.block_out_channels;
-        let widest = c[0] + c.get(1).copied().unwrap_or(c[0]);
-        let rows = if opts.guidance > 1.0 { 2 } else { 1 } * opts.batch;
-        let needed = (rows * widest * (h / f) * (w / f) * self.dtype.size()) as u64;
+        // Guidance halves run as separate U-Net batches when both together would not fit.
+        let needed = self.unet_peak_bytes(opts.batch, w, h);
         let max = ctx.max_binding_bytes();
         if needed > max {
             return Err(Error::Limit {
@@ -442,6 +444,17 @@ impl Pipeline {
             });
         }
         Ok(())
+    }
+
+    /// Bytes of the U-Net's widest activation for `rows` samples at `w`x`h` pixels: at full
+    /// latent resolution, the last up block's concat of a skip with the level below. (The
+    /// feed-forward runs in chunks of tokens and the VAE decodes in tiles when they would not
+    /// fit, so neither bounds the size.)
+    fn unet_peak_bytes(&self, rows: usize, w: usize, h: usize) -> u64 {
+        let f = self.vae_scale_factor();
+        let c = &self.unet_config.block_out_channels;
+        let widest = c[0] + c.get(1).copied().unwrap_or(c[0]);
+        (rows * widest * (h / f) * (w / f) * self.dtype.size()) as u64
     }
 
     fn tokenize(&self, text: &str, what: &str, events: &mut dyn FnMut(Event)) -> Result<Vec<u32>> {
@@ -575,7 +588,19 @@ impl Pipeline {
             }
         };
 
-        // 4. Denoising loop, all on the device.
+        // 4. Denoising loop, all on the device; the guidance halves as two U-Net batches
+        // when one batch of both would exceed a binding.
+        let halves = if cfg
+            && (opts.split_guidance
+                || self.unet_peak_bytes(2 * b, opts.width, opts.height) > ctx.max_binding_bytes())
+        {
+            Some((
+                context.narrow_rows(ctx, 0, b)?,
+                context.narrow_rows(ctx, b, b)?,
+            ))
+        } else {
+            None
+        };
         let timesteps = sched.timesteps().to_vec();
         for (i, &t) in timesteps.iter().enumerate().skip(start) {
             let scale = sched.input_scale(i);
@@ -584,9 +609,19 @@ impl Pipeline {
             } else {
                 latents.clone()
             };
-            let model_in = if cfg { concat(ctx, &[&x, &x], 0)? } else { x };
-            let t = vec![t; model_in.shape()[0]];
-            let out = self.unet.forward(ctx, &model_in, &t, &context)?.sample;
+            let out = match &halves {
+                Some((neg, pos)) => {
+                    let t = vec![t; b];
+                    let u = self.unet.forward(ctx, &x, &t, neg)?.sample;
+                    let c = self.unet.forward(ctx, &x, &t, pos)?.sample;
+                    concat(ctx, &[&u, &c], 0)?
+                }
+                None => {
+                    let model_in = if cfg { concat(ctx, &[&x, &x], 0)? } else { x };
+                    let t = vec![t; model_in.shape()[0]];
+                    self.unet.forward(ctx, &model_in, &t, &context)?.sample
+                }
+            };
             let eps = if cfg {
                 classifier_free_guidance(ctx, &out, opts.guidance)?
             } else {

@@ -412,3 +412,32 @@ fn clip_vocab_and_merges_tokenize_like_the_tokenizer_json() {
     );
     let _ = std::fs::remove_dir_all(&broken);
 }
+
+#[test]
+fn guidance_halves_as_two_unet_batches_give_the_same_latents() {
+    // What sizes too large for one batch of both halves take.
+    let Some((c, p)) = load() else { return };
+    let io = Io::load(NAME);
+    let opts = GenerateOptions {
+        steps: 2,
+        scheduler: Some(SchedulerKind::Ddim),
+        ..base(&io)
+    };
+    let (_, joint, _) = run(c, &p, &opts);
+    let (_, split, _) = run(
+        c,
+        &p,
+        &GenerateOptions {
+            split_guidance: true,
+            ..opts
+        },
+    );
+    for (a, b) in joint.iter().zip(&split) {
+        common::all_close(
+            "split guidance",
+            &b.to_vec(c).unwrap(),
+            &a.to_vec(c).unwrap(),
+            &common::F32,
+        );
+    }
+}

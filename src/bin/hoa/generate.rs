@@ -258,6 +258,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
         decoder: a.decoder,
         latents: latents.map(|(v, _)| v),
         init,
+        split_guidance: false,
     };
     pipe.validate(ctx, &opts)?;
     let sampler = pipe.scheduler_kind(&opts)?.name().to_string();
