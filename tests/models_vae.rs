@@ -1,7 +1,8 @@
 //! AutoencoderKL vs a diffusers fixture written by tools/fixtures/make_fixtures.py (tiny
 //! random config, 24x30 images, so the latent is 12x15 after the asymmetric-pad downsample).
 //! Tolerance: max |err| <= 1e-3 x max |reference| in f32, 1e-2 in f16, per block then end to
-//! end.
+//! end. The `vae_tiled` fixture (block_out_channels (8, 16), `enable_tiling()`) checks the tiled
+//! decode and encode the same way.
 
 mod common;
 #[path = "common/fixture.rs"]
@@ -315,4 +316,47 @@ fn vae_tiled_encode_matches_diffusers() {
     );
     let tiled = model.encode_auto_within(c, &image, peak - 1).unwrap();
     close_rel("encode_auto tiled", &tiled.mean, &mean, 1e-3, c).unwrap();
+}
+
+/// The plans for SD 1.5's VAE (random weights; only the config matters) under WebGPU's default
+/// 128 MiB binding limit: 512x512 in f32 needs [1, 256, 512, 512] = 256 MiB, so it tiles with
+/// the largest multiple-of-4 latent tile that fits (44 -> 352 pixels: [1, 256, 352, 352] f32 =
+/// 121 MiB); in f16 the same activation is exactly 128 MiB and decodes whole; 1792x1024 tiles
+/// in both (its mid attention's scores alone would be 28672^2 elements).
+#[test]
+fn sd15_vae_plans_fit_webgpu_default_limits() {
+    use hoa::config::AutoencoderKLConfig;
+    use hoa::models::autoencoder_kl::{TileOptions, TilePlan};
+    use hoa::weights::Weights;
+    let Some(c) = ctx() else { return };
+    let cfg = AutoencoderKLConfig {
+        down_block_types: vec!["DownEncoderBlock2D".into(); 4],
+        up_block_types: vec!["UpDecoderBlock2D".into(); 4],
+        block_out_channels: vec![128, 256, 512, 512],
+        layers_per_block: 2,
+        sample_size: serde_json::Value::from(512),
+        ..Default::default()
+    };
+    let empty = Weights::from_files(vec![]).unwrap();
+    let vae = AutoencoderKL::load(&Loader::random(c, &empty, DType::F32, 1), &cfg).unwrap();
+    let webgpu = 128 << 20;
+    let tiled = |px| {
+        TilePlan::Tiled(TileOptions {
+            tile_sample_size: px,
+            overlap_factor: 0.25,
+        })
+    };
+    let plan = |h, w, dt| vae.decode_plan(&[1, 4, h, w], dt, webgpu).unwrap();
+    assert_eq!(vae.decode_peak_bytes(1, 64, 64, DType::F32), 256 << 20);
+    assert_eq!(plan(64, 64, DType::F32), tiled(352));
+    assert_eq!(plan(64, 64, DType::F16), TilePlan::Whole);
+    assert_eq!(plan(128, 224, DType::F32), tiled(352));
+    assert_eq!(plan(128, 224, DType::F16), tiled(512));
+    assert_eq!(plan(32, 32, DType::F32), TilePlan::Whole);
+    // Encoding: the first down block's [1, 128, 512, 512] f32 is exactly 128 MiB, so 512x512
+    // encodes whole and larger images in diffusers' own 512-pixel tiles.
+    let eplan = |h, w, dt| vae.encode_plan(&[1, 3, h, w], dt, webgpu).unwrap();
+    assert_eq!(eplan(512, 512, DType::F32), TilePlan::Whole);
+    assert_eq!(eplan(1024, 1792, DType::F32), tiled(512));
+    assert_eq!(eplan(1024, 1792, DType::F16), tiled(512));
 }

@@ -4,6 +4,11 @@
 //! distribution's mean and log-variance, [`AutoencoderKL::decode`] the image. The config's
 //! `scaling_factor` is NOT applied here: callers multiply the mean by it after encoding and
 //! divide latents by it before decoding, as diffusers' pipelines do.
+//!
+//! Large images: [`AutoencoderKL::decode_tiled`] / [`AutoencoderKL::encode_tiled`] are
+//! diffusers' `tiled_decode` / `_tiled_encode` (overlapping tiles, `blend_v` / `blend_h` on the
+//! device); [`AutoencoderKL::decode_auto`] / [`AutoencoderKL::encode_auto`] run whole when every
+//! buffer fits the device's binding limit (WebGPU's default: 128 MiB) and tiled otherwise.
 
 use super::attention::Attention;
 use super::nn::{Conv2d, GroupNorm};
