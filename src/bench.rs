@@ -243,7 +243,7 @@ pub fn run(ctx: &Context, args: &BenchArgs) -> Result<Vec<Measured>> {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn run_model(ctx: &Context, args: &BenchArgs) -> Result<()> {
     use crate::config::{AutoencoderKLConfig, PerBlock, UNet2DConditionModelConfig};
-    use crate::models::autoencoder_kl::{AutoencoderKL, DecodePlan};
+    use crate::models::autoencoder_kl::{AutoencoderKL, TilePlan};
     use crate::models::unet_2d_condition::UNet2DConditionModel;
     use crate::weights::{Loader, Weights};
     use std::time::Instant;
@@ -335,8 +335,8 @@ pub fn run_model(ctx: &Context, args: &BenchArgs) -> Result<()> {
             // decode_auto, as the pipeline does: tiled where the last up blocks would exceed
             // the binding limit (SD 1.5 at 512x512 in f32: [1, 256, 512, 512] = 256 MiB).
             let how = match vae.decode_plan(latent.shape(), dt, ctx.max_binding_bytes())? {
-                DecodePlan::Whole => "whole".to_string(),
-                DecodePlan::Tiled(t) => format!("tiles {}", t.tile_sample_size),
+                TilePlan::Whole => "whole".to_string(),
+                TilePlan::Tiled(t) => format!("tiles {}", t.tile_sample_size),
             };
             report(
                 vae_name,

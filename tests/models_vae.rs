@@ -1,7 +1,8 @@
 //! AutoencoderKL vs a diffusers fixture written by tools/fixtures/make_fixtures.py (tiny
 //! random config, 24x30 images, so the latent is 12x15 after the asymmetric-pad downsample).
 //! Tolerance: max |err| <= 1e-3 x max |reference| in f32, 1e-2 in f16, per block then end to
-//! end.
+//! end. The `vae_tiled` fixture (block_out_channels (8, 16), `enable_tiling()`) checks the tiled
+//! decode and encode the same way.
 
 mod common;
 #[path = "common/fixture.rs"]
@@ -185,7 +186,7 @@ fn vae_tiled_decode_matches_diffusers() {
 #[test]
 fn vae_decode_auto_tiles_when_a_binding_would_not_fit() {
     use hoa::gpu::BufferPool;
-    use hoa::models::autoencoder_kl::{DecodePlan, TileOptions};
+    use hoa::models::autoencoder_kl::{TileOptions, TilePlan};
     let Some(c) = ctx() else { return };
     let name = "vae_tiled";
     let cfg = AutoencoderKLConfig::from_json(&config(name)).unwrap();
@@ -204,7 +205,7 @@ fn vae_decode_auto_tiles_when_a_binding_would_not_fit() {
 
     assert_eq!(
         model.decode_plan(&shape, dt, peak).unwrap(),
-        DecodePlan::Whole
+        TilePlan::Whole
     );
     let whole = model.decode_auto_within(c, &latent, peak).unwrap();
     close_rel(
@@ -218,7 +219,7 @@ fn vae_decode_auto_tiles_when_a_binding_would_not_fit() {
 
     // One byte short of the whole decode: diffusers' tiles (sample_size 32) fit.
     let plan = model.decode_plan(&shape, dt, peak - 1).unwrap();
-    assert_eq!(plan, DecodePlan::Tiled(model.tile_options().unwrap()));
+    assert_eq!(plan, TilePlan::Tiled(model.tile_options().unwrap()));
     let tiled = model.decode_auto_within(c, &latent, peak - 1).unwrap();
     let r = close_rel("decode_auto tiled", &tiled, &io.f32("decoded"), 1e-3, c).unwrap();
     eprintln!("decode_auto tiled: max|err|/max|ref| {r:.2e}");
@@ -227,7 +228,7 @@ fn vae_decode_auto_tiles_when_a_binding_would_not_fit() {
     let plan = model.decode_plan(&shape, dt, tile_peak - 1).unwrap();
     assert_eq!(
         plan,
-        DecodePlan::Tiled(TileOptions {
+        TilePlan::Tiled(TileOptions {
             tile_sample_size: 24,
             overlap_factor: 0.25
         })
@@ -254,4 +255,108 @@ fn vae_decode_auto_tiles_when_a_binding_would_not_fit() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("tile_sample_size 2"), "{e}");
+}
+
+/// diffusers' `_tiled_encode` (tiles of 32 pixels, stride 24, blend 4 latent rows, crop 12) of
+/// a [2, 3, 48, 80] image, then `DiagonalGaussianDistribution`; and encode_auto choosing it
+/// when a binding would not hold the whole encode. Tolerance as above.
+#[test]
+fn vae_tiled_encode_matches_diffusers() {
+    use hoa::models::autoencoder_kl::TilePlan;
+    let Some(c) = ctx() else { return };
+    let name = "vae_tiled";
+    let cfg = AutoencoderKLConfig::from_json(&config(name)).unwrap();
+    let w = diffusers_weights(name);
+    let io = Io::load(name);
+    let (mean, untiled) = (io.f32("mean"), io.f32("mean_untiled"));
+    let scale = mean.0.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+    let diff = mean
+        .0
+        .iter()
+        .zip(&untiled.0)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs())) as f64;
+    assert!(
+        diff > 10.0 * rel_tol(DType::F16) * scale,
+        "the fixture's tiled and untiled encodes must differ ({diff:.2e})"
+    );
+    for dt in dtypes(c) {
+        let rel = rel_tol(dt);
+        let model = AutoencoderKL::load(&Loader::new(c, &w, dt), &cfg).unwrap();
+        let image = io.tensor(c, "image", dt);
+        let got = model
+            .encode_tiled(c, &image, model.tile_options().unwrap())
+            .unwrap();
+        let r1 = close_rel(&format!("{name} {dt:?} mean"), &got.mean, &mean, rel, c).unwrap();
+        let r2 = close_rel(
+            &format!("{name} {dt:?} logvar"),
+            &got.logvar,
+            &io.f32("logvar"),
+            rel,
+            c,
+        )
+        .unwrap();
+        eprintln!("{name} {dt:?} encode: max|err|/max|ref| mean {r1:.2e}, logvar {r2:.2e}");
+    }
+    let dt = DType::F32;
+    let model = AutoencoderKL::load(&Loader::new(c, &w, dt), &cfg).unwrap();
+    let image = io.tensor(c, "image", dt);
+    // The widest activation: the first down block's [2, 8, 48, 80].
+    let peak = model.encode_peak_bytes(2, 48, 80, dt);
+    assert_eq!(peak, hoa::gpu::BufferPool::size_class(2 * 8 * 48 * 80 * 4));
+    let shape = image.shape().to_vec();
+    assert_eq!(
+        model.encode_plan(&shape, dt, peak).unwrap(),
+        TilePlan::Whole
+    );
+    let whole = model.encode_auto_within(c, &image, peak).unwrap();
+    close_rel("encode_auto whole", &whole.mean, &untiled, 1e-3, c).unwrap();
+    assert_eq!(
+        model.encode_plan(&shape, dt, peak - 1).unwrap(),
+        TilePlan::Tiled(model.tile_options().unwrap())
+    );
+    let tiled = model.encode_auto_within(c, &image, peak - 1).unwrap();
+    close_rel("encode_auto tiled", &tiled.mean, &mean, 1e-3, c).unwrap();
+}
+
+/// The plans for SD 1.5's VAE (random weights; only the config matters) under WebGPU's default
+/// 128 MiB binding limit: 512x512 in f32 needs [1, 256, 512, 512] = 256 MiB, so it tiles with
+/// the largest multiple-of-4 latent tile that fits (44 -> 352 pixels: [1, 256, 352, 352] f32 =
+/// 121 MiB); in f16 the same activation is exactly 128 MiB and decodes whole; 1792x1024 tiles
+/// in both (its mid attention's scores alone would be 28672^2 elements).
+#[test]
+fn sd15_vae_plans_fit_webgpu_default_limits() {
+    use hoa::config::AutoencoderKLConfig;
+    use hoa::models::autoencoder_kl::{TileOptions, TilePlan};
+    use hoa::weights::Weights;
+    let Some(c) = ctx() else { return };
+    let cfg = AutoencoderKLConfig {
+        down_block_types: vec!["DownEncoderBlock2D".into(); 4],
+        up_block_types: vec!["UpDecoderBlock2D".into(); 4],
+        block_out_channels: vec![128, 256, 512, 512],
+        layers_per_block: 2,
+        sample_size: serde_json::Value::from(512),
+        ..Default::default()
+    };
+    let empty = Weights::from_files(vec![]).unwrap();
+    let vae = AutoencoderKL::load(&Loader::random(c, &empty, DType::F32, 1), &cfg).unwrap();
+    let webgpu = 128 << 20;
+    let tiled = |px| {
+        TilePlan::Tiled(TileOptions {
+            tile_sample_size: px,
+            overlap_factor: 0.25,
+        })
+    };
+    let plan = |h, w, dt| vae.decode_plan(&[1, 4, h, w], dt, webgpu).unwrap();
+    assert_eq!(vae.decode_peak_bytes(1, 64, 64, DType::F32), 256 << 20);
+    assert_eq!(plan(64, 64, DType::F32), tiled(352));
+    assert_eq!(plan(64, 64, DType::F16), TilePlan::Whole);
+    assert_eq!(plan(128, 224, DType::F32), tiled(352));
+    assert_eq!(plan(128, 224, DType::F16), tiled(512));
+    assert_eq!(plan(32, 32, DType::F32), TilePlan::Whole);
+    // Encoding: the first down block's [1, 128, 512, 512] f32 is exactly 128 MiB, so 512x512
+    // encodes whole and larger images in diffusers' own 512-pixel tiles.
+    let eplan = |h, w, dt| vae.encode_plan(&[1, 3, h, w], dt, webgpu).unwrap();
+    assert_eq!(eplan(512, 512, DType::F32), TilePlan::Whole);
+    assert_eq!(eplan(1024, 1792, DType::F32), tiled(512));
+    assert_eq!(eplan(1024, 1792, DType::F16), tiled(512));
 }
