@@ -561,7 +561,7 @@ impl Pipeline {
             Some(init) => {
                 // img2img: encode, sample the latent distribution, noise it to the start step.
                 let image = self.image_tensor(ctx, &init.image, b)?;
-                let enc = self.vae.encode(ctx, &image)?;
+                let enc = self.vae.encode_auto(ctx, &image)?;
                 let eps = Tensor::from_f32(ctx, &randn_batch(&mut gens, per_image), &lshape, dt)?;
                 let std = elementwise::unary(
                     ctx,
