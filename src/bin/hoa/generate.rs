@@ -236,6 +236,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
         decoder: a.decoder,
         latents: latents.map(|(v, _)| v),
         init,
+        preview_every: 0,
     };
     pipe.validate(ctx, &opts)?;
     let sampler = pipe.scheduler_kind(&opts)?.name().to_string();
@@ -256,6 +257,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
             bar.set_position(step as u64);
         }
         Event::Decoding => bar.set_message("decoding"),
+        Event::Preview { .. } => {}
     }))?;
     bar.finish_with_message("done");
     eprintln!(
