@@ -84,6 +84,8 @@ impl Hoa {
         }
         let ctx = Context::new(ContextOptions {
             backends: Some(wgpu::Backends::BROWSER_WEBGPU),
+            // What every WebGPU device has, so that what runs here runs on any of them.
+            webgpu_default_limits: true,
             ..Default::default()
         })
         .await

@@ -147,7 +147,10 @@ async function withWebGpu(base) {
     const message = await page.textContent("#message");
     check("page loads the model on WebGPU", state === "ready", state === "ready" ? `${tReady} ms` : message);
     if (state !== "ready") return;
-    console.log(`adapter: ${await page.textContent("#adapter")}`);
+    const adapter = await page.textContent("#adapter");
+    console.log(`adapter: ${adapter}`);
+    // SwiftShader offers 1 GiB bindings; hoa must ask for WebGPU's default 128 MiB only.
+    check("device asks for WebGPU's default limits only", /storage binding up to 128 MiB/.test(adapter), adapter);
 
     await page.fill("#prompt", INPUT.prompt);
     await page.fill("#negative", INPUT.negative);
