@@ -17,6 +17,8 @@ pub mod noise;
 pub mod pipeline;
 pub mod schedulers;
 pub mod tokenizer;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 pub mod weights;
 
 pub use error::{Error, Result};

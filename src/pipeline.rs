@@ -107,6 +107,9 @@ pub struct GenerateOptions {
     /// Run the guidance halves as two U-Net batches (half the activation memory). Automatic
     /// when one batch of both would exceed a binding.
     pub split_guidance: bool,
+    /// Every this many steps (and never after the last), decode the current latents with the
+    /// VAE and report them as [`Event::Preview`], for a live preview; 0 = off.
+    pub preview_every: usize,
 }
 
 impl Default for GenerateOptions {
@@ -125,6 +128,7 @@ impl Default for GenerateOptions {
             latents: None,
             init: None,
             split_guidance: false,
+            preview_every: 0,
         }
     }
 }
@@ -134,12 +138,15 @@ pub enum Event<'a> {
     /// Something the user should know (a prompt was truncated, ...).
     Warning(String),
     /// Denoising step `step` (1-based) of `total` finished on the GPU; `latents` is the current
-    /// latent, for a live preview ([`Pipeline::preview`]).
+    /// latent.
     Step {
         step: usize,
         total: usize,
         latents: &'a Tensor,
     },
+    /// The first image's current latents decoded with the VAE after step `step` (1-based),
+    /// when [`GenerateOptions::preview_every`] asks for it.
+    Preview { step: usize, image: RgbImage },
     /// Denoising done; decoding.
     Decoding,
 }
@@ -654,6 +661,15 @@ impl Pipeline {
                 total: n - start,
                 latents: &latents,
             });
+            let done = i + 1 - start;
+            if opts.preview_every > 0 && done % opts.preview_every == 0 && i + 1 < n {
+                // The VAE decoder draws no noise, so previews leave the result unchanged.
+                let mut images = self.decode(ctx, &latents, Decoder::Vae, &mut []).await?;
+                events(Event::Preview {
+                    step: done,
+                    image: images.swap_remove(0),
+                });
+            }
         }
 
         // 5. Decode.

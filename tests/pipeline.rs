@@ -46,7 +46,7 @@ fn run(
     let images = pollster::block_on(p.generate(c, opts, &mut |ev| match ev {
         Event::Step { latents, .. } => steps.push(latents.clone()),
         Event::Warning(w) => warnings.push(w),
-        Event::Decoding => {}
+        Event::Decoding | Event::Preview { .. } => {}
     }))
     .unwrap();
     (images, steps, warnings)
@@ -239,6 +239,43 @@ fn consistency_decoder_and_seeds() {
     );
     assert_eq!((cd[0].width, cd[0].height), (32, 24));
     assert_ne!(cd[0], two[0]);
+}
+
+/// `preview_every`: a VAE decode of the first image's latents every k steps (not after the
+/// last), equal to decoding that step's latents, and the result unchanged by it.
+#[test]
+fn live_preview_every_k_steps() {
+    let Some((c, p)) = load() else { return };
+    let io = Io::load(NAME);
+    let opts = GenerateOptions {
+        scheduler: Some(SchedulerKind::Ddim),
+        decoder: Decoder::Consistency,
+        ..base(&io)
+    };
+    let (plain, _, _) = run(c, &p, &opts);
+    let with = GenerateOptions {
+        preview_every: 2,
+        ..opts.clone()
+    };
+    let mut steps = Vec::new();
+    let mut previews = Vec::new();
+    let images = pollster::block_on(p.generate(c, &with, &mut |ev| match ev {
+        Event::Step { latents, .. } => steps.push(latents.clone()),
+        Event::Preview { step, image } => previews.push((step, image)),
+        _ => {}
+    }))
+    .unwrap();
+    // The consistency decoder draws noise: equal images mean the previews drew none.
+    assert_eq!(images, plain, "previews changed the result");
+    let at: Vec<usize> = previews.iter().map(|(s, _)| *s).collect();
+    assert_eq!(at, [2, 4], "5 steps, every 2: after steps 2 and 4");
+    for (step, image) in &previews {
+        let want =
+            pollster::block_on(p.decode(c, &steps[step - 1], Decoder::Vae, &mut [])).unwrap();
+        assert_eq!((image.width, image.height), (32, 24));
+        assert_eq!(image, &want[0], "preview at step {step}");
+    }
+    assert_ne!(previews[0].1, previews[1].1);
 }
 
 fn err_of(c: &hoa::Context, p: &Pipeline, opts: GenerateOptions) -> String {

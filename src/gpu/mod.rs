@@ -29,6 +29,10 @@ pub struct ContextOptions {
     /// Time every dispatch on its own (GPU timestamps) and keep totals per kernel, for
     /// [`Context::profile_report`] (`HOA_PROFILE=1`). Slow: one submit per dispatch.
     pub profile: bool,
+    /// Ask for no more than WebGPU's default buffer limits (128 MiB per storage binding,
+    /// 256 MiB per buffer), which every WebGPU device has, even where the adapter offers more
+    /// (`HOA_WEBGPU_LIMITS=1`). The browser build always does.
+    pub webgpu_default_limits: bool,
 }
 
 impl ContextOptions {
@@ -41,6 +45,7 @@ impl ContextOptions {
             disable_f16: var("HOA_NO_F16").is_some_and(|v| v != "0"),
             poison: var("HOA_POISON").is_some_and(|v| v != "0"),
             profile: var("HOA_PROFILE").is_some_and(|v| v != "0"),
+            webgpu_default_limits: var("HOA_WEBGPU_LIMITS").is_some_and(|v| v != "0"),
         }
     }
 }
@@ -97,7 +102,14 @@ impl Context {
             wanted |= wgpu::Features::SHADER_F16;
         }
         let features = available & wanted;
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        if opts.webgpu_default_limits {
+            let d = wgpu::Limits::default();
+            limits.max_storage_buffer_binding_size = limits
+                .max_storage_buffer_binding_size
+                .min(d.max_storage_buffer_binding_size);
+            limits.max_buffer_size = limits.max_buffer_size.min(d.max_buffer_size);
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("hoa"),

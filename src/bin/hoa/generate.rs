@@ -259,6 +259,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
         latents: latents.map(|(v, _)| v),
         init,
         split_guidance: false,
+        preview_every: 0,
     };
     pipe.validate(ctx, &opts)?;
     let sampler = pipe.scheduler_kind(&opts)?.name().to_string();
@@ -287,6 +288,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
                 bar.set_position(step as u64);
             }
             Event::Decoding => bar.set_message("decoding"),
+            Event::Preview { .. } => {}
         }))?;
         bar.finish_with_message("done");
         eprintln!(

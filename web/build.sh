@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Builds the browser page into web/pkg (gitignored): the hoa library compiled to wasm32 as a
+# cdylib, then wasm-bindgen's JS glue (--target web). Also writes files.json, the list of files
+# the page downloads, into every model folder it finds (weights/*/ and the test fixture
+# tests/fixtures/pipeline_tiny); `web/build.sh --manifest DIR` writes one for another folder.
+#
+# Needs the wasm32 target (rustup target add wasm32-unknown-unknown) and the wasm-bindgen CLI
+# of exactly the version of the wasm-bindgen crate in Cargo.lock; when it is missing this
+# script installs it with `cargo install` (about 4 minutes; without --locked, which fails on
+# a dependency).
+#
+# Then serve the repository root and open http://127.0.0.1:8000/web/ :
+#     python3 -m http.server -b 127.0.0.1 8000        (or: node web/serve.mjs 8000)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+# files.json: model_index.json, hoa.json (the model's defaults) and every file in the
+# component folders, as paths relative to the model folder.
+manifest() {
+  local dir="${1%/}"
+  [ -f "$dir/model_index.json" ] || { echo "$dir has no model_index.json: not a diffusers folder" >&2; return 1; }
+  (cd "$dir" && { echo model_index.json; if [ -f hoa.json ]; then echo hoa.json; fi; find . -mindepth 2 -type f ! -name '.*' | sed 's|^\./||'; } \
+    | LC_ALL=C sort | node -e '
+      const lines = require("fs").readFileSync(0, "utf8").split("\n").filter(Boolean);
+      process.stdout.write(JSON.stringify(lines, null, 1) + "\n");' > files.json)
+  echo "wrote $dir/files.json ($(grep -c '"' "$dir/files.json") files)"
+}
+
+if [ "${1:-}" = "--manifest" ]; then
+  shift
+  for d in "$@"; do manifest "$d"; done
+  exit 0
+fi
+
+want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3; exit }' Cargo.lock)
+[ -n "$want" ] || { echo "Cargo.lock has no wasm-bindgen" >&2; exit 1; }
+have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
+if [ "$have" != "$want" ]; then
+  echo "== installing wasm-bindgen-cli $want (found: ${have:-none})"
+  cargo install wasm-bindgen-cli --version "$want"
+fi
+rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown \
+  || rustup target add wasm32-unknown-unknown
+
+echo "== cargo: hoa (lib, no CLI features) for wasm32 as a cdylib"
+# `cargo rustc --crate-type cdylib` instead of a cdylib in [lib]: native builds stay rlib-only.
+cargo rustc --release --lib --no-default-features --target wasm32-unknown-unknown --crate-type cdylib
+target="${CARGO_TARGET_DIR:-target}"
+echo "== wasm-bindgen -> web/pkg"
+rm -rf web/pkg
+wasm-bindgen --target web --no-typescript --out-dir web/pkg "$target/wasm32-unknown-unknown/release/hoa.wasm"
+ls -l web/pkg
+
+for d in tests/fixtures/pipeline_tiny weights/*/; do
+  if [ -f "$d/model_index.json" ]; then manifest "$d"; fi
+done
+echo "== done: serve the repository root (python3 -m http.server -b 127.0.0.1 8000) and open http://127.0.0.1:8000/web/"
