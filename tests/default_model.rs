@@ -58,7 +58,10 @@ fn default_model_matches_diffusers() {
     eprintln!("image: worst pixel difference {worst:.2}/255");
     assert!(worst <= 2.0, "worst pixel differs by {worst}/255");
 
-    let cd = p.consistency_decoder.as_ref().expect("weights/default/consistency_decoder");
+    let cd = p
+        .consistency_decoder
+        .as_ref()
+        .expect("weights/default/consistency_decoder");
     // diffusers' own final latents, so only the decoder is compared.
     let fin = io.tensor(c, "final_latents", DType::F32);
     let z = hoa::kernels::elementwise::scale(c, &fin, 1.0 / cd.scaling_factor() as f32).unwrap();
