@@ -252,3 +252,46 @@ fn a_prompt_file_makes_one_image_per_line_seeded_in_turn() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// The README's main command: no --model takes the shipped weights/default at its native size
+/// with the defaults its hoa.json gives (guidance 3), and writes hoa.png in the working folder.
+#[test]
+fn the_readme_command_runs_the_shipped_model() {
+    if common::ctx().is_none() {
+        return;
+    }
+    let d = out_dir("readme");
+    let out = Command::new(env!("CARGO_BIN_EXE_hoa"))
+        .args([
+            "generate",
+            "a red circle left of a blue square",
+            "--steps",
+            "2",
+        ])
+        .current_dir(&d)
+        .env(
+            "XDG_RUNTIME_DIR",
+            std::env::var("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()),
+        )
+        .output()
+        .expect("run hoa");
+    eprintln!("stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    assert_eq!(files_in(&d), ["hoa.png"]);
+    let png = std::fs::read(d.join("hoa.png")).unwrap();
+    let img = image::load_from_memory(&png).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (64, 64));
+    let params = read_png_parameters(&png)
+        .unwrap()
+        .expect("parameters chunk");
+    for want in ["CFG scale: 3", "Model: default", "Size: 64x64"] {
+        assert!(params.contains(want), "{want:?} not in {params:?}");
+    }
+    // A picture, not a flat fill: the pixels vary.
+    let (lo, hi) = img
+        .pixels()
+        .flat_map(|p| p.0)
+        .fold((255u8, 0u8), |(l, h), v| (l.min(v), h.max(v)));
+    assert!(hi - lo > 64, "pixel range {lo}..{hi}");
+    let _ = std::fs::remove_dir_all(&d);
+}

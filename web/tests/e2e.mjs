@@ -6,7 +6,10 @@
 //      pipeline; SwiftShader has no f16 and no subgroups, so the f32 fallback kernels run and
 //      only the float summation order differs);
 //   2. the live preview was drawn and the PNG download link holds the same image;
-//   3. with WebGPU disabled the page shows its no-WebGPU message.
+//   3. the page's default folder, the shipped model (weights/default: T5 with its word-level
+//      tokenizer, consistency decoder), generates 64x64 and matches the native CLI too; its
+//      screenshot is web/screenshot.png;
+//   4. with WebGPU disabled the page shows its no-WebGPU message.
 // Needs: web/build.sh run (web/pkg), target/release/hoa built (cargo build --release), and
 // /usr/bin/chromium. Prints "N passed, M failed" last; exits 1 on any failure.
 //   node web/tests/e2e.mjs          (env: CHROMIUM=path, HOA_BIN=path, E2E_TIMEOUT_S=600)
@@ -20,6 +23,7 @@ import { repoRoot, serve } from "../serve.mjs";
 const TOLERANCE = 2; // of 255, per channel
 const MODEL = "tests/fixtures/pipeline_tiny";
 const INPUT = {
+  model: MODEL,
   prompt: "a red circle left of a blue square",
   negative: "green",
   seed: 7,
@@ -29,6 +33,20 @@ const INPUT = {
   height: 24,
   scheduler: "ddim",
   decoder: "vae",
+};
+// The shipped model as a visitor gets it (the page's default folder): its T5 encoder and
+// word-level tokenizer, the consistency decoder, at its native 64x64.
+const SHIPPED = {
+  model: "weights/default",
+  prompt: "a large red circle left of a small blue square",
+  negative: "",
+  seed: 3,
+  steps: 4,
+  guidance: 3,
+  width: 64,
+  height: 64,
+  scheduler: "ddim",
+  decoder: "consistency",
 };
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const LIMIT_S = Number(process.env.E2E_TIMEOUT_S || 600);
@@ -64,7 +82,7 @@ function check(name, ok, detail = "") {
 const out = join(repoRoot, "web/tests/out");
 mkdirSync(out, { recursive: true });
 
-function nativeImage() {
+function nativeImage(INPUT) {
   const bin = process.env.HOA_BIN || join(process.env.CARGO_TARGET_DIR || join(repoRoot, "target"), "release/hoa");
   if (!existsSync(bin)) throw new Error(`${bin} is missing: cargo build --release first`);
   const png = join(out, "native.png");
@@ -73,7 +91,7 @@ function nativeImage() {
   execFileSync(
     bin,
     [
-      "generate", INPUT.prompt, "--negative", INPUT.negative, "--model", join(repoRoot, MODEL),
+      "generate", INPUT.prompt, "--negative", INPUT.negative, "--model", join(repoRoot, INPUT.model),
       "--seed", String(INPUT.seed), "--steps", String(INPUT.steps), "--guidance", String(INPUT.guidance),
       "--width", String(INPUT.width), "--height", String(INPUT.height),
       "--scheduler", INPUT.scheduler, "--decoder", INPUT.decoder, "--out", png, "--force",
@@ -134,23 +152,26 @@ function maxDiff(a, b) {
   return { max: m, at };
 }
 
-async function withWebGpu(base) {
-  const native = nativeImage();
+// Generates INPUT in the page and checks it against the native CLI; `full` adds the checks
+// that need only be made once (limits, painting, preview, download); `shot` saves a screenshot.
+async function withWebGpu(base, INPUT, { full = true, shot = null } = {}) {
+  const native = nativeImage(INPUT);
   const { page, close } = await launch(WEBGPU);
+  const tag = INPUT.model.split("/").pop();
   try {
     logConsole(page, "page");
     const t0 = Date.now();
-    await page.goto(`${base}/web/?model=${MODEL}`);
+    await page.goto(INPUT.model === "weights/default" ? `${base}/web/` : `${base}/web/?model=${INPUT.model}`);
     await page.waitForSelector("body[data-state=ready], body[data-state=error]", { timeout: LIMIT_S * 1000 });
     const state = await page.evaluate(() => document.body.dataset.state);
     const tReady = Date.now() - t0;
     const message = await page.textContent("#message");
-    check("page loads the model on WebGPU", state === "ready", state === "ready" ? `${tReady} ms` : message);
+    check(`page loads ${tag} on WebGPU`, state === "ready", state === "ready" ? `${tReady} ms` : message);
     if (state !== "ready") return;
     const adapter = await page.textContent("#adapter");
     console.log(`adapter: ${adapter}`);
     // SwiftShader offers 1 GiB bindings; hoa must ask for WebGPU's default 128 MiB only.
-    check("device asks for WebGPU's default limits only", /storage binding up to 128 MiB/.test(adapter), adapter);
+    if (full) check("device asks for WebGPU's default limits only", /storage binding up to 128 MiB/.test(adapter), adapter);
 
     await page.fill("#prompt", INPUT.prompt);
     await page.fill("#negative", INPUT.negative);
@@ -176,22 +197,24 @@ async function withWebGpu(base) {
     await page.waitForSelector("body[data-state=done], body[data-state=failed]", { timeout: LIMIT_S * 1000 });
     const tGen = Date.now() - t1;
     const done = (await page.evaluate(() => document.body.dataset.state)) === "done";
-    check("generates an image", done, done ? `${tGen} ms` : await page.textContent("#message"));
+    check(`${tag}: generates an image`, done, done ? `${tGen} ms` : await page.textContent("#message"));
     if (!done) return;
     console.log(
-      `time to first image: ${Date.now() - t0} ms from navigation (page + wasm + model ${tReady} ms, generation ${tGen} ms)`
+      `${tag}: time to first image: ${Date.now() - t0} ms from navigation (page + wasm + model ${tReady} ms, ` +
+        `generation ${tGen} ms, ${INPUT.width}x${INPUT.height}, ${INPUT.steps} steps)`
     );
-    await page.screenshot({ path: join(repoRoot, "web/screenshot.png") });
+    if (shot) await page.screenshot({ path: shot });
 
     const last = await page.evaluate(() => ({ ...window.hoaLast, rgba: Array.from(window.hoaLast.rgba), previews: window.hoaPreviews || 0 }));
     const ref = await decodeInPage(page, native);
     const sameSize = last.width === ref.width && last.height === ref.height && last.rgba.length === ref.rgba.length;
     const d = sameSize ? maxDiff(last.rgba, ref.rgba) : { max: Infinity, at: -1 };
     check(
-      `browser image matches the native CLI's within ${TOLERANCE}/255`,
+      `${tag}: browser image matches the native CLI's within ${TOLERANCE}/255`,
       sameSize && d.max <= TOLERANCE,
       sameSize ? `max |diff| ${d.max}/255 (at byte ${d.at}) over ${last.width}x${last.height}` : `browser ${last.width}x${last.height}, native ${ref.width}x${ref.height}`
     );
+    if (!full) return;
     const frames = await page.evaluate(() => window.hoaFrames);
     check("page keeps painting while generating", frames >= 2 * INPUT.steps, `${frames} animation frames in ${tGen} ms`);
     check("live preview drawn", last.previews >= 1, `${last.previews} preview(s) for ${INPUT.steps} steps, every 1`);
@@ -242,8 +265,14 @@ const server = await serve(repoRoot, 0);
 const base = `http://127.0.0.1:${server.address().port}`;
 try {
   if (!existsSync(join(repoRoot, "web/pkg/hoa_bg.wasm"))) throw new Error("web/pkg is missing: run web/build.sh");
-  execFileSync("bash", [join(repoRoot, "web/build.sh"), "--manifest", join(repoRoot, MODEL)], { stdio: "inherit" });
-  for (const [name, f] of [["with WebGPU", withWebGpu], ["without WebGPU", withoutWebGpu]]) {
+  for (const m of [MODEL, SHIPPED.model]) {
+    execFileSync("bash", [join(repoRoot, "web/build.sh"), "--manifest", join(repoRoot, m)], { stdio: "inherit" });
+  }
+  for (const [name, f] of [
+    ["with WebGPU", (b) => withWebGpu(b, INPUT, { full: true, shot: join(out, "tiny.png") })],
+    ["shipped model", (b) => withWebGpu(b, SHIPPED, { full: false, shot: join(repoRoot, "web/screenshot.png") })],
+    ["without WebGPU", withoutWebGpu],
+  ]) {
     try {
       await f(base);
     } catch (e) {
