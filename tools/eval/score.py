@@ -13,6 +13,8 @@ to 64x64. Per image, against its prompt's scene (only what "asked" names):
   texture     (prompts naming textures) same for the texture
   spatial     (two-object prompts) both objects found (color+shape) and in the requested relation
               (dominant axis of their centers)
+  spatial_found  spatial among the images where both objects were found (relation alone; chance
+              is ~25%; its mismatched value is often undefined, "-")
   count       the detected number of objects equals the requested one
   exact       all of the above hold for the image
 Each is also computed against a mismatched prompt (image i scored against the prompt of another
@@ -32,7 +34,8 @@ from PIL import Image
 from tools.eval.detector import detect
 from tools.world.scene import IMAGE_SIZE, relation
 
-METRICS = ["background", "color", "shape", "binding", "size", "texture", "spatial", "count", "exact"]
+METRICS = ["background", "color", "shape", "binding", "size", "texture", "spatial", "spatial_found", "count",
+           "exact"]
 
 
 def _match(o, det):
@@ -61,8 +64,11 @@ def score_one(entry, det):
             r[a] = float(np.mean([(m is not None and m[a] == o[a]) for o, m in ((o, _match(o, found)) for o in objs)]))
     if len(objs) == 2:
         i, rel, j = s["relations"][0]
-        r["spatial"] = float(bool(bound[i]) and bool(bound[j]) and relation(bound[i][0], bound[j][0]) == rel)
-    r["exact"] = float(all(v == 1.0 for v in r.values()))
+        both = bool(bound[i]) and bool(bound[j])
+        r["spatial"] = float(both and relation(bound[i][0], bound[j][0]) == rel)
+        if both:
+            r["spatial_found"] = r["spatial"]
+    r["exact"] = float(all(v == 1.0 for k, v in r.items() if k != "spatial_found"))
     return r
 
 
