@@ -50,9 +50,10 @@ def world(args, name):
 
 
 def subfolder(folder, sub):
-    """``folder/sub`` when it holds a model (a pipeline folder), else ``folder`` itself (a single-model folder)."""
+    """``folder/sub`` when it holds a model or tokenizer (a pipeline folder), else ``folder`` itself (a single one)."""
     cand = os.path.join(folder, sub)
-    return cand if os.path.isfile(os.path.join(cand, "config.json")) else folder
+    marks = ("config.json", "tokenizer.json")
+    return cand if any(os.path.isfile(os.path.join(cand, m)) for m in marks) else folder
 
 
 def images_to_tensor(images_u8, device):
