@@ -24,6 +24,7 @@
 Output: RUN/unet/{unet,text_encoder,tokenizer}/ in diffusers/transformers layout, plus ckpt.pt and log.txt.
 """
 
+import hashlib
 import os
 import time
 
@@ -56,12 +57,14 @@ def t5_config(vocab, d_model, layers, heads, d_ff):
 @torch.no_grad()
 def cache_latents(args, vae_dir, make_dataset, dev, log):
     path = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"latents_{args.n_scenes}_{args.seed}.pt")
+    with open(os.path.join(vae_dir, "diffusion_pytorch_model.safetensors"), "rb") as f:
+        vae_hash = hashlib.sha256(f.read()).hexdigest()
     if os.path.isfile(path):
         d = torch.load(path, map_location="cpu", weights_only=False)
-        if d["vae_scaling"] == AutoencoderKL.load_config(vae_dir)["scaling_factor"]:
+        if d.get("vae_sha256") == vae_hash:
             log.line(f"latent cache {path}: {len(d['scenes'])} scenes")
             return d
-        log.line(f"latent cache {path} was made with another VAE scaling; re-encoding")
+        log.line(f"latent cache {path} was made with other VAE weights; re-encoding")
     vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32).to(dev).eval()
     sf = vae.config.scaling_factor
     lat, scenes, t0, chunk = [], [], time.time(), 2000
@@ -74,7 +77,7 @@ def cache_latents(args, vae_dir, make_dataset, dev, log):
             lat.append((vae.encode(x).latent_dist.mean * sf).half().cpu())
         if c % 10 == 0:
             log.line(f"encoding latents: {i + n}/{args.n_scenes} ({(i + n) / (time.time() - t0):.0f} scenes/s)")
-    d = {"latents": torch.cat(lat), "scenes": scenes, "vae_scaling": sf}
+    d = {"latents": torch.cat(lat), "scenes": scenes, "vae_scaling": sf, "vae_sha256": vae_hash}
     log.line(f"encoded {args.n_scenes} scenes in {time.time() - t0:.0f} s; latent std {d['latents'].float().std():.3f}")
     torch.save(d, path + ".tmp")
     os.replace(path + ".tmp", path)
