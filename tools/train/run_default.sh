@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The default hoa model from scratch: VAE -> U-Net + T5 -> consistency decoder -> export, sized for a 2-core CPU
+# in about 2 hours (30 + 75 + 12 minutes of training, plus scene rendering / latent encoding / export).
+# Resumable: every stage checkpoints to $RUN/<stage>/ckpt.pt; rerunning this script resumes each stage and trains it
+# for another budget. Set a budget to 0 to skip a stage that is already done (its exported model is kept).
+#
+#   tools/train/run_default.sh                       # run from the repo root
+#   RUN=/data/run DEVICE=cuda BATCH_UNET=512 UNET_MIN=60 tools/train/run_default.sh
+#
+# Env: PYTHON, RUN, OUT (export folder), FORCE=1 (overwrite OUT), DEVICE, THREADS, VAE_MIN, UNET_MIN, CDEC_MIN,
+#      BATCH_VAE, BATCH_UNET, BATCH_CDEC, N_SCENES, CAPTION_MODE (synthetic|alt), SEED, WORLD (python package).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PYTHON=${PYTHON:-python}
+RUN=${RUN:-train_runs/default}
+OUT=${OUT:-weights/default}
+DEVICE=${DEVICE:-cpu}
+# One thread by default: on this 2-core machine shared with other jobs, 2 OpenMP threads spin-wait on a core someone
+# else holds and ran the U-Net 7x slower (5 vs 35-46 samples/s fwd+bwd); PASSIVE waiting recovers most of it.
+THREADS=${THREADS:-1}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+VAE_MIN=${VAE_MIN:-30}
+UNET_MIN=${UNET_MIN:-75}
+CDEC_MIN=${CDEC_MIN:-12}
+BATCH_VAE=${BATCH_VAE:-32}
+BATCH_UNET=${BATCH_UNET:-64}
+BATCH_CDEC=${BATCH_CDEC:-32}
+N_SCENES=${N_SCENES:-30000}
+CAPTION_MODE=${CAPTION_MODE:-synthetic}
+SEED=${SEED:-0}
+WORLD=${WORLD:-tools.world}
+common=(--device "$DEVICE" --threads "$THREADS" --seed "$SEED" --world-module "$WORLD")
+
+if [ "$VAE_MIN" != 0 ]; then
+  $PYTHON -m tools.train.train_vae --out "$RUN/vae" --minutes "$VAE_MIN" --batch "$BATCH_VAE" "${common[@]}"
+fi
+if [ "$UNET_MIN" != 0 ]; then
+  $PYTHON -m tools.train.train_unet --vae "$RUN/vae" --out "$RUN/unet" --minutes "$UNET_MIN" --batch "$BATCH_UNET" \
+    --n-scenes "$N_SCENES" --caption-mode "$CAPTION_MODE" "${common[@]}"
+fi
+if [ "$CDEC_MIN" != 0 ]; then
+  $PYTHON -m tools.train.train_cdec --vae "$RUN/vae" --out "$RUN/cdec" --minutes "$CDEC_MIN" --batch "$BATCH_CDEC" \
+    "${common[@]}"
+fi
+force=()
+if [ "${FORCE:-0}" = 1 ]; then force=(--force); fi
+$PYTHON -m tools.train.export --run "$RUN" --out "$OUT" --threads "$THREADS" "${force[@]}"

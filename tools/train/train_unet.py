@@ -1,0 +1,202 @@
+"""Train hoa's text encoder (T5EncoderModel) and U-Net (UNet2DConditionModel) jointly on cached VAE latents.
+
+    python -m tools.train.train_unet --vae RUN/vae --out RUN/unet --minutes 75 [--init weights/default]
+        [--caption-mode synthetic|alt] [--n-scenes 200000] [--device cuda --batch 256]
+
+* Objective: DDPM epsilon prediction on the shipped scheduler's betas (scaled_linear 0.00085..0.012, 1000 steps),
+  noised with diffusers' DDPMScheduler.add_noise, t uniform in [0, 1000); min-SNR-gamma weighting (gamma 5,
+  weight min(SNR, 5) / SNR for epsilon) so the many easy low-noise steps do not dominate the gradient.
+* Latents: N scenes from ``make_dataset`` are encoded once with the trained VAE and cached to
+  ``RUN/latents_<n>_<seed>.pt`` (float16; the posterior MEAN times scaling_factor). The mean, not a sample: the VAE's
+  KL weight is 1e-6, so its posterior std is tiny and a sample differs from the mean by far less than the diffusion
+  noise added on top; the mean makes the cache deterministic and is what img2img-style encoding in hoa would return.
+* Captions: a fresh ``training_caption(scene, rng, mode)`` per scene per step, so every scene is seen with many
+  phrasings; 10% are replaced by "" (the pipeline's negative prompt) for classifier-free guidance.
+* Text encoding is exactly the inference pipeline's (diffusers StableDiffusionPipeline.encode_prompt, which hoa's
+  Rust pipeline mirrors): tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length (80),
+  truncation=True), input_ids only (NO attention mask to the T5 encoder: the config has no use_attention_mask),
+  last_hidden_state. Padding tokens are therefore seen by the encoder, in training and at inference alike.
+* Tokenizer: trained on a caption corpus with the world's ``train_tokenizer`` (both caption modes, so either model can
+  be trained with it); with ``--init`` the init folder's tokenizer is reused unchanged, and any caption producing
+  <unk> aborts the run (the shipped embedding table has no row for a new word).
+* EMA (decay ``--ema-decay`` with warmup) of U-Net and T5; the EMA is what is exported.
+
+Output: RUN/unet/{unet,text_encoder,tokenizer}/ in diffusers/transformers layout, plus ckpt.pt and log.txt.
+"""
+
+import hashlib
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+from . import common
+
+SCHED = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+             prediction_type="epsilon", clip_sample=False)
+
+
+def unet_config(widths, cross_dim, head_dim):
+    return dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=list(widths),
+                down_block_types=["CrossAttnDownBlock2D"] * (len(widths) - 1) + ["DownBlock2D"],
+                up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (len(widths) - 1),
+                cross_attention_dim=cross_dim, attention_head_dim=head_dim, norm_num_groups=16)
+
+
+def t5_config(vocab, d_model, layers, heads, d_ff):
+    return T5Config(vocab_size=vocab, d_model=d_model, d_kv=d_model // heads, d_ff=d_ff, num_layers=layers,
+                    num_decoder_layers=layers, num_heads=heads, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+                    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, is_encoder_decoder=False,
+                    use_cache=False, tie_word_embeddings=True)
+
+
+@torch.no_grad()
+def cache_latents(args, vae_dir, make_dataset, dev, log):
+    path = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"latents_{args.n_scenes}_{args.seed}.pt")
+    with open(os.path.join(vae_dir, "diffusion_pytorch_model.safetensors"), "rb") as f:
+        vae_hash = hashlib.sha256(f.read()).hexdigest()
+    if os.path.isfile(path):
+        d = torch.load(path, map_location="cpu", weights_only=False)
+        if d.get("vae_sha256") == vae_hash:
+            log.line(f"latent cache {path}: {len(d['scenes'])} scenes")
+            return d
+        log.line(f"latent cache {path} was made with other VAE weights; re-encoding")
+    vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32).to(dev).eval()
+    sf = vae.config.scaling_factor
+    lat, scenes, t0, chunk = [], [], time.time(), 2000
+    for c, i in enumerate(range(0, args.n_scenes, chunk)):
+        n = min(chunk, args.n_scenes - i)
+        images, sc = make_dataset(n, seed=10_000 * (args.seed + 1) + c, split="train")
+        scenes += sc
+        for j in range(0, n, 250):
+            x = common.images_to_tensor(images[j:j + 250], dev)
+            lat.append((vae.encode(x).latent_dist.mean * sf).half().cpu())
+        if c % 10 == 0:
+            log.line(f"encoding latents: {i + n}/{args.n_scenes} ({(i + n) / (time.time() - t0):.0f} scenes/s)")
+    d = {"latents": torch.cat(lat), "scenes": scenes, "vae_scaling": sf, "vae_sha256": vae_hash}
+    log.line(f"encoded {args.n_scenes} scenes in {time.time() - t0:.0f} s; latent std {d['latents'].float().std():.3f}")
+    torch.save(d, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return d
+
+
+def build_tokenizer(args, scenes, captions, log):
+    tok_dir = os.path.join(args.out, "tokenizer")
+    if args.init:
+        return AutoTokenizer.from_pretrained(common.subfolder(args.init, "tokenizer"))
+    if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+        wt = common.world(args, "tokenizer")
+        rng = np.random.default_rng([args.seed, 77])
+        texts = [captions.training_caption(s, rng, mode=m) for s in scenes[:20000] for m in ("synthetic", "alt")
+                 for _ in range(2)]
+        wt.save_tokenizer(wt.train_tokenizer(texts), tok_dir, max_length=80)
+        log.line(f"trained tokenizer on {len(texts)} captions -> {tok_dir}")
+    return AutoTokenizer.from_pretrained(tok_dir)
+
+
+def main():
+    p = common.base_parser(__doc__)
+    p.add_argument("--vae", required=True, help="trained AutoencoderKL folder (train_vae's --out)")
+    p.add_argument("--caption-mode", default="synthetic", choices=["synthetic", "alt"])
+    p.add_argument("--n-scenes", type=int, default=200000)
+    p.add_argument("--cfg-drop", type=float, default=0.1)
+    p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR-gamma weighting; 0 disables")
+    p.add_argument("--unet-widths", default="32,64,64")
+    p.add_argument("--head-dim", type=int, default=2, help="U-Net attention_head_dim (heads per block in diffusers)")
+    p.add_argument("--t5-dim", type=int, default=128)
+    p.add_argument("--t5-layers", type=int, default=3)
+    p.add_argument("--t5-heads", type=int, default=4)
+    p.add_argument("--t5-ff", type=int, default=256)
+    p.set_defaults(lr=5e-4, batch=64)
+    args = p.parse_args()
+    dev = common.setup(args)
+    log = common.Logger(args.out, args.log_seconds)
+    make_dataset = common.world(args, "dataset").make_dataset
+    captions = common.world(args, "captions")
+
+    data = cache_latents(args, common.subfolder(args.vae, "vae"), make_dataset, dev, log)
+    latents, scenes = data["latents"], data["scenes"]
+    tok = build_tokenizer(args, scenes, captions, log)
+    max_len = tok.model_max_length
+    assert max_len == 80, f"tokenizer model_max_length {max_len}, expected 80"
+    unk = tok.unk_token_id
+
+    if args.init:
+        unet = UNet2DConditionModel.from_pretrained(common.subfolder(args.init, "unet"), torch_dtype=torch.float32)
+        te = T5EncoderModel.from_pretrained(common.subfolder(args.init, "text_encoder"), dtype=torch.float32)
+    else:
+        te = T5EncoderModel(t5_config(len(tok), args.t5_dim, args.t5_layers, args.t5_heads, args.t5_ff))
+        unet = UNet2DConditionModel(**unet_config([int(w) for w in args.unet_widths.split(",")], args.t5_dim,
+                                                  args.head_dim))
+    assert te.config.vocab_size >= len(tok), "tokenizer larger than the text encoder's vocabulary"
+    unet.to(dev).train(); te.to(dev).train()
+    models = torch.nn.ModuleDict({"unet": unet, "te": te})
+    ema = common.EMA(models, args.ema_decay)
+    opt = torch.optim.AdamW(models.parameters(), lr=args.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, common.lr_lambda(args.warmup))
+    noise_sched = DDPMScheduler(**SCHED)
+    ac = noise_sched.alphas_cumprod.to(dev)
+    snr = ac / (1 - ac)
+    cap_rng = np.random.default_rng([args.seed, 1])
+    step = 0
+    st = common.load_ckpt(args.out)
+    if st is not None:
+        models.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"]); step = st["step"]
+        cap_rng.bit_generator.state = st["cap_rng"]
+        log.line(f"resumed from {common.ckpt_path(args.out)} at step {step}")
+    else:
+        log.line(f"start: {'init ' + args.init if args.init else 'random init'}; unet "
+                 f"{sum(p.numel() for p in unet.parameters())} params, t5 {sum(p.numel() for p in te.parameters())}"
+                 f" params, vocab {len(tok)}, {len(scenes)} scenes, batch {args.batch}, mode {args.caption_mode}")
+
+    def save():
+        common.save_ckpt(args.out, {"model": models.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                                    "sched": sched.state_dict(), "step": step,
+                                    "cap_rng": cap_rng.bit_generator.state})
+
+    budget = common.Budget(args.minutes, args.ckpt_minutes)
+    t_train, n_train = 0.0, 0
+    while not budget.done():
+        t0 = time.time()
+        idx = torch.from_numpy(cap_rng.integers(0, len(scenes), args.batch))
+        texts = ["" if cap_rng.random() < args.cfg_drop else
+                 captions.training_caption(scenes[i], cap_rng, mode=args.caption_mode) for i in idx.tolist()]
+        ids = tok(texts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
+        if (ids == unk).any():
+            bad = [t for t, r in zip(texts, ids) if (r == unk).any()]
+            raise SystemExit(f"caption(s) with words the tokenizer lacks (<unk>): {bad[:5]}")
+        x0 = latents[idx].to(dev).float()
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, 1000, (args.batch,), device=dev)
+        xt = noise_sched.add_noise(x0, noise, t)
+        cond = te(input_ids=ids.to(dev)).last_hidden_state
+        pred = unet(xt, t, encoder_hidden_states=cond).sample
+        per = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+        if args.snr_gamma > 0:
+            per = per * torch.clamp(snr[t], max=args.snr_gamma) / snr[t]
+        loss = per.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
+        opt.step(); sched.step(); ema.update(models)
+        step += 1
+        t_train += time.time() - t0; n_train += args.batch
+        log.step(step, loss.item(), args.batch)
+        if budget.ckpt_due():
+            save()
+    save()
+    log.rate_summary(n_train, t_train)
+    ema.shadow["unet"].save_pretrained(os.path.join(args.out, "unet"), safe_serialization=True)
+    ema.shadow["te"].save_pretrained(os.path.join(args.out, "text_encoder"), safe_serialization=True)
+    if args.init:
+        tok.save_pretrained(os.path.join(args.out, "tokenizer"))
+    log.line(f"saved EMA unet/text_encoder/tokenizer under {args.out} (step {step})")
+
+
+if __name__ == "__main__":
+    main()
