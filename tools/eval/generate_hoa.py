@@ -8,7 +8,7 @@ whatever adapter it picks: lavapipe here), named <id>.png for tools/eval/score.p
     python tools/eval/score.py --prompts tools/eval/prompts.json --images /tmp/gen_hoa
 
 One process for the whole set (`--prompt-file`: the model loads and the kernels compile once);
-prompt j is seeded seed + j. Only the standard library is needed (plus PIL for --grid).
+prompt j is seeded seed + j. Only the standard library is needed (plus PIL and numpy for --grid).
 """
 
 import argparse
@@ -62,20 +62,9 @@ def main():
     print(f"{len(prompts)} images in {dt:.0f} s ({dt / max(len(prompts), 1):.2f} s/image) -> {args.out}",
           file=sys.stderr)
     if args.grid:
-        from PIL import Image, ImageDraw
-        import textwrap
-        sel = prompts[:36]
-        W, th, cols = 192, 64, 6
-        rows = (len(sel) + cols - 1) // cols
-        canvas = Image.new("RGB", (cols * W, rows * (W + th)), (255, 255, 255))
-        d = ImageDraw.Draw(canvas)
-        for k, p in enumerate(sel):
-            im = Image.open(os.path.join(args.out, p["id"] + ".png")).convert("RGB")
-            x, y = (k % cols) * W, (k // cols) * (W + th)
-            canvas.paste(im.resize((W, W), Image.NEAREST), (x, y))
-            d.multiline_text((x + 2, y + W + 1), "\n".join(textwrap.wrap(p["prompt"], 34)[:6]),
-                             fill=(0, 0, 0), spacing=0)
-        canvas.save(args.grid)
+        sys.path.insert(0, ROOT)
+        from tools.eval.score import grid
+        grid(prompts, args.out, args.grid)
 
 
 if __name__ == "__main__":

@@ -129,8 +129,11 @@ def table(summary):
 
 
 def grid(prompts, images_dir, out, rows_=None):
+    """The first 18 seen and the first 18 unseen prompts' images, each with its prompt."""
     from PIL import ImageDraw
-    sel = prompts[:36]
+    picks = [k for k, p in enumerate(prompts) if p.get("split") != "unseen"][:18]
+    picks += [k for k, p in enumerate(prompts) if p.get("split") == "unseen"][:18]
+    sel = [prompts[k] for k in picks]
     W, th, cols = 192, 64, 6
     rows = (len(sel) + cols - 1) // cols
     canvas = Image.new("RGB", (cols * W, rows * (W + th)), (255, 255, 255))
@@ -141,7 +144,7 @@ def grid(prompts, images_dir, out, rows_=None):
         canvas.paste(im.resize((W, W), Image.NEAREST), (x, y))
         txt = textwrap.wrap(p["prompt"], 34)[:5]
         if rows_ is not None:
-            txt.append("exact" if rows_[k]["scores"]["exact"] == 1 else "")
+            txt.append("exact" if rows_[picks[k]]["scores"]["exact"] == 1 else "")
         d.multiline_text((x + 2, y + W + 1), "\n".join(txt), fill=(0, 0, 0), spacing=0)
     canvas.save(out)
 
