@@ -157,6 +157,35 @@ def load_ckpt(out):
     return st
 
 
+class GeneratorState:
+    """A numpy Generator as a checkpoint part (state_dict / load_state_dict like torch objects)."""
+
+    def __init__(self, gen):
+        self.gen = gen
+
+    def state_dict(self):
+        return self.gen.bit_generator.state
+
+    def load_state_dict(self, st):
+        self.gen.bit_generator.state = st
+
+
+def resume(out, parts, log):
+    """Restores every part (name -> object with load_state_dict) from out's checkpoint and returns its step,
+    or None when out has no checkpoint yet."""
+    st = load_ckpt(out)
+    if st is None:
+        return None
+    for name, part in parts.items():
+        part.load_state_dict(st[name])
+    log.line(f"resumed from {ckpt_path(out)} at step {st['step']}")
+    return st["step"]
+
+
+def save_parts(out, parts, step):
+    save_ckpt(out, {**{name: part.state_dict() for name, part in parts.items()}, "step": step})
+
+
 class Budget:
     """Wall-clock budget of this invocation plus the periodic checkpoint timer."""
 

@@ -142,22 +142,16 @@ def main():
     ac = noise_sched.alphas_cumprod.to(dev)
     snr = ac / (1 - ac)
     cap_rng = np.random.default_rng([args.seed, 1])
-    step = 0
-    st = common.load_ckpt(args.out)
-    if st is not None:
-        models.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
-        sched.load_state_dict(st["sched"]); step = st["step"]
-        cap_rng.bit_generator.state = st["cap_rng"]
-        log.line(f"resumed from {common.ckpt_path(args.out)} at step {step}")
-    else:
+    parts = {"model": models, "ema": ema, "opt": opt, "sched": sched, "cap_rng": common.GeneratorState(cap_rng)}
+    step = common.resume(args.out, parts, log)
+    if step is None:
+        step = 0
         log.line(f"start: {'init ' + args.init if args.init else 'random init'}; unet "
                  f"{sum(p.numel() for p in unet.parameters())} params, t5 {sum(p.numel() for p in te.parameters())}"
                  f" params, vocab {len(tok)}, {len(scenes)} scenes, batch {args.batch}, mode {args.caption_mode}")
 
     def save():
-        common.save_ckpt(args.out, {"model": models.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                                    "sched": sched.state_dict(), "step": step,
-                                    "cap_rng": cap_rng.bit_generator.state})
+        common.save_parts(args.out, parts, step)
 
     budget = common.Budget(args.minutes, args.ckpt_minutes)
     t_train, n_train = 0.0, 0

@@ -71,20 +71,17 @@ def main():
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, common.lr_lambda(args.warmup))
     stream = common.SceneStream(make_dataset, 1_000_000 + 1000 * args.seed, args.chunk, args.repeats, args.batch)
-    step = 0
-    st = common.load_ckpt(args.out)
-    if st is not None:
-        vae.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
-        sched.load_state_dict(st["sched"]); stream.load_state_dict(st["stream"]); step = st["step"]
+    parts = {"model": vae, "ema": ema, "opt": opt, "sched": sched, "stream": stream}
+    step = common.resume(args.out, parts, log)
+    if step is not None:
         ema.shadow.to(dev)
-        log.line(f"resumed from {common.ckpt_path(args.out)} at step {step}")
     else:
+        step = 0
         log.line(f"start: {'init ' + args.init if args.init else 'random init'}, "
                  f"{sum(p.numel() for p in vae.parameters())} params, batch {args.batch}, device {dev}")
 
     def save():
-        common.save_ckpt(args.out, {"model": vae.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                                    "sched": sched.state_dict(), "stream": stream.state_dict(), "step": step})
+        common.save_parts(args.out, parts, step)
 
     budget = common.Budget(args.minutes, args.ckpt_minutes)
     t_train, n_train = 0.0, 0
