@@ -108,9 +108,6 @@ def main():
         log.line(f"start: {'init ' + args.init if args.init else 'random init'}, decoder "
                  f"{sum(p.numel() for p in dec.parameters())} params, batch {args.batch}, device {dev}")
 
-    def save():
-        common.save_parts(args.out, parts, step)
-
     budget = common.Budget(args.minutes, args.ckpt_minutes)
     t_train, n_train = 0.0, 0
     while not budget.done():
@@ -135,8 +132,8 @@ def main():
         t_train += time.time() - t0; n_train += b
         log.step(step, loss.item(), b)
         if budget.ckpt_due():
-            save()
-    save()
+            common.save_parts(args.out, parts, step)
+    common.save_parts(args.out, parts, step)
     log.rate_summary(n_train, t_train)
     cd.decoder_unet = ema.shadow
     cd.save_pretrained(args.out, safe_serialization=True)

@@ -150,9 +150,6 @@ def main():
                  f"{sum(p.numel() for p in unet.parameters())} params, t5 {sum(p.numel() for p in te.parameters())}"
                  f" params, vocab {len(tok)}, {len(scenes)} scenes, batch {args.batch}, mode {args.caption_mode}")
 
-    def save():
-        common.save_parts(args.out, parts, step)
-
     budget = common.Budget(args.minutes, args.ckpt_minutes)
     t_train, n_train = 0.0, 0
     while not budget.done():
@@ -182,8 +179,8 @@ def main():
         t_train += time.time() - t0; n_train += args.batch
         log.step(step, loss.item(), args.batch)
         if budget.ckpt_due():
-            save()
-    save()
+            common.save_parts(args.out, parts, step)
+    common.save_parts(args.out, parts, step)
     log.rate_summary(n_train, t_train)
     ema.shadow["unet"].save_pretrained(os.path.join(args.out, "unet"), safe_serialization=True)
     ema.shadow["te"].save_pretrained(os.path.join(args.out, "text_encoder"), safe_serialization=True)

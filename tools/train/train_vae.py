@@ -80,9 +80,6 @@ def main():
         log.line(f"start: {'init ' + args.init if args.init else 'random init'}, "
                  f"{sum(p.numel() for p in vae.parameters())} params, batch {args.batch}, device {dev}")
 
-    def save():
-        common.save_parts(args.out, parts, step)
-
     budget = common.Budget(args.minutes, args.ckpt_minutes)
     t_train, n_train = 0.0, 0
     while not budget.done():
@@ -100,8 +97,8 @@ def main():
         t_train += time.time() - t0; n_train += len(images)
         log.step(step, loss.item(), len(images))
         if budget.ckpt_due():
-            save()
-    save()
+            common.save_parts(args.out, parts, step)
+    common.save_parts(args.out, parts, step)
     log.rate_summary(n_train, t_train)
 
     model = ema.shadow
