@@ -6,8 +6,7 @@
 #
 # Needs the wasm32 target (rustup target add wasm32-unknown-unknown) and the wasm-bindgen CLI
 # of exactly the version of the wasm-bindgen crate in Cargo.lock; when it is missing this
-# script installs it with `cargo install` (about 4 minutes; without --locked, which fails on
-# a dependency).
+# script installs it (web/install-wasm-bindgen.sh: a prebuilt release, else `cargo install`).
 #
 # Then serve the repository root and open http://127.0.0.1:8000/web/ :
 #     python3 -m http.server -b 127.0.0.1 8000        (or: node web/serve.mjs 8000)
@@ -33,13 +32,7 @@ if [ "${1:-}" = "--manifest" ]; then
   exit 0
 fi
 
-want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3; exit }' Cargo.lock)
-[ -n "$want" ] || { echo "Cargo.lock has no wasm-bindgen" >&2; exit 1; }
-have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
-if [ "$have" != "$want" ]; then
-  echo "== installing wasm-bindgen-cli $want (found: ${have:-none})"
-  cargo install wasm-bindgen-cli --version "$want"
-fi
+bash web/install-wasm-bindgen.sh
 rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown \
   || rustup target add wasm32-unknown-unknown
 

@@ -88,6 +88,9 @@ struct Timestamps {
 impl Context {
     /// Picks an adapter and creates a device, asking for `shader-f16`, subgroups and timestamp
     /// queries only where the adapter has them, and for the adapter's own limits.
+    // wgpu's handles are !Send on wasm32 (one thread there), so the Arc shared across threads
+    // natively is only an Rc in the browser.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub async fn new(opts: ContextOptions) -> Result<Context> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         if let Some(b) = opts.backends {

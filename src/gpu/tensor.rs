@@ -57,6 +57,9 @@ impl std::fmt::Debug for Tensor {
 
 impl Tensor {
     /// Allocates an uninitialized tensor from the pool, refusing sizes the device cannot bind.
+    // wgpu's handles are !Send on wasm32 (one thread there), so the Arc shared across threads
+    // natively is only an Rc in the browser.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub fn empty(ctx: &Context, shape: &[usize], dtype: DType) -> Result<Tensor> {
         if dtype == DType::F16 && !ctx.has_f16() {
             return Err(Error::MissingFeature {
