@@ -8,7 +8,8 @@
 #   RUN=/data/run DEVICE=cuda BATCH_UNET=512 UNET_MIN=60 tools/train/run_default.sh
 #
 # Env: PYTHON, RUN, OUT (export folder), FORCE=1 (overwrite OUT), DEVICE, THREADS, VAE_MIN, UNET_MIN, CDEC_MIN,
-#      BATCH_VAE, BATCH_UNET, BATCH_CDEC, N_SCENES, CAPTION_MODE (synthetic|alt), SEED, WORLD (python package).
+#      BATCH_VAE, BATCH_UNET, BATCH_CDEC, N_SCENES, OBJECTS_P (1/2/3-object mix of U-Net scenes),
+#      CAPTION_MODE (synthetic|alt), SEED, WORLD (python package).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python}
@@ -26,6 +27,9 @@ BATCH_VAE=${BATCH_VAE:-32}
 BATCH_UNET=${BATCH_UNET:-64}
 BATCH_CDEC=${BATCH_CDEC:-32}
 N_SCENES=${N_SCENES:-30000}
+# Mostly two- and three-object scenes: with the world's own mix (half single objects) the model drew one object for
+# two-object prompts.
+OBJECTS_P=${OBJECTS_P:-0.15,0.45,0.4}
 CAPTION_MODE=${CAPTION_MODE:-synthetic}
 SEED=${SEED:-0}
 WORLD=${WORLD:-tools.world}
@@ -36,7 +40,7 @@ if [ "$VAE_MIN" != 0 ]; then
 fi
 if [ "$UNET_MIN" != 0 ]; then
   $PYTHON -m tools.train.train_unet --vae "$RUN/vae" --out "$RUN/unet" --minutes "$UNET_MIN" --batch "$BATCH_UNET" \
-    --n-scenes "$N_SCENES" --caption-mode "$CAPTION_MODE" "${common[@]}"
+    --n-scenes "$N_SCENES" --objects-p "$OBJECTS_P" --caption-mode "$CAPTION_MODE" "${common[@]}"
 fi
 if [ "$CDEC_MIN" != 0 ]; then
   $PYTHON -m tools.train.train_cdec --vae "$RUN/vae" --out "$RUN/cdec" --minutes "$CDEC_MIN" --batch "$BATCH_CDEC" \
