@@ -96,6 +96,8 @@ pub struct GenerateOptions {
     pub guidance: f32,
     /// `None`: the model folder's own scheduler.
     pub scheduler: Option<SchedulerKind>,
+    /// diffusers' `eta` (DDIM only; 0 = deterministic): the share of fresh noise per step.
+    pub eta: f32,
     /// Image k of the batch uses seed `seed + k` (so it can be made again alone).
     pub seed: u64,
     pub batch: usize,
@@ -122,6 +124,7 @@ impl Default for GenerateOptions {
             steps: 25,
             guidance: 7.5,
             scheduler: None,
+            eta: 0.0,
             seed: 0,
             batch: 1,
             decoder: Decoder::Vae,
@@ -377,6 +380,12 @@ impl Pipeline {
         if opts.steps == 0 {
             return Err(bad("steps must be at least 1"));
         }
+        if !(0.0..=1.0).contains(&opts.eta) {
+            return Err(bad(format!(
+                "eta must be between 0 (deterministic DDIM) and 1 (DDPM's variance), got {}",
+                opts.eta
+            )));
+        }
         if opts.batch == 0 {
             return Err(bad("batch must be at least 1"));
         }
@@ -547,6 +556,13 @@ impl Pipeline {
             events(Event::Warning(n));
         }
         let mut sched = schedulers::build(kind, &self.scheduler_config, opts.steps)?;
+        if opts.eta != 0.0 && !sched.set_eta(opts.eta as f64)? {
+            events(Event::Warning(format!(
+                "eta {} is ignored: only DDIM takes it (this is {})",
+                opts.eta,
+                kind.name()
+            )));
+        }
         let n = sched.timesteps().len();
 
         // 3. Initial latents: noise (drawn first, so that a seed's noise does not depend on

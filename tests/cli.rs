@@ -121,6 +121,34 @@ fn generate_writes_reproducible_pngs_with_parameters_and_never_overwrites() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+#[test]
+fn ddim_eta_draws_seeded_noise_and_others_ignore_it() {
+    if common::ctx().is_none() {
+        return;
+    }
+    let d = out_dir("eta");
+    let ddim = |out: &str, eta: &str| {
+        let o = generate(&d, out, "3", &["--scheduler", "ddim", "--eta", eta]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(d.join(out)).unwrap()
+    };
+    let (a, b, zero) = (
+        ddim("a.png", "0.5"),
+        ddim("b.png", "0.5"),
+        ddim("z.png", "0"),
+    );
+    assert_eq!(a, b, "eta 0.5 with one seed must be reproducible");
+    assert_ne!(a, zero, "eta 0.5 must add noise that eta 0 does not");
+    let params = read_png_parameters(&a).unwrap().expect("parameters chunk");
+    assert!(params.contains("Eta: 0.5"), "{params:?}");
+    assert!(!read_png_parameters(&zero).unwrap().unwrap().contains("Eta"));
+    let o = generate(&d, "e.png", "3", &["--scheduler", "euler", "--eta", "0.5"]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("eta 0.5 is ignored"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// Runs a generate that must fail, checks stderr names the problem and no file was written.
 fn fails(name: &str, args: &[&str], want: &str) {
     let d = out_dir(name);
@@ -145,6 +173,7 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     );
     fails("steps", &["--steps", "0"], "--steps must be at least 1");
     fails("sched", &["--scheduler", "plms"], "unknown scheduler");
+    fails("eta", &["--eta", "1.5"], "--eta 1.5 is outside [0, 1]");
     fails(
         "nomodel",
         &["--model", "/nonexistent/model"],

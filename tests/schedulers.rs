@@ -44,6 +44,7 @@ const CASES: &[&str] = &[
     "euler_a_zero_snr_v",
     "lcm",
     "lcm_v_clip",
+    "ddim_eta",
 ];
 
 fn config(case: &str) -> SchedulerConfig {
@@ -91,6 +92,10 @@ fn replay(c: &hoa::Context, io: &Io, case: &str, forced: bool) -> Vec<f64> {
     let (want_ts, _) = io.f32(&format!("{case}.timesteps"));
     let steps = want_ts.len();
     let mut s = schedulers::build(kind, &cfg, steps).unwrap();
+    if io.has(&format!("{case}.eta")) {
+        let eta = io.f32(&format!("{case}.eta")).0[0] as f64;
+        assert!(s.set_eta(eta).unwrap(), "{case}: eta not taken");
+    }
     if case == "euler_karras" {
         // Continuous timesteps from _sigma_to_t: numpy's SIMD float32 log (not correctly
         // rounded, machine-dependent) moves log_sigmas by an ulp, and t by ~1e-4.

@@ -1,5 +1,7 @@
-//! `DDIMScheduler` (diffusers `scheduling_ddim.py`) with eta = 0: the deterministic DDIM update
-//! `prev = sqrt(a_prev) * x0 + sqrt(1 - a_prev) * eps`, x0 optionally clipped.
+//! `DDIMScheduler` (diffusers `scheduling_ddim.py`):
+//! `prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - std^2) eps + std noise`, x0 optionally clipped,
+//! with `std = eta sqrt((1 - a_prev) / (1 - a) (1 - a / a_prev))`: eta = 0 (the default) is
+//! the deterministic DDIM update, eta = 1 DDPM's variance.
 
 use super::{
     alphas_cumprod, check_index, check_noise, check_timesteps, mix, np_arange, np_linspace,
@@ -42,6 +44,7 @@ pub struct DDIMScheduler {
     final_alpha_cumprod: f32,
     timesteps_int: Vec<i64>,
     timesteps: Vec<f32>,
+    eta: f64,
 }
 
 impl DDIMScheduler {
@@ -55,6 +58,7 @@ impl DDIMScheduler {
             alphas_cumprod: ac,
             final_alpha_cumprod,
             r,
+            eta: 0.0,
         })
     }
 
@@ -84,7 +88,11 @@ impl DDIMScheduler {
             PredictionType::Sample => (1.0 / sb, -sa / sb),
             PredictionType::VPrediction => (sb, sa),
         };
-        let dir = (1.0 - a_prev).sqrt();
+        // diffusers' _get_variance and std_dev_t; eps comes from the unclipped prediction
+        // (use_clipped_model_output is False in its pipelines).
+        let variance = (1.0 - a_prev) / b * (1.0 - a / a_prev);
+        let std = self.eta * variance.sqrt();
+        let dir = (1.0 - a_prev - std * std).sqrt();
         let range = self.r.clip_sample_range;
         StepCoefs {
             a0,
@@ -93,6 +101,7 @@ impl DDIMScheduler {
             b_x: dir * e_x,
             b_x0: a_prev.sqrt(),
             b_m: dir * e_m,
+            b_noise: if self.eta > 0.0 { std } else { 0.0 },
             ..Default::default()
         }
     }
@@ -112,7 +121,17 @@ impl Scheduler for DDIMScheduler {
     }
 
     fn needs_noise(&self, _i: usize) -> bool {
-        false
+        self.eta > 0.0
+    }
+
+    fn set_eta(&mut self, eta: f64) -> Result<bool> {
+        if !(0.0..=1.0).contains(&eta) {
+            return Err(super::err(format!(
+                "eta must be between 0 (deterministic DDIM) and 1 (DDPM's variance), got {eta}"
+            )));
+        }
+        self.eta = eta;
+        Ok(true)
     }
 
     fn step(
@@ -124,9 +143,9 @@ impl Scheduler for DDIMScheduler {
         noise: Option<&Tensor>,
     ) -> Result<Tensor> {
         check_index("DDIMScheduler.step", i, self.timesteps.len())?;
-        check_noise(self.kind(), i, false, noise)?;
+        check_noise(self.kind(), i, self.eta > 0.0, noise)?;
         let c = self.coefs(i);
-        Ok(kernel::step(ctx, sample, model_output, None, None, &c, false)?.0)
+        Ok(kernel::step(ctx, sample, model_output, noise, None, &c, false)?.0)
     }
 
     fn add_noise(

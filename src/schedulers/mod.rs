@@ -505,6 +505,11 @@ pub trait Scheduler {
     ) -> Result<Tensor>;
     /// Which sampler this is.
     fn kind(&self) -> SchedulerKind;
+    /// diffusers' `eta`, the share of fresh noise in each step: only DDIM has it (other
+    /// schedulers ignore it, as diffusers' pipelines do; the result says whether it applied).
+    fn set_eta(&mut self, _eta: f64) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Builds `kind` from a (model folder's or default) config, `set_timesteps(num_inference_steps)`

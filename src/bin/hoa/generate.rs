@@ -37,6 +37,10 @@ pub struct GenerateArgs {
     /// ddim, euler, euler_a, dpm++2m, dpm++2m-karras or lcm. Default: the model's own.
     #[arg(long)]
     pub scheduler: Option<SchedulerKind>,
+    /// DDIM's eta: 0 (default) is deterministic, 1 adds DDPM's variance of fresh noise each
+    /// step (diffusers' `eta`; other schedulers ignore it).
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f32,
     /// Noise seed; image k of a batch uses seed + k.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -147,6 +151,12 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     if a.batch == Some(0) {
         bail!("--batch must be at least 1");
     }
+    if !(0.0..=1.0).contains(&a.eta) {
+        bail!(
+            "--eta {} is outside [0, 1]: 0 is deterministic DDIM, 1 adds DDPM's variance",
+            a.eta
+        );
+    }
     let prompts: Vec<String> = match (&a.prompt, &a.prompt_file) {
         (Some(p), None) => vec![p.clone()],
         (None, Some(f)) => {
@@ -253,6 +263,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
         steps,
         guidance: a.guidance.or(defaults.guidance).unwrap_or(7.5),
         scheduler: a.scheduler,
+        eta: a.eta,
         seed: a.seed,
         batch,
         decoder: a.decoder,
@@ -312,6 +323,9 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
                 if init.mask.is_some() {
                     extra.push(("Mask".to_string(), "yes".to_string()));
                 }
+            }
+            if a.eta != 0.0 && sampler == "ddim" {
+                extra.push(("Eta".to_string(), a.eta.to_string()));
             }
             if a.latents.is_some() {
                 extra.push(("Latents".to_string(), "file".to_string()));
