@@ -129,10 +129,14 @@ def table(summary):
 
 
 def grid(prompts, images_dir, out, rows_=None):
-    """The first 18 seen and the first 18 unseen prompts' images, each with its prompt."""
+    """18 seen then 18 unseen prompts' images, each with its prompt: per split the first 6 with one
+    object, 8 with two and 4 with three (the set is ordered by kind, so its head is all single objects)."""
     from PIL import ImageDraw
-    picks = [k for k, p in enumerate(prompts) if p.get("split") != "unseen"][:18]
-    picks += [k for k, p in enumerate(prompts) if p.get("split") == "unseen"][:18]
+    picks = []
+    for unseen in (False, True):
+        split = [k for k, p in enumerate(prompts) if (p.get("split") == "unseen") == unseen]
+        for n, take in ((1, 6), (2, 8), (3, 4)):
+            picks += [k for k in split if len(prompts[k]["scene"]["objects"]) == n][:take]
     sel = [prompts[k] for k in picks]
     W, th, cols = 192, 64, 6
     rows = (len(sel) + cols - 1) // cols
