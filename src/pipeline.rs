@@ -380,12 +380,7 @@ impl Pipeline {
         if opts.steps == 0 {
             return Err(bad("steps must be at least 1"));
         }
-        if !(0.0..=1.0).contains(&opts.eta) {
-            return Err(bad(format!(
-                "eta must be between 0 (deterministic DDIM) and 1 (DDPM's variance), got {}",
-                opts.eta
-            )));
-        }
+        schedulers::check_eta(opts.eta as f64)?;
         if opts.batch == 0 {
             return Err(bad("batch must be at least 1"));
         }

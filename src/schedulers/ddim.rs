@@ -101,7 +101,7 @@ impl DDIMScheduler {
             b_x: dir * e_x,
             b_x0: a_prev.sqrt(),
             b_m: dir * e_m,
-            b_noise: if self.eta > 0.0 { std } else { 0.0 },
+            b_noise: std,
             ..Default::default()
         }
     }
@@ -125,11 +125,7 @@ impl Scheduler for DDIMScheduler {
     }
 
     fn set_eta(&mut self, eta: f64) -> Result<bool> {
-        if !(0.0..=1.0).contains(&eta) {
-            return Err(super::err(format!(
-                "eta must be between 0 (deterministic DDIM) and 1 (DDPM's variance), got {eta}"
-            )));
-        }
+        super::check_eta(eta)?;
         self.eta = eta;
         Ok(true)
     }

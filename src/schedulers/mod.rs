@@ -812,6 +812,17 @@ pub(crate) fn check_index(op: &str, i: usize, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// diffusers' `eta` must lie in [0, 1]: 0 is deterministic DDIM, 1 DDPM's variance.
+pub fn check_eta(eta: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&eta) {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "eta must be between 0 (deterministic DDIM) and 1 (DDPM's variance), got {eta}"
+        )))
+    }
+}
+
 pub(crate) fn check_noise(
     kind: SchedulerKind,
     i: usize,

@@ -56,7 +56,7 @@ def t5_config(vocab, d_model, layers, heads, d_ff):
 
 @torch.no_grad()
 def cache_latents(args, vae_dir, make_dataset, dev, log):
-    mix = "" if args.objects_p is None else "_p" + "-".join(f"{float(x):g}" for x in args.objects_p.split(","))
+    mix = "" if args.objects_p is None else "_p" + "-".join(f"{x:g}" for x in args.objects_p)
     path = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"latents_{args.n_scenes}_{args.seed}{mix}.pt")
     with open(os.path.join(vae_dir, "diffusion_pytorch_model.safetensors"), "rb") as f:
         vae_hash = hashlib.sha256(f.read()).hexdigest()
@@ -71,8 +71,7 @@ def cache_latents(args, vae_dir, make_dataset, dev, log):
     lat, scenes, t0, chunk = [], [], time.time(), 2000
     for c, i in enumerate(range(0, args.n_scenes, chunk)):
         n = min(chunk, args.n_scenes - i)
-        images, sc = make_dataset(n, seed=10_000 * (args.seed + 1) + c, split="train",
-                                  objects_p=None if args.objects_p is None else [float(x) for x in args.objects_p.split(",")])
+        images, sc = make_dataset(n, seed=10_000 * (args.seed + 1) + c, split="train", objects_p=args.objects_p)
         scenes += sc
         for j in range(0, n, 250):
             x = common.images_to_tensor(images[j:j + 250], dev)
@@ -105,7 +104,7 @@ def main():
     p.add_argument("--vae", required=True, help="trained AutoencoderKL folder (train_vae's --out)")
     p.add_argument("--caption-mode", default="synthetic", choices=["synthetic", "alt"])
     p.add_argument("--n-scenes", type=int, default=200000)
-    p.add_argument("--objects-p", default=None,
+    p.add_argument("--objects-p", default=None, type=lambda v: [float(x) for x in v.split(",")],
                    help="probabilities of 1,2,3 objects per training scene, e.g. 0.15,0.45,0.4 (default: the world's "
                         "own mix, ~52%% single objects after the held-out filter)")
     p.add_argument("--cfg-drop", type=float, default=0.1)

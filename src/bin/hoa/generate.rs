@@ -273,7 +273,8 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
         preview_every: 0,
     };
     pipe.validate(ctx, &opts)?;
-    let sampler = pipe.scheduler_kind(&opts)?.name().to_string();
+    let kind = pipe.scheduler_kind(&opts)?;
+    let sampler = kind.name().to_string();
     let model_name = model_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -324,7 +325,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
                     extra.push(("Mask".to_string(), "yes".to_string()));
                 }
             }
-            if a.eta != 0.0 && sampler == "ddim" {
+            if a.eta != 0.0 && kind == SchedulerKind::Ddim {
                 extra.push(("Eta".to_string(), a.eta.to_string()));
             }
             if a.latents.is_some() {
