@@ -20,6 +20,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import PreTrainedTokenizerFast, T5EncoderModel
 
+from tools.train.export import ddim_config
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
 
@@ -31,13 +33,12 @@ def sub(folder, name):
 def load(args):
     if args.model:
         return StableDiffusionPipeline.from_pretrained(args.model, dtype=torch.float32)
-    sched = json.load(open(os.path.join(ROOT, "weights", "default", "scheduler", "scheduler_config.json")))
     return StableDiffusionPipeline(
         vae=AutoencoderKL.from_pretrained(sub(args.vae, "vae")),
         text_encoder=T5EncoderModel.from_pretrained(os.path.join(args.run, "text_encoder")),
         tokenizer=PreTrainedTokenizerFast.from_pretrained(os.path.join(args.run, "tokenizer")),
         unet=UNet2DConditionModel.from_pretrained(os.path.join(args.run, "unet")),
-        scheduler=DDIMScheduler.from_config(sched),
+        scheduler=DDIMScheduler(**ddim_config(args.run)),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 

@@ -8,7 +8,8 @@ and writes, like the shipped weights/default:
   unet/ vae/ consistency_decoder/   float16 safetensors (no variant suffix)
   text_encoder/               float32 safetensors (T5 is tiny, and its layer norms prefer f32)
   tokenizer/                  tokenizer.json + tokenizer_config.json (model_max_length 80)
-  scheduler/scheduler_config.json   the shipped DDIM values
+  scheduler/scheduler_config.json   the shipped DDIM values, with RUN/unet/noise_schedule.json's prediction type,
+                              zero-SNR rescaling and timestep spacing
   hoa.json                    {"guidance": 3.0, "steps": 25}
 Then loads it with StableDiffusionPipeline.from_pretrained, renders one 64x64 image (DDIM 25 steps, guidance 3) to
 ``--sample`` (default RUN/export_sample.png) and prints the folder's total size. Refuses a non-empty --out without
@@ -30,6 +31,12 @@ DDIM = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_s
             thresholding=False, dynamic_thresholding_ratio=0.995, clip_sample_range=1.0, sample_max_value=1.0,
             timestep_spacing="leading", rescale_betas_zero_snr=False)
 HOA = {"guidance": 3.0, "steps": 25}
+
+
+def ddim_config(unet_run):
+    """The shipped DDIM values with the noise schedule train_unet wrote for this run (epsilon/leading if none)."""
+    path = os.path.join(unet_run, "noise_schedule.json")
+    return dict(DDIM, **(json.load(open(path)) if os.path.isfile(path) else {}))
 
 
 def folder_size(path):
@@ -59,7 +66,7 @@ def main():
     tok = PreTrainedTokenizerFast.from_pretrained(os.path.join(run, "unet", "tokenizer"))
     assert tok.model_max_length == 80, tok.model_max_length
     pipe = StableDiffusionPipeline(vae=vae.to(torch.float16), text_encoder=te, tokenizer=tok,
-                                   unet=unet.to(torch.float16), scheduler=DDIMScheduler(**DDIM),
+                                   unet=unet.to(torch.float16), scheduler=DDIMScheduler(**ddim_config(os.path.join(run, "unet"))),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(args.out, safe_serialization=True)
     # transformers 5 names the fast tokenizer class TokenizersBackend; record the name the shipped folder (and older

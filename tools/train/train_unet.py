@@ -3,9 +3,14 @@
     python -m tools.train.train_unet --vae RUN/vae --out RUN/unet --minutes 75 [--init weights/default]
         [--caption-mode synthetic|alt] [--n-scenes 200000] [--device cuda --batch 256]
 
-* Objective: DDPM epsilon prediction on the shipped scheduler's betas (scaled_linear 0.00085..0.012, 1000 steps),
-  noised with diffusers' DDPMScheduler.add_noise, t uniform in [0, 1000); min-SNR-gamma weighting (gamma 5,
-  weight min(SNR, 5) / SNR for epsilon) so the many easy low-noise steps do not dominate the gradient.
+* Objective: DDPM on the shipped scheduler's betas (scaled_linear 0.00085..0.012, 1000 steps), noised with
+  diffusers' DDPMScheduler.add_noise, t uniform in [0, 1000). ``--prediction-type epsilon`` (default): min-SNR-gamma
+  weighting (gamma 5, weight min(SNR, 5) / SNR) so the many easy low-noise steps do not dominate the gradient.
+  ``--prediction-type v_prediction --zero-snr``: betas rescaled to zero terminal SNR (Lin et al. 2023) so that at
+  t=999 the model sees pure noise, as it does at inference, instead of a ~7% leak of the latent that it otherwise
+  learns to read its layout from; weight (min(SNR, gamma) + 1) / (SNR + 1), i.e. x0-error weight min(SNR, gamma) + 1,
+  which keeps the high-noise steps (where layout and relations are decided) at weight ~1 where epsilon's is ~SNR.
+  The choice is written to OUT/noise_schedule.json; export.py and generate_torch.py build the scheduler from it.
 * Latents: N scenes from ``make_dataset`` are encoded once with the trained VAE and cached to
   ``RUN/latents_<n>_<seed>.pt`` (float16; the posterior MEAN times scaling_factor). The mean, not a sample: the VAE's
   KL weight is 1e-6, so its posterior std is tiny and a sample differs from the mean by far less than the diffusion
@@ -25,6 +30,7 @@ Output: RUN/unet/{unet,text_encoder,tokenizer}/ in diffusers/transformers layout
 """
 
 import hashlib
+import json
 import os
 import time
 
@@ -37,7 +43,26 @@ from transformers import AutoTokenizer, T5Config, T5EncoderModel
 from . import common
 
 SCHED = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-             prediction_type="epsilon", clip_sample=False)
+             clip_sample=False)
+
+
+def noise_schedule(args):
+    """The scheduler settings this run trains for (what inference must use), checked against a resumed run's."""
+    ns = dict(prediction_type=args.prediction_type, rescale_betas_zero_snr=args.zero_snr,
+              timestep_spacing="trailing" if args.zero_snr else "leading")
+    if args.zero_snr and args.prediction_type != "v_prediction":
+        raise SystemExit("--zero-snr needs --prediction-type v_prediction (epsilon is undefined at zero SNR)")
+    path = os.path.join(args.out, "noise_schedule.json")
+    if os.path.isfile(path):
+        old = json.load(open(path))
+        if old != ns:
+            raise SystemExit(f"{args.out} was trained with {old}, this command asks for {ns}; use another --out")
+    else:
+        os.makedirs(args.out, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(ns, f, indent=2)
+            f.write("\n")
+    return ns
 
 
 def unet_config(widths, cross_dim, head_dim):
@@ -109,6 +134,8 @@ def main():
                         "own mix, ~52%% single objects after the held-out filter)")
     p.add_argument("--cfg-drop", type=float, default=0.1)
     p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR-gamma weighting; 0 disables")
+    p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
+    p.add_argument("--zero-snr", action="store_true", help="rescale betas to zero terminal SNR (v_prediction only)")
     p.add_argument("--unet-widths", default="32,64,64")
     p.add_argument("--head-dim", type=int, default=2, help="U-Net attention_head_dim (heads per block in diffusers)")
     p.add_argument("--t5-dim", type=int, default=128)
@@ -118,6 +145,7 @@ def main():
     p.set_defaults(lr=5e-4, batch=64)
     args = p.parse_args()
     dev = common.setup(args)
+    ns = noise_schedule(args)
     log = common.Logger(args.out, args.log_seconds)
     make_dataset = common.world(args, "dataset").make_dataset
     captions = common.world(args, "captions")
@@ -142,7 +170,8 @@ def main():
     ema = common.EMA(models, args.ema_decay)
     opt = torch.optim.AdamW(models.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, common.lr_lambda(args.warmup))
-    noise_sched = DDPMScheduler(**SCHED)
+    noise_sched = DDPMScheduler(**SCHED, prediction_type=ns["prediction_type"],
+                                rescale_betas_zero_snr=ns["rescale_betas_zero_snr"])
     ac = noise_sched.alphas_cumprod.to(dev)
     snr = ac / (1 - ac)
     cap_rng = np.random.default_rng([args.seed, 1])
@@ -171,9 +200,15 @@ def main():
         xt = noise_sched.add_noise(x0, noise, t)
         cond = te(input_ids=ids.to(dev)).last_hidden_state
         pred = unet(xt, t, encoder_hidden_states=cond).sample
-        per = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
-        if args.snr_gamma > 0:
-            per = per * torch.clamp(snr[t], max=args.snr_gamma) / snr[t]
+        if args.prediction_type == "epsilon":
+            per = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+            if args.snr_gamma > 0:
+                per = per * torch.clamp(snr[t], max=args.snr_gamma) / snr[t]
+        else:
+            target = noise_sched.get_velocity(x0, noise, t)
+            per = F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3))
+            if args.snr_gamma > 0:
+                per = per * (torch.clamp(snr[t], max=args.snr_gamma) + 1) / (snr[t] + 1)
         loss = per.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
