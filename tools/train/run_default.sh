@@ -9,7 +9,8 @@
 #
 # Env: PYTHON, RUN, OUT (export folder), FORCE=1 (overwrite OUT), DEVICE, THREADS, VAE_MIN, UNET_MIN, CDEC_MIN,
 #      BATCH_VAE, BATCH_UNET, BATCH_CDEC, N_SCENES, OBJECTS_P (1/2/3-object mix of U-Net scenes),
-#      CAPTION_MODE (synthetic|alt), SEED, WORLD (python package).
+#      CAPTION_MODE (synthetic|alt), PREDICTION (v_prediction: with zero-terminal-SNR betas, as shipped;
+#      epsilon: the scaled_linear betas as they are), SEED, WORLD (python package).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python}
@@ -31,6 +32,9 @@ N_SCENES=${N_SCENES:-30000}
 # two-object prompts.
 OBJECTS_P=${OBJECTS_P:-0.15,0.45,0.4}
 CAPTION_MODE=${CAPTION_MODE:-synthetic}
+PREDICTION=${PREDICTION:-v_prediction}
+pred=(--prediction-type "$PREDICTION")
+if [ "$PREDICTION" = v_prediction ]; then pred+=(--zero-snr); fi
 SEED=${SEED:-0}
 WORLD=${WORLD:-tools.world}
 common=(--device "$DEVICE" --threads "$THREADS" --seed "$SEED" --world-module "$WORLD")
@@ -40,7 +44,7 @@ if [ "$VAE_MIN" != 0 ]; then
 fi
 if [ "$UNET_MIN" != 0 ]; then
   $PYTHON -m tools.train.train_unet --vae "$RUN/vae" --out "$RUN/unet" --minutes "$UNET_MIN" --batch "$BATCH_UNET" \
-    --n-scenes "$N_SCENES" --objects-p "$OBJECTS_P" --caption-mode "$CAPTION_MODE" "${common[@]}"
+    --n-scenes "$N_SCENES" --objects-p "$OBJECTS_P" --caption-mode "$CAPTION_MODE" "${pred[@]}" "${common[@]}"
 fi
 if [ "$CDEC_MIN" != 0 ]; then
   $PYTHON -m tools.train.train_cdec --vae "$RUN/vae" --out "$RUN/cdec" --minutes "$CDEC_MIN" --batch "$BATCH_CDEC" \
