@@ -164,7 +164,8 @@ impl Hoa {
 
     /// Generates one image and resolves to its RGBA bytes (`width * height * 4`).
     /// `scheduler`: "" for the model's own, else ddim, euler, dpm++2m, ... (as the CLI's
-    /// `--scheduler`); `decoder`: "vae" or "consistency"; `preview_every`: decode the latents
+    /// `--scheduler`); `eta`: DDIM's eta in [0, 1] (as `--eta`; other schedulers warn that
+    /// they ignore it); `decoder`: "vae" or "consistency"; `preview_every`: decode the latents
     /// every this many steps for a live preview (0 = never). `on_progress` is called with
     /// `{kind: "step", step, total}`, `{kind: "preview", step, width, height, rgba}`,
     /// `{kind: "decoding"}` or `{kind: "warning", message}`.
@@ -177,6 +178,7 @@ impl Hoa {
         steps: usize,
         guidance: f32,
         scheduler: String,
+        eta: f32,
         decoder: String,
         width: usize,
         height: usize,
@@ -209,6 +211,7 @@ impl Hoa {
                     steps,
                     guidance,
                     scheduler,
+                    eta,
                     decoder,
                     width,
                     height,
@@ -244,6 +247,7 @@ struct GenerateInput {
     steps: usize,
     guidance: f32,
     scheduler: String,
+    eta: f32,
     decoder: String,
     width: usize,
     height: usize,
@@ -275,6 +279,7 @@ async fn run(
         steps: a.steps,
         guidance: a.guidance,
         scheduler,
+        eta: a.eta,
         seed: a.seed,
         batch: 1,
         decoder,
@@ -282,11 +287,8 @@ async fn run(
         ..Default::default()
     };
     pipe.validate(ctx, &opts).map_err(js_err)?;
-    let sampler = pipe
-        .scheduler_kind(&opts)
-        .map_err(js_err)?
-        .name()
-        .to_string();
+    let kind = pipe.scheduler_kind(&opts).map_err(js_err)?;
+    let sampler = kind.name().to_string();
     let mut callback_error = None;
     let images = pipe
         .generate(ctx, &opts, &mut |ev| {
@@ -335,7 +337,11 @@ async fn run(
         height: opts.height,
         model: model.to_string(),
         decoder: opts.decoder.name().to_string(),
-        extra: Vec::new(),
+        extra: if opts.eta != 0.0 && kind == SchedulerKind::Ddim {
+            vec![("Eta".to_string(), opts.eta.to_string())]
+        } else {
+            Vec::new()
+        },
     }
     .to_text();
     Ok((image, params))

@@ -159,6 +159,7 @@ async function main() {
         steps,
         Number($("guidance").value),
         $("scheduler").value,
+        Number($("eta").value),
         $("decoder").value,
         width,
         height,
