@@ -17,7 +17,7 @@ use crate::gpu::{Context, ContextOptions, DType};
 use crate::image_io::{encode_png, GenerationParameters, RgbImage};
 use crate::model_files::MemoryFiles;
 use crate::pipeline::{Decoder, Event, GenerateOptions, Pipeline};
-use crate::schedulers::SchedulerKind;
+use crate::schedulers::{self, SchedulerKind};
 use js_sys::{Function, Map, Object, Reflect, Uint8Array};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -337,11 +337,9 @@ async fn run(
         height: opts.height,
         model: model.to_string(),
         decoder: opts.decoder.name().to_string(),
-        extra: if opts.eta != 0.0 && kind == SchedulerKind::Ddim {
-            vec![("Eta".to_string(), opts.eta.to_string())]
-        } else {
-            Vec::new()
-        },
+        extra: schedulers::eta_parameter(kind, opts.eta)
+            .into_iter()
+            .collect(),
     }
     .to_text();
     Ok((image, params))

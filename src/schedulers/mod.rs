@@ -823,6 +823,12 @@ pub fn check_eta(eta: f64) -> Result<()> {
     }
 }
 
+/// The generation parameters' "Eta" entry (PNG text, CLI and page alike): only DDIM uses eta,
+/// and its default 0 is left out.
+pub fn eta_parameter(kind: SchedulerKind, eta: f32) -> Option<(String, String)> {
+    (eta != 0.0 && kind == SchedulerKind::Ddim).then(|| ("Eta".to_string(), eta.to_string()))
+}
+
 pub(crate) fn check_noise(
     kind: SchedulerKind,
     i: usize,

@@ -65,8 +65,9 @@ def main():
     te = T5EncoderModel.from_pretrained(os.path.join(run, "unet", "text_encoder"), dtype=torch.float32)
     tok = PreTrainedTokenizerFast.from_pretrained(os.path.join(run, "unet", "tokenizer"))
     assert tok.model_max_length == 80, tok.model_max_length
+    scheduler = DDIMScheduler(**ddim_config(os.path.join(run, "unet")))
     pipe = StableDiffusionPipeline(vae=vae.to(torch.float16), text_encoder=te, tokenizer=tok,
-                                   unet=unet.to(torch.float16), scheduler=DDIMScheduler(**ddim_config(os.path.join(run, "unet"))),
+                                   unet=unet.to(torch.float16), scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(args.out, safe_serialization=True)
     # transformers 5 names the fast tokenizer class TokenizersBackend; record the name the shipped folder (and older

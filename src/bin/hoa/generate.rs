@@ -6,7 +6,7 @@ use clap::Args;
 use hoa::image_io::{decode_mask, decode_rgb, encode_png, GenerationParameters};
 use hoa::model_files::DirFiles;
 use hoa::pipeline::{Decoder, Event, GenerateOptions, InitImage, Pipeline};
-use hoa::schedulers::SchedulerKind;
+use hoa::schedulers::{eta_parameter, SchedulerKind};
 use hoa::weights::Weights;
 use hoa::{Context, DType};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -325,9 +325,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
                     extra.push(("Mask".to_string(), "yes".to_string()));
                 }
             }
-            if a.eta != 0.0 && kind == SchedulerKind::Ddim {
-                extra.push(("Eta".to_string(), a.eta.to_string()));
-            }
+            extra.extend(eta_parameter(kind, a.eta));
             if a.latents.is_some() {
                 extra.push(("Latents".to_string(), "file".to_string()));
             }
