@@ -24,6 +24,19 @@
 * Tokenizer: trained on a caption corpus with the world's ``train_tokenizer`` (both caption modes, so either model can
   be trained with it); with ``--init`` the init folder's tokenizer is reused unchanged, and any caption producing
   <unk> aborts the run (the shipped embedding table has no row for a new word).
+* ``--layout-aux W`` (default 0, off): an auxiliary loss on the text encoder only, W times the MSE between a
+  linear read-out (128 -> 2, discarded at export) of the tokens "<color> <shape>" that name an object and that
+  object's center in the scene. Trained by the diffusion loss alone, the T5 learned bag-of-words encodings: the
+  token "red" in "a red circle left of a blue square" and in "a blue square left of a red circle" differed by 4%
+  of its norm, so the U-Net's cross-attention (which is blind to token order) could not tell which object the
+  relation puts where, and relations stayed at chance. The read-out makes each object's tokens carry where the
+  caption places it (what the text implies: left-of objects lie left on average), for the U-Net to attend by.
+* ``--t5-directional``: a fresh or ``--init`` T5's layer-0 relative position bias for heads 1 and 2 is reset so they
+  look at the 5 tokens after / before each token (``directional_bias``). Without it the layout loss alone stayed
+  at the no-information level (MSE 0.198, predicting the mean position) for 1000+ steps, from the shipped T5 and
+  from a fresh one alike: with a flat bias a token cannot tell whether "left of" stands before or after it (a
+  plateau); with directional heads the same loss falls within ~300 steps.
+* ``--t-high P``: a share P of each batch draws t from [750, 1000), where the layout is decided, instead of uniformly.
 * EMA (decay ``--ema-decay`` with warmup) of U-Net and T5; the EMA is what is exported.
 
 Output: RUN/unet/{unet,text_encoder,tokenizer}/ in diffusers/transformers layout, plus ckpt.pt and log.txt.
@@ -124,6 +137,52 @@ def build_tokenizer(args, scenes, captions, log):
     return AutoTokenizer.from_pretrained(tok_dir)
 
 
+def directional_bias(te, strength=4.0, reach=5):
+    """Re-initialize the relative position bias of the T5's heads 1 and 2 (layer 0, shared by all layers) so that
+    head 1 looks at the `reach` tokens after each token and head 2 at those before it. Trained from a flat bias, the
+    T5 stayed in a plateau where each token's output ignored its neighbours, so "red" could not learn whether it
+    stood before or after "left of"; with directional heads it learns that in a few hundred steps."""
+    from transformers.models.t5.modeling_t5 import T5Attention
+    att = te.encoder.block[0].layer[0].SelfAttention
+    cfg = te.config
+    if cfg.num_heads < 3:
+        raise SystemExit("--t5-directional needs a T5 with at least 3 heads")
+    rel = torch.arange(-reach, reach + 1)
+    bucket = T5Attention._relative_position_bucket(rel, bidirectional=True, num_buckets=cfg.relative_attention_num_buckets,
+                                                   max_distance=cfg.relative_attention_max_distance)
+    w = att.relative_attention_bias.weight
+    with torch.no_grad():
+        for head, sign in ((1, 1), (2, -1)):
+            w[:, head] = -strength
+            for r, b in zip(rel.tolist(), bucket.tolist()):
+                if r * sign > 0:
+                    w[b, head] = strength
+
+
+def layout_targets(ids, scenes, texts, captions, tok):
+    """(batch index, token index) of every "<color> <shape>" token pair naming an object of its scene, and that
+    object's center (u, v) in [-1, 1]; dropped ("") captions have none."""
+    rows, cols, uv = [], [], []
+    for b, (scene, text) in enumerate(zip(scenes, texts)):
+        if not text:
+            continue
+        r = ids[b].tolist()
+        for c, s, u, v in captions.mentions(scene):
+            ci, si = tok.convert_tokens_to_ids(c), tok.convert_tokens_to_ids(s)
+            for j in range(len(r) - 1):
+                if r[j] == ci and r[j + 1] == si:
+                    rows += [b, b]; cols += [j, j + 1]; uv += [(u, v), (u, v)]
+    return rows, cols, uv
+
+
+def layout_loss(head, cond, ids, scenes, texts, captions, tok):
+    rows, cols, uv = layout_targets(ids, scenes, texts, captions, tok)
+    if not rows:
+        return cond.sum() * 0
+    pred = head(cond[rows, cols])
+    return F.mse_loss(pred, torch.tensor(uv, dtype=pred.dtype, device=pred.device))
+
+
 def main():
     p = common.base_parser(__doc__)
     p.add_argument("--vae", required=True, help="trained AutoencoderKL folder (train_vae's --out)")
@@ -136,6 +195,13 @@ def main():
     p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR-gamma weighting; 0 disables")
     p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
     p.add_argument("--zero-snr", action="store_true", help="rescale betas to zero terminal SNR (v_prediction only)")
+    p.add_argument("--layout-aux", type=float, default=0.0,
+                   help="weight of the text encoder's layout loss (object tokens -> object center); 0 = off")
+    p.add_argument("--t5-directional", action="store_true",
+                   help="start with T5 heads 1 and 2 looking at the 5 tokens after / before each token (not on resume)")
+    p.add_argument("--t-high", type=float, default=0.0,
+                   help="share of samples whose t is drawn from the top quarter [750, 1000) (layout is decided "
+                        "at high noise); the rest uniform")
     p.add_argument("--unet-widths", default="32,64,64")
     p.add_argument("--head-dim", type=int, default=2, help="U-Net attention_head_dim (heads per block in diffusers)")
     p.add_argument("--t5-dim", type=int, default=128)
@@ -167,6 +233,12 @@ def main():
     assert te.config.vocab_size >= len(tok), "tokenizer larger than the text encoder's vocabulary"
     unet.to(dev).train(); te.to(dev).train()
     models = torch.nn.ModuleDict({"unet": unet, "te": te})
+    if args.layout_aux > 0:
+        if not hasattr(captions, "mentions"):
+            raise SystemExit(f"--layout-aux needs {args.world_module}.captions.mentions(scene)")
+        models["layout"] = torch.nn.Linear(te.config.d_model, 2).to(dev)
+    if args.t5_directional and not os.path.isfile(common.ckpt_path(args.out)):  # a resume keeps its trained bias
+        directional_bias(te)
     ema = common.EMA(models, args.ema_decay)
     opt = torch.optim.AdamW(models.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, common.lr_lambda(args.warmup))
@@ -176,7 +248,11 @@ def main():
     snr = ac / (1 - ac)
     cap_rng = np.random.default_rng([args.seed, 1])
     parts = {"model": models, "ema": ema, "opt": opt, "sched": sched, "cap_rng": common.GeneratorState(cap_rng)}
-    step = common.resume(args.out, parts, log)
+    try:
+        step = common.resume(args.out, parts, log)
+    except RuntimeError as e:  # a state dict with or without the layout read-out
+        raise SystemExit(f"{args.out}'s checkpoint does not fit this command (--layout-aux on in one, off in the "
+                         f"other?); use another --out. ({str(e).splitlines()[0]})")
     if step is None:
         step = 0
         log.line(f"start: {'init ' + args.init if args.init else 'random init'}; unet "
@@ -184,7 +260,7 @@ def main():
                  f" params, vocab {len(tok)}, {len(scenes)} scenes, batch {args.batch}, mode {args.caption_mode}")
 
     budget = common.Budget(args.minutes, args.ckpt_minutes)
-    t_train, n_train = 0.0, 0
+    t_train, n_train, aux_ema = 0.0, 0, None
     while not budget.done():
         t0 = time.time()
         idx = torch.from_numpy(cap_rng.integers(0, len(scenes), args.batch))
@@ -197,6 +273,9 @@ def main():
         x0 = latents[idx].to(dev).float()
         noise = torch.randn_like(x0)
         t = torch.randint(0, 1000, (args.batch,), device=dev)
+        if args.t_high > 0:
+            high = torch.rand(args.batch, device=dev) < args.t_high
+            t = torch.where(high, torch.randint(750, 1000, (args.batch,), device=dev), t)
         xt = noise_sched.add_noise(x0, noise, t)
         cond = te(input_ids=ids.to(dev)).last_hidden_state
         pred = unet(xt, t, encoder_hidden_states=cond).sample
@@ -210,13 +289,17 @@ def main():
             if args.snr_gamma > 0:
                 per = per * (torch.clamp(snr[t], max=args.snr_gamma) + 1) / (snr[t] + 1)
         loss = per.mean()
+        if args.layout_aux > 0:
+            aux = layout_loss(models["layout"], cond, ids, [scenes[i] for i in idx.tolist()], texts, captions, tok)
+            loss = loss + args.layout_aux * aux
+            aux_ema = aux.item() if aux_ema is None else 0.98 * aux_ema + 0.02 * aux.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
         opt.step(); sched.step(); ema.update(models)
         step += 1
         t_train += time.time() - t0; n_train += args.batch
-        log.step(step, loss.item(), args.batch)
+        log.step(step, loss.item(), args.batch, "" if aux_ema is None else f"layout_mse_ema {aux_ema:.4f}")
         if budget.ckpt_due():
             common.save_parts(args.out, parts, step)
     common.save_parts(args.out, parts, step)

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from .scene import COLORS, SHAPES, BACKGROUNDS, INVERSE, heldout_pair
+from .scene import BACKGROUNDS, COLORS, IMAGE_SIZE, INVERSE, SHAPES, heldout_pair
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 TOKENIZER_JSON = os.path.join(ROOT, "weights", "default", "tokenizer", "tokenizer.json")
@@ -57,6 +57,14 @@ def _pick(rng, xs):
 def name(o):
     """The unique reference of an object in its scene: "red circle" (color-shape pairs are unique)."""
     return f"{o['color']} {o['shape']}"
+
+
+def mentions(scene):
+    """(color word, shape word, u, v) of every object, u, v its center in [-1, 1] (right, down): a caption
+    names an object by the adjacent words "<color> <shape>" (unique in a scene), which is how train_unet's
+    layout loss finds the tokens that should carry the object's position."""
+    return [(o["color"], o["shape"], o["x"] / IMAGE_SIZE * 2 - 1, o["y"] / IMAGE_SIZE * 2 - 1)
+            for o in scene["objects"]]
 
 
 def obj_phrase(o, rng, size=True, texture=True, article="a"):
