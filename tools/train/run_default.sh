@@ -10,7 +10,8 @@
 # Env: PYTHON, RUN, OUT (export folder), FORCE=1 (overwrite OUT), DEVICE, THREADS, VAE_MIN, UNET_MIN, CDEC_MIN,
 #      BATCH_VAE, BATCH_UNET, BATCH_CDEC, N_SCENES, OBJECTS_P (1/2/3-object mix of U-Net scenes),
 #      CAPTION_MODE (synthetic|alt), PREDICTION (v_prediction: with zero-terminal-SNR betas, as shipped;
-#      epsilon: the scaled_linear betas as they are), SEED, WORLD (python package).
+#      epsilon: the scaled_linear betas as they are), RELATIONS (train_unet flags that make spatial relations
+#      learnable; "" for none), SEED, WORLD (python package).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python}
@@ -35,6 +36,10 @@ CAPTION_MODE=${CAPTION_MODE:-synthetic}
 PREDICTION=${PREDICTION:-v_prediction}
 pred=(--prediction-type "$PREDICTION")
 if [ "$PREDICTION" = v_prediction ]; then pred+=(--zero-snr); fi
+# Directional T5 heads + the T5's layout loss (object tokens -> object center) + a third of the batch at high noise:
+# without them the T5's encodings stayed bag-of-words and relations at chance (tools/train/README.md, "Relations").
+RELATIONS=${RELATIONS---t5-directional --layout-aux 1 --t-high 0.5}
+read -r -a rel <<< "$RELATIONS"
 SEED=${SEED:-0}
 WORLD=${WORLD:-tools.world}
 common=(--device "$DEVICE" --threads "$THREADS" --seed "$SEED" --world-module "$WORLD")
@@ -44,7 +49,7 @@ if [ "$VAE_MIN" != 0 ]; then
 fi
 if [ "$UNET_MIN" != 0 ]; then
   $PYTHON -m tools.train.train_unet --vae "$RUN/vae" --out "$RUN/unet" --minutes "$UNET_MIN" --batch "$BATCH_UNET" \
-    --n-scenes "$N_SCENES" --objects-p "$OBJECTS_P" --caption-mode "$CAPTION_MODE" "${pred[@]}" "${common[@]}"
+    --n-scenes "$N_SCENES" --objects-p "$OBJECTS_P" --caption-mode "$CAPTION_MODE" "${pred[@]}" ${rel[@]+"${rel[@]}"} "${common[@]}"
 fi
 if [ "$CDEC_MIN" != 0 ]; then
   $PYTHON -m tools.train.train_cdec --vae "$RUN/vae" --out "$RUN/cdec" --minutes "$CDEC_MIN" --batch "$BATCH_CDEC" \

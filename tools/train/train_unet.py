@@ -257,7 +257,9 @@ def main():
         step = 0
         log.line(f"start: {'init ' + args.init if args.init else 'random init'}; unet "
                  f"{sum(p.numel() for p in unet.parameters())} params, t5 {sum(p.numel() for p in te.parameters())}"
-                 f" params, vocab {len(tok)}, {len(scenes)} scenes, batch {args.batch}, mode {args.caption_mode}")
+                 f" params, vocab {len(tok)}, {len(scenes)} scenes, batch {args.batch}, mode {args.caption_mode}, "
+                 f"{ns['prediction_type']}, layout-aux {args.layout_aux}, t5-directional {args.t5_directional}, "
+                 f"t-high {args.t_high}")
 
     budget = common.Budget(args.minutes, args.ckpt_minutes)
     t_train, n_train, aux_ema = 0.0, 0, None
