@@ -36,7 +36,7 @@ CAPTION_MODE=${CAPTION_MODE:-synthetic}
 PREDICTION=${PREDICTION:-v_prediction}
 pred=(--prediction-type "$PREDICTION")
 if [ "$PREDICTION" = v_prediction ]; then pred+=(--zero-snr); fi
-# Directional T5 heads + the T5's layout loss (object tokens -> object center) + a third of the batch at high noise:
+# Directional T5 heads + the T5's layout loss (object tokens -> object center) + half of each batch at high noise (t in [750, 1000)):
 # without them the T5's encodings stayed bag-of-words and relations at chance (tools/train/README.md, "Relations").
 RELATIONS=${RELATIONS---t5-directional --layout-aux 1 --t-high 0.5}
 read -r -a rel <<< "$RELATIONS"
