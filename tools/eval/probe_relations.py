@@ -53,7 +53,8 @@ def main():
         return te(input_ids=ids).last_hidden_state
 
     cols, shapes = list(COLORS), ["circle", "square", "star", "ring"]
-    noise = torch.randn(4, unet.config.in_channels, 16, 16, generator=torch.Generator().manual_seed(0))
+    n = unet.config.sample_size
+    noise = torch.randn(4, unet.config.in_channels, n, n, generator=torch.Generator().manual_seed(0))
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:64, 0:64]
     res = {r: [] for r in RELS}
@@ -81,16 +82,16 @@ def main():
                 (ax, ay), (bx, by) = centroid(ca), centroid(cb)
                 res[r].append(((ax - bx).mean(), (ay - by).mean()))
 
-        def token(prompt, word):
+        def tokens(prompt):
+            """word -> its output vector (each word occurs once in the probe's prompts)."""
             ids = tok([prompt], padding="max_length", max_length=tok.model_max_length, truncation=True,
                       return_tensors="pt").input_ids
             h = te(input_ids=ids).last_hidden_state[0]
-            return h[ids[0].tolist().index(tok.convert_tokens_to_ids(word))]
+            return {w: h[i] for i, w in enumerate(tok.convert_ids_to_tokens(ids[0].tolist()))}
 
-        p1 = "a red circle left of a blue square on a gray background"
-        p2 = "a blue square left of a red circle on a gray background"
-        roles = {w: float((token(p1, w) - token(p2, w)).norm() / token(p1, w).norm())
-                 for w in ["red", "circle", "blue", "square"]}
+        h1 = tokens("a red circle left of a blue square on a gray background")
+        h2 = tokens("a blue square left of a red circle on a gray background")
+        roles = {w: float((h1[w] - h2[w]).norm() / h1[w].norm()) for w in ["red", "circle", "blue", "square"]}
     print("x0 at t=999, centroid of A's color minus B's (px; mean renders: left/right of dx -30/+30, above/below "
           "dy -30/+30):")
     for r in RELS:

@@ -36,8 +36,8 @@ CAPTION_MODE=${CAPTION_MODE:-synthetic}
 PREDICTION=${PREDICTION:-v_prediction}
 pred=(--prediction-type "$PREDICTION")
 if [ "$PREDICTION" = v_prediction ]; then pred+=(--zero-snr); fi
-# Directional T5 heads + the T5's layout loss (object tokens -> object center) + half of each batch at high noise (t in [750, 1000)):
-# without them the T5's encodings stayed bag-of-words and relations at chance (tools/train/README.md, "Relations").
+# Directional T5 heads + the T5's layout loss (object tokens -> object center) + half of each batch at high noise
+# (t in [750, 1000)): without them the T5's encodings stayed bag-of-words and relations at chance (tools/train/README.md, "Relations").
 RELATIONS=${RELATIONS---t5-directional --layout-aux 1 --t-high 0.5}
 read -r -a rel <<< "$RELATIONS"
 SEED=${SEED:-0}
@@ -49,7 +49,8 @@ if [ "$VAE_MIN" != 0 ]; then
 fi
 if [ "$UNET_MIN" != 0 ]; then
   $PYTHON -m tools.train.train_unet --vae "$RUN/vae" --out "$RUN/unet" --minutes "$UNET_MIN" --batch "$BATCH_UNET" \
-    --n-scenes "$N_SCENES" --objects-p "$OBJECTS_P" --caption-mode "$CAPTION_MODE" "${pred[@]}" ${rel[@]+"${rel[@]}"} "${common[@]}"
+    --n-scenes "$N_SCENES" --objects-p "$OBJECTS_P" --caption-mode "$CAPTION_MODE" "${pred[@]}" \
+    ${rel[@]+"${rel[@]}"} "${common[@]}"
 fi
 if [ "$CDEC_MIN" != 0 ]; then
   $PYTHON -m tools.train.train_cdec --vae "$RUN/vae" --out "$RUN/cdec" --minutes "$CDEC_MIN" --batch "$BATCH_CDEC" \
