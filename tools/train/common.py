@@ -170,15 +170,24 @@ class GeneratorState:
         self.gen.bit_generator.state = st
 
 
-def resume(out, parts, log):
+def resume(out, parts, log, lr=None):
     """Restores every part (name -> object with load_state_dict) from out's checkpoint and returns its step,
-    or None when out has no checkpoint yet."""
+    or None when out has no checkpoint yet. With ``lr``, parts["opt"] / parts["sched"] take that base LR instead of
+    the checkpoint's (the scheduler's state would otherwise keep the old one and ignore ``--lr``): a resumed run can
+    be annealed by rerunning it with a lower ``--lr``."""
     st = load_ckpt(out)
     if st is None:
         return None
     for name, part in parts.items():
         part.load_state_dict(st[name])
     log.line(f"resumed from {ckpt_path(out)} at step {st['step']}")
+    sched = parts.get("sched")
+    if lr is not None and sched is not None and any(b != lr for b in sched.base_lrs):
+        log.line(f"base LR {sched.base_lrs[0]:g} (checkpoint) -> {lr:g} (--lr)")
+        sched.base_lrs = [lr] * len(sched.base_lrs)
+        for g, f in zip(parts["opt"].param_groups, sched.lr_lambdas):
+            g["initial_lr"] = lr
+            g["lr"] = lr * f(sched.last_epoch)
     return st["step"]
 
 

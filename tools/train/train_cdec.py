@@ -102,7 +102,7 @@ def main():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, common.lr_lambda(args.warmup))
     stream = common.SceneStream(make_dataset, 2_000_000 + 1000 * args.seed, args.chunk, args.repeats, args.batch)
     parts = {"model": dec, "ema": ema, "opt": opt, "sched": sched, "stream": stream}
-    step = common.resume(args.out, parts, log)
+    step = common.resume(args.out, parts, log, lr=args.lr)
     if step is None:
         step = 0
         log.line(f"start: {'init ' + args.init if args.init else 'random init'}, decoder "

@@ -249,7 +249,7 @@ def main():
     cap_rng = np.random.default_rng([args.seed, 1])
     parts = {"model": models, "ema": ema, "opt": opt, "sched": sched, "cap_rng": common.GeneratorState(cap_rng)}
     try:
-        step = common.resume(args.out, parts, log)
+        step = common.resume(args.out, parts, log, lr=args.lr)
     except RuntimeError as e:  # a state dict with or without the layout read-out
         raise SystemExit(f"{args.out}'s checkpoint does not fit this command (--layout-aux on in one, off in the "
                          f"other?); use another --out. ({str(e).splitlines()[0]})")

@@ -72,7 +72,7 @@ def main():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, common.lr_lambda(args.warmup))
     stream = common.SceneStream(make_dataset, 1_000_000 + 1000 * args.seed, args.chunk, args.repeats, args.batch)
     parts = {"model": vae, "ema": ema, "opt": opt, "sched": sched, "stream": stream}
-    step = common.resume(args.out, parts, log)
+    step = common.resume(args.out, parts, log, lr=args.lr)
     if step is not None:
         ema.shadow.to(dev)
     else:
