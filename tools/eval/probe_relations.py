@@ -12,6 +12,11 @@
 2. Text encoder roles: |h - h'| / |h| of the tokens of "a red circle left of a blue square" against "a blue square
    left of a red circle" (same words, roles swapped). The U-Net's cross-attention does not see token order, so
    relations can only reach it through such differences; ~0.05 means bag-of-words encodings.
+3. Text encoder binding: a linear probe (fit on 70% of the mentions of 1500 two- and three-object train scenes'
+   descriptive captions, scored on the rest) from each "<color> <shape>" mention's color token to its shape and from
+   its shape token to its color. A bag-of-words encoding knows which shapes the caption names but not which goes
+   with which color: its level (printed beside) is 1 / the number of distinct shapes (colors) in the scene. The
+   U-Net attends to tokens one by one, so tokens that carry their whole object make binding easier.
 """
 
 import argparse
@@ -25,6 +30,8 @@ from transformers import AutoTokenizer, T5EncoderModel
 
 from tools.eval.generate_torch import sub
 from tools.train.export import ddim_config
+from tools.world import captions
+from tools.world.dataset import make_dataset
 from tools.world.scene import COLORS
 
 RELS = ["left of", "right of", "above", "below"]
@@ -92,12 +99,50 @@ def main():
         h1 = tokens("a red circle left of a blue square on a gray background")
         h2 = tokens("a blue square left of a red circle on a gray background")
         roles = {w: float((h1[w] - h2[w]).norm() / h1[w].norm()) for w in ["red", "circle", "blue", "square"]}
+        bind = binding_probe(tok, enc)
     print("x0 at t=999, centroid of A's color minus B's (px; mean renders: left/right of dx -30/+30, above/below "
           "dy -30/+30):")
     for r in RELS:
         d = np.array(res[r])
         print(f"  {r:9s} dx {d[:, 0].mean():+6.1f}  dy {d[:, 1].mean():+6.1f}   (+- {d.std(0).max() / 4:.1f})")
     print("text encoder, role swap |h - h'| / |h|: " + "  ".join(f"{w} {v:.3f}" for w, v in roles.items()))
+    print("text encoder binding, linear probe (bag-of-words level): color token -> its shape {:.1%} ({:.1%}), "
+          "shape token -> its color {:.1%} ({:.1%})".format(*bind))
+
+
+def binding_probe(tok, enc, n=1500):
+    _, scenes = make_dataset(n, seed=11, split="train", objects_p=[0, 0.5, 0.5])
+    rng = np.random.default_rng(0)
+    texts = [captions.descriptive_caption(s, rng) for s in scenes]
+    feats = {"c": [], "s": []}
+    labels = {"c": [], "s": []}
+    bow = {"c": [], "s": []}
+    for i in range(0, n, 100):
+        ids = tok(texts[i:i + 100], padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids
+        h = enc(texts[i:i + 100])
+        for b, scene in enumerate(scenes[i:i + 100]):
+            r = ids[b].tolist()
+            n_shapes = len({o["shape"] for o in scene["objects"]})
+            n_colors = len({o["color"] for o in scene["objects"]})
+            for c, s, _, _ in captions.mentions(scene):
+                ci, si = tok.convert_tokens_to_ids(c), tok.convert_tokens_to_ids(s)
+                for j in (j for j in range(len(r) - 1) if r[j] == ci and r[j + 1] == si):
+                    feats["c"].append(h[b, j]); labels["c"].append(si); bow["c"].append(1 / n_shapes)
+                    feats["s"].append(h[b, j + 1]); labels["s"].append(ci); bow["s"].append(1 / n_colors)
+    out = []
+    for k in ("c", "s"):
+        x, y = torch.stack(feats[k]), torch.tensor(labels[k])
+        cut = int(0.7 * len(y))
+        head = torch.nn.Linear(x.shape[1], len(tok))
+        opt = torch.optim.Adam(head.parameters(), 1e-2)
+        with torch.enable_grad():
+            for _ in range(300):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(head(x[:cut]), y[:cut]).backward()
+                opt.step()
+        out += [float((head(x[cut:]).argmax(1) == y[cut:]).float().mean()), float(np.mean(bow[k][cut:]))]
+    return out
 
 
 if __name__ == "__main__":
