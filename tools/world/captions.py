@@ -21,6 +21,10 @@ VOCAB_FALLBACK = (
     "on triangle of ring with that cyan red dotted yellow striped green orange purple white blue two shape "
     "other : one left sand gray sky above below sits picture dots stripes right plain there three "
     "image among next to are clipart simple geometric alone icon").split()
+# Share of two- and three-object descriptive captions that list the objects without their relations ("three shapes on
+# a gray background: a red circle, a blue star and a green ring."): how people write such prompts, which a model that
+# only ever saw three objects with all their relations spelled out drew as two (22% of objects right, session 7).
+LIST_ONLY = 0.2
 _WORD = re.compile(r"\w+|[^\w\s]+")  # the Whitespace pre-tokenizer's split
 
 
@@ -122,7 +126,10 @@ def descriptive_caption(scene, rng):
     elif n == 2:
         a, r, b = rels[0]
         k = int(rng.integers(5))
-        if k == 0:
+        if rng.random() < LIST_ONLY:
+            i, j = (a, b) if rng.random() < 0.5 else (b, a)
+            out = f"two shapes {bgp}: {obj_phrase(objs[i], rng)} and {obj_phrase(objs[j], rng)}."
+        elif k == 0:
             out = f"two shapes: {_rel_phrase(rng, a, r, b, objs)}. the background is {bg}."
         elif k == 1:
             out = f"{_rel_phrase(rng, a, r, b, objs)} {bgp}."
@@ -144,11 +151,14 @@ def descriptive_caption(scene, rng):
         lst = f"{lst[0]}, {lst[1]} and {lst[2]}"
         rs = [_rel_sentence(rng, a, r, b, objs) for a, r, b in (rels[k] for k in rng.permutation(len(rels)))]
         rs = f"{rs[0]}, {rs[1]} and {rs[2]}."
-        out = _pick(rng, [
-            f"three shapes {bgp}: {lst}. {rs}",
-            f"there are three shapes: {lst}. {rs} the background is {bg}.",
-            f"a picture of three shapes {bgp}: {lst}. {rs}",
-        ])
+        if rng.random() < LIST_ONLY:
+            out = _pick(rng, [f"three shapes {bgp}: {lst}.", f"there are three shapes {bgp}: {lst}."])
+        else:
+            out = _pick(rng, [
+                f"three shapes {bgp}: {lst}. {rs}",
+                f"there are three shapes: {lst}. {rs} the background is {bg}.",
+                f"a picture of three shapes {bgp}: {lst}. {rs}",
+            ])
     return check_vocab(out)
 
 
