@@ -178,13 +178,16 @@ def mention_tokens(ids, scenes, texts, captions, tok):
     return found
 
 
+def mention_vectors(cond, found):
+    """The T5 outputs of each mention's color token and shape token, interleaved."""
+    return cond[[f[0] for f in found for _ in (0, 1)], [f[1] + k for f in found for k in (0, 1)]]
+
+
 def layout_loss(head, cond, found):
     """MSE of a linear read-out of both tokens of each mention against its object's center."""
     if not found:
         return cond.sum() * 0
-    rows = [f[0] for f in found for _ in (0, 1)]
-    cols = [f[1] + k for f in found for k in (0, 1)]
-    pred = head(cond[rows, cols])
+    pred = head(mention_vectors(cond, found))
     uv = torch.tensor([f[2:4] for f in found for _ in (0, 1)], dtype=pred.dtype, device=pred.device)
     return F.mse_loss(pred, uv)
 
@@ -194,10 +197,8 @@ def binding_loss(head, cond, found):
     word and of its shape token against its color word: each token must carry its whole object."""
     if not found:
         return cond.sum() * 0
-    rows = [f[0] for f in found for _ in (0, 1)]
-    cols = [f[1] + k for f in found for k in (0, 1)]
     target = torch.tensor([w for f in found for w in (f[5], f[4])], device=cond.device)
-    return F.cross_entropy(head(cond[rows, cols]), target)
+    return F.cross_entropy(head(mention_vectors(cond, found)), target)
 
 
 def main():
