@@ -10,7 +10,7 @@
 # Env: PYTHON, RUN, OUT (export folder), FORCE=1 (overwrite OUT), DEVICE, THREADS, VAE_MIN, UNET_MIN, CDEC_MIN,
 #      BATCH_VAE, BATCH_UNET, BATCH_CDEC, N_SCENES, OBJECTS_P (1/2/3-object mix of U-Net scenes),
 #      CAPTION_MODE (synthetic|alt), PREDICTION (v_prediction: with zero-terminal-SNR betas, as shipped;
-#      epsilon: the scaled_linear betas as they are), RELATIONS (train_unet flags that make spatial relations
+#      epsilon: the scaled_linear betas as they are), RELATIONS (train_unet flags that make spatial relations and binding
 #      learnable; "" for none), SEED, WORLD (python package).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -37,8 +37,10 @@ PREDICTION=${PREDICTION:-v_prediction}
 pred=(--prediction-type "$PREDICTION")
 if [ "$PREDICTION" = v_prediction ]; then pred+=(--zero-snr); fi
 # Directional T5 heads + the T5's layout loss (object tokens -> object center) + half of each batch at high noise
-# (t in [750, 1000)): without them the T5's encodings stayed bag-of-words and relations at chance (tools/train/README.md, "Relations").
-RELATIONS=${RELATIONS---t5-directional --layout-aux 1 --t-high 0.5}
+# (t in [750, 1000)): without them the T5's encodings stayed bag-of-words and relations at chance (tools/train/README.md,
+# "Relations"); the binding loss (color token -> its shape, shape token -> its color; "Binding"). For the alt-text
+# ablation set RELATIONS="" : these losses read the scene graph, which alt-text training must not see.
+RELATIONS=${RELATIONS---t5-directional --layout-aux 1 --t-high 0.5 --binding-aux 0.2}
 read -r -a rel <<< "$RELATIONS"
 SEED=${SEED:-0}
 WORLD=${WORLD:-tools.world}

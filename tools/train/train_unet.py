@@ -218,6 +218,8 @@ def main():
     p.add_argument("--binding-aux", type=float, default=0.0,
                    help="weight of the text encoder's binding loss (color token -> its shape, shape token -> its "
                         "color); 0 = off")
+    p.add_argument("--list-only", type=float, default=0.0,
+                   help="share of two- and three-object descriptive captions that list the objects without relations")
     p.add_argument("--t5-directional", action="store_true",
                    help="start with T5 heads 1 and 2 looking at the 5 tokens after / before each token (not on resume)")
     p.add_argument("--t-high", type=float, default=0.0,
@@ -282,15 +284,16 @@ def main():
                  f"{sum(p.numel() for p in unet.parameters())} params, t5 {sum(p.numel() for p in te.parameters())}"
                  f" params, vocab {len(tok)}, {len(scenes)} scenes, batch {args.batch}, mode {args.caption_mode}, "
                  f"{ns['prediction_type']}, layout-aux {args.layout_aux}, t5-directional {args.t5_directional}, "
-                 f"t-high {args.t_high}, binding-aux {args.binding_aux}")
+                 f"t-high {args.t_high}, binding-aux {args.binding_aux}, list-only {args.list_only}")
 
     budget = common.Budget(args.minutes, args.ckpt_minutes)
     t_train, n_train, aux_ema = 0.0, 0, {}
+    cap_kw = {"list_only": args.list_only} if args.list_only else {}  # other world modules need not know it
     while not budget.done():
         t0 = time.time()
         idx = torch.from_numpy(cap_rng.integers(0, len(scenes), args.batch))
         texts = ["" if cap_rng.random() < args.cfg_drop else
-                 captions.training_caption(scenes[i], cap_rng, mode=args.caption_mode) for i in idx.tolist()]
+                 captions.training_caption(scenes[i], cap_rng, mode=args.caption_mode, **cap_kw) for i in idx.tolist()]
         ids = tok(texts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
         if (ids == unk).any():
             bad = [t for t, r in zip(texts, ids) if (r == unk).any()]

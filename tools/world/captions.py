@@ -21,10 +21,6 @@ VOCAB_FALLBACK = (
     "on triangle of ring with that cyan red dotted yellow striped green orange purple white blue two shape "
     "other : one left sand gray sky above below sits picture dots stripes right plain there three "
     "image among next to are clipart simple geometric alone icon").split()
-# Share of two- and three-object descriptive captions that list the objects without their relations ("three shapes on
-# a gray background: a red circle, a blue star and a green ring."): how people write such prompts, which a model that
-# only ever saw three objects with all their relations spelled out drew as two (22% of objects right, session 7).
-LIST_ONLY = 0.2
 _WORD = re.compile(r"\w+|[^\w\s]+")  # the Whitespace pre-tokenizer's split
 
 
@@ -107,8 +103,10 @@ def _rel_sentence(rng, a, r, b, objs):
     return f"the {name(objs[a])} {verb} {r2} the {name(objs[b])}"
 
 
-def descriptive_caption(scene, rng):
-    """Every object with all its attributes, the relations of every pair, and the background."""
+def descriptive_caption(scene, rng, list_only=0.0):
+    """Every object with all its attributes, the relations of every pair, and the background; with probability
+    ``list_only`` a two- or three-object caption lists the objects without their relations ("three shapes on a gray
+    background: a red circle, a blue star and a green ring.")."""
     objs, bg, rels = scene["objects"], scene["background"], scene["relations"]
     n = len(objs)
     bgp = _pick(rng, [f"on a {bg} background", f"on {bg} background"])
@@ -126,7 +124,7 @@ def descriptive_caption(scene, rng):
     elif n == 2:
         a, r, b = rels[0]
         k = int(rng.integers(5))
-        if rng.random() < LIST_ONLY:
+        if list_only > 0 and rng.random() < list_only:
             i, j = (a, b) if rng.random() < 0.5 else (b, a)
             out = f"two shapes {bgp}: {obj_phrase(objs[i], rng)} and {obj_phrase(objs[j], rng)}."
         elif k == 0:
@@ -151,7 +149,7 @@ def descriptive_caption(scene, rng):
         lst = f"{lst[0]}, {lst[1]} and {lst[2]}"
         rs = [_rel_sentence(rng, a, r, b, objs) for a, r, b in (rels[k] for k in rng.permutation(len(rels)))]
         rs = f"{rs[0]}, {rs[1]} and {rs[2]}."
-        if rng.random() < LIST_ONLY:
+        if list_only > 0 and rng.random() < list_only:
             out = _pick(rng, [f"three shapes {bgp}: {lst}.", f"there are three shapes {bgp}: {lst}."])
         else:
             out = _pick(rng, [
@@ -209,9 +207,10 @@ def alt_text(scene, rng):
     return check_vocab(out)
 
 
-def training_caption(scene, rng, mode="synthetic"):
+def training_caption(scene, rng, mode="synthetic", list_only=0.0):
     """mode "synthetic": 75% descriptive, 20% short, 5% alt-text (DALL-E 3's blend);
-    mode "alt": alt-text only (the ablation). Unconditional dropout is the trainer's job ("")."""
+    mode "alt": alt-text only (the ablation). Unconditional dropout is the trainer's job ("").
+    list_only: passed to descriptive_caption."""
     if mode == "alt":
         return alt_text(scene, rng)
     assert mode == "synthetic", mode
@@ -220,7 +219,7 @@ def training_caption(scene, rng, mode="synthetic"):
         return alt_text(scene, rng)
     if r < 0.25:
         return short_caption(scene, rng)
-    return descriptive_caption(scene, rng)
+    return descriptive_caption(scene, rng, list_only)
 
 
 def prompt_object(o, size=False, texture=False):
