@@ -30,6 +30,7 @@ from transformers import AutoTokenizer, T5EncoderModel
 
 from tools.eval.generate_torch import sub
 from tools.train.export import ddim_config
+from tools.train.train_unet import mention_tokens
 from tools.world import captions
 from tools.world.dataset import make_dataset
 from tools.world.scene import COLORS
@@ -99,7 +100,7 @@ def main():
         h1 = tokens("a red circle left of a blue square on a gray background")
         h2 = tokens("a blue square left of a red circle on a gray background")
         roles = {w: float((h1[w] - h2[w]).norm() / h1[w].norm()) for w in ["red", "circle", "blue", "square"]}
-        bind = binding_probe(tok, enc)
+        bind = binding_probe(tok, te)
     print("x0 at t=999, centroid of A's color minus B's (px; mean renders: left/right of dx -30/+30, above/below "
           "dy -30/+30):")
     for r in RELS:
@@ -110,7 +111,7 @@ def main():
           "shape token -> its color {:.1%} ({:.1%})".format(*bind))
 
 
-def binding_probe(tok, enc, n=1500):
+def binding_probe(tok, te, n=1500):
     _, scenes = make_dataset(n, seed=11, split="train", objects_p=[0, 0.5, 0.5])
     rng = np.random.default_rng(0)
     texts = [captions.descriptive_caption(s, rng) for s in scenes]
@@ -120,16 +121,11 @@ def binding_probe(tok, enc, n=1500):
     for i in range(0, n, 100):
         ids = tok(texts[i:i + 100], padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids
-        h = enc(texts[i:i + 100])
-        for b, scene in enumerate(scenes[i:i + 100]):
-            r = ids[b].tolist()
-            n_shapes = len({o["shape"] for o in scene["objects"]})
-            n_colors = len({o["color"] for o in scene["objects"]})
-            for c, s, _, _ in captions.mentions(scene):
-                ci, si = tok.convert_tokens_to_ids(c), tok.convert_tokens_to_ids(s)
-                for j in (j for j in range(len(r) - 1) if r[j] == ci and r[j + 1] == si):
-                    feats["c"].append(h[b, j]); labels["c"].append(si); bow["c"].append(1 / n_shapes)
-                    feats["s"].append(h[b, j + 1]); labels["s"].append(ci); bow["s"].append(1 / n_colors)
+        h = te(input_ids=ids).last_hidden_state
+        for b, j, _, _, ci, si in mention_tokens(ids, scenes[i:i + 100], texts[i:i + 100], captions, tok):
+            objs = scenes[i + b]["objects"]
+            feats["c"].append(h[b, j]); labels["c"].append(si); bow["c"].append(1 / len({o["shape"] for o in objs}))
+            feats["s"].append(h[b, j + 1]); labels["s"].append(ci); bow["s"].append(1 / len({o["color"] for o in objs}))
     out = []
     for k in ("c", "s"):
         x, y = torch.stack(feats[k]), torch.tensor(labels[k])
