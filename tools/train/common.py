@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def base_parser(description):
@@ -60,6 +61,20 @@ def images_to_tensor(images_u8, device):
     """uint8 [n,64,64,3] -> float [-1,1] NCHW, as the diffusers VAE expects."""
     x = torch.from_numpy(np.ascontiguousarray(images_u8)).to(device)
     return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def pixel_weights(x, object_weight):
+    """Per-pixel loss weights [n,1,h,w] for images x in [-1, 1]: 1 on the background, 1 + object_weight on objects
+    (pixels off the background color, grown by 1 px). Small, low-contrast shapes (a white star on the sky) are a few
+    percent of the pixels and differ little from the background, so a plain pixel loss spends almost nothing on
+    them: the stage-6 VAE got the shape of 72% of small objects right, 54% of white ones. The backgrounds are flat
+    and objects cover well under half an image, so the per-image median color is the background."""
+    if object_weight == 0:
+        return torch.ones_like(x[:, :1])
+    bg = x.flatten(2).median(dim=2).values[:, :, None, None]
+    mask = ((x - bg).abs().amax(dim=1, keepdim=True) > 1e-3).float()
+    mask = F.max_pool2d(mask, 3, stride=1, padding=1)
+    return 1 + object_weight * mask
 
 
 class Logger:

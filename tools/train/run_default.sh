@@ -11,7 +11,8 @@
 #      BATCH_VAE, BATCH_UNET, BATCH_CDEC, N_SCENES, OBJECTS_P (1/2/3-object mix of U-Net scenes),
 #      CAPTION_MODE (synthetic|alt), PREDICTION (v_prediction: with zero-terminal-SNR betas, as shipped;
 #      epsilon: the scaled_linear betas as they are), RELATIONS (train_unet flags that make spatial relations and binding
-#      learnable; "" for none), SEED, WORLD (python package).
+#      learnable; "" for none), OBJECT_WEIGHT (extra pixel-loss weight on objects for the VAE and the consistency
+#      decoder), SEED, WORLD (python package).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python}
@@ -42,12 +43,16 @@ if [ "$PREDICTION" = v_prediction ]; then pred+=(--zero-snr); fi
 # ablation set RELATIONS="" : these losses read the scene graph, which alt-text training must not see.
 RELATIONS=${RELATIONS---t5-directional --layout-aux 1 --t-high 0.5 --binding-aux 0.2}
 read -r -a rel <<< "$RELATIONS"
+# Objects are a few percent of the pixels; without extra weight the decoder blurs small shapes (tools/train/README.md,
+# "Object-weighted pixel loss").
+OBJECT_WEIGHT=${OBJECT_WEIGHT:-10}
 SEED=${SEED:-0}
 WORLD=${WORLD:-tools.world}
 common=(--device "$DEVICE" --threads "$THREADS" --seed "$SEED" --world-module "$WORLD")
 
 if [ "$VAE_MIN" != 0 ]; then
-  $PYTHON -m tools.train.train_vae --out "$RUN/vae" --minutes "$VAE_MIN" --batch "$BATCH_VAE" "${common[@]}"
+  $PYTHON -m tools.train.train_vae --out "$RUN/vae" --minutes "$VAE_MIN" --batch "$BATCH_VAE" \
+    --object-weight "$OBJECT_WEIGHT" "${common[@]}"
 fi
 if [ "$UNET_MIN" != 0 ]; then
   $PYTHON -m tools.train.train_unet --vae "$RUN/vae" --out "$RUN/unet" --minutes "$UNET_MIN" --batch "$BATCH_UNET" \
@@ -56,7 +61,7 @@ if [ "$UNET_MIN" != 0 ]; then
 fi
 if [ "$CDEC_MIN" != 0 ]; then
   $PYTHON -m tools.train.train_cdec --vae "$RUN/vae" --out "$RUN/cdec" --minutes "$CDEC_MIN" --batch "$BATCH_CDEC" \
-    "${common[@]}"
+    --object-weight "$OBJECT_WEIGHT" "${common[@]}"
 fi
 force=()
 if [ "${FORCE:-0}" = 1 ]; then force=(--force); fi

@@ -22,7 +22,7 @@ c_in = sqrt(1/abar) / sqrt(sigma^2 + 0.25) -- taken from diffusers' ConsistencyD
 
 Training: each sample draws t in {1008, 512}; x_t is built exactly as decode() would feed it (t = 1008: pure scaled
 noise; t = 512: the clean image re-noised to abar[512]); the loss is MSE + L1 between the predicted clean image
-c_out * out + c_skip * x_t and the real image, in [-1, 1] pixels.
+c_out * out + c_skip * x_t and the real image, in [-1, 1] pixels (object pixels weighted 1 + --object-weight).
 
 Why direct training at the two levels instead of consistency distillation: distillation needs a many-step teacher
 (a diffusion decoder sampled along the ODE), and none exists here -- training one would cost more than the whole
@@ -67,6 +67,8 @@ def main():
     p.add_argument("--widths", default="16,32,64", help="decoder block_out_channels (from-scratch only)")
     p.add_argument("--chunk", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--object-weight", type=float, default=0.0,
+                   help="extra loss weight on object pixels (see common.pixel_weights)")
     p.set_defaults(lr=5e-4, batch=32)
     args = p.parse_args()
     dev = common.setup(args)
@@ -123,7 +125,9 @@ def main():
         xt = v(a) * x0 + v(s) * torch.randn_like(x0)
         out = dec(torch.cat([v(c_in) * xt, z], dim=1), ts[k]).sample[:, :3]
         pred = v(c_out) * out + v(c_skip) * xt
-        loss = F.mse_loss(pred, x0) + F.l1_loss(pred, x0)
+        d = pred - x0
+        w = common.pixel_weights(x0, args.object_weight)
+        loss = (w * (d.abs() + d * d)).sum() / (3 * w.sum())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dec.parameters(), 1.0)

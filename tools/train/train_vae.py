@@ -2,7 +2,7 @@
 
     python -m tools.train.train_vae --out RUN/vae --minutes 30 [--init weights/default] [--device cuda --batch 128]
 
-Loss: L1 + MSE on pixels plus a tiny KL (1e-6), which keeps the posterior near-deterministic (its mean is what the
+Loss: L1 + MSE on pixels (object pixels weighted 1 + ``--object-weight``) plus a tiny KL (1e-6), which keeps the posterior near-deterministic (its mean is what the
 U-Net is trained on) while stopping the latent scale from drifting freely. AdamW with warmup, EMA of the weights; the
 EMA is exported. At the end ``scaling_factor = 1 / std(latent means)`` over ``--scale-scenes`` scenes is written into
 the config, except with ``--init`` (``--keep-scaling`` defaults on there): the shipped U-Net was trained on the old
@@ -57,6 +57,10 @@ def main():
     p.add_argument("--repeats", type=int, default=4, help="passes over a chunk before rendering the next")
     p.add_argument("--kl", type=float, default=1e-6)
     p.add_argument("--scale-scenes", type=int, default=2000)
+    p.add_argument("--object-weight", type=float, default=0.0,
+                   help="extra loss weight on object pixels (those differing from the flat background, grown by 1 px)")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="train the decoder only: the latents (and so a U-Net trained on them) stay valid")
     p.add_argument("--keep-scaling", action=argparse_bool(), default=None,
                    help="keep the init's scaling_factor (default: on with --init, off otherwise)")
     p.set_defaults(lr=5e-4, batch=32)
@@ -68,7 +72,10 @@ def main():
 
     vae = build(args).to(dev).train()
     ema = common.EMA(vae, args.ema_decay)
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.01)
+    if args.freeze_encoder:
+        for m in (vae.encoder, vae.quant_conv):
+            m.requires_grad_(False)
+    opt = torch.optim.AdamW([q for q in vae.parameters() if q.requires_grad], lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, common.lr_lambda(args.warmup))
     stream = common.SceneStream(make_dataset, 1_000_000 + 1000 * args.seed, args.chunk, args.repeats, args.batch)
     parts = {"model": vae, "ema": ema, "opt": opt, "sched": sched, "stream": stream}
@@ -86,9 +93,12 @@ def main():
         t0 = time.time()
         images = stream.next()
         x = common.images_to_tensor(images, dev)
-        post = vae.encode(x).latent_dist
+        with torch.set_grad_enabled(not args.freeze_encoder):
+            post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + args.kl * post.kl().mean()
+        d = rec - x
+        w = common.pixel_weights(x, args.object_weight)
+        loss = (w * (d.abs() + d * d)).sum() / (3 * w.sum()) + args.kl * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
