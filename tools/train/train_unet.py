@@ -42,6 +42,9 @@
   The U-Net attends to the T5's tokens one at a time, so a position that attends to "red" learns nothing about
   which shape is red unless the token says so; stage 5's T5 did not (a linear probe from the color token to its
   shape: 30%, below the 46% that knowing only which shapes the caption names gives).
+* ``--object-weight W`` (default 0, off): the diffusion loss weighs the latent cells an object covers (from the scene
+  graph: its extent + 2 px) 1 + W times, as train_vae's ``--object-weight`` does for pixels. Objects are a minority
+  of the latent, so the plain mean spends most of the loss on flat background.
 * EMA (decay ``--ema-decay`` with warmup) of U-Net and T5; the EMA is what is exported.
 
 Output: RUN/unet/{unet,text_encoder,tokenizer}/ in diffusers/transformers layout, plus ckpt.pt and log.txt.
@@ -201,6 +204,21 @@ def binding_loss(head, cond, found):
     return F.cross_entropy(head(mention_vectors(cond, found)), target)
 
 
+def object_weights(scenes, extent, size, image_size, weight):
+    """[n,1,size,size] latent weights: 1, plus ``weight`` on the latent cells an object covers (its extent + 2 px).
+    The pixel-space twin of common.pixel_weights, from the scene graph since the latent has no flat background."""
+    cell = image_size / size
+    c = (torch.arange(size, dtype=torch.float32) + 0.5) * cell
+    w = torch.ones(len(scenes), 1, size, size)
+    for k, sc in enumerate(scenes):
+        m = torch.zeros(size, size, dtype=torch.bool)
+        for o in sc["objects"]:
+            r = o["radius"] * extent[o["shape"]] + 2
+            m |= ((c[None, :] - o["x"]) ** 2 + (c[:, None] - o["y"]) ** 2) <= r * r
+        w[k, 0] += weight * m
+    return w
+
+
 def main():
     p = common.base_parser(__doc__)
     p.add_argument("--vae", required=True, help="trained AutoencoderKL folder (train_vae's --out)")
@@ -220,6 +238,8 @@ def main():
                         "color); 0 = off")
     p.add_argument("--list-only", type=float, default=0.0,
                    help="share of two- and three-object descriptive captions that list the objects without relations")
+    p.add_argument("--object-weight", type=float, default=0.0,
+                   help="extra diffusion-loss weight on the latent cells objects cover (0 = plain mean)")
     p.add_argument("--t5-directional", action="store_true",
                    help="start with T5 heads 1 and 2 looking at the 5 tokens after / before each token (not on resume)")
     p.add_argument("--t-high", type=float, default=0.0,
@@ -238,6 +258,7 @@ def main():
     log = common.Logger(args.out, args.log_seconds)
     make_dataset = common.world(args, "dataset").make_dataset
     captions = common.world(args, "captions")
+    scene_mod = common.world(args, "scene") if args.object_weight > 0 else None
 
     data = cache_latents(args, common.subfolder(args.vae, "vae"), make_dataset, dev, log)
     latents, scenes = data["latents"], data["scenes"]
@@ -284,7 +305,8 @@ def main():
                  f"{sum(p.numel() for p in unet.parameters())} params, t5 {sum(p.numel() for p in te.parameters())}"
                  f" params, vocab {len(tok)}, {len(scenes)} scenes, batch {args.batch}, mode {args.caption_mode}, "
                  f"{ns['prediction_type']}, layout-aux {args.layout_aux}, t5-directional {args.t5_directional}, "
-                 f"t-high {args.t_high}, binding-aux {args.binding_aux}, list-only {args.list_only}")
+                 f"t-high {args.t_high}, binding-aux {args.binding_aux}, list-only {args.list_only}, "
+                 f"object-weight {args.object_weight}")
 
     budget = common.Budget(args.minutes, args.ckpt_minutes)
     t_train, n_train, aux_ema = 0.0, 0, {}
@@ -307,13 +329,19 @@ def main():
         xt = noise_sched.add_noise(x0, noise, t)
         cond = te(input_ids=ids.to(dev)).last_hidden_state
         pred = unet(xt, t, encoder_hidden_states=cond).sample
+        if args.object_weight > 0:
+            w = object_weights([scenes[i] for i in idx.tolist()], scene_mod.EXTENT, x0.shape[-1],
+                               scene_mod.IMAGE_SIZE, args.object_weight).to(dev)
+            reduce = lambda sq: (w * sq).sum(dim=(1, 2, 3)) / (sq.shape[1] * w.sum(dim=(1, 2, 3)))
+        else:
+            reduce = lambda sq: sq.mean(dim=(1, 2, 3))
         if args.prediction_type == "epsilon":
-            per = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+            per = reduce(F.mse_loss(pred.float(), noise, reduction="none"))
             if args.snr_gamma > 0:
                 per = per * torch.clamp(snr[t], max=args.snr_gamma) / snr[t]
         else:
             target = noise_sched.get_velocity(x0, noise, t)
-            per = F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3))
+            per = reduce(F.mse_loss(pred.float(), target, reduction="none"))
             if args.snr_gamma > 0:
                 per = per * (torch.clamp(snr[t], max=args.snr_gamma) + 1) / (snr[t] + 1)
         loss = per.mean()
