@@ -77,6 +77,14 @@ def pixel_weights(x, object_weight):
     return 1 + object_weight * mask
 
 
+def pixel_loss(pred, target, object_weight):
+    """L1 + MSE between images in [-1, 1], each pixel weighted by ``pixel_weights(target, object_weight)``; with
+    weight 0 exactly ``l1_loss + mse_loss``."""
+    d = pred - target
+    w = pixel_weights(target, object_weight)
+    return (w * (d.abs() + d * d)).sum() / (d.shape[1] * w.sum())
+
+
 class Logger:
     def __init__(self, out, every_s):
         self.path = os.path.join(out, "log.txt")

@@ -125,9 +125,7 @@ def main():
         xt = v(a) * x0 + v(s) * torch.randn_like(x0)
         out = dec(torch.cat([v(c_in) * xt, z], dim=1), ts[k]).sample[:, :3]
         pred = v(c_out) * out + v(c_skip) * xt
-        d = pred - x0
-        w = common.pixel_weights(x0, args.object_weight)
-        loss = (w * (d.abs() + d * d)).sum() / (3 * w.sum())
+        loss = common.pixel_loss(pred, x0, args.object_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dec.parameters(), 1.0)

@@ -329,21 +329,17 @@ def main():
         xt = noise_sched.add_noise(x0, noise, t)
         cond = te(input_ids=ids.to(dev)).last_hidden_state
         pred = unet(xt, t, encoder_hidden_states=cond).sample
+        target = noise if args.prediction_type == "epsilon" else noise_sched.get_velocity(x0, noise, t)
+        sq = F.mse_loss(pred.float(), target, reduction="none")
         if args.object_weight > 0:
             w = object_weights([scenes[i] for i in idx.tolist()], scene_mod.EXTENT, x0.shape[-1],
                                scene_mod.IMAGE_SIZE, args.object_weight).to(dev)
-            reduce = lambda sq: (w * sq).sum(dim=(1, 2, 3)) / (sq.shape[1] * w.sum(dim=(1, 2, 3)))
+            per = (w * sq).sum(dim=(1, 2, 3)) / (sq.shape[1] * w.sum(dim=(1, 2, 3)))
         else:
-            reduce = lambda sq: sq.mean(dim=(1, 2, 3))
-        if args.prediction_type == "epsilon":
-            per = reduce(F.mse_loss(pred.float(), noise, reduction="none"))
-            if args.snr_gamma > 0:
-                per = per * torch.clamp(snr[t], max=args.snr_gamma) / snr[t]
-        else:
-            target = noise_sched.get_velocity(x0, noise, t)
-            per = reduce(F.mse_loss(pred.float(), target, reduction="none"))
-            if args.snr_gamma > 0:
-                per = per * (torch.clamp(snr[t], max=args.snr_gamma) + 1) / (snr[t] + 1)
+            per = sq.mean(dim=(1, 2, 3))
+        if args.snr_gamma > 0:
+            g = torch.clamp(snr[t], max=args.snr_gamma)
+            per = per * (g / snr[t] if args.prediction_type == "epsilon" else (g + 1) / (snr[t] + 1))
         loss = per.mean()
         if args.layout_aux > 0 or args.binding_aux > 0:
             found = mention_tokens(ids, [scenes[i] for i in idx.tolist()], texts, captions, tok)

@@ -2,8 +2,9 @@
 
     python -m tools.train.train_vae --out RUN/vae --minutes 30 [--init weights/default] [--device cuda --batch 128]
 
-Loss: L1 + MSE on pixels (object pixels weighted 1 + ``--object-weight``) plus a tiny KL (1e-6), which keeps the posterior near-deterministic (its mean is what the
-U-Net is trained on) while stopping the latent scale from drifting freely. AdamW with warmup, EMA of the weights; the
+Loss: L1 + MSE on pixels (object pixels weighted 1 + ``--object-weight``) plus a tiny KL (1e-6), which keeps the
+posterior near-deterministic (its mean is what the U-Net is trained on) while stopping the latent scale from
+drifting freely. AdamW with warmup, EMA of the weights; the
 EMA is exported. At the end ``scaling_factor = 1 / std(latent means)`` over ``--scale-scenes`` scenes is written into
 the config, except with ``--init`` (``--keep-scaling`` defaults on there): the shipped U-Net was trained on the old
 scale, so a fine-tuned VAE must keep it (the newly measured std is logged for comparison).
@@ -20,7 +21,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from . import common
@@ -96,9 +96,7 @@ def main():
         with torch.set_grad_enabled(not args.freeze_encoder):
             post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
-        d = rec - x
-        w = common.pixel_weights(x, args.object_weight)
-        loss = (w * (d.abs() + d * d)).sum() / (3 * w.sum()) + args.kl * post.kl().mean()
+        loss = common.pixel_loss(rec, x, args.object_weight) + args.kl * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
