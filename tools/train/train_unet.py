@@ -86,6 +86,16 @@ def noise_schedule(args):
     return ns
 
 
+def list_shares(text):
+    """--list-only: "P" (two and three objects alike) or "P2,P3"."""
+    shares = tuple(float(v) for v in text.split(","))
+    if len(shares) == 1:
+        shares *= 2
+    if len(shares) != 2 or not all(0.0 <= v <= 1.0 for v in shares):
+        raise ValueError(f"--list-only wants P or P2,P3 with shares in [0, 1], got {text!r}")
+    return shares
+
+
 def unet_config(widths, cross_dim, head_dim):
     return dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=list(widths),
                 down_block_types=["CrossAttnDownBlock2D"] * (len(widths) - 1) + ["DownBlock2D"],
@@ -236,8 +246,9 @@ def main():
     p.add_argument("--binding-aux", type=float, default=0.0,
                    help="weight of the text encoder's binding loss (color token -> its shape, shape token -> its "
                         "color); 0 = off")
-    p.add_argument("--list-only", type=float, default=0.0,
-                   help="share of two- and three-object descriptive captions that list the objects without relations")
+    p.add_argument("--list-only", type=list_shares, default=(0.0, 0.0), metavar="P or P2,P3",
+                   help="share of two- and three-object descriptive captions that list the objects without relations "
+                        "(one share for both, or one per object count)")
     p.add_argument("--object-weight", type=float, default=0.0,
                    help="extra diffusion-loss weight on the latent cells objects cover (0 = plain mean)")
     p.add_argument("--t5-directional", action="store_true",
@@ -310,7 +321,7 @@ def main():
 
     budget = common.Budget(args.minutes, args.ckpt_minutes)
     t_train, n_train, aux_ema = 0.0, 0, {}
-    cap_kw = {"list_only": args.list_only} if args.list_only else {}  # other world modules need not know it
+    cap_kw = {"list_only": args.list_only} if any(args.list_only) else {}  # other world modules need not know it
     while not budget.done():
         t0 = time.time()
         idx = torch.from_numpy(cap_rng.integers(0, len(scenes), args.batch))

@@ -106,9 +106,11 @@ def _rel_sentence(rng, a, r, b, objs):
 def descriptive_caption(scene, rng, list_only=0.0):
     """Every object with all its attributes, the relations of every pair, and the background; with probability
     ``list_only`` a two- or three-object caption lists the objects without their relations ("three shapes on a gray
-    background: a red circle, a blue star and a green ring.")."""
+    background: a red circle, a blue star and a green ring."). ``list_only`` is one share for both, or a pair
+    (two objects, three objects)."""
     objs, bg, rels = scene["objects"], scene["background"], scene["relations"]
     n = len(objs)
+    p2, p3 = list_only if isinstance(list_only, (tuple, list)) else (list_only, list_only)
     bgp = _pick(rng, [f"on a {bg} background", f"on {bg} background"])
     if n == 1:
         A = obj_phrase(objs[0], rng)
@@ -124,7 +126,7 @@ def descriptive_caption(scene, rng, list_only=0.0):
     elif n == 2:
         a, r, b = rels[0]
         k = int(rng.integers(5))
-        if list_only > 0 and rng.random() < list_only:
+        if p2 > 0 and rng.random() < p2:
             i, j = (a, b) if rng.random() < 0.5 else (b, a)
             out = f"two shapes {bgp}: {obj_phrase(objs[i], rng)} and {obj_phrase(objs[j], rng)}."
         elif k == 0:
@@ -149,7 +151,7 @@ def descriptive_caption(scene, rng, list_only=0.0):
         lst = f"{lst[0]}, {lst[1]} and {lst[2]}"
         rs = [_rel_sentence(rng, a, r, b, objs) for a, r, b in (rels[k] for k in rng.permutation(len(rels)))]
         rs = f"{rs[0]}, {rs[1]} and {rs[2]}."
-        if list_only > 0 and rng.random() < list_only:
+        if p3 > 0 and rng.random() < p3:
             out = _pick(rng, [f"three shapes {bgp}: {lst}.", f"there are three shapes {bgp}: {lst}."])
         else:
             out = _pick(rng, [
