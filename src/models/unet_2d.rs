@@ -55,20 +55,8 @@ pub struct UNet2DModel {
     dtype: DType,
 }
 
-/// The U-Net's output and the activations the tests compare block by block.
-pub struct UNet2DOutput {
-    /// [B, out_channels, H, W].
-    pub sample: Tensor,
-    /// The time embedding after `time_embedding` [B, time_embed_dim].
-    pub emb: Tensor,
-    /// After `conv_in`.
-    pub conv_in: Tensor,
-    /// Each down block's hidden states (after its downsampler).
-    pub down: Vec<Tensor>,
-    pub mid: Option<Tensor>,
-    /// Each up block's output (after its upsampler).
-    pub up: Vec<Tensor>,
-}
+/// The same output and block-by-block activations as the conditional U-Net's.
+pub type UNet2DOutput = super::unet_2d_condition::UNetOutput;
 
 impl UNet2DModel {
     /// Loads the U-Net and checks the checkpoint holds exactly its tensors.
