@@ -12,7 +12,7 @@ use fixture::{dir, Io};
 use hoa::schedulers::{
     self, dpmsolver_multistep::DPMSolverMultistepScheduler,
     euler_ancestral_discrete::EulerAncestralDiscreteScheduler,
-    euler_discrete::EulerDiscreteScheduler, SchedulerConfig, SchedulerKind,
+    euler_discrete::EulerDiscreteScheduler, Scheduler, SchedulerConfig, SchedulerKind,
 };
 use hoa::{DType, Tensor};
 
@@ -274,6 +274,33 @@ fn host_tables_match_diffusers() {
                 .to_vec(),
         };
         close_tables(&key, &got, &want);
+    }
+}
+
+/// diffusers' DDIM returns NaN at eta = 1 on a zero-terminal-SNR schedule (the square root of
+/// 1 - a_prev - std^2 rounded below 0 at t = 999); hoa takes that term as its exact value, 0.
+#[test]
+fn ddim_eta_one_on_zero_snr_stays_finite() {
+    let r = config("ddim_zero_snr_v")
+        .resolve(SchedulerKind::Ddim)
+        .unwrap();
+    for steps in [1, 4, 10, 25, 50] {
+        let mut s = schedulers::ddim::DDIMScheduler::new(r.clone(), steps).unwrap();
+        s.set_eta(1.0).unwrap();
+        for i in 0..steps {
+            let c = s.coefs(i);
+            for (name, v) in [
+                ("b_x", c.b_x),
+                ("b_m", c.b_m),
+                ("b_x0", c.b_x0),
+                ("b_noise", c.b_noise),
+            ] {
+                assert!(v.is_finite(), "{steps} steps, step {i}: {name} = {v}");
+            }
+        }
+        // The first step (a = 0) keeps no direction term: all of x's variance is fresh noise.
+        let c0 = s.coefs(0);
+        assert!(c0.b_x.abs() < 1e-6 && c0.b_m.abs() < 1e-6, "{c0:?}");
     }
 }
 

@@ -92,7 +92,10 @@ impl DDIMScheduler {
         // (use_clipped_model_output is False in its pipelines).
         let variance = (1.0 - a_prev) / b * (1.0 - a / a_prev);
         let std = self.eta * variance.sqrt();
-        let dir = (1.0 - a_prev - std * std).sqrt();
+        // At eta = 1 on a zero-terminal-SNR schedule (a = 0 at t = 999) std^2 is 1 - a_prev, and
+        // rounding can leave the difference a hair below 0: diffusers takes its square root and
+        // returns NaN (an all-black image); its exact value there is 0.
+        let dir = (1.0 - a_prev - std * std).max(0.0).sqrt();
         let range = self.r.clip_sample_range;
         StepCoefs {
             a0,
