@@ -32,6 +32,7 @@ def main():
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=None)
     ap.add_argument("--scheduler", default=None)
+    ap.add_argument("--eta", type=float, default=None, help="DDIM's eta (hoa generate --eta)")
     ap.add_argument("--decoder", default="vae")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="first N prompts only")
@@ -52,6 +53,8 @@ def main():
         cmd += ["--guidance", str(args.guidance)]
     if args.scheduler:
         cmd += ["--scheduler", args.scheduler]
+    if args.eta is not None:
+        cmd += ["--eta", str(args.eta)]
     t0 = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     dt = time.time() - t0

@@ -4,7 +4,7 @@ through the same pipeline, so their scores compare; the shipped model is scored 
 pipeline (generate_hoa.py), which tests/default_model.rs ties to this one.
 
     python -m tools.eval.generate_torch --run train_runs/ft/abl_alt --vae train_runs/ft/vae \
-        --out /tmp/gen_alt [--steps 25] [--guidance 3] [--seed 0] [--threads 1]
+        --out /tmp/gen_alt [--steps 25] [--guidance 3] [--seed 0] [--threads 1] [--scheduler euler_a]
     python -m tools.eval.generate_torch --model weights/default --out /tmp/gen_torch
 
 --run takes a train_unet output folder (its EMA export: unet/, text_encoder/, tokenizer/) and --vae
@@ -17,7 +17,8 @@ import json
 import os
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (AutoencoderKL, DDIMScheduler, EulerAncestralDiscreteScheduler, StableDiffusionPipeline,
+                       UNet2DConditionModel)
 from transformers import PreTrainedTokenizerFast, T5EncoderModel
 
 from tools.train.export import ddim_config
@@ -52,6 +53,8 @@ def main():
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scheduler", default=None, choices=["ddim", "euler_a"],
+                    help="replace the folder's scheduler, keeping its noise schedule (default: the folder's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--limit", type=int, default=None, help="first N prompts only")
@@ -60,6 +63,9 @@ def main():
         ap.error("give --model DIR, or --run DIR with --vae DIR")
     torch.set_num_threads(args.threads)
     pipe = load(args)
+    if args.scheduler:
+        cls = {"ddim": DDIMScheduler, "euler_a": EulerAncestralDiscreteScheduler}[args.scheduler]
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     prompts = json.load(open(args.prompts))[: args.limit]
     os.makedirs(args.out, exist_ok=True)
