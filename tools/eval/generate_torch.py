@@ -17,11 +17,10 @@ import json
 import os
 
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, EulerAncestralDiscreteScheduler, StableDiffusionPipeline,
-                       UNet2DConditionModel)
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import PreTrainedTokenizerFast, T5EncoderModel
 
-from tools.train.export import ddim_config
+from tools.train.export import SAMPLERS, ddim_config, with_sampler
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
@@ -53,7 +52,7 @@ def main():
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--scheduler", default=None, choices=["ddim", "euler_a"],
+    ap.add_argument("--scheduler", default=None, choices=sorted(SAMPLERS),
                     help="replace the folder's scheduler, keeping its noise schedule (default: the folder's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=20)
@@ -64,8 +63,7 @@ def main():
     torch.set_num_threads(args.threads)
     pipe = load(args)
     if args.scheduler:
-        cls = {"ddim": DDIMScheduler, "euler_a": EulerAncestralDiscreteScheduler}[args.scheduler]
-        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+        pipe.scheduler = with_sampler(pipe.scheduler, args.scheduler)
     pipe.set_progress_bar_config(disable=True)
     prompts = json.load(open(args.prompts))[: args.limit]
     os.makedirs(args.out, exist_ok=True)

@@ -12,7 +12,7 @@ and writes, like the shipped weights/default:
                               zero-SNR rescaling and timestep spacing, as EulerAncestralDiscreteScheduler
                               (--scheduler ddim keeps DDIMScheduler)
   hoa.json                    {"guidance": 3.0, "steps": 25}
-Then loads it with StableDiffusionPipeline.from_pretrained, renders one 64x64 image (DDIM 25 steps, guidance 3) to
+Then loads it with StableDiffusionPipeline.from_pretrained, renders one 64x64 image (its sampler, 25 steps, guidance 3) to
 ``--sample`` (default RUN/export_sample.png) and prints the folder's total size. Refuses a non-empty --out without
 --force.
 """
@@ -34,6 +34,14 @@ DDIM = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_s
 HOA = {"guidance": 3.0, "steps": 25}
 
 
+SAMPLERS = {"ddim": DDIMScheduler, "euler_a": EulerAncestralDiscreteScheduler}
+
+
+def with_sampler(scheduler, name):
+    """`scheduler`'s noise schedule (betas, prediction type, zero-SNR, spacing) under the sampler `name`."""
+    return SAMPLERS[name].from_config(scheduler.config)
+
+
 def ddim_config(unet_run):
     """The shipped DDIM values with the noise schedule train_unet wrote for this run (epsilon/leading if none)."""
     path = os.path.join(unet_run, "noise_schedule.json")
@@ -52,7 +60,7 @@ def main():
     p.add_argument("--sample", default=None, help="PNG path for the check image (default RUN/export_sample.png)")
     p.add_argument("--prompt", default="a large red circle on a white background")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--scheduler", default="euler_a", choices=["ddim", "euler_a"],
+    p.add_argument("--scheduler", default="euler_a", choices=sorted(SAMPLERS),
                    help="the folder's default sampler, on the run's noise schedule (weights/README.md: Euler ancestral "
                         "beat DDIM by ~3 points of unseen binding in hoa's pipeline)")
     args = p.parse_args()
@@ -69,9 +77,7 @@ def main():
     te = T5EncoderModel.from_pretrained(os.path.join(run, "unet", "text_encoder"), dtype=torch.float32)
     tok = PreTrainedTokenizerFast.from_pretrained(os.path.join(run, "unet", "tokenizer"))
     assert tok.model_max_length == 80, tok.model_max_length
-    scheduler = DDIMScheduler(**ddim_config(os.path.join(run, "unet")))
-    if args.scheduler == "euler_a":
-        scheduler = EulerAncestralDiscreteScheduler.from_config(scheduler.config)
+    scheduler = with_sampler(DDIMScheduler(**ddim_config(os.path.join(run, "unet"))), args.scheduler)
     pipe = StableDiffusionPipeline(vae=vae.to(torch.float16), text_encoder=te, tokenizer=tok,
                                    unet=unet.to(torch.float16), scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
