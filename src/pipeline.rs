@@ -85,6 +85,35 @@ pub struct InitImage {
     pub mask: Option<Vec<f32>>,
 }
 
+/// Guidance `scale` for the steps whose timestep is at least `from_timestep` (of the
+/// scheduler's `num_train_timesteps`, e.g. 1000); the later steps use `guidance`. A timestep
+/// rather than a step index, so the split does not move with the number of steps.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct GuidanceHigh {
+    pub scale: f32,
+    pub from_timestep: f32,
+}
+
+impl GuidanceHigh {
+    /// Its `key: value` pair in a PNG's generation parameters.
+    pub fn parameter(&self) -> (String, String) {
+        (
+            "CFG scale high noise".to_string(),
+            format!("{} from timestep {}", self.scale, self.from_timestep),
+        )
+    }
+}
+
+impl GenerateOptions {
+    /// The guidance scale of a step at timestep `t`.
+    pub fn guidance_at(&self, t: f32) -> f32 {
+        match self.guidance_high {
+            Some(h) if t >= h.from_timestep => h.scale,
+            _ => self.guidance,
+        }
+    }
+}
+
 /// Everything one generation takes.
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -94,6 +123,9 @@ pub struct GenerateOptions {
     pub height: usize,
     pub steps: usize,
     pub guidance: f32,
+    /// Another guidance scale for the high-noise steps, where the layout and the number of
+    /// objects are decided; `None`: `guidance` throughout.
+    pub guidance_high: Option<GuidanceHigh>,
     /// `None`: the model folder's own scheduler.
     pub scheduler: Option<SchedulerKind>,
     /// diffusers' `eta` (DDIM only; 0 = deterministic): the share of fresh noise per step.
@@ -123,6 +155,7 @@ impl Default for GenerateOptions {
             height: 512,
             steps: 25,
             guidance: 7.5,
+            guidance_high: None,
             scheduler: None,
             eta: 0.0,
             seed: 0,
@@ -384,11 +417,21 @@ impl Pipeline {
         if opts.batch == 0 {
             return Err(bad("batch must be at least 1"));
         }
-        if !opts.guidance.is_finite() || opts.guidance < 0.0 {
-            return Err(bad(format!(
-                "guidance must be a finite number ≥ 0, got {}",
-                opts.guidance
-            )));
+        let high = opts.guidance_high.map(|h| h.scale);
+        for g in std::iter::once(opts.guidance).chain(high) {
+            if !g.is_finite() || g < 0.0 {
+                return Err(bad(format!(
+                    "guidance must be a finite number ≥ 0, got {g}"
+                )));
+            }
+        }
+        if let Some(h) = opts.guidance_high {
+            if !h.from_timestep.is_finite() || h.from_timestep < 0.0 {
+                return Err(bad(format!(
+                    "the high-noise guidance's from_timestep must be a finite number ≥ 0, got {}",
+                    h.from_timestep
+                )));
+            }
         }
         if let Some(l) = &opts.latents {
             let want = opts.batch * self.unet_config.in_channels * (h / f) * (w / f);
@@ -542,7 +585,7 @@ impl Pipeline {
             .collect();
 
         // 1. Prompt embeddings (diffusers guides only when guidance_scale > 1).
-        let cfg = opts.guidance > 1.0;
+        let cfg = opts.guidance > 1.0 || opts.guidance_high.is_some_and(|h| h.scale > 1.0);
         let context = self.encode_prompts(ctx, opts, cfg, events)?;
 
         // 2. Timesteps.
@@ -641,7 +684,7 @@ impl Pipeline {
                 }
             };
             let eps = if cfg {
-                classifier_free_guidance(ctx, &out, opts.guidance)?
+                classifier_free_guidance(ctx, &out, opts.guidance_at(t))?
             } else {
                 out
             };

@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::gpu::{Context, ContextOptions, DType};
 use crate::image_io::{encode_png, GenerationParameters, RgbImage};
 use crate::model_files::MemoryFiles;
-use crate::pipeline::{Decoder, Event, GenerateOptions, Pipeline};
+use crate::pipeline::{Decoder, Event, GenerateOptions, GuidanceHigh, Pipeline};
 use crate::schedulers::{self, SchedulerKind};
 use js_sys::{Function, Map, Object, Reflect, Uint8Array};
 use std::cell::{Cell, RefCell};
@@ -163,6 +163,8 @@ impl Hoa {
     }
 
     /// Generates one image and resolves to its RGBA bytes (`width * height * 4`).
+    /// `guidance_high`: the scale for the steps at timestep ≥ `guidance_high_from` (as the
+    /// CLI's `--guidance-high`), undefined for `guidance` throughout;
     /// `scheduler`: "" for the model's own, else ddim, euler, dpm++2m, ... (as the CLI's
     /// `--scheduler`); `eta`: DDIM's eta in [0, 1] (as `--eta`; other schedulers warn that
     /// they ignore it); `decoder`: "vae" or "consistency"; `preview_every`: decode the latents
@@ -177,6 +179,8 @@ impl Hoa {
         seed: u64,
         steps: usize,
         guidance: f32,
+        guidance_high: Option<f32>,
+        guidance_high_from: f32,
         scheduler: String,
         eta: f32,
         decoder: String,
@@ -210,6 +214,10 @@ impl Hoa {
                     seed,
                     steps,
                     guidance,
+                    guidance_high: guidance_high.map(|scale| GuidanceHigh {
+                        scale,
+                        from_timestep: guidance_high_from,
+                    }),
                     scheduler,
                     eta,
                     decoder,
@@ -246,6 +254,7 @@ struct GenerateInput {
     seed: u64,
     steps: usize,
     guidance: f32,
+    guidance_high: Option<GuidanceHigh>,
     scheduler: String,
     eta: f32,
     decoder: String,
@@ -278,6 +287,7 @@ async fn run(
         height: a.height,
         steps: a.steps,
         guidance: a.guidance,
+        guidance_high: a.guidance_high,
         scheduler,
         eta: a.eta,
         seed: a.seed,
@@ -337,8 +347,8 @@ async fn run(
         height: opts.height,
         model: model.to_string(),
         decoder: opts.decoder.name().to_string(),
-        extra: schedulers::eta_parameter(kind, opts.eta)
-            .into_iter()
+        extra: (opts.guidance_high.map(|h| h.parameter()).into_iter())
+            .chain(schedulers::eta_parameter(kind, opts.eta))
             .collect(),
     }
     .to_text();

@@ -149,6 +149,62 @@ fn ddim_eta_draws_seeded_noise_and_others_ignore_it() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A model folder's hoa.json `guidance_high` applies (and is recorded) unless --guidance is
+/// given; --guidance-high takes its timestep from the folder.
+#[test]
+fn hoa_json_guidance_high_is_the_default_unless_guidance_is_given() {
+    if common::ctx().is_none() {
+        return;
+    }
+    let d = out_dir("ghigh");
+    let m = d.join("model");
+    copy_dir(&dir("pipeline_tiny"), &m);
+    std::fs::write(
+        m.join("hoa.json"),
+        r#"{"guidance": 4, "guidance_high": {"scale": 6, "from_timestep": 500}}"#,
+    )
+    .unwrap();
+    let m = m.display().to_string();
+    let run = |out: &str, extra: &[&str]| {
+        let args = [
+            &["--model", m.as_str(), "--scheduler", "ddim", "--steps", "4"],
+            extra,
+        ]
+        .concat();
+        let o = generate(&d, out, "2", &args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(d.join(out)).unwrap()
+    };
+    let model = run("model.png", &[]);
+    let params = read_png_parameters(&model).unwrap().unwrap();
+    for want in ["CFG scale: 4", "CFG scale high noise: 6 from timestep 500"] {
+        assert!(params.contains(want), "{want:?} not in {params:?}");
+    }
+    let plain = run("plain.png", &["--guidance", "4"]);
+    assert!(!read_png_parameters(&plain)
+        .unwrap()
+        .unwrap()
+        .contains("high noise"));
+    assert_ne!(plain, model);
+    assert_eq!(
+        run("again.png", &["--guidance", "4", "--guidance-high", "6"]),
+        model
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// Runs a generate that must fail, checks stderr names the problem and no file was written.
 fn fails(name: &str, args: &[&str], want: &str) {
     let d = out_dir(name);

@@ -9,7 +9,7 @@ mod fixture;
 use common::ctx;
 use fixture::{dir, Io};
 use hoa::model_files::{DirFiles, ModelFiles};
-use hoa::pipeline::{Decoder, Event, GenerateOptions, InitImage, Pipeline};
+use hoa::pipeline::{Decoder, Event, GenerateOptions, GuidanceHigh, InitImage, Pipeline};
 use hoa::schedulers::SchedulerKind;
 use hoa::{DType, Error, Tensor};
 
@@ -278,6 +278,42 @@ fn live_preview_every_k_steps() {
     assert_ne!(previews[0].1, previews[1].1);
 }
 
+/// `guidance_high`: the steps at timestep ≥ `from_timestep` use its scale, the rest `guidance`.
+/// 5 DDIM steps of 1000 put the first step above 500 and the last below it.
+#[test]
+fn guidance_high_applies_from_its_timestep() {
+    let Some((c, p)) = load() else { return };
+    let io = Io::load(NAME);
+    let at = |guidance: f32, high: Option<(f32, f32)>| GenerateOptions {
+        scheduler: Some(SchedulerKind::Ddim),
+        guidance,
+        guidance_high: high.map(|(scale, from_timestep)| GuidanceHigh {
+            scale,
+            from_timestep,
+        }),
+        ..base(&io)
+    };
+    let (img2, steps2, _) = run(c, &p, &at(2.0, None));
+    let (img6, steps6, _) = run(c, &p, &at(6.0, None));
+    let read = |t: &Tensor| t.to_vec(c).unwrap();
+    // Everywhere, or nowhere: the same as one scale throughout.
+    assert_eq!(run(c, &p, &at(2.0, Some((6.0, 0.0)))).0, img6);
+    assert_eq!(run(c, &p, &at(2.0, Some((6.0, 1001.0)))).0, img2);
+    let (img, steps, _) = run(c, &p, &at(2.0, Some((6.0, 500.0))));
+    assert_eq!(read(&steps[0]), read(&steps6[0]), "step 1 (t > 500) uses 6");
+    assert_ne!(
+        read(&steps[4]),
+        read(&steps6[4]),
+        "step 5 (t < 500) does not"
+    );
+    assert_ne!(read(&steps[4]), read(&steps2[4]));
+    assert_ne!(img, img2);
+    assert_ne!(img, img6);
+    // Guidance 1 (off) late but 6 early still encodes the negative prompt.
+    let (_, steps1, _) = run(c, &p, &at(1.0, Some((6.0, 500.0))));
+    assert_eq!(read(&steps1[0]), read(&steps6[0]));
+}
+
 fn err_of(c: &hoa::Context, p: &Pipeline, opts: GenerateOptions) -> String {
     pollster::block_on(p.generate(c, &opts, &mut |_| {}))
         .expect_err("must fail")
@@ -297,6 +333,23 @@ fn bad_options_are_clear_errors() {
     assert!(e.contains("multiples of 8") && e.contains("30x24"), "{e}");
     let e = err_of(c, &p, GenerateOptions { steps: 0, ..o() });
     assert!(e.contains("steps must be at least 1"), "{e}");
+    let high = |scale, from_timestep| GenerateOptions {
+        guidance_high: Some(GuidanceHigh {
+            scale,
+            from_timestep,
+        }),
+        ..o()
+    };
+    let e = err_of(c, &p, high(f32::NAN, 500.0));
+    assert!(
+        e.contains("guidance must be a finite number ≥ 0, got NaN"),
+        "{e}"
+    );
+    let e = err_of(c, &p, high(5.0, -1.0));
+    assert!(
+        e.contains("from_timestep must be a finite number ≥ 0"),
+        "{e}"
+    );
     let e = err_of(
         c,
         &p,

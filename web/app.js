@@ -75,6 +75,10 @@ async function loadModel(hoa) {
     const d = JSON.parse(new TextDecoder().decode(files.get("hoa.json")));
     if (d.steps) $("steps").value = d.steps;
     if (d.guidance !== undefined) $("guidance").value = d.guidance;
+    if (d.guidance_high) {
+      $("guidance-high").value = d.guidance_high.scale;
+      $("guidance-high-from").value = d.guidance_high.from_timestep;
+    }
   }
   return mb;
 }
@@ -158,6 +162,8 @@ async function main() {
         BigInt($("seed").value || 0),
         steps,
         Number($("guidance").value),
+        $("guidance-high").value === "" ? undefined : Number($("guidance-high").value),
+        Number($("guidance-high-from").value),
         $("scheduler").value,
         Number($("eta").value),
         $("decoder").value,

@@ -31,6 +31,8 @@ def main():
     ap.add_argument("--hoa", default=os.path.join(ROOT, "target", "release", "hoa"))
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=None)
+    ap.add_argument("--guidance-high", type=float, default=None, help="hoa generate --guidance-high")
+    ap.add_argument("--guidance-high-from", type=float, default=None, help="hoa generate --guidance-high-from")
     ap.add_argument("--scheduler", default=None)
     ap.add_argument("--eta", type=float, default=None, help="DDIM's eta (hoa generate --eta)")
     ap.add_argument("--decoder", default="vae")
@@ -51,6 +53,10 @@ def main():
            "--out", os.path.join(tmp, "img.png")]
     if args.guidance is not None:
         cmd += ["--guidance", str(args.guidance)]
+    if args.guidance_high is not None:
+        cmd += ["--guidance-high", str(args.guidance_high)]
+    if args.guidance_high_from is not None:
+        cmd += ["--guidance-high-from", str(args.guidance_high_from)]
     if args.scheduler:
         cmd += ["--scheduler", args.scheduler]
     if args.eta is not None:

@@ -29,6 +29,7 @@ const INPUT = {
   seed: 7,
   steps: 2, // SwiftShader is ~5x slower than lavapipe
   guidance: 4,
+  guidanceHigh: null, // guidance throughout
   width: 32,
   height: 24,
   scheduler: "ddim",
@@ -44,6 +45,7 @@ const SHIPPED = {
   seed: 3,
   steps: 4,
   guidance: 3,
+  guidanceHigh: { scale: 5, from: 500 }, // 4 trailing steps: 999 and 749 at 5, then 3
   width: 64,
   height: 64,
   scheduler: "ddim",
@@ -97,6 +99,9 @@ function nativeImage(INPUT) {
       "--seed", String(INPUT.seed), "--steps", String(INPUT.steps), "--guidance", String(INPUT.guidance),
       "--width", String(INPUT.width), "--height", String(INPUT.height),
       "--scheduler", INPUT.scheduler, "--eta", String(INPUT.eta), "--decoder", INPUT.decoder,
+      ...(INPUT.guidanceHigh
+        ? ["--guidance-high", String(INPUT.guidanceHigh.scale), "--guidance-high-from", String(INPUT.guidanceHigh.from)]
+        : []),
       "--out", png, "--force",
     ],
     { stdio: ["ignore", "inherit", "inherit"], env: { XDG_RUNTIME_DIR: "/tmp", ...process.env } }
@@ -181,6 +186,8 @@ async function withWebGpu(base, INPUT, { full = true, shot = null } = {}) {
     await page.fill("#seed", String(INPUT.seed));
     await page.fill("#steps", String(INPUT.steps));
     await page.fill("#guidance", String(INPUT.guidance));
+    await page.fill("#guidance-high", INPUT.guidanceHigh ? String(INPUT.guidanceHigh.scale) : "");
+    if (INPUT.guidanceHigh) await page.fill("#guidance-high-from", String(INPUT.guidanceHigh.from));
     await page.fill("#width", String(INPUT.width));
     await page.fill("#height", String(INPUT.height));
     await page.fill("#preview-every", "1");

@@ -5,7 +5,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
 use hoa::image_io::{decode_mask, decode_rgb, encode_png, GenerationParameters};
 use hoa::model_files::DirFiles;
-use hoa::pipeline::{Decoder, Event, GenerateOptions, InitImage, Pipeline};
+use hoa::pipeline::{Decoder, Event, GenerateOptions, GuidanceHigh, InitImage, Pipeline};
 use hoa::schedulers::{eta_parameter, SchedulerKind};
 use hoa::weights::Weights;
 use hoa::{Context, DType};
@@ -34,6 +34,15 @@ pub struct GenerateArgs {
     /// (hoa.json in the model folder), else 7.5.
     #[arg(long)]
     pub guidance: Option<f32>,
+    /// Guidance scale for the high-noise steps (timestep ≥ --guidance-high-from), where the
+    /// layout and the number of objects are decided. Default: the model's (hoa.json) unless
+    /// --guidance is given, else none (--guidance throughout).
+    #[arg(long)]
+    pub guidance_high: Option<f32>,
+    /// The timestep (of the scheduler's 1000) from which --guidance-high applies. Default: the
+    /// model's, else 500.
+    #[arg(long, requires = "guidance_high")]
+    pub guidance_high_from: Option<f32>,
     /// ddim, euler, euler_a, dpm++2m, dpm++2m-karras or lcm. Default: the model's own.
     #[arg(long)]
     pub scheduler: Option<SchedulerKind>,
@@ -94,7 +103,24 @@ fn default_model() -> PathBuf {
 #[derive(serde::Deserialize, Default)]
 struct ModelDefaults {
     guidance: Option<f32>,
+    guidance_high: Option<GuidanceHigh>,
     steps: Option<usize>,
+}
+
+/// The high-noise guidance: the user's, else the model's unless the user set --guidance (a
+/// model's split is tuned to its own scale).
+fn guidance_high(a: &GenerateArgs, defaults: &ModelDefaults) -> Option<GuidanceHigh> {
+    match a.guidance_high {
+        Some(scale) => Some(GuidanceHigh {
+            scale,
+            from_timestep: a
+                .guidance_high_from
+                .or(defaults.guidance_high.map(|h| h.from_timestep))
+                .unwrap_or(500.0),
+        }),
+        None if a.guidance.is_none() => defaults.guidance_high,
+        None => None,
+    }
 }
 
 /// `path`, or if it exists (and not `force`) the first free `stem-N.ext`.
@@ -262,6 +288,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
         height,
         steps,
         guidance: a.guidance.or(defaults.guidance).unwrap_or(7.5),
+        guidance_high: guidance_high(&a, &defaults),
         scheduler: a.scheduler,
         eta: a.eta,
         seed: a.seed,
@@ -325,6 +352,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
                     extra.push(("Mask".to_string(), "yes".to_string()));
                 }
             }
+            extra.extend(opts.guidance_high.map(|h| h.parameter()));
             extra.extend(eta_parameter(kind, a.eta));
             if a.latents.is_some() {
                 extra.push(("Latents".to_string(), "file".to_string()));
