@@ -339,7 +339,7 @@ fn a_prompt_file_makes_one_image_per_line_seeded_in_turn() {
 }
 
 /// The README's main command: no --model takes the shipped weights/default at its native size
-/// with the defaults its hoa.json gives (guidance 3), and writes hoa.png in the working folder.
+/// with the defaults its hoa.json gives (guidance 2, 5 at high noise), and writes hoa.png in the working folder.
 #[test]
 fn the_readme_command_runs_the_shipped_model() {
     if common::ctx().is_none() {
@@ -369,7 +369,12 @@ fn the_readme_command_runs_the_shipped_model() {
     let params = read_png_parameters(&png)
         .unwrap()
         .expect("parameters chunk");
-    for want in ["CFG scale: 3", "Model: default", "Size: 64x64"] {
+    for want in [
+        "CFG scale: 2",
+        "CFG scale high noise: 5 from timestep 500",
+        "Model: default",
+        "Size: 64x64",
+    ] {
         assert!(params.contains(want), "{want:?} not in {params:?}");
     }
     // A picture, not a flat fill: the pixels vary.

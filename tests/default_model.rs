@@ -1,8 +1,9 @@
 //! The shipped model (weights/default) against diffusers running the same folder
 //! (tests/fixtures/default_model, written by `make_fixtures.py --only default_model`): the
 //! folder's noise schedule under DDIM (deterministic: the folder's own Euler ancestral draws
-//! fresh noise each step, from another generator than torch's) with guidance from fixed latents,
-//! the VAE image, and the consistency decoder's image with the noise diffusers drew.
+//! fresh noise each step, from another generator than torch's) with hoa.json's guidance (its
+//! two scales, applied in diffusers by tools/eval/guidance.py) from fixed latents, the VAE
+//! image, and the consistency decoder's image with the noise diffusers drew.
 //! Tolerance: the latents after 10 guided steps within 1e-3 x max |ref| (f32 both sides; the
 //! guidance multiplies per-step differences), image pixels within 2/255 of diffusers' float
 //! image (its rounding plus that error through the decoder), the consistency decoder's float
@@ -15,7 +16,7 @@ mod fixture;
 use common::ctx;
 use fixture::{close_rel, Io};
 use hoa::model_files::DirFiles;
-use hoa::pipeline::{Event, GenerateOptions, Pipeline};
+use hoa::pipeline::{Event, GenerateOptions, GuidanceHigh, Pipeline};
 use hoa::schedulers::SchedulerKind;
 use hoa::{DType, Tensor};
 
@@ -36,6 +37,11 @@ fn default_model_matches_diffusers() {
         height: lshape[2] * f,
         steps: io.f32("steps").0[0].to_bits() as usize,
         guidance: io.f32("guidance").0[0],
+        // hoa.json's high-noise guidance, as the fixture applied it (tools/eval/guidance.py).
+        guidance_high: Some(GuidanceHigh {
+            scale: io.f32("guidance_high").0[0],
+            from_timestep: io.f32("guidance_high").0[1],
+        }),
         latents: Some(latents),
         scheduler: Some(SchedulerKind::Ddim),
         ..Default::default()

@@ -4,7 +4,8 @@ through the same pipeline, so their scores compare; the shipped model is scored 
 pipeline (generate_hoa.py), which tests/default_model.rs ties to this one.
 
     python -m tools.eval.generate_torch --run train_runs/ft/abl_alt --vae train_runs/ft/vae \
-        --out /tmp/gen_alt [--steps 25] [--guidance 3] [--seed 0] [--threads 1] [--scheduler euler_a]
+        --out /tmp/gen_alt [--steps 25] [--guidance 3] [--seed 0] [--threads 1] [--scheduler euler_a] \
+        [--guidance-high 5 --guidance-high-from 500]
     python -m tools.eval.generate_torch --model weights/default --out /tmp/gen_torch
 
 --run takes a train_unet output folder (its EMA export: unet/, text_encoder/, tokenizer/) and --vae
@@ -20,6 +21,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import PreTrainedTokenizerFast, T5EncoderModel
 
+from tools.eval.guidance import guide_high_noise
 from tools.train.export import SAMPLERS, ddim_config, with_sampler
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -52,6 +54,9 @@ def main():
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--guidance-high", type=float, default=None,
+                    help="guidance for the steps at timestep >= --guidance-high-from (hoa generate --guidance-high)")
+    ap.add_argument("--guidance-high-from", type=float, default=500.0)
     ap.add_argument("--scheduler", default=None, choices=sorted(SAMPLERS),
                     help="replace the folder's scheduler, keeping its noise schedule (default: the folder's)")
     ap.add_argument("--threads", type=int, default=1)
@@ -64,6 +69,8 @@ def main():
     pipe = load(args)
     if args.scheduler:
         pipe.scheduler = with_sampler(pipe.scheduler, args.scheduler)
+    if args.guidance_high is not None:
+        guide_high_noise(pipe, args.guidance, args.guidance_high, args.guidance_high_from)
     pipe.set_progress_bar_config(disable=True)
     prompts = json.load(open(args.prompts))[: args.limit]
     os.makedirs(args.out, exist_ok=True)
