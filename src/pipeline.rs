@@ -417,12 +417,12 @@ impl Pipeline {
         if opts.batch == 0 {
             return Err(bad("batch must be at least 1"));
         }
-        let high = opts.guidance_high.map(|h| h.scale);
-        for g in std::iter::once(opts.guidance).chain(high) {
+        let high = opts
+            .guidance_high
+            .map(|h| ("the high-noise guidance", h.scale));
+        for (what, g) in std::iter::once(("guidance", opts.guidance)).chain(high) {
             if !g.is_finite() || g < 0.0 {
-                return Err(bad(format!(
-                    "guidance must be a finite number ≥ 0, got {g}"
-                )));
+                return Err(bad(format!("{what} must be a finite number ≥ 0, got {g}")));
             }
         }
         if let Some(h) = opts.guidance_high {

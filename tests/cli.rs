@@ -223,6 +223,11 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
         return;
     }
     fails(
+        "ghigh_from_alone",
+        &["--guidance-high-from", "400"],
+        "--guidance-high <GUIDANCE_HIGH>",
+    );
+    fails(
         "width",
         &["--width", "30"],
         "--width 30 is not a positive multiple of 8",

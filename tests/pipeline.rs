@@ -342,7 +342,7 @@ fn bad_options_are_clear_errors() {
     };
     let e = err_of(c, &p, high(f32::NAN, 500.0));
     assert!(
-        e.contains("guidance must be a finite number ≥ 0, got NaN"),
+        e.contains("the high-noise guidance must be a finite number ≥ 0, got NaN"),
         "{e}"
     );
     let e = err_of(c, &p, high(5.0, -1.0));
