@@ -347,7 +347,10 @@ async fn run(
         height: opts.height,
         model: model.to_string(),
         decoder: opts.decoder.name().to_string(),
-        extra: (opts.guidance_high.map(|h| h.parameter()).into_iter())
+        extra: opts
+            .guidance_high
+            .map(|h| h.parameter())
+            .into_iter()
             .chain(schedulers::eta_parameter(kind, opts.eta))
             .collect(),
     }

@@ -6,7 +6,7 @@ mod common;
 #[path = "common/fixture.rs"]
 mod fixture;
 
-use fixture::dir;
+use fixture::{copy_dir, dir};
 use hoa::image_io::read_png_parameters;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -147,18 +147,6 @@ fn ddim_eta_draws_seeded_noise_and_others_ignore_it() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("eta 0.5 is ignored"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// A model folder's hoa.json `guidance_high` applies (and is recorded) unless --guidance is
@@ -344,7 +332,8 @@ fn a_prompt_file_makes_one_image_per_line_seeded_in_turn() {
 }
 
 /// The README's main command: no --model takes the shipped weights/default at its native size
-/// with the defaults its hoa.json gives (guidance 2, 5 at high noise), and writes hoa.png in the working folder.
+/// with the defaults its hoa.json gives (guidance 2, 5 at high noise), and writes hoa.png in
+/// the working folder.
 #[test]
 fn the_readme_command_runs_the_shipped_model() {
     if common::ctx().is_none() {

@@ -7,7 +7,7 @@ mod common;
 mod fixture;
 
 use common::ctx;
-use fixture::{dir, Io};
+use fixture::{copy_dir, dir, Io};
 use hoa::model_files::{DirFiles, ModelFiles};
 use hoa::pipeline::{Decoder, Event, GenerateOptions, GuidanceHigh, InitImage, Pipeline};
 use hoa::schedulers::SchedulerKind;
@@ -392,19 +392,7 @@ fn broken_copy(remove: &str) -> std::path::PathBuf {
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dst);
-    fn copy(from: &std::path::Path, to: &std::path::Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            let t = to.join(e.file_name());
-            if e.file_type().unwrap().is_dir() {
-                copy(&e.path(), &t);
-            } else {
-                std::fs::copy(e.path(), t).unwrap();
-            }
-        }
-    }
-    copy(&dir(NAME), &dst);
+    copy_dir(&dir(NAME), &dst);
     let r = dst.join(remove);
     if r.is_dir() {
         std::fs::remove_dir_all(r).unwrap();
