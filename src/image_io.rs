@@ -66,7 +66,12 @@ impl GenerationParameters {
             self.decoder
         );
         for (k, v) in &self.extra {
-            s += &format!(", {k}: {v}");
+            // A1111 quotes a value that would break its "k: v, k: v" line (its `quote`).
+            if v.contains([',', ':', '\n']) {
+                s += &format!(", {k}: {}", serde_json::Value::from(v.as_str()));
+            } else {
+                s += &format!(", {k}: {v}");
+            }
         }
         s
     }

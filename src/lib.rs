@@ -11,10 +11,12 @@ pub mod error;
 pub mod gpu;
 pub mod image_io;
 pub mod kernels;
+pub mod model_defaults;
 pub mod model_files;
 pub mod models;
 pub mod noise;
 pub mod pipeline;
+pub mod prompt_upsampling;
 pub mod schedulers;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]

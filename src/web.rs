@@ -1,11 +1,12 @@
 //! The browser binding (wasm32 only): the same [`Pipeline`] the CLI runs, on the page's WebGPU
-//! device, exported to JavaScript with `wasm-bindgen`. web/hoa.js drives it:
+//! device, exported to JavaScript with `wasm-bindgen`. web/app.js drives it:
 //!
 //! ```js
 //! const hoa = await Hoa.create();          // rejects with a readable message without WebGPU
-//! await hoa.load(files);                   // Map<string, Uint8Array> of a diffusers folder
-//! const rgba = await hoa.generate("a red circle", "", 7n, 20, 3.0, "ddim", "vae", 64, 64, 5,
-//!                                 (ev) => ...);
+//! await hoa.load("default", files);        // Map<string, Uint8Array> of a diffusers folder
+//! hoa.upsample("a red circle");            // the prompt as the model reads it (hoa.json)
+//! const rgba = await hoa.generate("a red circle", true, "", 7n, 20, 3.0, undefined, 500,
+//!                                 "ddim", 0, "vae", 64, 64, 5, (ev) => ...);
 //! const png = hoa.png();                   // the last image, with its parameters chunk
 //! ```
 //!
@@ -15,8 +16,10 @@
 use crate::error::Error;
 use crate::gpu::{Context, ContextOptions, DType};
 use crate::image_io::{encode_png, GenerationParameters, RgbImage};
+use crate::model_defaults::ModelDefaults;
 use crate::model_files::MemoryFiles;
 use crate::pipeline::{Decoder, Event, GenerateOptions, GuidanceHigh, Pipeline};
+use crate::prompt_upsampling::PromptUpsampling;
 use crate::schedulers::{self, SchedulerKind};
 use js_sys::{Function, Map, Object, Reflect, Uint8Array};
 use std::cell::{Cell, RefCell};
@@ -60,6 +63,8 @@ pub struct Hoa {
     ctx: Rc<Context>,
     pipe: Rc<RefCell<Option<Rc<Pipeline>>>>,
     model: Rc<RefCell<String>>,
+    /// The loaded model's hoa.json `prompt_upsampling`.
+    upsampling: Rc<RefCell<Option<PromptUpsampling>>>,
     busy: Rc<Cell<bool>>,
     last: Rc<RefCell<Option<(RgbImage, String)>>>,
 }
@@ -106,6 +111,7 @@ impl Hoa {
             ctx: Rc::new(ctx),
             pipe: Rc::default(),
             model: Rc::default(),
+            upsampling: Rc::default(),
             busy: Rc::default(),
             last: Rc::default(),
         })
@@ -130,6 +136,7 @@ impl Hoa {
         let ctx = self.ctx.clone();
         let slot = self.pipe.clone();
         let model = self.model.clone();
+        let upsampling = self.upsampling.clone();
         let busy = self.busy.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             if busy.get() {
@@ -150,6 +157,7 @@ impl Hoa {
                 name: name.clone(),
                 files: map,
             };
+            let defaults = ModelDefaults::load(&files).map_err(js_err)?;
             // Drop the old model first: two models at once may not fit.
             *slot.borrow_mut() = None;
             let pipe = Pipeline::load(&ctx, &files, DType::F32).map_err(js_err)?;
@@ -157,12 +165,24 @@ impl Hoa {
             let native = pipe.unet_config.sample_size.unwrap_or(64) * f;
             *slot.borrow_mut() = Some(Rc::new(pipe));
             *model.borrow_mut() = name;
+            *upsampling.borrow_mut() = defaults.prompt_upsampling;
             let size = js_sys::Array::of2(&(native as u32).into(), &(native as u32).into());
             Ok(size.into())
         })
     }
 
+    /// The prompt as the loaded model will read it with `upsample` on: its hoa.json
+    /// `prompt_upsampling` applied (as `hoa generate` does unless `--no-upsample`); unchanged
+    /// when the model has none.
+    pub fn upsample(&self, prompt: String) -> String {
+        match self.upsampling.borrow().as_ref() {
+            Some(u) => u.upsample(&prompt),
+            None => prompt,
+        }
+    }
+
     /// Generates one image and resolves to its RGBA bytes (`width * height * 4`).
+    /// `upsample`: apply the model's prompt upsampling ([`Hoa::upsample`]);
     /// `guidance_high`: the scale for the steps at timestep ≥ `guidance_high_from` (as the
     /// CLI's `--guidance-high`), undefined for `guidance` throughout;
     /// `scheduler`: "" for the model's own, else ddim, euler, dpm++2m, ... (as the CLI's
@@ -175,6 +195,7 @@ impl Hoa {
     pub fn generate(
         &self,
         prompt: String,
+        upsample: bool,
         negative: String,
         seed: u64,
         steps: usize,
@@ -194,6 +215,7 @@ impl Hoa {
         let model = self.model.borrow().clone();
         let busy = self.busy.clone();
         let last = self.last.clone();
+        let upsampled = Some(self.upsample(prompt.clone())).filter(|u| upsample && *u != prompt);
         wasm_bindgen_futures::future_to_promise(async move {
             let pipe = slot
                 .borrow()
@@ -210,6 +232,7 @@ impl Hoa {
                 &model,
                 GenerateInput {
                     prompt,
+                    upsampled,
                     negative,
                     seed,
                     steps,
@@ -250,6 +273,7 @@ impl Hoa {
 
 struct GenerateInput {
     prompt: String,
+    upsampled: Option<String>,
     negative: String,
     seed: u64,
     steps: usize,
@@ -281,7 +305,7 @@ async fn run(
     };
     let decoder: Decoder = a.decoder.parse().map_err(js_err)?;
     let opts = GenerateOptions {
-        prompt: a.prompt,
+        prompt: a.upsampled.clone().unwrap_or_else(|| a.prompt.clone()),
         negative_prompt: a.negative,
         width: a.width,
         height: a.height,
@@ -337,7 +361,7 @@ async fn run(
         .next()
         .ok_or_else(|| JsError::new("the pipeline returned no image"))?;
     let params = GenerationParameters {
-        prompt: opts.prompt.clone(),
+        prompt: a.prompt,
         negative_prompt: opts.negative_prompt.clone(),
         steps: opts.steps,
         sampler,
@@ -352,6 +376,7 @@ async fn run(
             .map(|h| h.parameter())
             .into_iter()
             .chain(schedulers::eta_parameter(kind, opts.eta))
+            .chain(a.upsampled.map(|u| ("Upsampled prompt".to_string(), u)))
             .collect(),
     }
     .to_text();

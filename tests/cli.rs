@@ -193,6 +193,97 @@ fn hoa_json_guidance_high_is_the_default_unless_guidance_is_given() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// A model folder's hoa.json `prompt_upsampling` rewrites the prompt before it is encoded: the
+/// image is the one the rewritten prompt gives as typed, the PNG records the prompt as typed
+/// and the rewrite (quoted, as A1111 quotes a value with commas), and --no-upsample skips it.
+/// Unworkable rules fail before the model loads.
+#[test]
+fn hoa_json_prompt_upsampling_rewrites_the_prompt_unless_no_upsample() {
+    if common::ctx().is_none() {
+        return;
+    }
+    let d = out_dir("upsample");
+    let m = d.join("model");
+    copy_dir(&dir("pipeline_tiny"), &m);
+    let rules = |nouns: &str| {
+        let json = format!(
+            r#"{{"prompt_upsampling": {{"nouns": [{nouns}],
+                "defaults": [{{"words": ["small", "large"], "word": "large"}}]}}}}"#
+        );
+        std::fs::write(m.join("hoa.json"), json).unwrap();
+    };
+    rules(r#""circle", "square""#);
+    let m = m.display().to_string();
+    let run = |out: &str, prompt: &str, extra: &[&str]| {
+        let o = d.join(out).display().to_string();
+        let args = [
+            &[
+                "generate", prompt, "--model", &m, "--steps", "2", "--seed", "2",
+            ],
+            &[
+                "--width",
+                "32",
+                "--height",
+                "24",
+                "--scheduler",
+                "ddim",
+                "--out",
+                &o,
+            ],
+            extra,
+        ]
+        .concat();
+        let r = hoa(&args);
+        let err = String::from_utf8_lossy(&r.stderr).into_owned();
+        assert!(r.status.success(), "{err}");
+        let png = std::fs::read(&o).unwrap();
+        let pixels = image::load_from_memory(&png).unwrap().to_rgb8().into_raw();
+        (pixels, read_png_parameters(&png).unwrap().unwrap(), err)
+    };
+    let typed = "a red circle, a blue square";
+    let rewritten = "a large red circle, a large blue square";
+    let (up, params, err) = run("up.png", typed, &[]);
+    assert!(
+        err.contains(&format!(
+            "upsampled prompt (--no-upsample to use it as typed): {rewritten}"
+        )),
+        "{err}"
+    );
+    assert!(params.starts_with(&format!("{typed}\n")), "{params:?}");
+    let want = format!("Upsampled prompt: \"{rewritten}\"");
+    assert!(params.contains(&want), "{want:?} not in {params:?}");
+    let (as_rewritten, params, _) = run("b.png", rewritten, &["--no-upsample"]);
+    assert_eq!(up, as_rewritten, "the image must be the rewritten prompt's");
+    assert!(!params.contains("Upsampled"), "{params:?}");
+    let (plain, params, err) = run("c.png", typed, &["--no-upsample"]);
+    assert_ne!(up, plain, "the rewrite must change what is drawn");
+    assert!(
+        !params.contains("Upsampled") && !err.contains("upsampled"),
+        "{err}"
+    );
+    // Nothing to fill in: no rewrite, nothing recorded.
+    let (_, params, err) = run("d.png", "a small red circle", &[]);
+    assert!(
+        !params.contains("Upsampled") && !err.contains("upsampled"),
+        "{err}"
+    );
+
+    rules("");
+    let o = d.join("x.png").display().to_string();
+    let r = hoa(&["generate", typed, "--model", &m, "--out", &o]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("`nouns` is empty"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("loaded") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(!d.join("x.png").exists());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// Runs a generate that must fail, checks stderr names the problem and no file was written.
 fn fails(name: &str, args: &[&str], want: &str) {
     let d = out_dir(name);
@@ -332,8 +423,8 @@ fn a_prompt_file_makes_one_image_per_line_seeded_in_turn() {
 }
 
 /// The README's main command: no --model takes the shipped weights/default at its native size
-/// with the defaults its hoa.json gives (guidance 2, 5 at high noise), and writes hoa.png in
-/// the working folder.
+/// with the defaults its hoa.json gives (guidance 2, 5 at high noise, prompt upsampling), and
+/// writes hoa.png in the working folder.
 #[test]
 fn the_readme_command_runs_the_shipped_model() {
     if common::ctx().is_none() {
@@ -366,6 +457,7 @@ fn the_readme_command_runs_the_shipped_model() {
     for want in [
         "CFG scale: 2",
         "CFG scale high noise: 5 from timestep 500",
+        "Upsampled prompt: a large solid red circle left of a large solid blue square",
         "Model: default",
         "Size: 64x64",
     ] {

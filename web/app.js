@@ -75,6 +75,7 @@ async function loadModel(hoa) {
     const d = JSON.parse(new TextDecoder().decode(files.get("hoa.json")));
     if (d.steps) $("steps").value = d.steps;
     if (d.guidance !== undefined) $("guidance").value = d.guidance;
+    if (d.prompt_upsampling) $("upsample").disabled = false;
     if (d.guidance_high) {
       $("guidance-high").value = d.guidance_high.scale;
       $("guidance-high-from").value = d.guidance_high.from_timestep;
@@ -153,11 +154,15 @@ async function main() {
     const height = Number($("height").value);
     $("progress").max = steps;
     $("progress").value = 0;
+    const upsample = $("upsample").checked && !$("upsample").disabled;
+    const read = upsample ? hoa.upsample($("prompt").value) : $("prompt").value;
+    $("upsampled").textContent = read === $("prompt").value ? "" : `(the model reads: ${read})`;
     status("Encoding the prompt…");
     const t0 = performance.now();
     try {
       const rgba = await hoa.generate(
         $("prompt").value,
+        upsample,
         $("negative").value,
         BigInt($("seed").value || 0),
         steps,

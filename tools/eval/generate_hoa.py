@@ -4,7 +4,7 @@ whatever adapter it picks: lavapipe here), named <id>.png for tools/eval/score.p
     cargo build --release
     python tools/eval/generate_hoa.py --prompts tools/eval/prompts.json --out /tmp/gen_hoa \
         [--model weights/default] [--steps 25] [--guidance 3] [--decoder vae|consistency] \
-        [--scheduler ddim] [--seed 0] [--limit N] [--grid weights/samples_hoa.png]
+        [--scheduler ddim] [--seed 0] [--limit N] [--grid weights/samples_hoa.png] [--no-upsample]
     python tools/eval/score.py --prompts tools/eval/prompts.json --images /tmp/gen_hoa
 
 One process for the whole set (`--prompt-file`: the model loads and the kernels compile once);
@@ -36,6 +36,8 @@ def main():
     ap.add_argument("--scheduler", default=None)
     ap.add_argument("--eta", type=float, default=None, help="DDIM's eta (hoa generate --eta)")
     ap.add_argument("--decoder", default="vae")
+    ap.add_argument("--no-upsample", action="store_true",
+                    help="hoa generate --no-upsample: the prompts as written, without the model's prompt upsampling")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="first N prompts only")
     ap.add_argument("--grid", default=None, help="also write a grid PNG of the first 36")
@@ -61,6 +63,8 @@ def main():
         cmd += ["--scheduler", args.scheduler]
     if args.eta is not None:
         cmd += ["--eta", str(args.eta)]
+    if args.no_upsample:
+        cmd += ["--no-upsample"]
     t0 = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     dt = time.time() - t0

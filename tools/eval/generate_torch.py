@@ -5,7 +5,7 @@ pipeline (generate_hoa.py), which tests/default_model.rs ties to this one.
 
     python -m tools.eval.generate_torch --run train_runs/ft/abl_alt --vae train_runs/ft/vae \
         --out /tmp/gen_alt [--steps 25] [--guidance 3] [--seed 0] [--threads 1] [--scheduler euler_a] \
-        [--guidance-high 5 --guidance-high-from 500]
+        [--guidance-high 5 --guidance-high-from 500] [--upsample]
     python -m tools.eval.generate_torch --model weights/default --out /tmp/gen_torch
 
 --run takes a train_unet output folder (its EMA export: unet/, text_encoder/, tokenizer/) and --vae
@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerFast, T5EncoderModel
 
 from tools.eval.guidance import guide_high_noise
 from tools.train.export import SAMPLERS, ddim_config, with_sampler
+from tools.world.upsample import upsample
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
@@ -59,6 +60,9 @@ def main():
     ap.add_argument("--guidance-high-from", type=float, default=500.0)
     ap.add_argument("--scheduler", default=None, choices=sorted(SAMPLERS),
                     help="replace the folder's scheduler, keeping its noise schedule (default: the folder's)")
+    ap.add_argument("--upsample", action="store_true",
+                    help="fill in the sizes and textures a prompt leaves out, as hoa generate does with the shipped "
+                         "hoa.json (tools/world/upsample.py)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--limit", type=int, default=None, help="first N prompts only")
@@ -77,7 +81,8 @@ def main():
     for i in range(0, len(prompts), args.batch):
         chunk = prompts[i:i + args.batch]
         gens = [torch.Generator().manual_seed(args.seed + i + k) for k in range(len(chunk))]
-        images = pipe([p["prompt"] for p in chunk], negative_prompt=[""] * len(chunk), height=64, width=64,
+        text = [upsample(p["prompt"]) if args.upsample else p["prompt"] for p in chunk]
+        images = pipe(text, negative_prompt=[""] * len(chunk), height=64, width=64,
                       num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gens).images
         for p, img in zip(chunk, images):
             img.save(os.path.join(args.out, f"{p['id']}.png"))

@@ -11,7 +11,7 @@ and writes, like the shipped weights/default:
   scheduler/scheduler_config.json   the shipped DDIM values, with RUN/unet/noise_schedule.json's prediction type,
                               zero-SNR rescaling and timestep spacing, as EulerAncestralDiscreteScheduler
                               (--scheduler ddim keeps DDIMScheduler)
-  hoa.json                    HOA below: 25 steps, guidance 5 at timesteps >= 500 and 2 after
+  hoa.json                    HOA below: 25 steps, guidance 5 at timesteps >= 500 and 2 after, prompt upsampling
 Then loads it with StableDiffusionPipeline.from_pretrained, renders one 64x64 image (its sampler and hoa.json) to
 ``--sample`` (default RUN/export_sample.png) and prints the folder's total size. Refuses a non-empty --out without
 --force.
@@ -28,13 +28,15 @@ from diffusers import (AutoencoderKL, ConsistencyDecoderVAE, DDIMScheduler, Eule
 from transformers import PreTrainedTokenizerFast, T5EncoderModel
 
 from tools.eval.guidance import guide_high_noise
+from tools.world.upsample import RULES, upsample
 
 DDIM = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
             trained_betas=None, clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
             thresholding=False, dynamic_thresholding_ratio=0.995, clip_sample_range=1.0, sample_max_value=1.0,
             timestep_spacing="leading", rescale_betas_zero_snr=False)
 # Guidance 5 at the high-noise steps (layout, object count), 2 after: see weights/README.md (session 16).
-HOA = {"guidance": 2.0, "guidance_high": {"scale": 5.0, "from_timestep": 500}, "steps": 25}
+HOA = {"guidance": 2.0, "guidance_high": {"scale": 5.0, "from_timestep": 500}, "steps": 25,
+       "prompt_upsampling": RULES}
 
 
 SAMPLERS = {"ddim": DDIMScheduler, "euler_a": EulerAncestralDiscreteScheduler}
@@ -110,7 +112,7 @@ def main():
     pipe = StableDiffusionPipeline.from_pretrained(args.out, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     guide_high_noise(pipe, HOA["guidance"], **HOA["guidance_high"])
-    img = pipe(args.prompt, negative_prompt="", height=64, width=64, num_inference_steps=HOA["steps"],
+    img = pipe(upsample(args.prompt), negative_prompt="", height=64, width=64, num_inference_steps=HOA["steps"],
                guidance_scale=HOA["guidance"], generator=torch.Generator().manual_seed(0)).images[0]
     sample = args.sample or os.path.join(run, "export_sample.png")
     img.save(sample)

@@ -7,8 +7,8 @@
 //      only the float summation order differs);
 //   2. the live preview was drawn and the PNG download link holds the same image;
 //   3. the page's default folder, the shipped model (weights/default: T5 with its word-level
-//      tokenizer, consistency decoder), generates 64x64 and matches the native CLI too; its
-//      screenshot is web/screenshot.png;
+//      tokenizer, consistency decoder, hoa.json's prompt upsampling), generates 64x64 and
+//      matches the native CLI too; its screenshot is web/screenshot.png;
 //   4. with WebGPU disabled the page shows its no-WebGPU message.
 // Needs: web/build.sh run (web/pkg), target/release/hoa built (cargo build --release), and
 // /usr/bin/chromium. Prints "N passed, M failed" last; exits 1 on any failure.
@@ -51,6 +51,8 @@ const SHIPPED = {
   scheduler: "ddim",
   eta: 0,
   decoder: "consistency",
+  // hoa.json's prompt upsampling, applied by the page and the CLI alike.
+  upsampled: "a large solid red circle left of a small solid blue square",
 };
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const LIMIT_S = Number(process.env.E2E_TIMEOUT_S || 600);
@@ -224,6 +226,12 @@ async function withWebGpu(base, INPUT, { full = true, shot = null } = {}) {
       `${tag}: browser image matches the native CLI's within ${TOLERANCE}/255`,
       sameSize && d.max <= TOLERANCE,
       sameSize ? `max |diff| ${d.max}/255 (at byte ${d.at}) over ${last.width}x${last.height}` : `browser ${last.width}x${last.height}, native ${ref.width}x${ref.height}`
+    );
+    const shown = (await page.textContent("#upsampled")) || "";
+    check(
+      `${tag}: ${INPUT.upsampled ? "shows the upsampled prompt" : "no prompt upsampling without hoa.json"}`,
+      INPUT.upsampled ? shown.includes(INPUT.upsampled) : shown === "",
+      JSON.stringify(shown)
     );
     if (!full) return;
     const frames = await page.evaluate(() => window.hoaFrames);

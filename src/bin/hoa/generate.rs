@@ -4,6 +4,7 @@
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
 use hoa::image_io::{decode_mask, decode_rgb, encode_png, GenerationParameters};
+use hoa::model_defaults::ModelDefaults;
 use hoa::model_files::DirFiles;
 use hoa::pipeline::{Decoder, Event, GenerateOptions, GuidanceHigh, InitImage, Pipeline};
 use hoa::schedulers::{eta_parameter, SchedulerKind};
@@ -43,6 +44,12 @@ pub struct GenerateArgs {
     /// model's, else 500.
     #[arg(long, requires = "guidance_high")]
     pub guidance_high_from: Option<f32>,
+    /// Use the prompt as typed, without the model's prompt upsampling (hoa.json
+    /// `prompt_upsampling`: the attributes its training captions always stated, filled in where
+    /// the prompt leaves them out, as DALL-E 3 rewrites prompts into the captions it was trained
+    /// on).
+    #[arg(long)]
+    pub no_upsample: bool,
     /// ddim, euler, euler_a, dpm++2m, dpm++2m-karras or lcm. Default: the model's own.
     #[arg(long)]
     pub scheduler: Option<SchedulerKind>,
@@ -97,14 +104,6 @@ fn default_model() -> PathBuf {
         return here;
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/default")
-}
-
-/// Optional generation defaults a model folder may carry in `hoa.json`.
-#[derive(serde::Deserialize, Default)]
-struct ModelDefaults {
-    guidance: Option<f32>,
-    guidance_high: Option<GuidanceHigh>,
-    steps: Option<usize>,
 }
 
 /// The high-noise guidance: the user's, else the model's unless the user set --guidance (a
@@ -213,6 +212,11 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
         );
     }
     let files = DirFiles::open(&model_dir)?;
+    let defaults = ModelDefaults::load(&files)?;
+    let upsampling = defaults
+        .prompt_upsampling
+        .as_ref()
+        .filter(|_| !a.no_upsample);
     let latents = a.latents.as_deref().map(read_latents).transpose()?;
     let init = match &a.init_image {
         None => None,
@@ -254,10 +258,6 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
         model_dir.display(),
         t0.elapsed().as_secs_f64()
     );
-    let defaults: ModelDefaults = match std::fs::read(model_dir.join("hoa.json")) {
-        Ok(b) => serde_json::from_slice(&b).context("hoa.json in the model folder")?,
-        Err(_) => ModelDefaults::default(),
-    };
 
     let f = pipe.vae_scale_factor();
     let native = pipe.unet_config.sample_size.unwrap_or(64) * f;
@@ -309,7 +309,11 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
 
     let mut written = Vec::new();
     for (j, prompt) in prompts.iter().enumerate() {
-        opts.prompt = prompt.clone();
+        opts.prompt = upsampling.map_or_else(|| prompt.clone(), |u| u.upsample(prompt));
+        let upsampled = (opts.prompt != *prompt).then(|| opts.prompt.clone());
+        if let Some(u) = &upsampled {
+            eprintln!("upsampled prompt (--no-upsample to use it as typed): {u}");
+        }
         opts.seed = a.seed.wrapping_add((j * batch) as u64);
         let bar = ProgressBar::new(steps as u64);
         bar.set_style(
@@ -353,12 +357,15 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
                 }
             }
             extra.extend(opts.guidance_high.map(|h| h.parameter()));
+            if let Some(u) = &upsampled {
+                extra.push(("Upsampled prompt".to_string(), u.clone()));
+            }
             extra.extend(eta_parameter(kind, a.eta));
             if a.latents.is_some() {
                 extra.push(("Latents".to_string(), "file".to_string()));
             }
             let params = GenerationParameters {
-                prompt: opts.prompt.clone(),
+                prompt: prompt.clone(),
                 negative_prompt: opts.negative_prompt.clone(),
                 steps,
                 sampler: sampler.clone(),

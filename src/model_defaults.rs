@@ -1,0 +1,36 @@
+//! `hoa.json`: the generation defaults a model folder may carry beside its diffusers files
+//! (hoa's shipped model writes one; other folders need none).
+
+use crate::error::{Error, Result};
+use crate::model_files::ModelFiles;
+use crate::pipeline::GuidanceHigh;
+use crate::prompt_upsampling::PromptUpsampling;
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ModelDefaults {
+    pub guidance: Option<f32>,
+    pub guidance_high: Option<GuidanceHigh>,
+    pub steps: Option<usize>,
+    pub prompt_upsampling: Option<PromptUpsampling>,
+}
+
+impl ModelDefaults {
+    /// The folder's `hoa.json`, or no defaults when it has none; a file that does not parse is
+    /// an error naming it.
+    pub fn load(files: &dyn ModelFiles) -> Result<ModelDefaults> {
+        let Some(bytes) = files.read("hoa.json")? else {
+            return Ok(ModelDefaults::default());
+        };
+        let d: ModelDefaults = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Checkpoint(format!(
+                "{}/hoa.json: {e} (it holds hoa's generation defaults; fix or delete it)",
+                files.describe()
+            ))
+        })?;
+        if let Some(u) = &d.prompt_upsampling {
+            u.validate()?;
+        }
+        Ok(d)
+    }
+}
