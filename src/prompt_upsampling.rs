@@ -18,8 +18,15 @@
 //! the next article or punctuation ("a red circle with stripes left of"). A default whose words
 //! appear nowhere in the phrase or its tail is inserted among the words before the noun, after
 //! those of the defaults listed before it ("a small red circle" -> "a small solid red circle").
+//!
+//! Then `rewrites`, in order: `{"pattern": REGEX, "replacement": TEXT}`, the first match of
+//! each replaced (`regex` syntax; `${name}` in the replacement is a named group). The shipped
+//! model's captions always gave three objects' layout, so its bare list "three shapes on a gray
+//! background: a red circle, a blue star and a green ring" gets one: "... the red circle is
+//! left of the blue star, the green ring is below the red circle and ...".
 
 use crate::error::{Error, Result};
+use regex::Regex;
 use serde::Deserialize;
 
 /// One attribute a model's captions always state: any of `words` states it, `word` is the
@@ -30,12 +37,21 @@ pub struct AttributeDefault {
     pub word: String,
 }
 
+/// A regex replacement applied after the defaults.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Rewrite {
+    pub pattern: String,
+    pub replacement: String,
+}
+
 /// `hoa.json`'s `prompt_upsampling`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct PromptUpsampling {
     /// The nouns that end an object phrase.
     pub nouns: Vec<String>,
     pub defaults: Vec<AttributeDefault>,
+    #[serde(default)]
+    pub rewrites: Vec<Rewrite>,
 }
 
 const ARTICLES: [&str; 2] = ["a", "an"];
@@ -96,6 +112,13 @@ impl PromptUpsampling {
                 ));
             }
         }
+        for (k, r) in self.rewrites.iter().enumerate() {
+            if let Err(e) = Regex::new(&r.pattern) {
+                return bad(format!(
+                    "rewrites[{k}]: `pattern` is not a valid regex: {e}"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -106,9 +129,21 @@ impl PromptUpsampling {
             .position(|d| d.words.iter().any(|w| w.eq_ignore_ascii_case(word)))
     }
 
-    /// `prompt` with every object phrase's missing attributes filled in; unchanged when nothing
-    /// is missing. Applying it twice gives the same text.
+    /// `prompt` with every object phrase's missing attributes filled in, then the rewrites
+    /// applied; unchanged when nothing is missing and no pattern matches. Rules whose rewrites
+    /// match their own output would not be idempotent; the shipped ones are.
     pub fn upsample(&self, prompt: &str) -> String {
+        let mut text = self.fill_defaults(prompt);
+        for r in &self.rewrites {
+            // validate() refused bad patterns; one that still fails to compile is skipped.
+            if let Ok(re) = Regex::new(&r.pattern) {
+                text = re.replace(&text, r.replacement.as_str()).into_owned();
+            }
+        }
+        text
+    }
+
+    fn fill_defaults(&self, prompt: &str) -> String {
         let toks = tokens(prompt);
         let is_article = |t: &(usize, String, Kind)| {
             matches!(t.2, Kind::Word) && ARTICLES.contains(&t.1.as_str())
@@ -192,6 +227,7 @@ mod tests {
                     word: "solid".into(),
                 },
             ],
+            rewrites: vec![],
         }
     }
 
@@ -233,6 +269,40 @@ mod tests {
             assert_eq!(u.upsample(prompt), want, "{prompt:?}");
             assert_eq!(u.upsample(want), want, "twice: {want:?}");
         }
+    }
+
+    #[test]
+    fn rewrites_apply_after_the_defaults_with_named_groups() {
+        let mut u = shapes();
+        let obj = |g: &str| format!(r"a (?:\w+ )*?(?P<{g}>\w+ (?:circle|star|ring))(?: with \w+)?");
+        u.rewrites.push(Rewrite {
+            pattern: format!(
+                r"^(?P<list>three shapes: {}, {} and {})\.?$",
+                obj("a"),
+                obj("b"),
+                obj("c")
+            ),
+            replacement: "${list}. the ${a} is left of the ${b}, the ${c} is below both.".into(),
+        });
+        assert!(u.validate().is_ok());
+        let typed = "three shapes: a red circle, a small blue star with dots and a green ring.";
+        let want = "three shapes: a large solid red circle, a small blue star with dots and a \
+                    large solid green ring. the red circle is left of the blue star, the green \
+                    ring is below both.";
+        assert_eq!(u.upsample(typed), want);
+        assert_eq!(u.upsample(want), want, "twice");
+        // Only what the pattern matches is rewritten.
+        let other = "three shapes: a red circle and a green ring";
+        assert_eq!(
+            u.upsample(other),
+            "three shapes: a large solid red circle and a large solid green ring"
+        );
+        u.rewrites[0].pattern = "(unclosed".into();
+        let e = u.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("rewrites[0]: `pattern` is not a valid regex"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod fixture;
 
 use common::ctx;
 use fixture::{close_rel, Io};
+use hoa::model_defaults::ModelDefaults;
 use hoa::model_files::DirFiles;
 use hoa::pipeline::{Event, GenerateOptions, GuidanceHigh, Pipeline};
 use hoa::schedulers::SchedulerKind;
@@ -79,4 +80,35 @@ fn default_model_matches_diffusers() {
     let out = cd.decode(c, &z, &[&n0, &n1]).unwrap().sample;
     let r = close_rel("consistency decoder", &out, &io.f32("cd.image"), 1e-3, c).unwrap();
     eprintln!("consistency decoder: max err / max |ref| = {r:.2e}");
+}
+
+/// The shipped hoa.json's prompt upsampling rewrites every evaluation prompt (and a few made to
+/// hit its edges) exactly as tools/world/upsample.py does, which the diffusers-side figures use
+/// (tests/fixtures/prompt_upsampling, `make_fixtures.py --only prompt_upsampling`).
+#[test]
+fn default_model_prompt_upsampling_matches_the_python_rewrite() {
+    let defaults = ModelDefaults::load(&DirFiles::open(model_dir()).unwrap()).unwrap();
+    let rules = defaults
+        .prompt_upsampling
+        .expect("weights/default/hoa.json has prompt_upsampling");
+    let cases: Vec<serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(fixture::dir("prompt_upsampling").join("cases.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(cases.len() > 200, "{} cases", cases.len());
+    let mut changed = 0;
+    for c in &cases {
+        let (prompt, want) = (
+            c["prompt"].as_str().unwrap(),
+            c["upsampled"].as_str().unwrap(),
+        );
+        assert_eq!(rules.upsample(prompt), want, "{prompt:?}");
+        assert_eq!(rules.upsample(want), want, "twice: {want:?}");
+        changed += usize::from(prompt != want);
+    }
+    // Most prompts name neither size nor texture; the three-object ones get a layout.
+    assert!(changed > 180, "{changed} of {} rewritten", cases.len());
+    assert!(cases
+        .iter()
+        .any(|c| c["upsampled"].as_str().unwrap().contains("is below the")));
 }
