@@ -28,6 +28,7 @@
 use crate::error::{Error, Result};
 use regex::Regex;
 use serde::Deserialize;
+use std::sync::OnceLock;
 
 /// One attribute a model's captions always state: any of `words` states it, `word` is the
 /// default.
@@ -45,13 +46,17 @@ pub struct Rewrite {
 }
 
 /// `hoa.json`'s `prompt_upsampling`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize)]
 pub struct PromptUpsampling {
     /// The nouns that end an object phrase.
     pub nouns: Vec<String>,
     pub defaults: Vec<AttributeDefault>,
     #[serde(default)]
     pub rewrites: Vec<Rewrite>,
+    /// `rewrites` compiled on first use (a few ms each; a prompt file upsamples every line), so
+    /// edit `rewrites` before the first `upsample`, not after.
+    #[serde(skip)]
+    compiled: OnceLock<Vec<Option<Regex>>>,
 }
 
 const ARTICLES: [&str; 2] = ["a", "an"];
@@ -134,9 +139,15 @@ impl PromptUpsampling {
     /// match their own output would not be idempotent; the shipped ones are.
     pub fn upsample(&self, prompt: &str) -> String {
         let mut text = self.fill_defaults(prompt);
-        for r in &self.rewrites {
+        let compiled = self.compiled.get_or_init(|| {
             // validate() refused bad patterns; one that still fails to compile is skipped.
-            if let Ok(re) = Regex::new(&r.pattern) {
+            self.rewrites
+                .iter()
+                .map(|r| Regex::new(&r.pattern).ok())
+                .collect()
+        });
+        for (r, re) in self.rewrites.iter().zip(compiled) {
+            if let Some(re) = re {
                 text = re.replace(&text, r.replacement.as_str()).into_owned();
             }
         }
@@ -227,7 +238,7 @@ mod tests {
                     word: "solid".into(),
                 },
             ],
-            rewrites: vec![],
+            ..Default::default()
         }
     }
 

@@ -215,7 +215,9 @@ impl Hoa {
         let model = self.model.borrow().clone();
         let busy = self.busy.clone();
         let last = self.last.clone();
-        let upsampled = Some(self.upsample(prompt.clone())).filter(|u| upsample && *u != prompt);
+        let upsampled = upsample
+            .then(|| self.upsample(prompt.clone()))
+            .filter(|u| *u != prompt);
         wasm_bindgen_futures::future_to_promise(async move {
             let pipe = slot
                 .borrow()

@@ -49,6 +49,16 @@ fn files_in(d: &Path) -> Vec<String> {
     v
 }
 
+/// A fresh output folder `name` holding a copy of the tiny model with `hoa_json` as its
+/// hoa.json; returns (folder, model folder).
+fn tiny_model_with_hoa_json(name: &str, hoa_json: &str) -> (PathBuf, PathBuf) {
+    let d = out_dir(name);
+    let m = d.join("model");
+    copy_dir(&dir("pipeline_tiny"), &m);
+    std::fs::write(m.join("hoa.json"), hoa_json).unwrap();
+    (d, m)
+}
+
 fn generate(d: &Path, out: &str, seed: &str, extra: &[&str]) -> Output {
     let m = model();
     let o = d.join(out).display().to_string();
@@ -156,14 +166,10 @@ fn hoa_json_guidance_high_is_the_default_unless_guidance_is_given() {
     if common::ctx().is_none() {
         return;
     }
-    let d = out_dir("ghigh");
-    let m = d.join("model");
-    copy_dir(&dir("pipeline_tiny"), &m);
-    std::fs::write(
-        m.join("hoa.json"),
+    let (d, m) = tiny_model_with_hoa_json(
+        "ghigh",
         r#"{"guidance": 4, "guidance_high": {"scale": 6, "from_timestep": 500}}"#,
-    )
-    .unwrap();
+    );
     let m = m.display().to_string();
     let run = |out: &str, extra: &[&str]| {
         let args = [
@@ -202,17 +208,14 @@ fn hoa_json_prompt_upsampling_rewrites_the_prompt_unless_no_upsample() {
     if common::ctx().is_none() {
         return;
     }
-    let d = out_dir("upsample");
-    let m = d.join("model");
-    copy_dir(&dir("pipeline_tiny"), &m);
     let rules = |nouns: &str| {
-        let json = format!(
+        format!(
             r#"{{"prompt_upsampling": {{"nouns": [{nouns}],
                 "defaults": [{{"words": ["small", "large"], "word": "large"}}]}}}}"#
-        );
-        std::fs::write(m.join("hoa.json"), json).unwrap();
+        )
     };
-    rules(r#""circle", "square""#);
+    let (d, m) = tiny_model_with_hoa_json("upsample", &rules(r#""circle", "square""#));
+    let hoa_json = m.join("hoa.json");
     let m = m.display().to_string();
     let run = |out: &str, prompt: &str, extra: &[&str]| {
         let o = d.join(out).display().to_string();
@@ -268,7 +271,7 @@ fn hoa_json_prompt_upsampling_rewrites_the_prompt_unless_no_upsample() {
         "{err}"
     );
 
-    rules("");
+    std::fs::write(&hoa_json, rules("")).unwrap();
     let o = d.join("x.png").display().to_string();
     let r = hoa(&["generate", typed, "--model", &m, "--out", &o]);
     let err = String::from_utf8_lossy(&r.stderr);

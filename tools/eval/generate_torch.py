@@ -61,8 +61,8 @@ def main():
     ap.add_argument("--scheduler", default=None, choices=sorted(SAMPLERS),
                     help="replace the folder's scheduler, keeping its noise schedule (default: the folder's)")
     ap.add_argument("--upsample", action="store_true",
-                    help="fill in the sizes and textures a prompt leaves out, as hoa generate does with the shipped "
-                         "hoa.json (tools/world/upsample.py)")
+                    help="the shipped hoa.json's prompt upsampling (tools/world/upsample.py: sizes, textures and the "
+                         "three-object layout a prompt leaves out), as hoa generate applies it")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--limit", type=int, default=None, help="first N prompts only")
