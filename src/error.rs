@@ -47,12 +47,45 @@ pub enum Error {
     #[error("{0}")]
     Checkpoint(String),
 
+    /// A bad value in a model file: `file` is the path within the model (e.g.
+    /// `unet/config.json`, `hoa.json`), `field` the key, `why` what is wrong and what to do.
+    #[error("{file}: `{field}` {why}")]
+    Config {
+        file: String,
+        field: String,
+        why: String,
+    },
+
+    /// A bad generation option: `what` names where it came from as the user typed it (the
+    /// CLI flag `--steps`, the request field `steps`), `why` what is wrong and what to do.
+    #[error("{what}: {why}")]
+    InvalidOption { what: String, why: String },
+
     /// A sampler configuration or call hoa cannot honour (`hoa::schedulers`).
     #[error("scheduler: {0}")]
     Scheduler(String),
 }
 
 impl Error {
+    pub fn config(
+        file: impl Into<String>,
+        field: impl Into<String>,
+        why: impl Into<String>,
+    ) -> Self {
+        Error::Config {
+            file: file.into(),
+            field: field.into(),
+            why: why.into(),
+        }
+    }
+
+    pub fn invalid(what: impl Into<String>, why: impl Into<String>) -> Self {
+        Error::InvalidOption {
+            what: what.into(),
+            why: why.into(),
+        }
+    }
+
     pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Shape {
             op,
