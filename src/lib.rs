@@ -13,10 +13,13 @@ pub mod image_io;
 pub mod kernels;
 pub mod model_defaults;
 pub mod model_files;
+pub mod model_info;
 pub mod models;
 pub mod noise;
 pub mod pipeline;
 pub mod prompt_upsampling;
+pub mod request;
+pub mod resolve;
 pub mod schedulers;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]

@@ -1,12 +1,15 @@
 //! The browser binding (wasm32 only): the same [`Pipeline`] the CLI runs, on the page's WebGPU
-//! device, exported to JavaScript with `wasm-bindgen`. web/app.js drives it:
+//! device, exported to JavaScript with `wasm-bindgen`. The page sends a request as JSON (the
+//! keys of [`Request`]); defaults, validation, the prompt rewrite and the PNG's parameters come
+//! from the library's one policy ([`resolve`]), so the page never parses the model's files.
+//! web/app.js drives it:
 //!
 //! ```js
 //! const hoa = await Hoa.create();          // rejects with a readable message without WebGPU
-//! await hoa.load("default", files);        // Map<string, Uint8Array> of a diffusers folder
+//! const d = JSON.parse(await hoa.load("default", files)); // Map<string, Uint8Array>; defaults
 //! hoa.upsample("a red circle");            // the prompt as the model reads it (hoa.json)
-//! const rgba = await hoa.generate("a red circle", true, "", 7n, 20, 3.0, undefined, 500,
-//!                                 "ddim", 0, "vae", 64, 64, 5, (ev) => ...);
+//! const rgba = await hoa.generate(JSON.stringify({prompt: "a red circle", seed: 7}),
+//!                                 (ev) => ...);
 //! const png = hoa.png();                   // the last image, with its parameters chunk
 //! ```
 //!
@@ -15,12 +18,11 @@
 
 use crate::error::Error;
 use crate::gpu::{Context, ContextOptions, DType};
-use crate::image_io::{encode_png, GenerationParameters, RgbImage};
-use crate::model_defaults::ModelDefaults;
+use crate::image_io::{encode_png, RgbImage};
 use crate::model_files::MemoryFiles;
-use crate::pipeline::{Decoder, Event, GenerateOptions, GuidanceHigh, Pipeline};
-use crate::prompt_upsampling::PromptUpsampling;
-use crate::schedulers::{self, SchedulerKind};
+use crate::pipeline::{Event, Pipeline};
+use crate::request::{Origin, Request};
+use crate::resolve::{resolve, Resolved};
 use js_sys::{Function, Map, Object, Reflect, Uint8Array};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -63,10 +65,30 @@ pub struct Hoa {
     ctx: Rc<Context>,
     pipe: Rc<RefCell<Option<Rc<Pipeline>>>>,
     model: Rc<RefCell<String>>,
-    /// The loaded model's hoa.json `prompt_upsampling`.
-    upsampling: Rc<RefCell<Option<PromptUpsampling>>>,
     busy: Rc<Cell<bool>>,
     last: Rc<RefCell<Option<(RgbImage, String)>>>,
+}
+
+/// The form's defaults for the loaded model: what an empty request resolves to.
+fn defaults_json(ctx: &Context, pipe: &Pipeline) -> Result<String, JsError> {
+    let req = Request {
+        prompt: Some(String::new()),
+        ..Default::default()
+    };
+    let r = resolve(&req, &pipe.info, pipe.limits(ctx)).map_err(js_err)?;
+    let o = &r.options;
+    Ok(serde_json::json!({
+        "width": o.width,
+        "height": o.height,
+        "steps": o.steps,
+        "guidance": o.guidance,
+        "guidance_high": o.guidance_high.map(|h| h.scale),
+        "guidance_high_from": o.guidance_high.map_or(crate::resolve::DEFAULT_HIGH_FROM as f32, |h| h.from_timestep),
+        "scheduler": r.sampler.name(),
+        "upsampling": pipe.info.defaults.prompt_upsampling.is_some(),
+        "consistency_decoder": pipe.info.has_consistency_decoder,
+    })
+    .to_string())
 }
 
 #[wasm_bindgen]
@@ -111,7 +133,6 @@ impl Hoa {
             ctx: Rc::new(ctx),
             pipe: Rc::default(),
             model: Rc::default(),
-            upsampling: Rc::default(),
             busy: Rc::default(),
             last: Rc::default(),
         })
@@ -131,131 +152,77 @@ impl Hoa {
     /// Loads a diffusers folder given as `Map<path, Uint8Array>` (paths relative to the folder,
     /// e.g. `unet/config.json`), through the loader the CLI uses; `name` is the model's name
     /// for the PNG's parameters. Computes in f32 (every adapter has it; SwiftShader and many
-    /// phones have no `shader-f16`). Resolves to the model's native image size `[w, h]`.
+    /// phones have no `shader-f16`). Resolves to the model's defaults as JSON: `width`,
+    /// `height`, `steps`, `guidance`, `guidance_high` (null: none), `guidance_high_from`,
+    /// `scheduler`, `upsampling` and `consistency_decoder` (whether the model has them).
     pub fn load(&self, name: String, files: Map) -> js_sys::Promise {
         let ctx = self.ctx.clone();
         let slot = self.pipe.clone();
         let model = self.model.clone();
-        let upsampling = self.upsampling.clone();
         let busy = self.busy.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             if busy.get() {
                 return Err(JsError::new("hoa is busy generating; wait for it to finish").into());
             }
-            let mut map = HashMap::new();
-            for entry in files.entries() {
-                let pair: js_sys::Array = entry?.into();
-                let path = pair.get(0).as_string().ok_or_else(|| {
-                    JsError::new("load: the files map's keys must be strings (paths)")
-                })?;
-                let bytes: Uint8Array = pair.get(1).dyn_into().map_err(|_| {
-                    JsError::new(&format!("load: the value for {path} is not a Uint8Array"))
-                })?;
-                map.insert(path, bytes.to_vec());
-            }
-            let files = MemoryFiles {
-                name: name.clone(),
-                files: map,
-            };
-            let defaults = ModelDefaults::load(&files).map_err(js_err)?;
+            let files = memory_files(&name, &files)?;
             // Drop the old model first: two models at once may not fit.
             *slot.borrow_mut() = None;
             let pipe = Pipeline::load(&ctx, &files, DType::F32).map_err(js_err)?;
-            let f = pipe.vae_scale_factor();
-            let native = pipe.unet_config.sample_size.unwrap_or(64) * f;
+            let defaults = defaults_json(&ctx, &pipe)?;
             *slot.borrow_mut() = Some(Rc::new(pipe));
             *model.borrow_mut() = name;
-            *upsampling.borrow_mut() = defaults.prompt_upsampling;
-            let size = js_sys::Array::of2(&(native as u32).into(), &(native as u32).into());
-            Ok(size.into())
+            Ok(defaults.into())
         })
     }
 
-    /// The prompt as the loaded model will read it with `upsample` on: its hoa.json
-    /// `prompt_upsampling` applied (as `hoa generate` does unless `--no-upsample`); unchanged
-    /// when the model has none.
+    /// The prompt as the loaded model will read it with upsampling on (its hoa.json
+    /// `prompt_upsampling`, as `hoa generate` does unless `--no-upsample`); unchanged when the
+    /// model has none or no model is loaded.
     pub fn upsample(&self, prompt: String) -> String {
-        match self.upsampling.borrow().as_ref() {
+        let pipe = self.pipe.borrow();
+        match pipe
+            .as_ref()
+            .and_then(|p| p.info.defaults.prompt_upsampling.as_ref())
+        {
             Some(u) => u.upsample(&prompt),
             None => prompt,
         }
     }
 
-    /// Generates one image and resolves to its RGBA bytes (`width * height * 4`).
-    /// `upsample`: apply the model's prompt upsampling ([`Hoa::upsample`]);
-    /// `guidance_high`: the scale for the steps at timestep ≥ `guidance_high_from` (as the
-    /// CLI's `--guidance-high`), undefined for `guidance` throughout;
-    /// `scheduler`: "" for the model's own, else ddim, euler, dpm++2m, ... (as the CLI's
-    /// `--scheduler`); `eta`: DDIM's eta in [0, 1] (as `--eta`; other schedulers warn that
-    /// they ignore it); `decoder`: "vae" or "consistency"; `preview_every`: decode the latents
-    /// every this many steps for a live preview (0 = never). `on_progress` is called with
-    /// `{kind: "step", step, total}`, `{kind: "preview", step, width, height, rgba}`,
-    /// `{kind: "decoding"}` or `{kind: "warning", message}`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn generate(
-        &self,
-        prompt: String,
-        upsample: bool,
-        negative: String,
-        seed: u64,
-        steps: usize,
-        guidance: f32,
-        guidance_high: Option<f32>,
-        guidance_high_from: f32,
-        scheduler: String,
-        eta: f32,
-        decoder: String,
-        width: usize,
-        height: usize,
-        preview_every: usize,
-        on_progress: Function,
-    ) -> js_sys::Promise {
+    /// Generates one image from `request` (JSON with the keys of hoa's `Request`: `prompt`,
+    /// `negative_prompt`, `seed`, `steps`, `guidance`, `guidance_high`, `guidance_high_from`,
+    /// `scheduler`, `eta`, `decoder`, `width`, `height`, `upsample`, `preview_every`; what is
+    /// left out takes the model's default) and resolves to its RGBA bytes. `on_progress` is
+    /// called with `{kind: "step", step, total}`, `{kind: "preview", step, width, height,
+    /// rgba}`, `{kind: "decoding"}`, `{kind: "warning", message}` or `{kind: "resolved",
+    /// prompt}` (the text the model reads) before the first step.
+    pub fn generate(&self, request: String, on_progress: Function) -> js_sys::Promise {
         let ctx = self.ctx.clone();
         let slot = self.pipe.clone();
         let model = self.model.borrow().clone();
         let busy = self.busy.clone();
         let last = self.last.clone();
-        let upsampled = upsample
-            .then(|| self.upsample(prompt.clone()))
-            .filter(|u| *u != prompt);
         wasm_bindgen_futures::future_to_promise(async move {
             let pipe = slot
                 .borrow()
                 .clone()
                 .ok_or_else(|| JsError::new("no model loaded: call load() first"))?;
+            let mut req = Request::from_json(&request).map_err(js_err)?;
+            req.origin = Origin::Json;
+            let r = resolve(&req, &pipe.info, pipe.limits(&ctx)).map_err(js_err)?;
+            if r.options.batch != 1 {
+                return Err(JsError::new("batch: the page makes one image at a time").into());
+            }
             if busy.replace(true) {
                 return Err(
                     JsError::new("hoa is already generating; wait for it to finish").into(),
                 );
             }
-            let out = run(
-                &ctx,
-                &pipe,
-                &model,
-                GenerateInput {
-                    prompt,
-                    upsampled,
-                    negative,
-                    seed,
-                    steps,
-                    guidance,
-                    guidance_high: guidance_high.map(|scale| GuidanceHigh {
-                        scale,
-                        from_timestep: guidance_high_from,
-                    }),
-                    scheduler,
-                    eta,
-                    decoder,
-                    width,
-                    height,
-                    preview_every,
-                },
-                &on_progress,
-            )
-            .await;
+            let out = run(&ctx, &pipe, &r, &on_progress).await;
             busy.set(false);
-            let (image, params) = out?;
+            let image = out?;
             let rgba = Uint8Array::from(image.to_rgba().as_slice());
+            let params = r.parameters(&model, 0).to_text();
             *last.borrow_mut() = Some((image, params));
             Ok(rgba.into())
         })
@@ -273,20 +240,24 @@ impl Hoa {
     }
 }
 
-struct GenerateInput {
-    prompt: String,
-    upsampled: Option<String>,
-    negative: String,
-    seed: u64,
-    steps: usize,
-    guidance: f32,
-    guidance_high: Option<GuidanceHigh>,
-    scheduler: String,
-    eta: f32,
-    decoder: String,
-    width: usize,
-    height: usize,
-    preview_every: usize,
+/// The page's `Map<path, Uint8Array>` as a model folder.
+fn memory_files(name: &str, files: &Map) -> Result<MemoryFiles, JsValue> {
+    let mut map = HashMap::new();
+    for entry in files.entries() {
+        let pair: js_sys::Array = entry?.into();
+        let path = pair
+            .get(0)
+            .as_string()
+            .ok_or_else(|| JsError::new("load: the files map's keys must be strings (paths)"))?;
+        let bytes: Uint8Array = pair.get(1).dyn_into().map_err(|_| {
+            JsError::new(&format!("load: the value for {path} is not a Uint8Array"))
+        })?;
+        map.insert(path, bytes.to_vec());
+    }
+    Ok(MemoryFiles {
+        name: name.to_string(),
+        files: map,
+    })
 }
 
 fn set(o: &Object, k: &str, v: impl Into<JsValue>) {
@@ -294,93 +265,60 @@ fn set(o: &Object, k: &str, v: impl Into<JsValue>) {
     let _ = Reflect::set(o, &k.into(), &v.into());
 }
 
+/// The page's progress object for `ev`.
+fn event_object(ev: Event) -> Object {
+    let o = Object::new();
+    match ev {
+        Event::Step { step, total, .. } => {
+            set(&o, "kind", "step");
+            set(&o, "step", step as u32);
+            set(&o, "total", total as u32);
+        }
+        Event::Preview { step, image } => {
+            set(&o, "kind", "preview");
+            set(&o, "step", step as u32);
+            set(&o, "width", image.width as u32);
+            set(&o, "height", image.height as u32);
+            set(&o, "rgba", Uint8Array::from(image.to_rgba().as_slice()));
+        }
+        Event::Decoding => set(&o, "kind", "decoding"),
+        Event::Warning(w) => {
+            web_sys::console::warn_1(&w.clone().into());
+            set(&o, "kind", "warning");
+            set(&o, "message", w);
+        }
+    }
+    o
+}
+
 async fn run(
     ctx: &Context,
     pipe: &Pipeline,
-    model: &str,
-    a: GenerateInput,
+    r: &Resolved,
     on_progress: &Function,
-) -> Result<(RgbImage, String), JsValue> {
-    let scheduler = match a.scheduler.as_str() {
-        "" => None,
-        s => Some(s.parse::<SchedulerKind>().map_err(js_err)?),
-    };
-    let decoder: Decoder = a.decoder.parse().map_err(js_err)?;
-    let opts = GenerateOptions {
-        prompt: a.upsampled.clone().unwrap_or_else(|| a.prompt.clone()),
-        negative_prompt: a.negative,
-        width: a.width,
-        height: a.height,
-        steps: a.steps,
-        guidance: a.guidance,
-        guidance_high: a.guidance_high,
-        scheduler,
-        eta: a.eta,
-        seed: a.seed,
-        batch: 1,
-        decoder,
-        preview_every: a.preview_every,
-        ..Default::default()
-    };
-    pipe.validate(ctx, &opts).map_err(js_err)?;
-    let kind = pipe.scheduler_kind(&opts).map_err(js_err)?;
-    let sampler = kind.name().to_string();
+) -> Result<RgbImage, JsValue> {
     let mut callback_error = None;
+    let mut send = |o: Object| {
+        if let Err(e) = on_progress.call1(&JsValue::NULL, &o) {
+            callback_error.get_or_insert(e);
+        }
+    };
+    let o = Object::new();
+    set(&o, "kind", "resolved");
+    set(&o, "prompt", r.options.prompt.clone());
+    send(o);
+    for w in &r.warnings {
+        send(event_object(Event::Warning(w.clone())));
+    }
     let images = pipe
-        .generate(ctx, &opts, &mut |ev| {
-            let o = Object::new();
-            match ev {
-                Event::Step { step, total, .. } => {
-                    set(&o, "kind", "step");
-                    set(&o, "step", step as u32);
-                    set(&o, "total", total as u32);
-                }
-                Event::Preview { step, image } => {
-                    set(&o, "kind", "preview");
-                    set(&o, "step", step as u32);
-                    set(&o, "width", image.width as u32);
-                    set(&o, "height", image.height as u32);
-                    set(&o, "rgba", Uint8Array::from(image.to_rgba().as_slice()));
-                }
-                Event::Decoding => set(&o, "kind", "decoding"),
-                Event::Warning(w) => {
-                    web_sys::console::warn_1(&w.clone().into());
-                    set(&o, "kind", "warning");
-                    set(&o, "message", w);
-                }
-            }
-            if let Err(e) = on_progress.call1(&JsValue::NULL, &o) {
-                callback_error.get_or_insert(e);
-            }
-        })
+        .generate(ctx, &r.options, &mut |ev| send(event_object(ev)))
         .await
         .map_err(js_err)?;
     if let Some(e) = callback_error {
         return Err(e);
     }
-    let image = images
+    images
         .into_iter()
         .next()
-        .ok_or_else(|| JsError::new("the pipeline returned no image"))?;
-    let params = GenerationParameters {
-        prompt: a.prompt,
-        negative_prompt: opts.negative_prompt.clone(),
-        steps: opts.steps,
-        sampler,
-        guidance: opts.guidance,
-        seed: opts.seed,
-        width: opts.width,
-        height: opts.height,
-        model: model.to_string(),
-        decoder: opts.decoder.name().to_string(),
-        extra: opts
-            .guidance_high
-            .map(|h| h.parameter())
-            .into_iter()
-            .chain(schedulers::eta_parameter(kind, opts.eta))
-            .chain(a.upsampled.map(|u| ("Upsampled prompt".to_string(), u)))
-            .collect(),
-    }
-    .to_text();
-    Ok((image, params))
+        .ok_or_else(|| JsError::new("the pipeline returned no image").into())
 }

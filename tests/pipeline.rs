@@ -434,7 +434,7 @@ fn broken_model_folders_are_clear_errors() {
 fn an_unimplemented_folder_scheduler_falls_back_to_dpm_with_a_warning() {
     let Some((c, mut p)) = load() else { return };
     let io = Io::load(NAME);
-    p.scheduler_config.class_name = Some("PNDMScheduler".into());
+    p.info.scheduler.class_name = Some("PNDMScheduler".into());
     let opts = GenerateOptions {
         latents: None,
         batch: 1,

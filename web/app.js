@@ -63,23 +63,20 @@ async function loadModel(hoa) {
   const mb = [...files.values()].reduce((s, b) => s + b.length, 0) / 1e6;
   status(`Loading ${modelName} (${mb.toFixed(1)} MB) onto the GPU…`);
   await new Promise((r) => setTimeout(r, 0)); // paint the status before the synchronous upload
-  const [w, h] = await hoa.load(modelName, files);
-  $("width").value = w;
-  $("height").value = h;
-  if (!files.has("consistency_decoder/config.json")) {
+  // The model's defaults, resolved by hoa itself (hoa.json, scheduler, size): the page never
+  // parses the model's files.
+  const d = JSON.parse(await hoa.load(modelName, files));
+  $("width").value = d.width;
+  $("height").value = d.height;
+  $("steps").value = d.steps;
+  $("guidance").value = d.guidance;
+  $("guidance-high").value = d.guidance_high ?? "";
+  $("guidance-high-from").value = d.guidance_high_from;
+  $("upsample").disabled = !d.upsampling;
+  if (!d.consistency_decoder) {
     const opt = $("decoder").querySelector('option[value="consistency"]');
     opt.disabled = true;
     opt.textContent += " (not in this model)";
-  }
-  if (files.has("hoa.json")) {
-    const d = JSON.parse(new TextDecoder().decode(files.get("hoa.json")));
-    if (d.steps) $("steps").value = d.steps;
-    if (d.guidance !== undefined) $("guidance").value = d.guidance;
-    if (d.prompt_upsampling) $("upsample").disabled = false;
-    if (d.guidance_high) {
-      $("guidance-high").value = d.guidance_high.scale;
-      $("guidance-high-from").value = d.guidance_high.from_timestep;
-    }
   }
   return mb;
 }
@@ -155,42 +152,47 @@ async function main() {
     $("progress").max = steps;
     $("progress").value = 0;
     const upsample = $("upsample").checked && !$("upsample").disabled;
-    const read = upsample ? hoa.upsample($("prompt").value) : $("prompt").value;
-    $("upsampled").textContent = read === $("prompt").value ? "" : `(the model reads: ${read})`;
+    $("upsampled").textContent = "";
+    // The form as a request; hoa resolves it (defaults, checks) as the CLI does.
+    const request = {
+      prompt: $("prompt").value,
+      upsample,
+      negative_prompt: $("negative").value,
+      seed: Number($("seed").value || 0),
+      steps,
+      guidance: Number($("guidance").value),
+      scheduler: $("scheduler").value || undefined,
+      eta: Number($("eta").value),
+      decoder: $("decoder").value,
+      width,
+      height,
+      preview_every: Number($("preview-every").value),
+    };
+    if ($("guidance-high").value !== "") {
+      request.guidance_high = Number($("guidance-high").value);
+      request.guidance_high_from = Number($("guidance-high-from").value);
+    }
     status("Encoding the prompt…");
     const t0 = performance.now();
     try {
-      const rgba = await hoa.generate(
-        $("prompt").value,
-        upsample,
-        $("negative").value,
-        BigInt($("seed").value || 0),
-        steps,
-        Number($("guidance").value),
-        $("guidance-high").value === "" ? undefined : Number($("guidance-high").value),
-        Number($("guidance-high-from").value),
-        $("scheduler").value,
-        Number($("eta").value),
-        $("decoder").value,
-        width,
-        height,
-        Number($("preview-every").value),
-        (e) => {
-          if (e.kind === "step") {
-            $("progress").max = e.total;
-            $("progress").value = e.step;
-            status(`Step ${e.step}/${e.total}`);
-          } else if (e.kind === "preview") {
-            paint($("preview"), e.rgba, e.width, e.height);
-            window.hoaPreviews = (window.hoaPreviews || 0) + 1;
-            $("preview-caption").textContent = `live preview, step ${e.step}`;
-          } else if (e.kind === "decoding") {
-            status("Decoding…");
-          } else if (e.kind === "warning") {
-            status(`Warning: ${e.message}`);
-          }
+      const rgba = await hoa.generate(JSON.stringify(request), (e) => {
+        if (e.kind === "resolved") {
+          const typed = $("prompt").value;
+          $("upsampled").textContent = e.prompt === typed ? "" : `(the model reads: ${e.prompt})`;
+        } else if (e.kind === "step") {
+          $("progress").max = e.total;
+          $("progress").value = e.step;
+          status(`Step ${e.step}/${e.total}`);
+        } else if (e.kind === "preview") {
+          paint($("preview"), e.rgba, e.width, e.height);
+          window.hoaPreviews = (window.hoaPreviews || 0) + 1;
+          $("preview-caption").textContent = `live preview, step ${e.step}`;
+        } else if (e.kind === "decoding") {
+          status("Decoding…");
+        } else if (e.kind === "warning") {
+          status(`Warning: ${e.message}`);
         }
-      );
+      });
       const ms = performance.now() - t0;
       paint($("preview"), rgba, width, height);
       $("preview-caption").textContent = "final";

@@ -124,6 +124,15 @@ pub struct LatentDistribution {
     pub logvar: Tensor,
 }
 
+impl LatentDistribution {
+    /// `DiagonalGaussianDistribution.sample`: `mean + exp(logvar / 2) * eps`, with `eps` the
+    /// caller's standard normal noise (hoa's seeded generator, not torch's).
+    pub fn sample(&self, ctx: &Context, eps: &Tensor) -> Result<Tensor> {
+        let std = elementwise::unary(ctx, &self.logvar, Activation::Exp, 0.5, 0.0)?;
+        elementwise::add(ctx, &self.mean, &elementwise::mul(ctx, &std, eps)?)
+    }
+}
+
 pub struct DecoderOutput {
     /// [B, out_channels, H*f, W*f].
     pub sample: Tensor,

@@ -1,0 +1,228 @@
+//! What a diffusers model folder says about itself without loading a weight: `model_index.json`'s
+//! components, the U-Net, VAE and scheduler configs and `hoa.json`'s defaults. Read first, so a
+//! request is resolved (and refused) before the slow load, and kept by the loaded
+//! [`crate::pipeline::Pipeline`].
+
+use crate::config::{AutoencoderKLConfig, UNet2DConditionModelConfig};
+use crate::error::{Error, Result};
+use crate::model_defaults::ModelDefaults;
+use crate::model_files::ModelFiles;
+use crate::resolve::MAX_SIDE;
+use crate::schedulers::{SchedulerConfig, SchedulerKind};
+use serde_json::Value;
+
+/// The pipelines whose folders hoa runs (the img2img and inpainting classes share the
+/// text-to-image components; hoa inpaints by latent blending with the 4-channel U-Net).
+const PIPELINES: [&str; 3] = [
+    "StableDiffusionPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionInpaintPipeline",
+];
+
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    pub defaults: ModelDefaults,
+    /// `model_index.json`'s `text_encoder` class (`CLIPTextModel`, `T5EncoderModel`).
+    pub text_encoder_class: String,
+    pub unet: UNet2DConditionModelConfig,
+    pub vae: AutoencoderKLConfig,
+    pub scheduler: SchedulerConfig,
+    pub has_consistency_decoder: bool,
+}
+
+/// `model_index.json`'s class for `component`, checking that its folder is there.
+fn require_class(files: &dyn ModelFiles, index: &Value, component: &str) -> Result<String> {
+    let class = index
+        .get(component)
+        .and_then(Value::as_array)
+        .and_then(|v| v.get(1)?.as_str().map(str::to_string))
+        .ok_or_else(|| {
+            Error::config(
+                "model_index.json",
+                component,
+                "is missing or null; a text-to-image folder needs text_encoder, tokenizer, \
+                 unet, vae and scheduler",
+            )
+        })?;
+    let markers = [
+        "config.json",
+        "scheduler_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+    ];
+    if !markers
+        .iter()
+        .any(|m| files.exists(&format!("{component}/{m}")))
+    {
+        return Err(Error::Checkpoint(format!(
+            "{}: model_index.json lists `{component}` ({class}) but the folder `{component}/` \
+             is missing or empty",
+            files.describe()
+        )));
+    }
+    Ok(class)
+}
+
+fn read_index(files: &dyn ModelFiles) -> Result<Value> {
+    let index: Value = serde_json::from_slice(&files.require("model_index.json")?)
+        .map_err(|e| Error::Checkpoint(format!("{}/model_index.json: {e}", files.describe())))?;
+    if !index.is_object() {
+        return Err(Error::Checkpoint(format!(
+            "{}/model_index.json: expected a JSON object of components",
+            files.describe()
+        )));
+    }
+    if let Some(class) = index.get("_class_name").and_then(Value::as_str) {
+        if !PIPELINES.contains(&class) {
+            return Err(Error::config(
+                "model_index.json",
+                "_class_name",
+                format!(
+                    "is {class}, a pipeline hoa does not implement (it runs {})",
+                    PIPELINES.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(index)
+}
+
+impl ModelInfo {
+    /// Reads and checks the folder's configs (no weights).
+    pub fn read(files: &dyn ModelFiles) -> Result<ModelInfo> {
+        let index = read_index(files)?;
+        let text_encoder_class = require_class(files, &index, "text_encoder")?;
+        require_class(files, &index, "tokenizer")?;
+        let unet_class = require_class(files, &index, "unet")?;
+        let vae_class = require_class(files, &index, "vae")?;
+        require_class(files, &index, "scheduler")?;
+        if unet_class != "UNet2DConditionModel" {
+            return Err(Error::config(
+                "model_index.json",
+                "unet",
+                format!("is a {unet_class}; hoa runs UNet2DConditionModel"),
+            ));
+        }
+        if vae_class != "AutoencoderKL" {
+            return Err(Error::config(
+                "model_index.json",
+                "vae",
+                format!(
+                    "is a {vae_class}; hoa runs AutoencoderKL (a consistency decoder goes in \
+                     consistency_decoder/)"
+                ),
+            ));
+        }
+        let unet = UNet2DConditionModelConfig::from_json(&files.require("unet/config.json")?)?;
+        let vae = AutoencoderKLConfig::from_json(&files.require("vae/config.json")?)?;
+        if vae.latent_channels != unet.in_channels {
+            return Err(Error::config(
+                "vae/config.json",
+                "latent_channels",
+                format!(
+                    "is {} but the U-Net takes {} (unet/config.json: in_channels)",
+                    vae.latent_channels, unet.in_channels
+                ),
+            ));
+        }
+        let scheduler =
+            SchedulerConfig::from_json(&files.require("scheduler/scheduler_config.json")?)?;
+        let info = ModelInfo {
+            defaults: ModelDefaults::load(files)?,
+            text_encoder_class,
+            unet,
+            vae,
+            scheduler,
+            has_consistency_decoder: files.exists("consistency_decoder/config.json"),
+        };
+        info.native_size()?;
+        info.num_train_timesteps()?;
+        Ok(info)
+    }
+
+    /// Pixels per latent pixel (8 for Stable Diffusion): `2^(len(block_out_channels) - 1)`.
+    pub fn vae_scale_factor(&self) -> Result<usize> {
+        let n = self.vae.block_out_channels.len();
+        if !(1..=8).contains(&n) {
+            return Err(Error::config(
+                "vae/config.json",
+                "block_out_channels",
+                format!("has {n} entries; expected 1 to 8"),
+            ));
+        }
+        Ok(1 << (n - 1))
+    }
+
+    /// What width and height must be a multiple of: the VAE factor times one halving per
+    /// U-Net down block but the last.
+    pub fn size_multiple(&self) -> Result<usize> {
+        let levels = self.unet.down_block_types.len().saturating_sub(1);
+        let m = (levels < 16)
+            .then(|| self.vae_scale_factor().map(|f| f << levels))
+            .transpose()?;
+        m.filter(|&m| m <= MAX_SIDE).ok_or_else(|| {
+            Error::config(
+                "unet/config.json",
+                "down_block_types",
+                format!(
+                    "has {} blocks: too many halvings for any image size",
+                    levels + 1
+                ),
+            )
+        })
+    }
+
+    /// The size the model was trained at: the U-Net's `sample_size` times the VAE factor.
+    pub fn native_size(&self) -> Result<usize> {
+        let s = self.unet.sample_size.unwrap_or(64);
+        let f = self.vae_scale_factor()?;
+        s.checked_mul(f)
+            .filter(|&n| n > 0 && n <= MAX_SIDE)
+            .ok_or_else(|| {
+                Error::config(
+                    "unet/config.json",
+                    "sample_size",
+                    format!(
+                        "is {s}: x{f} (the VAE factor) gives no image size from 1 to {MAX_SIDE}"
+                    ),
+                )
+            })
+    }
+
+    /// The scheduler's `num_train_timesteps` (diffusers' default 1000).
+    pub fn num_train_timesteps(&self) -> Result<usize> {
+        match self.scheduler.num_train_timesteps {
+            Some(0) => Err(Error::config(
+                "scheduler/scheduler_config.json",
+                "num_train_timesteps",
+                "is 0; it must be at least 1 (Stable Diffusion uses 1000)",
+            )),
+            n => Ok(n.unwrap_or(1000)),
+        }
+    }
+
+    /// The folder's own scheduler, or DPM-Solver++ 2M on the same noise schedule (the usual
+    /// replacement: 20-25 steps match PNDM's 50) with a note, when hoa lacks the folder's.
+    pub fn scheduler_choice(&self) -> (SchedulerKind, Option<String>) {
+        match SchedulerKind::from_config(&self.scheduler) {
+            Ok(k) => (k, None),
+            Err(e) => (
+                SchedulerKind::DpmPp2M,
+                Some(format!("{e}; using dpm++2m on the model's noise schedule")),
+            ),
+        }
+    }
+
+    /// Bytes of the U-Net's widest activation for `rows` samples at `w`x`h` pixels: the last up
+    /// block's concat of a skip with the level below, at full latent resolution. `None` on
+    /// overflow.
+    pub fn unet_peak_bytes(&self, rows: usize, w: usize, h: usize, dsize: usize) -> Option<u64> {
+        let f = self.vae_scale_factor().ok()?;
+        let c = &self.unet.block_out_channels;
+        let widest = c.first()?.checked_add(c.get(1).copied().unwrap_or(c[0]))?;
+        [widest, h / f, w / f, dsize]
+            .iter()
+            .try_fold(rows as u64, |a, &d| a.checked_mul(d as u64))
+    }
+}

@@ -1,0 +1,533 @@
+//! Text to image: diffusers' `StableDiffusionPipeline` (plus its img2img and inpainting
+//! variants) on hoa's models. Reads a diffusers model folder through [`ModelFiles`] (bytes, so
+//! the CLI and the browser share it) and runs diffusers' stages, one module each: encode the
+//! prompt ([`text_encoder`]), prepare the latents ([`latents`]), the denoising loop with
+//! classifier-free guidance entirely on the device ([`denoise`]), decode with the VAE or the
+//! consistency decoder ([`decode`]). The only readbacks are the final latents and the image.
+//! The options come concrete from [`crate::resolve`]; [`Pipeline::validate`] re-checks them for
+//! callers that build them by hand.
+
+mod decode;
+mod denoise;
+mod latents;
+mod text_encoder;
+
+pub use decode::to_u8;
+pub use text_encoder::TextEncoder;
+
+use crate::config::{ClipTextConfig, ConsistencyDecoderVAEConfig, T5Config};
+use crate::error::{Error, Result};
+use crate::gpu::{Context, DType};
+use crate::image_io::RgbImage;
+use crate::model_files::{component_weights, ModelFiles};
+use crate::model_info::ModelInfo;
+use crate::models::autoencoder_kl::AutoencoderKL;
+use crate::models::clip::ClipTextModel;
+use crate::models::consistency_decoder::ConsistencyDecoderVAE;
+use crate::models::t5::T5EncoderModel;
+use crate::models::unet_2d_condition::UNet2DConditionModel;
+use crate::noise::NoiseGenerator;
+use crate::schedulers::{self, SchedulerKind};
+use crate::tokenizer::Tokenizer;
+use crate::weights::Loader;
+use crate::Tensor;
+
+const OP: &str = "pipeline";
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::shape(OP, msg)
+}
+
+/// Which decoder turns the final latent into pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoder {
+    Vae,
+    Consistency,
+}
+
+impl std::str::FromStr for Decoder {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Decoder> {
+        match s {
+            "vae" => Ok(Decoder::Vae),
+            "consistency" => Ok(Decoder::Consistency),
+            _ => Err(bad(format!(
+                "unknown decoder `{s}`: use `vae` or `consistency`"
+            ))),
+        }
+    }
+}
+
+impl Decoder {
+    pub fn name(self) -> &'static str {
+        match self {
+            Decoder::Vae => "vae",
+            Decoder::Consistency => "consistency",
+        }
+    }
+}
+
+/// An init image for img2img / inpainting, RGB in [0, 255].
+#[derive(Clone, Debug)]
+pub struct InitImage {
+    pub image: RgbImage,
+    /// How much of the schedule to run (diffusers' `strength`): 1 repaints everything.
+    pub strength: f32,
+    /// Inpainting mask, one value per pixel in [0, 1] (1 = repaint), same size as the image.
+    pub mask: Option<Vec<f32>>,
+}
+
+/// Guidance `scale` for the steps whose timestep is at least `from_timestep` (of the
+/// scheduler's `num_train_timesteps`, e.g. 1000); the later steps use `guidance`. A timestep
+/// rather than a step index, so the split does not move with the number of steps.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct GuidanceHigh {
+    pub scale: f32,
+    pub from_timestep: f32,
+}
+
+impl GuidanceHigh {
+    /// Its `key: value` pair in a PNG's generation parameters.
+    pub fn parameter(&self) -> (String, String) {
+        (
+            "CFG scale high noise".to_string(),
+            format!("{} from timestep {}", self.scale, self.from_timestep),
+        )
+    }
+}
+
+impl GenerateOptions {
+    /// The guidance scale of a step at timestep `t`.
+    pub fn guidance_at(&self, t: f32) -> f32 {
+        match self.guidance_high {
+            Some(h) if t >= h.from_timestep => h.scale,
+            _ => self.guidance,
+        }
+    }
+}
+
+/// Everything one generation takes.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub width: usize,
+    pub height: usize,
+    pub steps: usize,
+    pub guidance: f32,
+    /// Another guidance scale for the high-noise steps, where the layout and the number of
+    /// objects are decided; `None`: `guidance` throughout.
+    pub guidance_high: Option<GuidanceHigh>,
+    /// `None`: the model folder's own scheduler.
+    pub scheduler: Option<SchedulerKind>,
+    /// diffusers' `eta` (DDIM only; 0 = deterministic): the share of fresh noise per step.
+    pub eta: f32,
+    /// Image k of the batch uses seed `seed + k` (so it can be made again alone).
+    pub seed: u64,
+    pub batch: usize,
+    pub decoder: Decoder,
+    /// Start from these latents ([batch, C, h, w], diffusers' `latents=`) instead of drawing
+    /// them; they are multiplied by the scheduler's `init_noise_sigma` like diffusers does.
+    pub latents: Option<Vec<f32>>,
+    pub init: Option<InitImage>,
+    /// Run the guidance halves as two U-Net batches (half the activation memory). Automatic
+    /// when one batch of both would exceed a binding.
+    pub split_guidance: bool,
+    /// Every this many steps (and never after the last), decode the current latents with the
+    /// VAE and report them as [`Event::Preview`], for a live preview; 0 = off.
+    pub preview_every: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            width: 512,
+            height: 512,
+            steps: 25,
+            guidance: 7.5,
+            guidance_high: None,
+            scheduler: None,
+            eta: 0.0,
+            seed: 0,
+            batch: 1,
+            decoder: Decoder::Vae,
+            latents: None,
+            init: None,
+            split_guidance: false,
+            preview_every: 0,
+        }
+    }
+}
+
+/// What the pipeline reports while it runs.
+pub enum Event<'a> {
+    /// Something the user should know (a prompt was truncated, ...).
+    Warning(String),
+    /// Denoising step `step` (1-based) of `total` finished on the GPU; `latents` is the current
+    /// latent.
+    Step {
+        step: usize,
+        total: usize,
+        latents: &'a Tensor,
+    },
+    /// The first image's current latents decoded with the VAE after step `step` (1-based),
+    /// when [`GenerateOptions::preview_every`] asks for it.
+    Preview { step: usize, image: RgbImage },
+    /// Denoising done; decoding.
+    Decoding,
+}
+
+/// A loaded model folder.
+pub struct Pipeline {
+    /// The folder's configs and `hoa.json` defaults.
+    pub info: ModelInfo,
+    pub tokenizer: Tokenizer,
+    pub text_encoder: TextEncoder,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    pub consistency_decoder: Option<ConsistencyDecoderVAE>,
+    pub dtype: DType,
+}
+
+impl Pipeline {
+    /// Loads a diffusers-layout folder. `dtype` is the compute storage type (f16 needs the
+    /// adapter's `shader-f16`).
+    pub fn load(ctx: &Context, files: &dyn ModelFiles, dtype: DType) -> Result<Pipeline> {
+        if dtype == DType::F16 && !ctx.has_f16() {
+            return Err(Error::MissingFeature {
+                op: OP,
+                feature: "shader-f16",
+                hint: "load the model in f32 instead",
+            });
+        }
+        let info = ModelInfo::read(files)?;
+        let (text_encoder, context_len) = load_text_encoder(ctx, files, &info, dtype)?;
+        let tokenizer = load_tokenizer(files, &text_encoder, context_len)?;
+        let unet_weights = component_weights(files, "unet")?;
+        let unet = UNet2DConditionModel::load(&Loader::new(ctx, &unet_weights, dtype), &info.unet)?;
+        drop(unet_weights);
+        let vae_weights = component_weights(files, "vae")?;
+        let vae = AutoencoderKL::load(&Loader::new(ctx, &vae_weights, dtype), &info.vae)?;
+        drop(vae_weights);
+        let consistency_decoder = if info.has_consistency_decoder {
+            let cfg = ConsistencyDecoderVAEConfig::from_json(
+                &files.require("consistency_decoder/config.json")?,
+            )?;
+            let w = component_weights(files, "consistency_decoder")?;
+            Some(ConsistencyDecoderVAE::load(
+                &Loader::new(ctx, &w, dtype),
+                &cfg,
+            )?)
+        } else {
+            None
+        };
+        Ok(Pipeline {
+            info,
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            consistency_decoder,
+            dtype,
+        })
+    }
+
+    /// Pixels per latent pixel (8 for Stable Diffusion).
+    pub fn vae_scale_factor(&self) -> usize {
+        self.vae.scale_factor()
+    }
+
+    /// What this device allows a request on this pipeline (for [`crate::resolve::resolve`]).
+    pub fn limits(&self, ctx: &Context) -> crate::resolve::DeviceLimits {
+        crate::resolve::DeviceLimits {
+            max_binding_bytes: ctx.max_binding_bytes(),
+            dtype_size: self.dtype.size(),
+        }
+    }
+
+    /// The scheduler `opts` asks for, or the folder's own (see [`ModelInfo::scheduler_choice`]).
+    pub fn scheduler_kind(&self, opts: &GenerateOptions) -> Result<SchedulerKind> {
+        Ok(self.scheduler_choice(opts).0)
+    }
+
+    fn scheduler_choice(&self, opts: &GenerateOptions) -> (SchedulerKind, Option<String>) {
+        match opts.scheduler {
+            Some(k) => (k, None),
+            None => self.info.scheduler_choice(),
+        }
+    }
+
+    /// Checks `opts` before any work, so bad input fails fast with a clear message. Requests
+    /// go through [`crate::resolve::resolve`], which checks more and names the user's flags;
+    /// this guards callers that fill [`GenerateOptions`] by hand.
+    pub fn validate(&self, ctx: &Context, opts: &GenerateOptions) -> Result<()> {
+        self.validate_size(opts)?;
+        if opts.steps == 0 {
+            return Err(bad("steps must be at least 1"));
+        }
+        schedulers::check_eta(opts.eta as f64)?;
+        self.validate_guidance(opts)?;
+        self.validate_inputs(opts)?;
+        if opts.decoder == Decoder::Consistency && self.consistency_decoder.is_none() {
+            return Err(Error::Checkpoint(
+                "--decoder consistency: this model folder has no consistency_decoder/ (a \
+                 ConsistencyDecoderVAE folder with config.json and weights)"
+                    .into(),
+            ));
+        }
+        self.scheduler_kind(opts)?;
+        // Guidance halves run as separate U-Net batches when both together would not fit.
+        let needed = self
+            .info
+            .unet_peak_bytes(opts.batch, opts.width, opts.height, self.dtype.size())
+            .unwrap_or(u64::MAX);
+        let max = ctx.max_binding_bytes();
+        if needed > max {
+            return Err(Error::Limit {
+                op: OP,
+                limit: "max_storage_buffer_binding_size",
+                needed,
+                max,
+                hint: format!(
+                    "{}x{} with batch {} is too large for this device; use a smaller size or \
+                     batch",
+                    opts.width, opts.height, opts.batch
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_size(&self, opts: &GenerateOptions) -> Result<()> {
+        let (w, h) = (opts.width, opts.height);
+        if w == 0 || h == 0 || w % 8 != 0 || h % 8 != 0 {
+            return Err(bad(format!(
+                "width and height must be positive multiples of 8, got {w}x{h} (try {}x{})",
+                (w.max(8) / 8) * 8,
+                (h.max(8) / 8) * 8
+            )));
+        }
+        let m = self.info.size_multiple()?;
+        let f = self.vae_scale_factor();
+        if w % m != 0 || h % m != 0 || w > crate::resolve::MAX_SIDE || h > crate::resolve::MAX_SIDE
+        {
+            return Err(bad(format!(
+                "this model needs width and height divisible by {m} (VAE factor {f} x {} U-Net \
+                 downsamplings) and at most {}, got {w}x{h}",
+                m / f,
+                crate::resolve::MAX_SIDE
+            )));
+        }
+        if opts.batch == 0 || opts.batch > crate::resolve::MAX_BATCH {
+            return Err(bad(format!(
+                "batch must be from 1 to {}, got {}",
+                crate::resolve::MAX_BATCH,
+                opts.batch
+            )));
+        }
+        Ok(())
+    }
+
+    fn validate_guidance(&self, opts: &GenerateOptions) -> Result<()> {
+        let high = opts
+            .guidance_high
+            .map(|h| ("the high-noise guidance", h.scale));
+        for (what, g) in std::iter::once(("guidance", opts.guidance)).chain(high) {
+            if !g.is_finite() || g < 0.0 {
+                return Err(bad(format!("{what} must be a finite number ≥ 0, got {g}")));
+            }
+        }
+        if let Some(h) = opts.guidance_high {
+            if !h.from_timestep.is_finite() || h.from_timestep < 0.0 {
+                return Err(bad(format!(
+                    "the high-noise guidance's from_timestep must be a finite number ≥ 0, got {}",
+                    h.from_timestep
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_inputs(&self, opts: &GenerateOptions) -> Result<()> {
+        let (w, h) = (opts.width, opts.height);
+        let f = self.vae_scale_factor();
+        if let Some(l) = &opts.latents {
+            let want = opts.batch * self.info.unet.in_channels * (h / f) * (w / f);
+            if l.len() != want {
+                return Err(bad(format!(
+                    "latents hold {} numbers; {w}x{h} with batch {} needs [{}, {}, {}, {}] = {want}",
+                    l.len(),
+                    opts.batch,
+                    opts.batch,
+                    self.info.unet.in_channels,
+                    h / f,
+                    w / f
+                )));
+            }
+        }
+        let Some(init) = &opts.init else {
+            return Ok(());
+        };
+        if init.image.width != w || init.image.height != h {
+            return Err(bad(format!(
+                "the init image is {}x{} but the output is {w}x{h}; resize it or pass its size",
+                init.image.width, init.image.height
+            )));
+        }
+        if !(init.strength > 0.0 && init.strength <= 1.0) {
+            return Err(bad(format!(
+                "strength must be in (0, 1], got {}",
+                init.strength
+            )));
+        }
+        if init.mask.as_ref().is_some_and(|m| m.len() != w * h) {
+            return Err(bad(format!(
+                "the mask has {} pixels but the image has {w}x{h} = {}",
+                init.mask.as_ref().map_or(0, Vec::len),
+                w * h
+            )));
+        }
+        Ok(())
+    }
+
+    /// Generates `opts.batch` images: diffusers' `__call__`, stage by stage.
+    pub async fn generate(
+        &self,
+        ctx: &Context,
+        opts: &GenerateOptions,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Vec<RgbImage>> {
+        self.validate(ctx, opts)?;
+        let mut gens: Vec<NoiseGenerator> = (0..opts.batch as u64)
+            .map(|k| NoiseGenerator::new(opts.seed.wrapping_add(k)))
+            .collect();
+        // 1. Encode the prompt (diffusers guides only when guidance_scale > 1).
+        let cfg = opts.guidance > 1.0 || opts.guidance_high.is_some_and(|h| h.scale > 1.0);
+        let context = self.encode_prompt(ctx, opts, cfg, events)?;
+        // 2. Timesteps.
+        let (kind, note) = self.scheduler_choice(opts);
+        if let Some(n) = note {
+            events(Event::Warning(n));
+        }
+        let mut sched = schedulers::build(kind, &self.info.scheduler, opts.steps)?;
+        if opts.eta != 0.0 && !sched.set_eta(opts.eta as f64)? {
+            events(Event::Warning(format!(
+                "eta {} is ignored: only DDIM takes it (this is {})",
+                opts.eta,
+                kind.name()
+            )));
+        }
+        // 3. Latents: noise, or an init image noised to the start step.
+        let start = self.prepare_latents(ctx, opts, sched.as_ref(), &mut gens)?;
+        // 4. Denoising loop, all on the device.
+        let guidance = self.guidance(ctx, opts, cfg, context)?;
+        let latents = self
+            .denoise(
+                ctx,
+                opts,
+                sched.as_mut(),
+                &guidance,
+                start,
+                &mut gens,
+                events,
+            )
+            .await?;
+        // 5. Decode.
+        events(Event::Decoding);
+        self.check_finite(ctx, &latents, opts, "the denoised latents")
+            .await?;
+        self.decode(ctx, &latents, opts.decoder, &mut gens)
+            .await
+            .map_err(|e| self.explain_non_finite(e, opts))
+    }
+}
+
+/// Loads the prompt encoder named by `model_index.json`; returns it with its context length.
+fn load_text_encoder(
+    ctx: &Context,
+    files: &dyn ModelFiles,
+    info: &ModelInfo,
+    dtype: DType,
+) -> Result<(TextEncoder, usize)> {
+    let weights = component_weights(files, "text_encoder")?;
+    let json = files.require("text_encoder/config.json")?;
+    let loader = Loader::new(ctx, &weights, dtype);
+    Ok(match info.text_encoder_class.as_str() {
+        "CLIPTextModel" => {
+            let cfg = ClipTextConfig::from_json(&json)?;
+            let n = cfg.max_position_embeddings;
+            (TextEncoder::Clip(ClipTextModel::load(&loader, &cfg)?), n)
+        }
+        "T5EncoderModel" => {
+            let cfg = T5Config::from_json(&json)?;
+            (TextEncoder::T5(T5EncoderModel::load(&loader, &cfg)?), 512)
+        }
+        other => {
+            return Err(Error::config(
+                "model_index.json",
+                "text_encoder",
+                format!("is a {other}; hoa runs CLIPTextModel and T5EncoderModel"),
+            ))
+        }
+    })
+}
+
+/// The folder's `tokenizer.json`, or one built from CLIP's `vocab.json` + `merges.txt` (what
+/// SD 1.x/2.x repositories ship).
+fn load_tokenizer(
+    files: &dyn ModelFiles,
+    text_encoder: &TextEncoder,
+    context_len: usize,
+) -> Result<Tokenizer> {
+    let tok_json = match files.read("tokenizer/tokenizer.json")? {
+        Some(j) => j,
+        None => match (
+            files.read("tokenizer/vocab.json")?,
+            files.read("tokenizer/merges.txt")?,
+        ) {
+            (Some(v), Some(m)) if matches!(text_encoder, TextEncoder::Clip(_)) => {
+                crate::tokenizer::clip_tokenizer_json(&v, &m)?
+            }
+            _ => {
+                return Err(Error::Checkpoint(format!(
+                    "{}/tokenizer has no tokenizer.json (hoa reads the fast-tokenizer file, \
+                     or CLIP's vocab.json + merges.txt; write it with \
+                     `AutoTokenizer.from_pretrained(dir).save_pretrained(dir)`)",
+                    files.describe()
+                )))
+            }
+        },
+    };
+    let tok_cfg = files.read("tokenizer/tokenizer_config.json")?;
+    let tokenizer = Tokenizer::from_bytes(&tok_json, tok_cfg.as_deref(), context_len)?;
+    if tokenizer.max_length() > context_len {
+        return Err(Error::config(
+            "tokenizer/tokenizer_config.json",
+            "model_max_length",
+            format!(
+                "is {} but the text encoder's context is {context_len}",
+                tokenizer.max_length()
+            ),
+        ));
+    }
+    Ok(tokenizer)
+}
+
+/// Pixels [B, 3, H, W] in [-1, 1] from RGB bytes.
+fn image_tensor(ctx: &Context, img: &RgbImage, batch: usize, dtype: DType) -> Result<Tensor> {
+    let (w, h) = (img.width, img.height);
+    let mut v = Vec::with_capacity(batch * 3 * w * h);
+    for _ in 0..batch {
+        for c in 0..3 {
+            v.extend(
+                img.data[c..]
+                    .iter()
+                    .step_by(3)
+                    .map(|&p| p as f32 / 127.5 - 1.0),
+            );
+        }
+    }
+    Tensor::from_f32(ctx, &v, &[batch, 3, h, w], dtype)
+}

@@ -1,0 +1,65 @@
+//! Stage 1: the prompt to embeddings (diffusers' `encode_prompt`): tokenize the prompt and the
+//! negative prompt, stack them `[negative × batch, prompt × batch]` when guiding, and run the
+//! text encoder named by `model_index.json`.
+
+use super::{Event, GenerateOptions, Pipeline};
+use crate::error::Result;
+use crate::gpu::{Context, Tensor};
+use crate::models::clip::ClipTextModel;
+use crate::models::t5::T5EncoderModel;
+
+/// The prompt encoder named by `model_index.json`'s `text_encoder`.
+pub enum TextEncoder {
+    Clip(ClipTextModel),
+    T5(T5EncoderModel),
+}
+
+impl TextEncoder {
+    /// `last_hidden_state` [batch, L, D] for `batch` sequences of token ids.
+    pub fn encode(&self, ctx: &Context, ids: &[u32], batch: usize) -> Result<Tensor> {
+        Ok(match self {
+            TextEncoder::Clip(m) => m.forward(ctx, ids, batch)?.last_hidden_state,
+            TextEncoder::T5(m) => m.forward(ctx, ids, batch)?.last_hidden_state,
+        })
+    }
+}
+
+impl Pipeline {
+    fn tokenize(&self, text: &str, what: &str, events: &mut dyn FnMut(Event)) -> Result<Vec<u32>> {
+        let t = self.tokenizer.encode(text)?;
+        if t.dropped > 0 {
+            events(Event::Warning(format!(
+                "the {what} is longer than the text encoder's {} tokens; {} tokens were \
+                 dropped: \"{}\"",
+                self.tokenizer.max_length(),
+                t.dropped,
+                t.dropped_text
+            )));
+        }
+        Ok(t.ids)
+    }
+
+    /// `[negative × batch, prompt × batch]` embeddings when guiding (`cfg`), else
+    /// `[prompt × batch]`.
+    pub(super) fn encode_prompt(
+        &self,
+        ctx: &Context,
+        opts: &GenerateOptions,
+        cfg: bool,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Tensor> {
+        let pos = self.tokenize(&opts.prompt, "prompt", events)?;
+        let mut ids = Vec::new();
+        if cfg {
+            let neg = self.tokenize(&opts.negative_prompt, "negative prompt", events)?;
+            for _ in 0..opts.batch {
+                ids.extend_from_slice(&neg);
+            }
+        }
+        for _ in 0..opts.batch {
+            ids.extend_from_slice(&pos);
+        }
+        let n = if cfg { 2 * opts.batch } else { opts.batch };
+        self.text_encoder.encode(ctx, &ids, n)
+    }
+}

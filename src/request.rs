@@ -1,0 +1,94 @@
+//! What a user asks for, before any default is applied: every choice an `Option`, in the units
+//! the user typed them (whole numbers as `i64` and scales as `f64`, so that `-1` or `2^32` reach
+//! the validator and get a message naming the flag rather than a parser's). The CLI, the wasm
+//! binding and the HTTP server each fill one in; [`crate::resolve`] turns it into concrete
+//! options against the model's defaults.
+
+use crate::image_io::RgbImage;
+use serde::Deserialize;
+
+/// Where a request came from, so an error names the value as the user wrote it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Origin {
+    /// `hoa generate`: fields are named as flags (`--steps`, `--negative`).
+    Cli,
+    /// JSON (the page, the server): fields are named by their keys (`steps`).
+    #[default]
+    Json,
+}
+
+impl Origin {
+    /// `field` (a [`Request`] key) as this front end's user wrote it.
+    pub fn name(self, field: &str) -> String {
+        match (self, field) {
+            (Origin::Json, f) => f.to_string(),
+            (Origin::Cli, "prompt") => "the prompt".to_string(),
+            (Origin::Cli, "negative_prompt") => "--negative".to_string(),
+            (Origin::Cli, f) => format!("--{}", f.replace('_', "-")),
+        }
+    }
+}
+
+/// An inpainting mask: one value in [0, 1] per pixel (1 = repaint), row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mask {
+    pub width: usize,
+    pub height: usize,
+    pub values: Vec<f32>,
+}
+
+/// Starting latents (diffusers' `latents=`): `values` in `shape` [batch, C, h, w].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Latents {
+    pub values: Vec<f32>,
+    pub shape: Vec<usize>,
+}
+
+/// One generation request. JSON keys are the field names; unknown keys are refused, so a typo
+/// (`"stpes"`) is an error rather than a silent default.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Request {
+    pub prompt: Option<String>,
+    pub negative_prompt: Option<String>,
+    pub steps: Option<i64>,
+    pub guidance: Option<f64>,
+    /// The guidance scale for the high-noise steps (timestep ≥ `guidance_high_from`).
+    pub guidance_high: Option<f64>,
+    pub guidance_high_from: Option<f64>,
+    /// A scheduler name (`ddim`, `euler_a`, `dpm++2m-karras`, ...); the model's own when absent.
+    pub scheduler: Option<String>,
+    pub eta: Option<f64>,
+    pub seed: Option<u64>,
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+    pub batch: Option<i64>,
+    /// `vae` or `consistency`.
+    pub decoder: Option<String>,
+    /// Apply the model's prompt upsampling (default: on when the model has it).
+    pub upsample: Option<bool>,
+    /// img2img: how much of the schedule to run, in (0, 1].
+    pub strength: Option<f64>,
+    /// Decode a preview every this many steps (0 = never).
+    pub preview_every: Option<i64>,
+    #[serde(skip)]
+    pub init_image: Option<RgbImage>,
+    #[serde(skip)]
+    pub mask: Option<Mask>,
+    #[serde(skip)]
+    pub latents: Option<Latents>,
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+impl Request {
+    /// A request from JSON (the page, the server), naming a bad key or type in the error.
+    pub fn from_json(json: &str) -> crate::Result<Request> {
+        serde_json::from_str(json).map_err(|e| crate::Error::invalid("the request", format!("{e}")))
+    }
+
+    /// `field` as this request's user wrote it (a flag or a JSON key).
+    pub fn name(&self, field: &str) -> String {
+        self.origin.name(field)
+    }
+}

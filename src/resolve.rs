@@ -1,0 +1,551 @@
+//! The generation policy, in one place: a [`Request`] (what the user chose) is resolved against
+//! the model's defaults (`hoa.json`), its scheduler config and the device's limits into concrete
+//! [`GenerateOptions`], validated once. Every front end (CLI, wasm, server) calls [`resolve`]
+//! and builds a PNG's `parameters` text with [`Resolved::parameters`], so defaults, checks and
+//! metadata cannot drift apart. Errors name where a bad value came from: the flag or JSON key
+//! the user typed ([`Request::name`]), or the model file and field.
+
+use crate::error::{Error, Result};
+use crate::image_io::GenerationParameters;
+use crate::model_info::ModelInfo;
+use crate::pipeline::{Decoder, GenerateOptions, GuidanceHigh, InitImage};
+use crate::request::{Mask, Request};
+use crate::schedulers::{self, SchedulerKind};
+
+/// Largest width or height hoa accepts (beyond it the noise alone would not fit in memory).
+pub const MAX_SIDE: usize = 16384;
+/// Largest batch.
+pub const MAX_BATCH: usize = 64;
+/// Largest guidance scale: far past any useful value, and short of overflowing f32 activations.
+pub const MAX_GUIDANCE: f64 = 100.0;
+/// The default steps and guidance of a folder whose `hoa.json` sets none (diffusers' SD
+/// examples use 7.5; 25 steps of the default DPM-Solver++ match PNDM's 50).
+pub const DEFAULT_STEPS: usize = 25;
+pub const DEFAULT_GUIDANCE: f64 = 7.5;
+pub const DEFAULT_HIGH_FROM: f64 = 500.0;
+pub const DEFAULT_STRENGTH: f64 = 0.75;
+
+/// What the device allows: the largest storage binding and the compute dtype's size.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceLimits {
+    pub max_binding_bytes: u64,
+    pub dtype_size: usize,
+}
+
+/// A request made concrete.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// What the pipeline runs; `options.prompt` is the text the encoder reads (the upsampled
+    /// prompt when there is one).
+    pub options: GenerateOptions,
+    /// The prompt as typed.
+    pub prompt: String,
+    /// The model's rewrite of the prompt, when it changed it.
+    pub upsampled: Option<String>,
+    pub sampler: SchedulerKind,
+    /// Whether the start latents came from the request rather than the seed.
+    pub given_latents: bool,
+    /// Things the user should know (a fallback scheduler, an unusual size, a soft mask, ...).
+    pub warnings: Vec<String>,
+}
+
+/// Where a value came from, for its error message.
+enum Source {
+    User(String),
+    File(&'static str, &'static str),
+}
+
+impl Source {
+    fn error(&self, why: String) -> Error {
+        match self {
+            Source::User(what) => Error::invalid(what.clone(), why),
+            Source::File(file, field) => Error::config(*file, *field, why),
+        }
+    }
+}
+
+/// The user's value, else the model's `hoa.json` default (its key is the request's `field`),
+/// else `fallback`, with where it came from.
+fn pick<T: Copy>(
+    req: &Request,
+    field: &'static str,
+    user: Option<T>,
+    model: Option<T>,
+    fallback: T,
+) -> (T, Source) {
+    match (user, model) {
+        (Some(v), _) => (v, Source::User(req.name(field))),
+        (None, Some(v)) => (v, Source::File("hoa.json", field)),
+        (None, None) => (fallback, Source::User(req.name(field))),
+    }
+}
+
+fn int(req: &Request, field: &str, v: i64, min: i64, max: usize) -> Result<usize> {
+    let max_i = i64::try_from(max).unwrap_or(i64::MAX);
+    if v < min || v > max_i {
+        return Err(Error::invalid(
+            req.name(field),
+            format!("must be between {min} and {max}, got {v}"),
+        ));
+    }
+    Ok(v as usize)
+}
+
+/// Resolves `req` for `model` on a device with `limits`.
+pub fn resolve(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result<Resolved> {
+    let mut warnings = Vec::new();
+    if let Some(l) = &req.latents {
+        if l.shape.len() != 4 {
+            return Err(Error::invalid(
+                req.name("latents"),
+                format!(
+                    "hold a tensor {:?}; expected [batch, channels, height/f, width/f]",
+                    l.shape
+                ),
+            ));
+        }
+    }
+    let prompt = req
+        .prompt
+        .clone()
+        .ok_or_else(|| Error::invalid(req.name("prompt"), "is required"))?;
+    let (upsampled, text) = upsample(req, model, &prompt)?;
+    let steps = resolve_steps(req, model)?;
+    let (sampler, note) = resolve_scheduler(req, model, steps)?;
+    warnings.extend(note);
+    let (guidance, guidance_high) = resolve_guidance(req, model)?;
+    let eta = resolve_eta(req, sampler, &mut warnings)?;
+    let init = resolve_init(req, &mut warnings)?;
+    let (width, height, batch) = resolve_size(req, model, init.as_ref(), &mut warnings)?;
+    let decoder = resolve_decoder(req, model)?;
+    let preview_every = match req.preview_every {
+        Some(v) => int(req, "preview_every", v, 0, steps)?,
+        None => 0,
+    };
+    let latents = resolve_latents(req, model, batch, width, height)?;
+    let options = GenerateOptions {
+        prompt: text,
+        negative_prompt: req.negative_prompt.clone().unwrap_or_default(),
+        width,
+        height,
+        steps,
+        guidance: guidance as f32,
+        guidance_high,
+        scheduler: Some(sampler),
+        eta: eta as f32,
+        seed: req.seed.unwrap_or(0),
+        batch,
+        decoder,
+        latents,
+        init,
+        split_guidance: false,
+        preview_every,
+    };
+    check_memory(model, limits, &options, req)?;
+    Ok(Resolved {
+        options,
+        prompt,
+        upsampled,
+        sampler,
+        given_latents: req.latents.is_some(),
+        warnings,
+    })
+}
+
+/// The upsampled prompt (when it changed) and the text the encoder reads.
+fn upsample(req: &Request, model: &ModelInfo, prompt: &str) -> Result<(Option<String>, String)> {
+    let rules = model.defaults.prompt_upsampling.as_ref();
+    match rules.filter(|_| req.upsample != Some(false)) {
+        Some(u) => {
+            let text = u.upsample(prompt);
+            Ok(((text != prompt).then(|| text.clone()), text))
+        }
+        None => Ok((None, prompt.to_string())),
+    }
+}
+
+fn resolve_steps(req: &Request, model: &ModelInfo) -> Result<usize> {
+    let model_steps = model.defaults.steps.map(|s| s as i64);
+    let (steps, src) = pick(req, "steps", req.steps, model_steps, DEFAULT_STEPS as i64);
+    let n = model.num_train_timesteps()?;
+    if steps < 1 || steps as u64 > n as u64 {
+        return Err(src.error(format!(
+            "must be between 1 and the {n} timesteps the model was trained with \
+             (scheduler/scheduler_config.json: num_train_timesteps), got {steps}"
+        )));
+    }
+    Ok(steps as usize)
+}
+
+fn resolve_scheduler(
+    req: &Request,
+    model: &ModelInfo,
+    steps: usize,
+) -> Result<(SchedulerKind, Option<String>)> {
+    let (kind, note) = match &req.scheduler {
+        Some(name) => {
+            let k = name
+                .parse::<SchedulerKind>()
+                .map_err(|e| Error::invalid(req.name("scheduler"), e.to_string()))?;
+            (k, None)
+        }
+        None => model.scheduler_choice(),
+    };
+    // Building it checks the config and the timesteps for this many steps.
+    schedulers::build(kind, &model.scheduler, steps).map_err(|e| {
+        let what = match &req.scheduler {
+            Some(_) => format!("{} {}", req.name("scheduler"), kind.name()),
+            None => format!("the model's scheduler ({})", kind.name()),
+        };
+        Error::invalid(format!("{what} with {steps} steps"), e.to_string())
+    })?;
+    Ok((kind, note))
+}
+
+fn check_scale(v: f64, src: &Source) -> Result<()> {
+    if !v.is_finite() || !(0.0..=MAX_GUIDANCE).contains(&v) {
+        return Err(src.error(format!(
+            "must be a number from 0 to {MAX_GUIDANCE} (1 turns guidance off), got {v}"
+        )));
+    }
+    Ok(())
+}
+
+/// The guidance scale and the high-noise split. The model's split applies only when the user
+/// set no `guidance` (it is tuned to the model's own scale).
+fn resolve_guidance(req: &Request, model: &ModelInfo) -> Result<(f64, Option<GuidanceHigh>)> {
+    let d = &model.defaults;
+    let (g, src) = pick(
+        req,
+        "guidance",
+        req.guidance,
+        d.guidance.map(f64::from),
+        DEFAULT_GUIDANCE,
+    );
+    check_scale(g, &src)?;
+    let model_high = d.guidance_high.filter(|_| req.guidance.is_none());
+    let high = match (req.guidance_high, req.guidance_high_from) {
+        (None, Some(_)) => {
+            return Err(Error::invalid(
+                req.name("guidance_high_from"),
+                format!("needs {} (the scale it applies)", req.name("guidance_high")),
+            ))
+        }
+        (None, None) => model_high.map(|h| (h.scale as f64, h.from_timestep as f64, true)),
+        (Some(s), from) => {
+            let (f, from_file) = match (from, d.guidance_high) {
+                (Some(f), _) => (f, false),
+                (None, Some(h)) => (h.from_timestep as f64, true),
+                (None, None) => (DEFAULT_HIGH_FROM, false),
+            };
+            Some((s, f, from_file))
+        }
+    };
+    let Some((scale, from, from_file)) = high else {
+        return Ok((g, None));
+    };
+    let scale_src = match req.guidance_high {
+        Some(_) => Source::User(req.name("guidance_high")),
+        None => Source::File("hoa.json", "guidance_high.scale"),
+    };
+    check_scale(scale, &scale_src)?;
+    let from_src = if from_file {
+        Source::File("hoa.json", "guidance_high.from_timestep")
+    } else {
+        Source::User(req.name("guidance_high_from"))
+    };
+    let n = model.num_train_timesteps()? as f64;
+    if !from.is_finite() || !(0.0..=n).contains(&from) {
+        return Err(from_src.error(format!(
+            "must be a timestep from 0 to the model's num_train_timesteps {n}, got {from}"
+        )));
+    }
+    let h = GuidanceHigh {
+        scale: scale as f32,
+        from_timestep: from as f32,
+    };
+    Ok((g, Some(h)))
+}
+
+fn resolve_eta(req: &Request, kind: SchedulerKind, warnings: &mut Vec<String>) -> Result<f64> {
+    let eta = req.eta.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&eta) {
+        return Err(Error::invalid(
+            req.name("eta"),
+            format!("must be from 0 (deterministic DDIM) to 1 (DDPM's variance), got {eta}"),
+        ));
+    }
+    if eta != 0.0 && kind != SchedulerKind::Ddim {
+        warnings.push(format!(
+            "{} {eta} is ignored: only ddim takes it (this is {})",
+            req.name("eta"),
+            kind.name()
+        ));
+    }
+    Ok(eta)
+}
+
+fn resolve_init(req: &Request, warnings: &mut Vec<String>) -> Result<Option<InitImage>> {
+    let Some(image) = &req.init_image else {
+        for (field, given) in [
+            ("strength", req.strength.is_some()),
+            ("mask", req.mask.is_some()),
+        ] {
+            if given {
+                return Err(Error::invalid(
+                    req.name(field),
+                    format!(
+                        "needs {} (the picture to start from)",
+                        req.name("init_image")
+                    ),
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let strength = req.strength.unwrap_or(DEFAULT_STRENGTH);
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(Error::invalid(
+            req.name("strength"),
+            format!("must be in (0, 1] (1 repaints everything), got {strength}"),
+        ));
+    }
+    let mask = match &req.mask {
+        None => None,
+        Some(m) => Some(check_mask(req, m, image.width, image.height, warnings)?),
+    };
+    Ok(Some(InitImage {
+        image: image.clone(),
+        strength: strength as f32,
+        mask,
+    }))
+}
+
+fn check_mask(
+    req: &Request,
+    m: &Mask,
+    w: usize,
+    h: usize,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<f32>> {
+    if (m.width, m.height) != (w, h) || m.values.len() != w.saturating_mul(h) {
+        return Err(Error::invalid(
+            req.name("mask"),
+            format!("is {}x{} but the init image is {w}x{h}", m.width, m.height),
+        ));
+    }
+    let soft = m
+        .values
+        .iter()
+        .filter(|&&v| (0.02..=0.98).contains(&v))
+        .count();
+    if soft * 100 > m.values.len() {
+        warnings.push(format!(
+            "{} has gray pixels ({}% of it); they are rounded: at least half white repaints, \
+             darker keeps (diffusers binarizes masks the same way)",
+            req.name("mask"),
+            soft * 100 / m.values.len().max(1)
+        ));
+    }
+    Ok(m.values.clone())
+}
+
+/// Width, height and batch: the user's, else the init image's or the latents' size, else the
+/// model's native size.
+fn resolve_size(
+    req: &Request,
+    model: &ModelInfo,
+    init: Option<&InitImage>,
+    warnings: &mut Vec<String>,
+) -> Result<(usize, usize, usize)> {
+    let f = model.vae_scale_factor()?;
+    let native = model.native_size()?;
+    let from_latents = req
+        .latents
+        .as_ref()
+        .map(|l| (l.shape[3].saturating_mul(f), l.shape[2].saturating_mul(f)));
+    let given = init
+        .map(|i| (i.image.width, i.image.height))
+        .or(from_latents);
+    let side = |field: &str, user: Option<i64>, other: Option<usize>| -> Result<usize> {
+        match user {
+            Some(v) => int(req, field, v, 1, MAX_SIDE),
+            None => Ok(other.unwrap_or(native)),
+        }
+    };
+    let w = side("width", req.width, given.map(|g| g.0))?;
+    let h = side("height", req.height, given.map(|g| g.1))?;
+    let m = model.size_multiple()?;
+    for (field, v) in [("width", w), ("height", h)] {
+        if v % m != 0 || v > MAX_SIDE {
+            let what = if req.width.is_some() || req.height.is_some() {
+                req.name(field)
+            } else {
+                format!("the {field} (from the model or the input)")
+            };
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "must be a multiple of {m} up to {MAX_SIDE} for this model (its VAE scales \
+                     by {f}, its U-Net halves the latent {} times), got {v}; try {}",
+                    m / f,
+                    (v / m).max(1) * m
+                ),
+            ));
+        }
+    }
+    if w > 2 * native || h > 2 * native || 2 * w < native || 2 * h < native {
+        warnings.push(format!(
+            "{w}x{h} is far from the {native}x{native} this model was trained at; expect \
+             repeated or cut-off objects"
+        ));
+    }
+    let latent_batch = req.latents.as_ref().map(|l| l.shape[0]);
+    let batch = match req.batch {
+        Some(b) => int(req, "batch", b, 1, MAX_BATCH)?,
+        None => latent_batch.unwrap_or(1),
+    };
+    Ok((w, h, batch))
+}
+
+fn resolve_decoder(req: &Request, model: &ModelInfo) -> Result<Decoder> {
+    let decoder = match &req.decoder {
+        Some(d) => d.parse::<Decoder>().map_err(|_| {
+            Error::invalid(
+                req.name("decoder"),
+                format!("`{d}`: use vae or consistency"),
+            )
+        })?,
+        None => Decoder::Vae,
+    };
+    if decoder == Decoder::Consistency && !model.has_consistency_decoder {
+        return Err(Error::invalid(
+            req.name("decoder"),
+            "consistency: this model folder has no consistency_decoder/ (a \
+             ConsistencyDecoderVAE folder with config.json and weights)",
+        ));
+    }
+    Ok(decoder)
+}
+
+fn resolve_latents(
+    req: &Request,
+    model: &ModelInfo,
+    batch: usize,
+    w: usize,
+    h: usize,
+) -> Result<Option<Vec<f32>>> {
+    let Some(l) = &req.latents else {
+        return Ok(None);
+    };
+    let f = model.vae_scale_factor()?;
+    let count = l.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if count != Some(l.values.len()) {
+        return Err(Error::invalid(
+            req.name("latents"),
+            format!(
+                "shape {:?} does not match its {} values",
+                l.shape,
+                l.values.len()
+            ),
+        ));
+    }
+    let want = [batch, model.unet.in_channels, h / f, w / f];
+    if l.shape != want {
+        return Err(Error::invalid(
+            req.name("latents"),
+            format!(
+                "hold a tensor {:?}; {w}x{h} with batch {batch} needs {want:?}",
+                l.shape
+            ),
+        ));
+    }
+    if let Some(i) = l.values.iter().position(|v| !v.is_finite()) {
+        return Err(Error::invalid(
+            req.name("latents"),
+            format!(
+                "value {i} is {}: latents must be finite numbers",
+                l.values[i]
+            ),
+        ));
+    }
+    Ok(Some(l.values.clone()))
+}
+
+/// The U-Net's widest activation must fit one storage binding (the VAE decodes in tiles and the
+/// guidance halves run apart when needed, so neither bounds the size).
+fn check_memory(
+    model: &ModelInfo,
+    limits: DeviceLimits,
+    o: &GenerateOptions,
+    req: &Request,
+) -> Result<()> {
+    let needed = model
+        .unet_peak_bytes(o.batch, o.width, o.height, limits.dtype_size)
+        .unwrap_or(u64::MAX);
+    if needed <= limits.max_binding_bytes {
+        return Ok(());
+    }
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let why = format!(
+        "{}x{} with batch {} needs a {:.0} MiB activation, over this device's {:.0} MiB storage \
+         binding limit",
+        o.width,
+        o.height,
+        o.batch,
+        mib(needed),
+        mib(limits.max_binding_bytes)
+    );
+    if req.width.is_none() && req.height.is_none() && req.batch.is_none() {
+        return Err(Error::config(
+            "unet/config.json",
+            "sample_size",
+            format!("{why}; pass a smaller --width/--height"),
+        ));
+    }
+    Err(Error::invalid(
+        format!(
+            "{}/{}/{}",
+            req.name("width"),
+            req.name("height"),
+            req.name("batch")
+        ),
+        format!("{why}; use a smaller size or batch"),
+    ))
+}
+
+impl Resolved {
+    /// The A1111 `parameters` text of image `k` of the batch, made by `model`: the same keys in
+    /// the same order from every front end.
+    pub fn parameters(&self, model: &str, k: usize) -> GenerationParameters {
+        let o = &self.options;
+        let mut extra = Vec::new();
+        if let Some(init) = &o.init {
+            extra.push(("Denoising strength".to_string(), init.strength.to_string()));
+            if init.mask.is_some() {
+                extra.push(("Mask".to_string(), "yes".to_string()));
+            }
+        }
+        extra.extend(o.guidance_high.map(|h| h.parameter()));
+        if let Some(u) = &self.upsampled {
+            extra.push(("Upsampled prompt".to_string(), u.clone()));
+        }
+        extra.extend(schedulers::eta_parameter(self.sampler, o.eta));
+        if self.given_latents {
+            extra.push(("Latents".to_string(), "file".to_string()));
+        }
+        GenerationParameters {
+            prompt: self.prompt.clone(),
+            negative_prompt: o.negative_prompt.clone(),
+            steps: o.steps,
+            sampler: self.sampler.name().to_string(),
+            guidance: o.guidance,
+            seed: o.seed.wrapping_add(k as u64),
+            width: o.width,
+            height: o.height,
+            model: model.to_string(),
+            decoder: o.decoder.name().to_string(),
+            extra,
+        }
+    }
+}
