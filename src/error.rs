@@ -19,7 +19,11 @@ pub enum Error {
     #[error("{op}: {msg}")]
     Shape { op: &'static str, msg: String },
 
-    #[error("{op}: needs {needed} for `{limit}` but this device allows at most {max}; {hint}")]
+    #[error(
+        "{op}: needs {} for `{limit}` but this device allows at most {}; {hint}",
+        amount(*.needed, .limit),
+        amount(*.max, .limit)
+    )]
     Limit {
         op: &'static str,
         limit: &'static str,
@@ -91,5 +95,17 @@ impl Error {
             op,
             msg: msg.into(),
         }
+    }
+}
+
+/// A limit's amount as a person reads it: bytes in MiB or GiB, counts as they are.
+fn amount(n: u64, limit: &str) -> String {
+    if !limit.ends_with("size") {
+        return n.to_string();
+    }
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n => format!("{n} bytes"),
     }
 }

@@ -7,7 +7,10 @@ use crate::pipeline::GuidanceHigh;
 use crate::prompt_upsampling::PromptUpsampling;
 use serde::Deserialize;
 
+/// Unknown keys are refused, so a typo (`guidence`) is an error naming it rather than a
+/// default silently not applied.
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelDefaults {
     pub guidance: Option<f32>,
     pub guidance_high: Option<GuidanceHigh>,

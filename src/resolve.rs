@@ -80,6 +80,14 @@ fn pick<T: Copy>(
     }
 }
 
+/// An error's own words, without the module prefix its display adds.
+fn why(e: Error) -> String {
+    match e {
+        Error::Scheduler(m) | Error::Checkpoint(m) => m,
+        e => e.to_string(),
+    }
+}
+
 fn int(req: &Request, field: &str, v: i64, min: i64, max: usize) -> Result<usize> {
     let max_i = i64::try_from(max).unwrap_or(i64::MAX);
     if v < min || v > max_i {
@@ -186,7 +194,7 @@ fn resolve_scheduler(
         Some(name) => {
             let k = name
                 .parse::<SchedulerKind>()
-                .map_err(|e| Error::invalid(req.name("scheduler"), e.to_string()))?;
+                .map_err(|e| Error::invalid(req.name("scheduler"), why(e)))?;
             (k, None)
         }
         None => model.scheduler_choice(),
@@ -197,7 +205,7 @@ fn resolve_scheduler(
             Some(_) => format!("{} {}", req.name("scheduler"), kind.name()),
             None => format!("the model's scheduler ({})", kind.name()),
         };
-        Error::invalid(format!("{what} with {steps} steps"), e.to_string())
+        Error::invalid(format!("{what} with {steps} steps"), why(e))
     })?;
     Ok((kind, note))
 }
@@ -388,7 +396,7 @@ fn resolve_size(
                 format!(
                     "must be a multiple of {m} up to {MAX_SIDE} for this model (its VAE scales \
                      by {f}, its U-Net halves the latent {} times), got {v}; try {}",
-                    m / f,
+                    (m / f).trailing_zeros(),
                     (v / m).max(1) * m
                 ),
             ));

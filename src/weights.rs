@@ -37,6 +37,7 @@ impl Weights {
             index: HashMap::new(),
         };
         for (name, bytes) in files {
+            sniff(&name, &bytes)?;
             let (n, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::Safetensors {
                 file: name.clone(),
                 msg: e.to_string(),
@@ -336,4 +337,35 @@ fn join_sorted<'s>(items: impl Iterator<Item = &'s str>) -> String {
         s.push_str(&format!(" and {more} more"));
     }
     s
+}
+
+/// A file that cannot be safetensors at all (text, an image, a pickle) is said to be so,
+/// rather than reported as a "header too large" from its first eight bytes.
+fn sniff(name: &str, bytes: &[u8]) -> Result<()> {
+    let not = |what: &str| {
+        Err(Error::Safetensors {
+            file: name.to_string(),
+            msg: format!(
+                "{what}; a safetensors file starts with an 8-byte header length and a JSON header"
+            ),
+        })
+    };
+    if bytes.len() < 10 {
+        return not(&format!("only {} bytes", bytes.len()));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
+    if n > (bytes.len() - 8) as u64 || bytes[8] != b'{' {
+        let kind = if bytes.starts_with(b"PK") || bytes.starts_with(&[0x80]) {
+            "it looks like a PyTorch pickle/zip checkpoint (convert it with safetensors.torch.save_file)"
+        } else if bytes[..8]
+            .iter()
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+        {
+            "it starts with text, not a safetensors header"
+        } else {
+            "its first bytes are no safetensors header"
+        };
+        return not(kind);
+    }
+    Ok(())
 }

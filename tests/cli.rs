@@ -307,16 +307,41 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     fails(
         "ghigh_from_alone",
         &["--guidance-high-from", "400"],
-        "--guidance-high <GUIDANCE_HIGH>",
+        "--guidance-high-from: needs --guidance-high",
     );
     fails(
         "width",
         &["--width", "30"],
-        "--width 30 is not a positive multiple of 8",
+        "--width: must be a multiple of 4",
     );
-    fails("steps", &["--steps", "0"], "--steps must be at least 1");
-    fails("sched", &["--scheduler", "plms"], "unknown scheduler");
-    fails("eta", &["--eta", "1.5"], "--eta 1.5 is outside [0, 1]");
+    fails("steps", &["--steps", "0"], "--steps: must be between 1 and");
+    fails(
+        "sched",
+        &["--scheduler", "plms"],
+        "--scheduler: unknown scheduler",
+    );
+    fails("eta", &["--eta", "1.5"], "--eta: must be from 0");
+    // Negative numbers reach hoa's checks (not clap's "use -- -1" advice), either spelling.
+    fails(
+        "neg",
+        &["--guidance", "-1"],
+        "--guidance: must be a number from 0",
+    );
+    fails(
+        "neg2",
+        &["--guidance=-1"],
+        "--guidance: must be a number from 0",
+    );
+    fails(
+        "w32",
+        &["--width", "4294967296"],
+        "--width: must be between 1 and 16384",
+    );
+    fails(
+        "strength",
+        &["--strength", "0.5"],
+        "--strength: needs --init-image",
+    );
     fails(
         "nomodel",
         &["--model", "/nonexistent/model"],
@@ -335,8 +360,14 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     fails(
         "huge",
         &["--width", "16384", "--height", "16384"],
-        "max_storage_buffer_binding_size",
+        "over this device's",
     );
+    let d = out_dir("textlatents");
+    let text = d.join("noise.txt");
+    std::fs::write(&text, "0.1 0.2 0.3 0.4\n").unwrap();
+    let text = text.display().to_string();
+    fails("latents", &["--latents", &text], "it starts with text");
+    let _ = std::fs::remove_dir_all(&d);
     // A mask of the wrong size for the init image.
     let d = out_dir("masks");
     let save = |name: &str, w: u32, h: u32| {
@@ -472,5 +503,88 @@ fn the_readme_command_runs_the_shipped_model() {
         .flat_map(|p| p.0)
         .fold((255u8, 0u8), |(l, h), v| (l.min(v), h.max(v)));
     assert!(hi - lo > 64, "pixel range {lo}..{hi}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Output paths are checked before the model loads; a folder gets hoa.png inside it.
+#[test]
+fn out_folders_are_checked_first_and_written_into() {
+    if common::ctx().is_none() {
+        return;
+    }
+    let d = out_dir("outdir");
+    let m = model();
+    let run = |out: &Path| {
+        let out = out.display().to_string();
+        let args = [
+            "generate",
+            "a red circle",
+            "--model",
+            &m,
+            "--steps",
+            "1",
+            "--out",
+            &out,
+        ];
+        hoa(&args)
+    };
+    for (out, want) in [
+        ("no/such/folder/x.png", "does not exist"),
+        ("x.jpg", "hoa writes PNG files"),
+    ] {
+        let o = run(&d.join(out));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{err}");
+        assert!(
+            !err.contains("loaded"),
+            "checked only after the load: {err}"
+        );
+    }
+    let inside = d.join("pics");
+    std::fs::create_dir_all(&inside).unwrap();
+    assert!(run(&inside).status.success());
+    assert_eq!(files_in(&inside), ["hoa.png"]);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Runs started together never pick the same free name (each is created with create_new).
+#[test]
+fn concurrent_runs_never_share_a_file() {
+    if common::ctx().is_none() {
+        return;
+    }
+    let d = out_dir("race");
+    let o = d.join("r.png").display().to_string();
+    let m = model();
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_hoa"))
+                .args(["generate", "a red circle", "--model", &m, "--steps", "1"])
+                .args(["--width", "16", "--height", "16", "--out", &o])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for r in runs {
+        assert!(r.wait_with_output().unwrap().status.success());
+    }
+    assert_eq!(files_in(&d), ["r-1.png", "r-2.png", "r.png"]);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A typed --steps equal to hoa's old clap default is still the user's choice.
+#[test]
+fn typed_steps_are_kept_over_hoa_json() {
+    if common::ctx().is_none() {
+        return;
+    }
+    let (d, m) = tiny_model_with_hoa_json("steps25", r#"{"steps": 2}"#);
+    let m = m.display().to_string();
+    let o = generate(&d, "s.png", "1", &["--model", &m, "--steps", "25"]);
+    assert!(o.status.success());
+    let png = std::fs::read(d.join("s.png")).unwrap();
+    let p = read_png_parameters(&png).unwrap().unwrap();
+    assert!(p.contains("Steps: 25,"), "{p}");
     let _ = std::fs::remove_dir_all(&d);
 }

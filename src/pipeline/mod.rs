@@ -81,6 +81,7 @@ pub struct InitImage {
 /// scheduler's `num_train_timesteps`, e.g. 1000); the later steps use `guidance`. A timestep
 /// rather than a step index, so the split does not move with the number of steps.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct GuidanceHigh {
     pub scale: f32,
     pub from_timestep: f32,
@@ -314,9 +315,9 @@ impl Pipeline {
         if w % m != 0 || h % m != 0 || w > crate::resolve::MAX_SIDE || h > crate::resolve::MAX_SIDE
         {
             return Err(bad(format!(
-                "this model needs width and height divisible by {m} (VAE factor {f} x {} U-Net \
-                 downsamplings) and at most {}, got {w}x{h}",
-                m / f,
+                "this model needs width and height divisible by {m} (VAE factor {f}, halved by {} \
+                 U-Net downsamplings) and at most {}, got {w}x{h}",
+                (m / f).trailing_zeros(),
                 crate::resolve::MAX_SIDE
             )));
         }
