@@ -59,8 +59,9 @@ impl ResnetOptions {
         )
     }
 
-    /// A down block's `resnets.{j}`: `in_channels` into the first, `out_channels` after.
-    fn down_resnets(
+    /// `resnets.{j}` of a block without skip inputs: `in_channels` into the first,
+    /// `out_channels` after.
+    fn plain_resnets(
         &self,
         vb: &Loader,
         layers: usize,
@@ -187,7 +188,7 @@ impl CrossAttnDownBlock2D {
         Ok(CrossAttnDownBlock2D {
             resnets: o
                 .resnet
-                .down_resnets(vb, b.layers, b.in_channels, b.out_channels)?,
+                .plain_resnets(vb, b.layers, b.in_channels, b.out_channels)?,
             attentions: o.transformers(vb, b, b.layers)?,
             downsampler: o.downsampler(vb, b)?,
         })
@@ -226,7 +227,7 @@ impl DownBlock2D {
         Ok(DownBlock2D {
             resnets: o
                 .resnet
-                .down_resnets(vb, b.layers, b.in_channels, b.out_channels)?,
+                .plain_resnets(vb, b.layers, b.in_channels, b.out_channels)?,
             downsampler: o.downsampler(vb, b)?,
         })
     }
@@ -306,7 +307,7 @@ impl UNetMidBlock2DCrossAttn {
     pub fn load(vb: &Loader, b: &UNetBlockSpec, o: &UNetBlockOptions) -> Result<Self> {
         let ch = b.out_channels;
         Ok(UNetMidBlock2DCrossAttn {
-            resnets: o.resnet.down_resnets(vb, 2, ch, ch)?,
+            resnets: o.resnet.plain_resnets(vb, 2, ch, ch)?,
             attentions: o.transformers(vb, b, 1)?,
         })
     }
@@ -485,7 +486,7 @@ impl UNetMidBlock2D {
             None => vec![],
         };
         Ok(UNetMidBlock2D {
-            resnets: resnet.down_resnets(vb, 2, ch, ch)?,
+            resnets: resnet.plain_resnets(vb, 2, ch, ch)?,
             attentions,
         })
     }
@@ -515,7 +516,7 @@ impl DownEncoderBlock2D {
         add_downsample: bool,
     ) -> Result<DownEncoderBlock2D> {
         Ok(DownEncoderBlock2D {
-            resnets: resnet.down_resnets(vb, layers, cin, cout)?,
+            resnets: resnet.plain_resnets(vb, layers, cin, cout)?,
             downsampler: add_downsample
                 .then(|| Downsample2D::load(&vb.pp("downsamplers.0"), cout, 0))
                 .transpose()?,
@@ -549,7 +550,7 @@ impl UpDecoderBlock2D {
         add_upsample: bool,
     ) -> Result<UpDecoderBlock2D> {
         Ok(UpDecoderBlock2D {
-            resnets: resnet.down_resnets(vb, layers, cin, cout)?,
+            resnets: resnet.plain_resnets(vb, layers, cin, cout)?,
             upsampler: add_upsample
                 .then(|| Upsample2D::load(&vb.pp("upsamplers.0"), cout))
                 .transpose()?,
@@ -584,7 +585,7 @@ impl ResnetDownsampleBlock2D {
     ) -> Result<Self> {
         let down = |vb: &Loader| resnet.resnet(vb, cout, cout, ResnetResample::Down);
         Ok(ResnetDownsampleBlock2D {
-            resnets: resnet.down_resnets(vb, layers, cin, cout)?,
+            resnets: resnet.plain_resnets(vb, layers, cin, cout)?,
             downsampler: add_downsample
                 .then(|| down(&vb.pp("downsamplers.0")))
                 .transpose()?,
