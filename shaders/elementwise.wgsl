@@ -1,8 +1,9 @@
-// elementwise.wgsl: unary activations/scale and binary add/mul/sub with broadcasting.
+// elementwise.wgsl: unary activations/scale, binary add/mul/sub with broadcasting, and the
+// copy of a strided view into a contiguous tensor.
 //
 // Dispatch: 1-D over outputs (vec4 entries: over groups of 4), WG invocations per workgroup,
 // the workgroup count split over x and y (Context::grid_1d); index = gid.x + gid.y * nwg.x * WG.
-// Bindings: 0 = a, 1 = b (binary only), then out, then params (uniform).
+// Bindings: 0 = a, 1 = b (binary only), then out, then params (uniform); copy: 0 = x, 1 = out.
 // Overrides: WG (workgroup size), ACT (activation id, common.wgsl), OP (0 add, 1 mul, 2 sub),
 //            ACT_B (activation applied to b before OP: GEGLU is mul with ACT_B = gelu).
 
@@ -47,6 +48,23 @@ fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * WG;
 }
 
+// The 4-D index of element e of a contiguous tensor of `shape`.
+fn unravel(e: u32, shape: vec4<u32>) -> vec4<u32> {
+    let d3 = e % shape.w;
+    let r2 = e / shape.w;
+    let d2 = r2 % shape.z;
+    let r1 = r2 / shape.z;
+    let d1 = r1 % shape.y;
+    let d0 = r1 / shape.y;
+    return vec4<u32>(d0, d1, d2, d3);
+}
+
+// offset + the dot product of an index with strides: where a view's element lives.
+fn view_index(idx: vec4<u32>, strides: vec4<u32>, offset: u32) -> u32 {
+    let s = idx * strides;
+    return offset + s.x + s.y + s.z + s.w;
+}
+
 // ---- unary, contiguous, 4 elements per invocation --------------------------------------
 @group(0) @binding(0) var<storage, read> u_x: array<T4>;
 @group(0) @binding(1) var<storage, read_write> u_out: array<T4>;
@@ -83,17 +101,9 @@ fn binary4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
 fn binary_strided(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
     if (i >= s_p.n) { return; }
-    let d3 = i % s_p.shape.w;
-    let r2 = i / s_p.shape.w;
-    let d2 = r2 % s_p.shape.z;
-    let r1 = r2 / s_p.shape.z;
-    let d1 = r1 % s_p.shape.y;
-    let d0 = r1 / s_p.shape.y;
-    let idx = vec4<u32>(d0, d1, d2, d3);
-    let sa = idx * s_p.a_strides;
-    let sb = idx * s_p.b_strides;
-    let ia = s_p.a_offset + sa.x + sa.y + sa.z + sa.w;
-    let ib = s_p.b_offset + sb.x + sb.y + sb.z + sb.w;
+    let idx = unravel(i, s_p.shape);
+    let ia = view_index(idx, s_p.a_strides, s_p.a_offset);
+    let ib = view_index(idx, s_p.b_strides, s_p.b_offset);
     s_out[i] = T(combine(f32(s_a[ia]), f32(s_b[ib])));
 }
 
@@ -117,17 +127,35 @@ fn load4(is_a: bool, e: u32, contiguous: bool) -> vec4<f32> {
 fn binary_strided4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = linear_index(gid, nwg);
     if (i >= v_p.n) { return; }
-    let e = 4u * i;
-    let d3 = e % v_p.shape.w;
-    let r2 = e / v_p.shape.w;
-    let d2 = r2 % v_p.shape.z;
-    let r1 = r2 / v_p.shape.z;
-    let d1 = r1 % v_p.shape.y;
-    let d0 = r1 / v_p.shape.y;
-    let idx = vec4<u32>(d0, d1, d2, d3);
-    let sa = idx * v_p.a_strides;
-    let sb = idx * v_p.b_strides;
-    let a = load4(true, v_p.a_offset + sa.x + sa.y + sa.z + sa.w, v_p.a_strides.w == 1u);
-    let b = load4(false, v_p.b_offset + sb.x + sb.y + sb.z + sb.w, v_p.b_strides.w == 1u);
+    let idx = unravel(4u * i, v_p.shape);
+    let a = load4(true, view_index(idx, v_p.a_strides, v_p.a_offset), v_p.a_strides.w == 1u);
+    let b = load4(false, view_index(idx, v_p.b_strides, v_p.b_offset), v_p.b_strides.w == 1u);
     v_out[i] = T4(combine4(a, b));
+}
+
+// ---- copy of a strided view (torch's .contiguous() of a crop, narrow or chunk) -----------
+// T to T, never through f32: every bit (signed zeros, NaN payloads) is kept. Uses shape,
+// a_strides, a_offset and n of the params.
+@group(0) @binding(0) var<storage, read> k_x: array<T>;
+@group(0) @binding(1) var<storage, read_write> k_out: array<T>;
+@group(0) @binding(2) var<uniform> k_p: Params;
+
+@compute @workgroup_size(WG)
+fn copy_strided(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= k_p.n) { return; }
+    k_out[i] = k_x[view_index(unravel(i, k_p.shape), k_p.a_strides, k_p.a_offset)];
+}
+
+// The same, 4 outputs per invocation, when the view's last dim is contiguous and its other
+// strides, its offset and its last dim are multiples of 4 (n counts vec4s).
+@group(0) @binding(0) var<storage, read> k4_x: array<T4>;
+@group(0) @binding(1) var<storage, read_write> k4_out: array<T4>;
+@group(0) @binding(2) var<uniform> k4_p: Params;
+
+@compute @workgroup_size(WG)
+fn copy_strided4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= k4_p.n) { return; }
+    k4_out[i] = k4_x[view_index(unravel(4u * i, k4_p.shape), k4_p.a_strides, k4_p.a_offset) / 4u];
 }

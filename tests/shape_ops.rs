@@ -1,5 +1,5 @@
-//! Upsampling, concatenation, the tiled VAE's seam blend and the timestep embedding vs their
-//! CPU references.
+//! Upsampling, concatenation, strided copies (the tiled VAE's crops), the tiled VAE's seam
+//! blend and the timestep embedding vs their CPU references.
 
 mod common;
 use common::*;
@@ -237,4 +237,66 @@ fn tile_blend_matches_blend_v_then_blend_h() {
             "{e}"
         );
     }
+}
+
+/// `contiguous` of crops, `narrow` and `chunk` views on odd shapes (the scalar path) and
+/// aligned ones (the vec4 path) vs the reference, bit for bit: a -0.0 in the view keeps its
+/// sign, and the NaN-poisoned output shows any element left unwritten.
+#[test]
+fn contiguous_copies_views_bit_for_bit() {
+    use hoa::kernels::elementwise::{contiguous, reference, View};
+    let Some(c) = ctx() else { return };
+    let mut r = rng(13);
+    for dt in dtypes(c) {
+        for (shape, dim_a, range_a, dim_b, range_b) in [
+            (vec![2, 3, 7, 9], 2, (1, 5), 3, (2, 6)),
+            (vec![1, 5, 3, 1], 1, (4, 1), 2, (0, 3)),
+            (vec![2, 3, 5, 8], 3, (4, 4), 2, (1, 3)),
+            (vec![3, 16, 12], 1, (4, 8), 2, (0, 12)),
+            (vec![33], 0, (3, 29), 0, (1, 27)),
+        ] {
+            let n: usize = shape.iter().product();
+            let mut x = round_to(dt, &randn(&mut r, n, 2.0));
+            for i in (3..n).step_by(7) {
+                x[i] = -0.0;
+            }
+            let t = Tensor::from_f32(c, &x, &shape, dt).unwrap();
+            let v = View::of(&t)
+                .narrow(dim_a, range_a.0, range_a.1)
+                .unwrap()
+                .narrow(dim_b, range_b.0, range_b.1)
+                .unwrap();
+            let want = reference::contiguous((&x, &v.shape, &v.strides, v.offset));
+            let what = format!("contiguous {shape:?} {:?} at {} {dt:?}", v.shape, v.offset);
+            let y = contiguous(c, v.clone()).unwrap();
+            assert_eq!(y.shape(), &v.shape[..], "{what}");
+            let got = y.to_vec(c).unwrap();
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(g, w)| g.to_bits() == w.to_bits());
+            assert!(same, "{what}: got {got:?} want {want:?}");
+        }
+        // chunk(2, dim=1)[1] of the moments, as the VAE without quant_conv takes it.
+        let x = round_to(dt, &randn(&mut r, 2 * 6 * 3 * 5, 1.0));
+        let t = Tensor::from_f32(c, &x, &[2, 6, 3, 5], dt).unwrap();
+        let v = View::of(&t).chunk(2, 1, 1).unwrap();
+        let want = reference::contiguous((&x, &v.shape, &v.strides, v.offset));
+        let got = contiguous(c, v).unwrap().to_vec(c).unwrap();
+        assert!(got
+            .iter()
+            .zip(&want)
+            .all(|(g, w)| g.to_bits() == w.to_bits()));
+    }
+    // Out-of-range narrows and views that read past their tensor are errors, not panics.
+    let t = Tensor::full(c, &[2, 3, 4, 5], 0.0, DType::F32).unwrap();
+    let e = View::of(&t).narrow(3, 2, 4).unwrap_err().to_string();
+    assert!(e.contains("dim 3 of size 5"), "{e}");
+    let mut bad = View::of(&t);
+    bad.offset = 1;
+    let e = contiguous(c, bad).unwrap_err().to_string();
+    assert!(
+        e.contains("reads past") && e.contains("[2, 3, 4, 5]"),
+        "{e}"
+    );
 }

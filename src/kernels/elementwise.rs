@@ -1,6 +1,7 @@
 //! Elementwise kernels (`shaders/elementwise.wgsl`): activations and scaling, and add / mul /
 //! sub with NumPy broadcasting over up to 4 dimensions, on strided views so that
-//! `chunk(2, dim=-1)` (GEGLU) needs no copy.
+//! `chunk(2, dim=-1)` (GEGLU) needs no copy; and [`contiguous`], the copy of a view (a crop,
+//! `narrow` or `chunk`) into a tensor of its own.
 
 use super::{same_dtype, to_u32, Activation};
 use crate::error::{Error, Result};
@@ -95,6 +96,38 @@ impl<'a> View<'a> {
         self.offset += index * part * self.strides[dim];
         self.shape[dim] = part;
         Ok(self)
+    }
+
+    /// `tensor.narrow(dim, start, length)`: elements `start..start + length` along `dim`.
+    pub fn narrow(mut self, dim: usize, start: usize, length: usize) -> Result<View<'a>> {
+        let size = *self.shape.get(dim).ok_or_else(|| {
+            Error::shape(
+                "narrow",
+                format!("dim {dim} out of range for {:?}", self.shape),
+            )
+        })?;
+        if start.checked_add(length).is_none_or(|end| end > size) {
+            return Err(Error::shape(
+                "narrow",
+                format!("{start}..{start} + {length} along dim {dim} of size {size}"),
+            ));
+        }
+        self.offset += start * self.strides[dim];
+        self.shape[dim] = length;
+        Ok(self)
+    }
+
+    /// One past the largest element index the view reads (0 when it is empty).
+    fn extent(&self) -> Option<usize> {
+        if self.shape.contains(&0) {
+            return Some(0);
+        }
+        self.shape
+            .iter()
+            .zip(&self.strides)
+            .try_fold(self.offset + 1, |acc, (&d, &s)| {
+                (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x))
+            })
     }
 
     fn is_whole(&self) -> bool {
@@ -259,6 +292,67 @@ pub fn binary(ctx: &Context, a: View, b: View, op: BinaryOp, act_b: Activation) 
     Ok(out)
 }
 
+/// `view.contiguous()`: the view's elements (up to 4 dimensions) copied bit for bit into a new
+/// tensor of its shape, e.g. a crop `x[:, :, i:i + h, j:j + w]` as
+/// `contiguous(ctx, View::of(&x).narrow(2, i, h)?.narrow(3, j, w)?)`.
+pub fn contiguous(ctx: &Context, v: View) -> Result<Tensor> {
+    const OP: &str = "contiguous";
+    if v.shape.len() > 4 || v.strides.len() != v.shape.len() {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "a view of up to 4 dimensions with a stride each, got shape {:?} strides {:?}",
+                v.shape, v.strides
+            ),
+        ));
+    }
+    if v.extent().is_none_or(|end| end > v.tensor.numel()) {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "view {:?} (strides {:?}, offset {}) reads past {:?}",
+                v.shape,
+                v.strides,
+                v.offset,
+                v.tensor.shape()
+            ),
+        ));
+    }
+    let out = Tensor::empty(ctx, &v.shape, v.tensor.dtype())?;
+    let (mut shape4, mut strides4) = ([1u32; 4], [0u32; 4]);
+    let lead = 4 - v.shape.len();
+    for (i, (&d, &s)) in v.shape.iter().zip(&v.strides).enumerate() {
+        shape4[lead + i] = to_u32(OP, "dim", d)?;
+        strides4[lead + i] = to_u32(OP, "stride", s)?;
+    }
+    let numel = to_u32(OP, "tensor", out.numel())?;
+    if numel == 0 {
+        return Ok(out);
+    }
+    let vec4 = strides4[3] == 1
+        && shape4[3] % 4 == 0
+        && strides4[..3].iter().all(|s| s % 4 == 0)
+        && v.offset % 4 == 0;
+    let (entry, n) = if vec4 {
+        ("copy_strided4", numel / 4)
+    } else {
+        ("copy_strided", numel)
+    };
+    let p = Params {
+        shape: shape4,
+        a_strides: strides4,
+        a_offset: to_u32(OP, "offset", v.offset)?,
+        n,
+        ..Default::default()
+    };
+    let pipe = ctx.pipeline(&SHADER, key(entry, v.tensor, vec![("WG", WG)]))?;
+    let wg = ctx.grid_1d(n.div_ceil(WG) as u64);
+    ctx.check_grid(OP, wg)?;
+    let bufs = [v.tensor.buffer(), out.buffer()];
+    ctx.launch(&pipe, entry, &bufs, bytemuck::bytes_of(&p), wg);
+    Ok(out)
+}
+
 /// CPU references, f64 arithmetic.
 pub mod reference {
     use super::{broadcast_shape, Activation, BinaryOp};
@@ -271,6 +365,26 @@ pub mod reference {
 
     /// A view given as (data, shape, strides, offset).
     pub type ViewRef<'a> = (&'a [f32], &'a [usize], &'a [usize], usize);
+
+    /// `view.contiguous()`: the view's elements in row-major order.
+    pub fn contiguous(v: ViewRef) -> Vec<f32> {
+        let (data, shape, strides, offset) = v;
+        let n: usize = shape.iter().product();
+        let mut out = Vec::with_capacity(n);
+        let mut idx = vec![0usize; shape.len()];
+        for _ in 0..n {
+            let at: usize = idx.iter().zip(strides).map(|(i, s)| i * s).sum();
+            out.push(data[offset + at]);
+            for d in (0..shape.len()).rev() {
+                idx[d] += 1;
+                if idx[d] < shape[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
+        out
+    }
 
     pub fn binary(
         a: ViewRef,

@@ -1,78 +1,36 @@
 //! diffusers `AutoencoderKL` (`models/autoencoders/autoencoder_kl.py`, `vae.py` `Encoder` /
-//! `Decoder`, `unet_2d_blocks.py` `DownEncoderBlock2D` / `UpDecoderBlock2D` /
-//! `UNetMidBlock2D`): the Stable Diffusion VAE. [`AutoencoderKL::encode`] returns the latent
-//! distribution's mean and log-variance, [`AutoencoderKL::decode`] the image. The config's
-//! `scaling_factor` is NOT applied here: callers multiply the mean by it after encoding and
-//! divide latents by it before decoding, as diffusers' pipelines do.
-//!
-//! Large images: [`AutoencoderKL::decode_tiled`] / [`AutoencoderKL::encode_tiled`] are
-//! diffusers' `tiled_decode` / `_tiled_encode` (overlapping tiles, `blend_v` / `blend_h` on the
-//! device); [`AutoencoderKL::decode_auto`] / [`AutoencoderKL::encode_auto`] run whole when every
-//! buffer fits the device's binding limit (WebGPU's default: 128 MiB) and tiled otherwise.
+//! `Decoder`, blocks from [`super::unet_2d_blocks`]): the Stable Diffusion VAE.
+//! [`AutoencoderKL::encode`] returns the latent distribution's mean and log-variance,
+//! [`AutoencoderKL::decode`] the image. The config's `scaling_factor` is NOT applied here:
+//! callers multiply the mean by it after encoding and divide latents by it before decoding, as
+//! diffusers' pipelines do. Large images are decoded and encoded in tiles ([`tiling`]).
 
-use super::attention::Attention;
+pub mod tiling;
+
 use super::nn::{Conv2d, GroupNorm};
-use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
+use super::unet_2d_blocks::{DownEncoderBlock2D, ResnetOptions, UNetMidBlock2D, UpDecoderBlock2D};
 use crate::config::AutoencoderKLConfig;
 use crate::error::{Error, Result};
-use crate::gpu::{BufferPool, Context, DType, Tensor};
-use crate::kernels::attention::MAX_HEAD_DIM;
+use crate::gpu::{Context, Tensor};
 use crate::kernels::conv2d::PackedConv2dWeight;
-use crate::kernels::{elementwise, tile_blend, Activation};
+use crate::kernels::elementwise::{self, View};
+use crate::kernels::Activation;
 use crate::weights::Loader;
+
+pub use tiling::{TileGrid, TileOptions, TilePlan};
 
 const EPS: f64 = 1e-6;
 
-/// `DownEncoderBlock2D`: resnets without time embedding, then a stride-2 conv whose input is
-/// padded (0, 1, 0, 1) (`downsample_padding=0`).
-pub struct DownEncoderBlock2D {
-    pub resnets: Vec<ResnetBlock2D>,
-    pub downsampler: Option<Downsample2D>,
+/// The resnets of every VAE block: no time embedding, `norm_num_groups`, eps 1e-6.
+fn resnet_options(c: &AutoencoderKLConfig) -> ResnetOptions {
+    ResnetOptions::new(None, c.norm_num_groups, EPS)
 }
 
-/// `UpDecoderBlock2D`: resnets, then nearest 2x + conv.
-pub struct UpDecoderBlock2D {
-    pub resnets: Vec<ResnetBlock2D>,
-    pub upsampler: Option<Upsample2D>,
-}
-
-/// `UNetMidBlock2D` without time embedding: resnet, group-norm self attention (one head of
-/// the full channel width), resnet.
-pub struct UNetMidBlock2D {
-    pub resnets: Vec<ResnetBlock2D>,
-    pub attentions: Vec<Attention>,
-}
-
-impl UNetMidBlock2D {
-    fn load(vb: &Loader, ch: usize, groups: usize, attention: bool) -> Result<UNetMidBlock2D> {
-        Ok(UNetMidBlock2D {
-            resnets: (0..2)
-                .map(|i| {
-                    ResnetBlock2D::load(&vb.pp("resnets").pp(i), ch, ch, None, groups, EPS, 1.0)
-                })
-                .collect::<Result<_>>()?,
-            attentions: if attention {
-                // attention_head_dim = in_channels: heads = 1.
-                vec![Attention::load_spatial(
-                    &vb.pp("attentions.0"),
-                    ch,
-                    1,
-                    groups,
-                    EPS,
-                )?]
-            } else {
-                vec![]
-            },
-        })
-    }
-
-    fn forward(&self, ctx: &Context, x: &Tensor) -> Result<Tensor> {
-        let mut x = self.resnets[0].forward(ctx, x, None)?;
-        if let Some(a) = self.attentions.first() {
-            x = a.forward_spatial(ctx, &x)?;
-        }
-        self.resnets[1].forward(ctx, &x, None)
-    }
+/// The mid block of the encoder and the decoder: `UNetMidBlock2D(attention_head_dim =
+/// in_channels)` (one head) when `mid_block_add_attention`.
+fn mid_block(vb: &Loader, c: &AutoencoderKLConfig, ch: usize) -> Result<UNetMidBlock2D> {
+    let attention_head_dim = c.mid_block_add_attention.then_some(ch);
+    UNetMidBlock2D::load(vb, ch, &resnet_options(c), attention_head_dim)
 }
 
 pub struct Encoder {
@@ -141,70 +99,6 @@ pub struct DecoderOutput {
     pub up: Vec<Tensor>,
 }
 
-/// diffusers' VAE tiling settings (`enable_tiling()`; `tile_sample_min_size`,
-/// `tile_overlap_factor`). The latent tile is `tile_sample_size / 2^(len(block_out_channels) - 1)`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TileOptions {
-    /// Tile edge in image pixels (`tile_sample_min_size`; diffusers: `config.sample_size`).
-    pub tile_sample_size: usize,
-    /// Fraction of a tile shared with its neighbour (`tile_overlap_factor`; diffusers: 0.25).
-    pub overlap_factor: f64,
-}
-
-/// diffusers' derived tiling numbers, in latent (`tile`, `stride`) and image pixels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TileGrid {
-    /// `tile_latent_min_size`.
-    pub tile: usize,
-    /// `overlap_size = int(tile_latent_min_size * (1 - tile_overlap_factor))`.
-    pub stride: usize,
-    /// `blend_extent = int(tile_sample_min_size * tile_overlap_factor)`.
-    pub blend_extent: usize,
-    /// `row_limit = tile_sample_min_size - blend_extent`.
-    pub row_limit: usize,
-}
-
-impl TileOptions {
-    /// The decode grid for a VAE with scale factor `f`, or an error naming the bad setting.
-    pub fn grid(&self, f: usize, op: &'static str) -> Result<TileGrid> {
-        let o = self.overlap_factor;
-        if !(0.0..1.0).contains(&o) {
-            return Err(Error::shape(
-                op,
-                format!("tile overlap_factor {o} must be in [0, 1)"),
-            ));
-        }
-        let tile = self.tile_sample_size / f;
-        let stride = (tile as f64 * (1.0 - o)) as usize;
-        let blend_extent = (self.tile_sample_size as f64 * o) as usize;
-        if tile == 0 || stride == 0 {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "tile_sample_size {} with overlap {o} leaves a latent tile of {tile} and a stride of {stride}; use tiles of at least {} pixels",
-                    self.tile_sample_size,
-                    4 * f
-                ),
-            ));
-        }
-        Ok(TileGrid {
-            tile,
-            stride,
-            blend_extent,
-            row_limit: self.tile_sample_size - blend_extent,
-        })
-    }
-}
-
-/// What [`AutoencoderKL::decode_plan`] / [`AutoencoderKL::encode_plan`] chose.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum TilePlan {
-    /// Every activation fits one binding: decode in one piece.
-    Whole,
-    /// Decode tiled with these settings.
-    Tiled(TileOptions),
-}
-
 /// `DiagonalGaussianDistribution`'s `torch.clamp(logvar, -30.0, 20.0)`, as
 /// y = x + relu(-x - 30), y - relu(y - 20): exact wherever the clamp does not bite (no large
 /// offsets to round in f16).
@@ -214,52 +108,11 @@ pub fn clamp_logvar(ctx: &Context, logvar: &Tensor) -> Result<Tensor> {
     let b = elementwise::unary(ctx, &y, Activation::Relu, 1.0, -20.0)?;
     elementwise::binary(
         ctx,
-        elementwise::View::of(&y),
-        elementwise::View::of(&b),
+        View::of(&y),
+        View::of(&b),
         elementwise::BinaryOp::Sub,
         Activation::None,
     )
-}
-
-/// `x[:, :, i : i + h, j : j + w]` of a [B, C, H, W] tensor, clipped at the edges like Python
-/// slicing, as a contiguous copy.
-fn crop(
-    ctx: &Context,
-    x: &Tensor,
-    zero: &Tensor,
-    i: usize,
-    j: usize,
-    h: usize,
-    w: usize,
-) -> Result<Tensor> {
-    let s = x.shape();
-    let mut v = elementwise::View::of(x);
-    v.offset = i * s[3] + j;
-    v.shape[2] = (s[2] - i).min(h);
-    v.shape[3] = (s[3] - j).min(w);
-    elementwise::binary(
-        ctx,
-        v,
-        elementwise::View::of(zero),
-        elementwise::BinaryOp::Add,
-        Activation::None,
-    )
-}
-
-/// Tiles of `tile` at stride `stride` over `n` ([0, stride, 2 stride, ...] < n, Python's
-/// `range(0, n, stride)`) and the size of the output that `torch.cat` of their crops makes:
-/// each adds min(its size x `f`, `row_limit`) (`f` scales tile input to output pixels, or
-/// divides it when `down`).
-fn tile_starts(n: usize, g: &TileGrid, f: usize, down: bool) -> (Vec<usize>, usize) {
-    let starts: Vec<usize> = (0..n).step_by(g.stride).collect();
-    let total = starts
-        .iter()
-        .map(|&i| {
-            let t = n.min(i + g.tile) - i;
-            (if down { t / f } else { t * f }).min(g.row_limit)
-        })
-        .sum();
-    (starts, total)
 }
 
 /// Loads a conv's output channels [from, to) only.
@@ -295,43 +148,27 @@ pub fn load_quant_conv(vb: &Loader, lat: usize) -> Result<(Conv2d, Conv2d)> {
 impl Encoder {
     /// diffusers' `vae.Encoder` under `ev` (`encoder.`), built from an AutoencoderKL config.
     pub fn load(ev: &Loader, c: &AutoencoderKLConfig) -> Result<Encoder> {
-        let g = c.norm_num_groups;
         let ch = &c.block_out_channels;
         let n = ch.len();
-        let lat = c.latent_channels;
-        let resnet = |vb: &Loader, cin, cout| ResnetBlock2D::load(vb, cin, cout, None, g, EPS, 1.0);
+        let resnet = resnet_options(c);
+        let down_blocks = (0..n)
+            .map(|i| {
+                let chans = (if i == 0 { ch[0] } else { ch[i - 1] }, ch[i]);
+                let bv = ev.pp("down_blocks").pp(i);
+                DownEncoderBlock2D::load(&bv, &resnet, c.layers_per_block, chans, i + 1 < n)
+            })
+            .collect::<Result<_>>()?;
         Ok(Encoder {
             conv_in: Conv2d::load(&ev.pp("conv_in"), c.in_channels, ch[0], 3, 1)?,
-            down_blocks: (0..n)
-                .map(|i| {
-                    let bv = ev.pp("down_blocks").pp(i);
-                    let cin = if i == 0 { ch[0] } else { ch[i - 1] };
-                    Ok(DownEncoderBlock2D {
-                        resnets: (0..c.layers_per_block)
-                            .map(|j| {
-                                resnet(
-                                    &bv.pp("resnets").pp(j),
-                                    if j == 0 { cin } else { ch[i] },
-                                    ch[i],
-                                )
-                            })
-                            .collect::<Result<_>>()?,
-                        downsampler: if i + 1 < n {
-                            Some(Downsample2D::load(&bv.pp("downsamplers.0"), ch[i], 0)?)
-                        } else {
-                            None
-                        },
-                    })
-                })
-                .collect::<Result<_>>()?,
-            mid_block: UNetMidBlock2D::load(
-                &ev.pp("mid_block"),
+            down_blocks,
+            mid_block: mid_block(&ev.pp("mid_block"), c, ch[n - 1])?,
+            conv_norm_out: GroupNorm::load(
+                &ev.pp("conv_norm_out"),
+                c.norm_num_groups,
                 ch[n - 1],
-                g,
-                c.mid_block_add_attention,
+                EPS,
             )?,
-            conv_norm_out: GroupNorm::load(&ev.pp("conv_norm_out"), g, ch[n - 1], EPS)?,
-            conv_out: Conv2d::load(&ev.pp("conv_out"), ch[n - 1], 2 * lat, 3, 1)?,
+            conv_out: Conv2d::load(&ev.pp("conv_out"), ch[n - 1], 2 * c.latent_channels, 3, 1)?,
         })
     }
 
@@ -359,63 +196,26 @@ impl Encoder {
         op: &'static str,
         clamp: bool,
     ) -> Result<EncoderOutput> {
-        let c = config;
-        let s = image.shape();
-        let f = 1 << (c.block_out_channels.len() - 1);
-        if s.len() != 4 || s[1] != c.in_channels {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "image {s:?} must be [B, {}, H, W] (in_channels)",
-                    c.in_channels
-                ),
-            ));
-        }
-        if s[2] % f != 0 || s[3] % f != 0 {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "image {}x{} is not divisible by {f} (the VAE's scale factor)",
-                    s[2], s[3]
-                ),
-            ));
-        }
-        let e = self;
-        let mut x = e.conv_in.forward(ctx, image)?;
+        check_image(config, image, op)?;
+        let mut x = self.conv_in.forward(ctx, image)?;
         let conv_in = x.clone();
         let mut down = Vec::new();
-        for b in &e.down_blocks {
-            for r in &b.resnets {
-                x = r.forward(ctx, &x, None)?;
-            }
-            if let Some(d) = &b.downsampler {
-                x = d.forward(ctx, &x)?;
-            }
+        for block in &self.down_blocks {
+            x = block.forward(ctx, x)?;
             down.push(x.clone());
         }
-        let mid = e.mid_block.forward(ctx, &x)?;
-        let h = e.conv_norm_out.forward(ctx, &mid, true)?;
-        let conv_out = e.conv_out.forward(ctx, &h)?;
-        let lat = c.latent_channels;
+        let mid = self.mid_block.forward(ctx, x, None)?;
+        let h = self.conv_norm_out.forward(ctx, &mid, true)?;
+        let conv_out = self.conv_out.forward(ctx, &h)?;
         let (mean, logvar) = match quant_conv {
             Some((m, l)) => (m.forward(ctx, &conv_out)?, l.forward(ctx, &conv_out)?),
-            _ => {
-                // No quant_conv: the moments' two halves, copied out of their strided views.
-                let half = |i| -> Result<Tensor> {
-                    let v = elementwise::View::of(&conv_out).chunk(2, 1, i)?;
-                    let zero = Tensor::full(ctx, &[1], 0.0, conv_out.dtype())?;
-                    elementwise::binary(
-                        ctx,
-                        v,
-                        elementwise::View::of(&zero),
-                        elementwise::BinaryOp::Add,
-                        Activation::None,
-                    )
-                };
+            // No quant_conv: the moments' two halves, copied out of their strided views.
+            None => {
+                let half = |i| elementwise::contiguous(ctx, View::of(&conv_out).chunk(2, 1, i)?);
                 (half(0)?, half(1)?)
             }
         };
-        debug_assert_eq!(mean.shape()[1], lat);
+        debug_assert_eq!(mean.shape()[1], config.latent_channels);
         let logvar = if clamp {
             clamp_logvar(ctx, &logvar)?
         } else {
@@ -432,53 +232,62 @@ impl Encoder {
     }
 }
 
+/// An encoder input must be [B, in_channels, H, W] with H and W divisible by the scale factor.
+fn check_image(c: &AutoencoderKLConfig, image: &Tensor, op: &'static str) -> Result<()> {
+    let s = image.shape();
+    let f = 1 << (c.block_out_channels.len() - 1);
+    if s.len() != 4 || s[1] != c.in_channels {
+        return Err(Error::shape(
+            op,
+            format!(
+                "image {s:?} must be [B, {}, H, W] (in_channels)",
+                c.in_channels
+            ),
+        ));
+    }
+    if s[2] % f != 0 || s[3] % f != 0 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "image {}x{} is not divisible by {f} (the VAE's scale factor)",
+                s[2], s[3]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Decoder {
+    /// diffusers' `vae.Decoder` under `dv` (`decoder.`), built from an AutoencoderKL config.
+    pub fn load(dv: &Loader, c: &AutoencoderKLConfig) -> Result<Decoder> {
+        let ch = &c.block_out_channels;
+        let n = ch.len();
+        let rch: Vec<usize> = ch.iter().rev().copied().collect();
+        let resnet = resnet_options(c);
+        let up_blocks = (0..n)
+            .map(|i| {
+                let chans = (if i == 0 { rch[0] } else { rch[i - 1] }, rch[i]);
+                let bv = dv.pp("up_blocks").pp(i);
+                UpDecoderBlock2D::load(&bv, &resnet, c.layers_per_block + 1, chans, i + 1 < n)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Decoder {
+            conv_in: Conv2d::load(&dv.pp("conv_in"), c.latent_channels, rch[0], 3, 1)?,
+            mid_block: mid_block(&dv.pp("mid_block"), c, rch[0])?,
+            up_blocks,
+            conv_norm_out: GroupNorm::load(&dv.pp("conv_norm_out"), c.norm_num_groups, ch[0], EPS)?,
+            conv_out: Conv2d::load(&dv.pp("conv_out"), ch[0], c.out_channels, 3, 1)?,
+        })
+    }
+}
+
 impl AutoencoderKL {
     pub fn load(vb: &Loader, config: &AutoencoderKLConfig) -> Result<AutoencoderKL> {
         config.validate()?;
         let c = config;
-        let g = c.norm_num_groups;
-        let ch = &c.block_out_channels;
-        let n = ch.len();
         let lat = c.latent_channels;
-        let resnet = |vb: &Loader, cin, cout| ResnetBlock2D::load(vb, cin, cout, None, g, EPS, 1.0);
-
         let encoder = Encoder::load(&vb.pp("encoder"), c)?;
-
-        let dv = vb.pp("decoder");
-        let rch: Vec<usize> = ch.iter().rev().copied().collect();
-        let decoder = Decoder {
-            conv_in: Conv2d::load(&dv.pp("conv_in"), lat, rch[0], 3, 1)?,
-            mid_block: UNetMidBlock2D::load(
-                &dv.pp("mid_block"),
-                rch[0],
-                g,
-                c.mid_block_add_attention,
-            )?,
-            up_blocks: (0..n)
-                .map(|i| {
-                    let bv = dv.pp("up_blocks").pp(i);
-                    let cin = if i == 0 { rch[0] } else { rch[i - 1] };
-                    Ok(UpDecoderBlock2D {
-                        resnets: (0..c.layers_per_block + 1)
-                            .map(|j| {
-                                resnet(
-                                    &bv.pp("resnets").pp(j),
-                                    if j == 0 { cin } else { rch[i] },
-                                    rch[i],
-                                )
-                            })
-                            .collect::<Result<_>>()?,
-                        upsampler: if i + 1 < n {
-                            Some(Upsample2D::load(&bv.pp("upsamplers.0"), rch[i])?)
-                        } else {
-                            None
-                        },
-                    })
-                })
-                .collect::<Result<_>>()?,
-            conv_norm_out: GroupNorm::load(&dv.pp("conv_norm_out"), g, ch[0], EPS)?,
-            conv_out: Conv2d::load(&dv.pp("conv_out"), ch[0], c.out_channels, 3, 1)?,
-        };
+        let decoder = Decoder::load(&vb.pp("decoder"), c)?;
         let (quant_conv_mean, quant_conv_logvar) = if c.use_quant_conv {
             let (m, l) = load_quant_conv(&vb.pp("quant_conv"), lat)?;
             (Some(m), Some(l))
@@ -561,18 +370,14 @@ impl AutoencoderKL {
         let d = &self.decoder;
         let conv_in = d.conv_in.forward(ctx, &z)?;
         drop(z);
-        let mid = d.mid_block.forward(ctx, &conv_in)?;
-        let conv_in = keep.then_some(conv_in);
+        let kept_conv_in = keep.then(|| conv_in.clone());
+        let mid = d.mid_block.forward(ctx, conv_in, None)?;
+        let conv_in = kept_conv_in;
         let mut x = mid.clone();
         let mid = keep.then_some(mid);
         let mut up = Vec::new();
-        for b in &d.up_blocks {
-            for r in &b.resnets {
-                x = r.forward(ctx, &x, None)?;
-            }
-            if let Some(u) = &b.upsampler {
-                x = u.forward(ctx, &x)?;
-            }
+        for block in &d.up_blocks {
+            x = block.forward(ctx, x)?;
             if keep {
                 up.push(x.clone());
             }
@@ -581,376 +386,5 @@ impl AutoencoderKL {
         drop(x);
         let sample = d.conv_out.forward(ctx, &h)?;
         Ok((sample, conv_in.zip(mid).map(|(c, m)| (c, m, up))))
-    }
-
-    /// diffusers' tiling settings after `enable_tiling()`: tiles of `config.sample_size`
-    /// pixels (its first entry when it is a list, as diffusers' `tile_latent_min_size` takes),
-    /// overlap 0.25.
-    pub fn tile_options(&self) -> Result<TileOptions> {
-        let v = &self.config.sample_size;
-        let size = v
-            .as_u64()
-            .or_else(|| v.as_array().and_then(|a| a.first()).and_then(|x| x.as_u64()))
-            .ok_or_else(|| {
-                Error::shape(
-                    "AutoencoderKL::tile_options",
-                    format!("config sample_size {v} must be a number or a list of numbers; pass TileOptions to decode_tiled instead"),
-                )
-            })?;
-        Ok(TileOptions {
-            tile_sample_size: size as usize,
-            overlap_factor: 0.25,
-        })
-    }
-
-    /// Bytes of the single-head mid-block attention's [B, L, L] scores when its head is wider
-    /// than the flash kernel takes (SD: 512 > MAX_HEAD_DIM, so `scaled_dot_product_attention`
-    /// falls back to matmul-softmax-matmul), per batch element; 0 otherwise.
-    fn mid_scores(&self, h: usize, w: usize) -> usize {
-        let c = &self.config;
-        let wide = c.block_out_channels.last().copied().unwrap_or(0) > MAX_HEAD_DIM;
-        if c.mid_block_add_attention && wide {
-            (h * w) * (h * w)
-        } else {
-            0
-        }
-    }
-
-    /// The largest buffer of an untiled decode of a [batch, _, h, w] latent in bytes: the
-    /// widest of conv_in / mid block (`block_out_channels[-1]` x h x w, and its attention's
-    /// scores), each up block's resnets and upsampler, and `conv_norm_out`
-    /// (`block_out_channels[0]` at full size) — for SD's VAE the last upsampler's
-    /// [B, 256, 8h, 8w]. Rounded up to the buffer pool's size class, which is what a binding
-    /// must hold.
-    pub fn decode_peak_bytes(&self, batch: usize, h: usize, w: usize, dtype: DType) -> u64 {
-        let c = &self.config;
-        let rch: Vec<usize> = c.block_out_channels.iter().rev().copied().collect();
-        let n = rch.len();
-        let mut peak = (rch[0] * h * w).max(self.mid_scores(h, w));
-        for (i, &ch) in rch.iter().enumerate() {
-            let s = 1usize << i;
-            peak = peak.max(ch * h * s * w * s);
-            if i + 1 < n {
-                peak = peak.max(ch * h * 2 * s * w * 2 * s);
-            }
-        }
-        let f = 1usize << (n - 1);
-        peak = peak.max(c.out_channels.max(c.block_out_channels[0]) * h * f * w * f);
-        BufferPool::size_class((batch * peak * dtype.size()) as u64)
-    }
-
-    /// The largest buffer of an untiled encode of a [batch, _, h, w] image in bytes: the image,
-    /// each down block's resnets (`block_out_channels[i]` at 1 / 2^i size, the first at full
-    /// size) and downsampler, the mid block and its attention's scores, the moments.
-    pub fn encode_peak_bytes(&self, batch: usize, h: usize, w: usize, dtype: DType) -> u64 {
-        let c = &self.config;
-        let ch = &c.block_out_channels;
-        let n = ch.len();
-        let f = 1usize << (n - 1);
-        let (lh, lw) = (h.div_ceil(f), w.div_ceil(f));
-        let mut peak = (c.in_channels * h * w)
-            .max(self.mid_scores(lh, lw))
-            .max((ch[n - 1]).max(2 * c.latent_channels) * lh * lw);
-        for (i, &co) in ch.iter().enumerate() {
-            let s = 1usize << i;
-            peak = peak.max(co * h.div_ceil(s) * w.div_ceil(s));
-        }
-        BufferPool::size_class((batch * peak * dtype.size()) as u64)
-    }
-
-    /// Whole when `whole` fits `max_binding`, otherwise diffusers' tiles shrunk (to a multiple
-    /// of 4 latent pixels, so the crops add up to the image) until `tile_peak(latent edge)`
-    /// fits.
-    fn plan(
-        &self,
-        whole: u64,
-        tile_peak: &dyn Fn(usize) -> u64,
-        max_binding: u64,
-        op: &'static str,
-        batch: usize,
-    ) -> Result<TilePlan> {
-        if whole <= max_binding {
-            return Ok(TilePlan::Whole);
-        }
-        let f = self.scale_factor();
-        let mut t = self.tile_options()?;
-        let mut lat = t.tile_sample_size / f;
-        if lat % 4 != 0 || tile_peak(lat) > max_binding {
-            lat -= lat % 4;
-            while lat > 4 && tile_peak(lat) > max_binding {
-                lat -= 4;
-            }
-            if lat < 4 || tile_peak(lat) > max_binding {
-                return Err(Error::Limit {
-                    op,
-                    limit: "max_storage_buffer_binding_size",
-                    needed: tile_peak(4),
-                    max: max_binding,
-                    hint: format!(
-                        "even a 4x4-latent tile of a batch of {batch} does not fit; process fewer images at once"
-                    ),
-                });
-            }
-            t.tile_sample_size = lat * f;
-        }
-        Ok(TilePlan::Tiled(t))
-    }
-
-    /// How [`AutoencoderKL::decode_auto`] decodes a latent of `shape` when no binding may exceed
-    /// `max_binding` bytes: whole when every activation fits, otherwise tiled with diffusers'
-    /// tiles shrunk (to a multiple of 4 latent pixels, so the crops add up to the image) until
-    /// a tile's activations fit.
-    pub fn decode_plan(&self, shape: &[usize], dtype: DType, max_binding: u64) -> Result<TilePlan> {
-        const OP: &str = "AutoencoderKL::decode_auto";
-        let c = &self.config;
-        if shape.len() != 4 || shape[1] != c.latent_channels {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "latent {shape:?} must be [B, {}, h, w] (latent_channels)",
-                    c.latent_channels
-                ),
-            ));
-        }
-        let (b, h, w) = (shape[0], shape[2], shape[3]);
-        let whole = self.decode_peak_bytes(b, h, w, dtype);
-        let tile = |lat: usize| self.decode_peak_bytes(b, lat, lat, dtype);
-        self.plan(whole, &tile, max_binding, OP, b)
-    }
-
-    /// How [`AutoencoderKL::encode_auto`] encodes an image of `shape` under `max_binding`
-    /// bytes per binding (as [`AutoencoderKL::decode_plan`]).
-    pub fn encode_plan(&self, shape: &[usize], dtype: DType, max_binding: u64) -> Result<TilePlan> {
-        const OP: &str = "AutoencoderKL::encode_auto";
-        let c = &self.config;
-        if shape.len() != 4 || shape[1] != c.in_channels {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "image {shape:?} must be [B, {}, H, W] (in_channels)",
-                    c.in_channels
-                ),
-            ));
-        }
-        let (b, h, w) = (shape[0], shape[2], shape[3]);
-        let f = self.scale_factor();
-        let whole = self.encode_peak_bytes(b, h, w, dtype);
-        let tile = |lat: usize| self.encode_peak_bytes(b, lat * f, lat * f, dtype);
-        self.plan(whole, &tile, max_binding, OP, b)
-    }
-
-    /// Decodes whole when every activation fits the device's `max_storage_buffer_binding_size`
-    /// (and `max_buffer_size`), tiled otherwise (see [`AutoencoderKL::decode_plan`]).
-    pub fn decode_auto(&self, ctx: &Context, latent: &Tensor) -> Result<Tensor> {
-        self.decode_auto_within(ctx, latent, ctx.max_binding_bytes())
-    }
-
-    /// [`AutoencoderKL::decode_auto`] under a binding limit of `max_binding` bytes (at most the
-    /// device's): lets tests and callers that share the device ask for smaller tiles.
-    pub fn decode_auto_within(
-        &self,
-        ctx: &Context,
-        latent: &Tensor,
-        max_binding: u64,
-    ) -> Result<Tensor> {
-        let max = max_binding.min(ctx.max_binding_bytes());
-        match self.decode_plan(latent.shape(), latent.dtype(), max)? {
-            TilePlan::Whole => Ok(self.run_decoder(ctx, latent, false)?.0),
-            TilePlan::Tiled(t) => self.decode_tiled(ctx, latent, t),
-        }
-    }
-
-    /// Encodes whole when every activation fits the device's binding limit, tiled otherwise
-    /// (see [`AutoencoderKL::encode_plan`]).
-    pub fn encode_auto(&self, ctx: &Context, image: &Tensor) -> Result<LatentDistribution> {
-        self.encode_auto_within(ctx, image, ctx.max_binding_bytes())
-    }
-
-    /// [`AutoencoderKL::encode_auto`] under a binding limit of `max_binding` bytes (at most
-    /// the device's).
-    pub fn encode_auto_within(
-        &self,
-        ctx: &Context,
-        image: &Tensor,
-        max_binding: u64,
-    ) -> Result<LatentDistribution> {
-        let max = max_binding.min(ctx.max_binding_bytes());
-        match self.encode_plan(image.shape(), image.dtype(), max)? {
-            TilePlan::Whole => {
-                let e = self.encode(ctx, image)?;
-                Ok(LatentDistribution {
-                    mean: e.mean,
-                    logvar: e.logvar,
-                })
-            }
-            TilePlan::Tiled(t) => self.encode_tiled(ctx, image, t),
-        }
-    }
-
-    /// diffusers' `AutoencoderKL.tiled_decode`: the latent is cut into overlapping tiles of
-    /// `tile_latent_min_size = tile_sample_size / 2^(len(block_out_channels) - 1)` with stride
-    /// `int(tile_latent_min_size * (1 - overlap))`; each is decoded on its own
-    /// (`post_quant_conv` included), blended with the (already blended) tiles above and to the
-    /// left over `int(tile_sample_size * overlap)` rows / columns and cropped to
-    /// `row_limit = tile_sample_size - blend_extent`, in raster order, as diffusers' in-place
-    /// `blend_v` / `blend_h` do. Blending runs on the device (`kernels::tile_blend`), so no
-    /// tile is read back; only one row of blended tiles is held at a time. Always tiles, even
-    /// a latent smaller than one tile (diffusers' `decode` only calls it for larger ones).
-    pub fn decode_tiled(
-        &self,
-        ctx: &Context,
-        latent: &Tensor,
-        opts: TileOptions,
-    ) -> Result<Tensor> {
-        const OP: &str = "AutoencoderKL::decode_tiled";
-        self.check_latent(latent, OP)?;
-        let f = self.scale_factor();
-        let g = opts.grid(f, OP)?;
-        let s = latent.shape();
-        let (ys, out_h) = tile_starts(s[2], &g, f, false);
-        let (xs, out_w) = tile_starts(s[3], &g, f, false);
-        let out = Tensor::empty(
-            ctx,
-            &[s[0], self.config.out_channels, out_h, out_w],
-            latent.dtype(),
-        )?;
-        let zero = Tensor::full(ctx, &[1], 0.0, latent.dtype())?;
-        self.tiled(ctx, (s[2], s[3]), &ys, &xs, &g, &[&out], &|i, j| {
-            // tile = z[:, :, i : i + tile_latent_min_size, j : j + tile_latent_min_size]
-            let tile = crop(ctx, latent, &zero, i, j, g.tile, g.tile)?;
-            Ok(vec![self.run_decoder(ctx, &tile, false)?.0])
-        })?;
-        Ok(out)
-    }
-
-    /// diffusers' `AutoencoderKL._tiled_encode` and the `DiagonalGaussianDistribution` of its
-    /// moments: image tiles of `tile_sample_size` at stride `int(tile_sample_size *
-    /// (1 - overlap))` are encoded (`quant_conv` included), blended over
-    /// `int(tile_latent_min_size * overlap)` latent rows / columns and cropped to
-    /// `tile_latent_min_size - blend_extent`; the log-variance is clamped after blending.
-    pub fn encode_tiled(
-        &self,
-        ctx: &Context,
-        image: &Tensor,
-        opts: TileOptions,
-    ) -> Result<LatentDistribution> {
-        const OP: &str = "AutoencoderKL::encode_tiled";
-        let c = &self.config;
-        let s = image.shape();
-        let f = self.scale_factor();
-        if s.len() != 4 || s[1] != c.in_channels {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "image {s:?} must be [B, {}, H, W] (in_channels)",
-                    c.in_channels
-                ),
-            ));
-        }
-        let d = opts.grid(f, OP)?;
-        // In image pixels: tile and stride; in latent pixels: blend extent and crop.
-        let g = TileGrid {
-            tile: opts.tile_sample_size,
-            stride: (opts.tile_sample_size as f64 * (1.0 - opts.overlap_factor)) as usize,
-            blend_extent: (d.tile as f64 * opts.overlap_factor) as usize,
-            row_limit: d.tile - (d.tile as f64 * opts.overlap_factor) as usize,
-        };
-        if g.tile % f != 0 || g.stride % f != 0 || s[2] % f != 0 || s[3] % f != 0 {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "image {}x{} with tiles of {} (stride {}): every tile must be divisible by {f} (the VAE's scale factor); use tiles of a multiple of {}",
-                    s[2],
-                    s[3],
-                    g.tile,
-                    g.stride,
-                    4 * f
-                ),
-            ));
-        }
-        let (ys, out_h) = tile_starts(s[2], &g, f, true);
-        let (xs, out_w) = tile_starts(s[3], &g, f, true);
-        let shape = [s[0], c.latent_channels, out_h, out_w];
-        let mean = Tensor::empty(ctx, &shape, image.dtype())?;
-        let logvar = Tensor::empty(ctx, &shape, image.dtype())?;
-        let zero = Tensor::full(ctx, &[1], 0.0, image.dtype())?;
-        let quant = match (&self.quant_conv_mean, &self.quant_conv_logvar) {
-            (Some(m), Some(l)) => Some((m, l)),
-            _ => None,
-        };
-        self.tiled(
-            ctx,
-            (s[2], s[3]),
-            &ys,
-            &xs,
-            &g,
-            &[&mean, &logvar],
-            &|i, j| {
-                let tile = crop(ctx, image, &zero, i, j, g.tile, g.tile)?;
-                let e = self
-                    .encoder
-                    .encode_moments(ctx, c, quant, &tile, OP, false)?;
-                Ok(vec![e.mean, e.logvar])
-            },
-        )?;
-        let logvar = clamp_logvar(ctx, &logvar)?;
-        Ok(LatentDistribution { mean, logvar })
-    }
-
-    /// The raster-order loop shared by the tiled decode and encode: `run(i, j)` gives the
-    /// tile(s) at input offset (i, j), one per output; each is blended in place with the
-    /// blended tile above and on the left and its crop written into its output.
-    /// `input` is the (height, width) the tiles are cut from.
-    #[allow(clippy::too_many_arguments)]
-    fn tiled(
-        &self,
-        ctx: &Context,
-        input: (usize, usize),
-        ys: &[usize],
-        xs: &[usize],
-        g: &TileGrid,
-        outs: &[&Tensor],
-        run: &dyn Fn(usize, usize) -> Result<Vec<Tensor>>,
-    ) -> Result<()> {
-        let mut above: Vec<Vec<Tensor>> = Vec::new();
-        let mut oy = 0;
-        let mut last = (0, 0);
-        for &i in ys {
-            let mut row: Vec<Vec<Tensor>> = Vec::with_capacity(xs.len());
-            let mut ox = 0;
-            for (jx, &j) in xs.iter().enumerate() {
-                // A tile of another size (the partial ones at the ends) needs buffers of other
-                // size classes: release the free ones first, so the pool does not keep a set
-                // per tile size (SD 1.5 at 512x512 in f32: 44 and 31 latent pixels).
-                let size = ((input.0 - i).min(g.tile), (input.1 - j).min(g.tile));
-                if size != last {
-                    ctx.trim_pool();
-                    last = size;
-                }
-                let tiles = run(i, j)?;
-                for (k, (t, out)) in tiles.iter().zip(outs).enumerate() {
-                    tile_blend::tile_blend(
-                        ctx,
-                        t,
-                        out,
-                        &tile_blend::Seam {
-                            top: above.get(jx).map(|a| &a[k]),
-                            left: row.last().map(|l| &l[k]),
-                            blend_extent: g.blend_extent,
-                            row_limit: g.row_limit,
-                            at: (oy, ox),
-                        },
-                    )?;
-                }
-                ox += tiles[0].shape()[3].min(g.row_limit);
-                row.push(tiles);
-                // One tile's work per submission keeps the recorded list (and what it holds
-                // alive) small.
-                ctx.flush()?;
-            }
-            oy += row[0][0].shape()[2].min(g.row_limit);
-            above = row;
-        }
-        Ok(())
     }
 }

@@ -206,9 +206,83 @@ impl ConsistencyDecoderVAE {
         z: &Tensor,
         noise: &[&Tensor],
     ) -> Result<ConsistencyDecodeOutput> {
-        const OP: &str = "ConsistencyDecoderVAE::decode";
         let sched = &self.decoder_scheduler;
         let timesteps = sched.timesteps(2)?;
+        self.check_decode_inputs(z, noise, timesteps.len())?;
+        let zn = self.normalize_latent(ctx, z)?;
+
+        // x_t = init_noise_sigma * randn_tensor((batch_size, 3, height, width))
+        let mut x_t = elementwise::scale(ctx, noise[0], sched.init_noise_sigma(&timesteps) as f32)?;
+        let mut steps = Vec::new();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let (x0, step) = self.denoise(ctx, &x_t, &zn, t)?;
+            x_t = match timesteps.get(i + 1) {
+                None => x0,
+                // prev_sample = sqrt_alphas_cumprod[t_next] * x_0
+                //             + sqrt_one_minus_alphas_cumprod[t_next] * noise
+                Some(&next) => {
+                    let a = elementwise::scale(ctx, &x0, sched.sqrt_alphas_cumprod[next] as f32)?;
+                    let n = elementwise::scale(
+                        ctx,
+                        noise[i + 1],
+                        sched.sqrt_one_minus_alphas_cumprod[next] as f32,
+                    )?;
+                    elementwise::add(ctx, &a, &n)?
+                }
+            };
+            steps.push(step);
+        }
+        Ok(ConsistencyDecodeOutput { sample: x_t, steps })
+    }
+
+    /// One step at timestep `t`: the U-Net on `[scale_model_input(x_t, t), z]`, and
+    /// `x_0 = c_out[t] * model_output[:, :3] + c_skip[t] * x_t`.
+    fn denoise(
+        &self,
+        ctx: &Context,
+        x_t: &Tensor,
+        zn: &Tensor,
+        t: usize,
+    ) -> Result<(Tensor, DecodeStep)> {
+        let sched = &self.decoder_scheduler;
+        // model_input = torch.concat([scale_model_input(x_t, t), z], dim=1)
+        let scaled = elementwise::scale(ctx, x_t, sched.c_in[t] as f32)?;
+        let model_input = concat::concat(ctx, &[&scaled, zn], 1)?;
+        // model_output = decoder_unet(model_input, t).sample[:, :3, :, :]
+        let out = self
+            .decoder_unet
+            .forward(ctx, &model_input, &[t as f32])?
+            .sample;
+        // x_0 = c_out[t] * model_output + c_skip[t] * sample
+        let o = elementwise::scale(ctx, &out, sched.c_out[t] as f32)?;
+        let sx = elementwise::scale(ctx, x_t, sched.c_skip[t] as f32)?;
+        let first3 = View {
+            shape: x_t.shape().to_vec(),
+            ..View::of(&o)
+        };
+        let x0 = elementwise::binary(ctx, first3, View::of(&sx), BinaryOp::Add, Activation::None)?;
+        let step = DecodeStep {
+            timestep: t,
+            model_input,
+            model_output: out,
+        };
+        Ok((x0, step))
+    }
+
+    /// `z = (z * scaling_factor - means) / stds`, then `F.interpolate(z, mode="nearest",
+    /// scale_factor=2 ** (len(block_out_channels) - 1))`.
+    fn normalize_latent(&self, ctx: &Context, z: &Tensor) -> Result<Tensor> {
+        let zn = elementwise::mul(ctx, z, &self.latent_scale)?;
+        let mut zn = elementwise::add(ctx, &zn, &self.latent_shift)?;
+        for _ in 0..self.scale_factor().trailing_zeros() {
+            zn = resample::upsample_nearest2x(ctx, &zn)?;
+        }
+        Ok(zn)
+    }
+
+    /// The latent's shape and dtype, and `steps` noise tensors of the image's shape.
+    fn check_decode_inputs(&self, z: &Tensor, noise: &[&Tensor], steps: usize) -> Result<()> {
+        const OP: &str = "ConsistencyDecoderVAE::decode";
         let lat = self.config.latent_channels;
         let s = z.shape();
         if s.len() != 4 || s[1] != lat {
@@ -225,15 +299,13 @@ impl ConsistencyDecoderVAE {
         }
         let f = self.scale_factor();
         let (b, h, w) = (s[0], s[2] * f, s[3] * f);
-        if noise.len() != timesteps.len() {
+        if noise.len() != steps {
             return Err(Error::shape(
                 OP,
                 format!(
-                    "{} noise tensors given: the {}-step decode draws {} (the initial x_T, then \
-                     one per step but the last)",
+                    "{} noise tensors given: the {steps}-step decode draws {steps} (the initial \
+                     x_T, then one per step but the last)",
                     noise.len(),
-                    timesteps.len(),
-                    timesteps.len()
                 ),
             ));
         }
@@ -250,56 +322,6 @@ impl ConsistencyDecoderVAE {
                 ));
             }
         }
-
-        // z = (z * self.config.scaling_factor - self.means) / self.stds
-        let zn = elementwise::mul(ctx, z, &self.latent_scale)?;
-        let mut zn = elementwise::add(ctx, &zn, &self.latent_shift)?;
-        // z = F.interpolate(z, mode="nearest", scale_factor=2 ** (len(block_out_channels) - 1))
-        for _ in 0..f.trailing_zeros() {
-            zn = resample::upsample_nearest2x(ctx, &zn)?;
-        }
-
-        // x_t = init_noise_sigma * randn_tensor((batch_size, 3, height, width))
-        let mut x_t = elementwise::scale(ctx, noise[0], sched.init_noise_sigma(&timesteps) as f32)?;
-        let mut steps = Vec::new();
-        for (i, &t) in timesteps.iter().enumerate() {
-            // model_input = torch.concat([scale_model_input(x_t, t), z], dim=1)
-            let scaled = elementwise::scale(ctx, &x_t, sched.c_in[t] as f32)?;
-            let model_input = concat::concat(ctx, &[&scaled, &zn], 1)?;
-            // model_output = decoder_unet(model_input, t).sample[:, :3, :, :]
-            let out = self
-                .decoder_unet
-                .forward(ctx, &model_input, &[t as f32])?
-                .sample;
-            // x_0 = c_out[t] * model_output + c_skip[t] * sample
-            let o = elementwise::scale(ctx, &out, sched.c_out[t] as f32)?;
-            let sx = elementwise::scale(ctx, &x_t, sched.c_skip[t] as f32)?;
-            let first3 = View {
-                shape: vec![b, 3, h, w],
-                ..View::of(&o)
-            };
-            let x0 =
-                elementwise::binary(ctx, first3, View::of(&sx), BinaryOp::Add, Activation::None)?;
-            x_t = match timesteps.get(i + 1) {
-                None => x0,
-                // prev_sample = sqrt_alphas_cumprod[t_next] * x_0
-                //             + sqrt_one_minus_alphas_cumprod[t_next] * noise
-                Some(&next) => {
-                    let a = elementwise::scale(ctx, &x0, sched.sqrt_alphas_cumprod[next] as f32)?;
-                    let n = elementwise::scale(
-                        ctx,
-                        noise[i + 1],
-                        sched.sqrt_one_minus_alphas_cumprod[next] as f32,
-                    )?;
-                    elementwise::add(ctx, &a, &n)?
-                }
-            };
-            steps.push(DecodeStep {
-                timestep: t,
-                model_input,
-                model_output: out,
-            });
-        }
-        Ok(ConsistencyDecodeOutput { sample: x_t, steps })
+        Ok(())
     }
 }

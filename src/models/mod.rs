@@ -9,4 +9,5 @@ pub mod nn;
 pub mod resnet;
 pub mod t5;
 pub mod unet_2d;
+pub mod unet_2d_blocks;
 pub mod unet_2d_condition;

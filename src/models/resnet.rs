@@ -139,32 +139,54 @@ impl ResnetBlock2D {
                 (avg_pool2d_2x2(ctx, &h)?, &resampled)
             }
         };
-        let mut h = self.conv1.forward(ctx, &h)?;
-        // temb = time_emb_proj(nonlinearity(temb))[:, :, None, None]
-        let temb = match (&self.time_emb_proj, temb_silu) {
+        let h = self.conv1.forward(ctx, &h)?;
+        let temb = self.time_emb(ctx, temb_silu, x.shape()[0])?;
+        let h = self.norm2_with_temb(ctx, h, temb.as_ref())?;
+        let h = self.conv2.forward(ctx, &h)?;
+        let out = match &self.conv_shortcut {
+            Some(sc) => elementwise::add(ctx, &sc.forward(ctx, x)?, &h)?,
+            None => elementwise::add(ctx, x, &h)?,
+        };
+        if self.output_scale_factor != 1.0 {
+            elementwise::scale(ctx, &out, 1.0 / self.output_scale_factor)
+        } else {
+            Ok(out)
+        }
+    }
+
+    /// `temb = time_emb_proj(nonlinearity(temb))`, or None for a block without one.
+    fn time_emb(
+        &self,
+        ctx: &Context,
+        temb_silu: Option<&Tensor>,
+        batch: usize,
+    ) -> Result<Option<Tensor>> {
+        match (&self.time_emb_proj, temb_silu) {
             (Some(proj), Some(t)) => {
                 let t = proj.forward(ctx, t)?;
-                if t.shape()[0] != x.shape()[0] {
+                if t.shape()[0] != batch {
                     return Err(Error::shape(
                         "ResnetBlock2D",
                         format!(
-                            "time embedding {:?} does not match the batch of {:?}",
+                            "time embedding {:?} does not match a batch of {batch}",
                             t.shape(),
-                            x.shape()
                         ),
                     ));
                 }
-                Some(t)
+                Ok(Some(t))
             }
-            (Some(_), None) => {
-                return Err(Error::shape(
-                    "ResnetBlock2D",
-                    "the block has a time_emb_proj but no time embedding was given",
-                ))
-            }
-            _ => None,
-        };
-        let h = match (self.time_embedding_norm, &temb) {
+            (Some(_), None) => Err(Error::shape(
+                "ResnetBlock2D",
+                "the block has a time_emb_proj but no time embedding was given",
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    /// `norm2` + SiLU with the time embedding [B, rows] as the block's `time_embedding_norm`
+    /// takes it.
+    fn norm2_with_temb(&self, ctx: &Context, h: Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
+        match (self.time_embedding_norm, temb) {
             (TimeEmbeddingNorm::ScaleShift, Some(t)) => {
                 // time_scale, time_shift = torch.chunk(temb, 2, dim=1)
                 // hidden_states = norm2(hidden_states) * (1 + time_scale) + time_shift
@@ -191,26 +213,19 @@ impl ResnetBlock2D {
                     BinaryOp::Add,
                     Activation::None,
                 )?;
-                elementwise::activation(ctx, &n, Activation::Silu)?
+                elementwise::activation(ctx, &n, Activation::Silu)
             }
             (_, t) => {
                 // hidden_states = norm2(hidden_states + temb)
-                if let Some(t) = t {
-                    let (b, c) = (t.shape()[0], t.shape()[1]);
-                    h = elementwise::add(ctx, &h, &t.reshape(&[b, c, 1, 1])?)?;
-                }
-                self.norm2.forward(ctx, &h, true)?
+                let h = match t {
+                    Some(t) => {
+                        let (b, c) = (t.shape()[0], t.shape()[1]);
+                        elementwise::add(ctx, &h, &t.reshape(&[b, c, 1, 1])?)?
+                    }
+                    None => h,
+                };
+                self.norm2.forward(ctx, &h, true)
             }
-        };
-        let h = self.conv2.forward(ctx, &h)?;
-        let out = match &self.conv_shortcut {
-            Some(sc) => elementwise::add(ctx, &sc.forward(ctx, x)?, &h)?,
-            None => elementwise::add(ctx, x, &h)?,
-        };
-        if self.output_scale_factor != 1.0 {
-            elementwise::scale(ctx, &out, 1.0 / self.output_scale_factor)
-        } else {
-            Ok(out)
         }
     }
 }

@@ -1,17 +1,20 @@
-//! diffusers `UNet2DConditionModel` (`models/unets/unet_2d_condition.py`, blocks from
-//! `unet_2d_blocks.py`) for the Stable Diffusion 1.x / 2.x family: timestep embedding,
-//! CrossAttnDownBlock2D / DownBlock2D, UNetMidBlock2DCrossAttn, CrossAttnUpBlock2D / UpBlock2D
-//! with skip concatenation, GroupNorm + SiLU, conv_out. Configs it cannot run are refused by
-//! [`UNet2DConditionModelConfig::validate`].
+//! diffusers `UNet2DConditionModel` (`models/unets/unet_2d_condition.py`) for the Stable
+//! Diffusion 1.x / 2.x family: timestep embedding, conv_in, the down blocks collecting
+//! residuals, UNetMidBlock2DCrossAttn, the up blocks consuming them, GroupNorm + SiLU,
+//! conv_out. The blocks live in [`super::unet_2d_blocks`]. Configs it cannot run are refused
+//! by [`UNet2DConditionModelConfig::validate`].
 
 use super::attention::Transformer2DModel;
 use super::nn::{Conv2d, GroupNorm, Linear};
-use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
-use crate::config::{UNet2DConditionModelConfig, UNetBlockSpec};
+use super::unet_2d_blocks::{
+    take_skips, ResnetOptions, UNetBlockOptions, UNetDownBlock, UNetMidBlock2DCrossAttn,
+    UNetUpBlock,
+};
+use crate::config::UNet2DConditionModelConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
 use crate::kernels::embedding::{timestep_embedding, TimestepEmbedding};
-use crate::kernels::{concat, elementwise, Activation};
+use crate::kernels::{elementwise, Activation};
 use crate::weights::Loader;
 
 /// diffusers `TimestepEmbedding`: `linear_1`, SiLU, `linear_2`.
@@ -20,33 +23,36 @@ pub struct TimestepEmbeddingMlp {
     pub linear_2: Linear,
 }
 
-/// CrossAttnDownBlock2D (with `attentions`) or DownBlock2D (without).
-pub struct DownBlock {
-    pub resnets: Vec<ResnetBlock2D>,
-    pub attentions: Vec<Transformer2DModel>,
-    pub downsampler: Option<Downsample2D>,
+impl TimestepEmbeddingMlp {
+    /// `TimestepEmbedding(in_channels, time_embed_dim)` under `vb` (`time_embedding.`).
+    pub fn load(vb: &Loader, in_channels: usize, time_embed_dim: usize) -> Result<Self> {
+        Ok(TimestepEmbeddingMlp {
+            linear_1: Linear::load(&vb.pp("linear_1"), in_channels, time_embed_dim, true)?,
+            linear_2: Linear::load(&vb.pp("linear_2"), time_embed_dim, time_embed_dim, true)?,
+        })
+    }
+
+    /// `emb = linear_2(silu(linear_1(t_emb)))`.
+    pub fn forward(&self, ctx: &Context, t_emb: &Tensor) -> Result<Tensor> {
+        let h = self.linear_1.forward_act(ctx, t_emb, Activation::Silu)?;
+        self.linear_2.forward(ctx, &h)
+    }
 }
 
-/// UNetMidBlock2DCrossAttn: resnets[0], then (attentions[i], resnets[i + 1]).
-pub struct MidBlock {
-    pub resnets: Vec<ResnetBlock2D>,
-    pub attentions: Vec<Transformer2DModel>,
-}
-
-/// CrossAttnUpBlock2D (with `attentions`) or UpBlock2D (without).
-pub struct UpBlock {
-    pub resnets: Vec<ResnetBlock2D>,
-    pub attentions: Vec<Transformer2DModel>,
-    pub upsampler: Option<Upsample2D>,
+/// `sample` as `2 * sample - 1` when the config's `center_input_sample` asks for it.
+pub(crate) fn center_input(ctx: &Context, sample: &Tensor, center: bool) -> Result<Option<Tensor>> {
+    center
+        .then(|| elementwise::unary(ctx, sample, Activation::None, 2.0, -1.0))
+        .transpose()
 }
 
 pub struct UNet2DConditionModel {
     pub config: UNet2DConditionModelConfig,
     pub time_embedding: TimestepEmbeddingMlp,
     pub conv_in: Conv2d,
-    pub down_blocks: Vec<DownBlock>,
-    pub mid_block: Option<MidBlock>,
-    pub up_blocks: Vec<UpBlock>,
+    pub down_blocks: Vec<UNetDownBlock>,
+    pub mid_block: Option<UNetMidBlock2DCrossAttn>,
+    pub up_blocks: Vec<UNetUpBlock>,
     pub conv_norm_out: GroupNorm,
     pub conv_out: Conv2d,
     dtype: DType,
@@ -67,141 +73,35 @@ pub struct UNetOutput {
     pub up: Vec<Tensor>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn load_transformers(
-    vb: &Loader,
-    c: &UNet2DConditionModelConfig,
-    b: &UNetBlockSpec,
-    channels: usize,
-    count: usize,
-    groups: usize,
-) -> Result<Vec<Transformer2DModel>> {
-    (0..count)
-        .map(|i| {
-            Transformer2DModel::load(
-                &vb.pp("attentions").pp(i),
-                b.heads,
-                channels / b.heads,
-                channels,
-                b.transformer_layers,
-                b.cross_attention_dim,
-                groups,
-                c.use_linear_projection,
-            )
-        })
-        .collect()
-}
-
 impl UNet2DConditionModel {
     pub fn load(vb: &Loader, config: &UNet2DConditionModelConfig) -> Result<UNet2DConditionModel> {
         config.validate()?;
         let c = config;
         let groups = c.norm_num_groups.unwrap_or(32);
-        let eps = c.norm_eps;
         let ch0 = c.block_out_channels[0];
         let temb = c.time_embed_dim();
-        let te = vb.pp("time_embedding");
-        let time_embedding = TimestepEmbeddingMlp {
-            linear_1: Linear::load(&te.pp("linear_1"), ch0, temb, true)?,
-            linear_2: Linear::load(&te.pp("linear_2"), temb, temb, true)?,
+        let mut opts = UNetBlockOptions {
+            resnet: ResnetOptions::new(Some(temb), groups, c.norm_eps),
+            downsample_padding: c.downsample_padding,
+            use_linear_projection: c.use_linear_projection,
         };
+        let time_embedding = TimestepEmbeddingMlp::load(&vb.pp("time_embedding"), ch0, temb)?;
         let conv_in = Conv2d::load(&vb.pp("conv_in"), c.in_channels, ch0, c.conv_in_kernel, 1)?;
-        let resnet = |vb: &Loader, cin: usize, cout: usize, scale: f64| {
-            ResnetBlock2D::load(vb, cin, cout, Some(temb), groups, eps, scale)
-        };
-
-        // 1. down blocks
-        let mut down_blocks = Vec::new();
-        for (i, b) in c.down_blocks()?.iter().enumerate() {
-            let bv = vb.pp("down_blocks").pp(i);
-            let resnets = (0..b.layers)
-                .map(|j| {
-                    let cin = if j == 0 {
-                        b.in_channels
-                    } else {
-                        b.out_channels
-                    };
-                    resnet(&bv.pp("resnets").pp(j), cin, b.out_channels, 1.0)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let n_attn = if b.cross_attention { b.layers } else { 0 };
-            down_blocks.push(DownBlock {
-                resnets,
-                attentions: load_transformers(&bv, c, b, b.out_channels, n_attn, groups)?,
-                downsampler: if b.resample {
-                    Some(Downsample2D::load(
-                        &bv.pp("downsamplers.0"),
-                        b.out_channels,
-                        c.downsample_padding,
-                    )?)
-                } else {
-                    None
-                },
-            });
-        }
-
-        // 2. mid block
-        let mid_block = match c.mid_block_type {
-            Some(_) => {
-                let mv = vb.pp("mid_block");
-                let last = c
-                    .down_blocks()?
-                    .pop()
-                    .expect("validated: at least one block");
-                let ch = last.out_channels;
-                let resnets = (0..2)
-                    .map(|j| resnet(&mv.pp("resnets").pp(j), ch, ch, c.mid_block_scale_factor))
-                    .collect::<Result<Vec<_>>>()?;
-                Some(MidBlock {
-                    resnets,
-                    attentions: load_transformers(&mv, c, &last, ch, 1, groups)?,
-                })
-            }
-            None => None,
-        };
-
-        // 3. up blocks
-        let mut up_blocks = Vec::new();
-        let specs = c.up_blocks()?;
-        for (i, b) in specs.iter().enumerate() {
-            let uv = vb.pp("up_blocks").pp(i);
-            let resnets = (0..b.layers)
-                .map(|j| {
-                    // res_skip_channels = in_channels if (i == num_layers - 1) else out_channels
-                    let skip = if j + 1 == b.layers {
-                        b.in_channels
-                    } else {
-                        b.out_channels
-                    };
-                    let cin = if j == 0 {
-                        b.prev_channels
-                    } else {
-                        b.out_channels
-                    };
-                    resnet(&uv.pp("resnets").pp(j), cin + skip, b.out_channels, 1.0)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let n_attn = if b.cross_attention { b.layers } else { 0 };
-            up_blocks.push(UpBlock {
-                resnets,
-                attentions: load_transformers(&uv, c, b, b.out_channels, n_attn, groups)?,
-                upsampler: if b.resample {
-                    Some(Upsample2D::load(&uv.pp("upsamplers.0"), b.out_channels)?)
-                } else {
-                    None
-                },
-            });
-        }
-
-        // 4. out
-        let conv_norm_out = GroupNorm::load(&vb.pp("conv_norm_out"), groups, ch0, eps)?;
-        let conv_out = Conv2d::load(
-            &vb.pp("conv_out"),
-            ch0,
-            c.out_channels,
-            c.conv_out_kernel,
-            1,
-        )?;
+        let down_specs = c.down_blocks()?;
+        let down_blocks = (down_specs.iter().enumerate())
+            .map(|(i, b)| UNetDownBlock::load(&vb.pp("down_blocks").pp(i), b, &opts))
+            .collect::<Result<Vec<_>>>()?;
+        let up_blocks = (c.up_blocks()?.iter().enumerate())
+            .map(|(i, b)| UNetUpBlock::load(&vb.pp("up_blocks").pp(i), b, &opts))
+            .collect::<Result<Vec<_>>>()?;
+        opts.resnet.output_scale_factor = c.mid_block_scale_factor;
+        let last = down_specs.last().expect("validated: at least one block");
+        let mid_block = (c.mid_block_type.is_some())
+            .then(|| UNetMidBlock2DCrossAttn::load(&vb.pp("mid_block"), last, &opts))
+            .transpose()?;
+        let conv_norm_out = GroupNorm::load(&vb.pp("conv_norm_out"), groups, ch0, c.norm_eps)?;
+        let out = c.out_channels;
+        let conv_out = Conv2d::load(&vb.pp("conv_out"), ch0, out, c.conv_out_kernel, 1)?;
         vb.finish()?;
         Ok(UNet2DConditionModel {
             config: c.clone(),
@@ -221,7 +121,7 @@ impl UNet2DConditionModel {
         1 << self
             .down_blocks
             .iter()
-            .filter(|b| b.downsampler.is_some())
+            .filter(|b| b.has_downsampler())
             .count()
     }
 
@@ -235,6 +135,85 @@ impl UNet2DConditionModel {
         timesteps: &[f32],
         encoder_hidden_states: &Tensor,
     ) -> Result<UNetOutput> {
+        const OP: &str = "UNet2DConditionModel";
+        let ehs = encoder_hidden_states;
+        self.check_inputs(sample, ehs)?;
+        let t = batch_timesteps(OP, timesteps, sample.shape()[0])?;
+
+        // 0. center input if necessary
+        let centered = center_input(ctx, sample, self.config.center_input_sample)?;
+        let sample = centered.as_ref().unwrap_or(sample);
+
+        // 1. time
+        let emb = self.time_embed(ctx, &t)?;
+        // Every resnet applies nonlinearity(temb) before its time_emb_proj: do it once.
+        let temb = elementwise::activation(ctx, &emb, Activation::Silu)?;
+        let temb = Some(&temb);
+
+        // 2. pre-process
+        let mut x = self.conv_in.forward(ctx, sample)?;
+        let conv_in = x.clone();
+
+        // 3. down
+        let mut down_block_res_samples = vec![x.clone()];
+        let mut down = Vec::new();
+        for block in &self.down_blocks {
+            let res_samples;
+            (x, res_samples) = block.forward(ctx, x, temb, ehs)?;
+            down_block_res_samples.extend(res_samples);
+            down.push(x.clone());
+        }
+
+        // 4. mid
+        let mut mid = None;
+        if let Some(block) = &self.mid_block {
+            x = block.forward(ctx, x, temb, ehs)?;
+            mid = Some(x.clone());
+        }
+
+        // 5. up: each block takes the last len(resnets) residuals
+        let mut up = Vec::new();
+        for block in &self.up_blocks {
+            let n = block.resnets().len();
+            let res_samples = take_skips(&mut down_block_res_samples, n, OP)?;
+            x = block.forward(ctx, x, res_samples, temb, ehs)?;
+            up.push(x.clone());
+        }
+
+        // 6. post-process
+        let x = self.conv_norm_out.forward(ctx, &x, true)?;
+        let sample = self.conv_out.forward(ctx, &x)?;
+        Ok(UNetOutput {
+            sample,
+            emb,
+            conv_in,
+            down,
+            mid,
+            up,
+        })
+    }
+
+    /// `time_proj` (sinusoidal `Timesteps`) then `time_embedding`: `emb` [B, time_embed_dim].
+    fn time_embed(&self, ctx: &Context, timesteps: &[f32]) -> Result<Tensor> {
+        let c = &self.config;
+        let t = Tensor::from_f32(ctx, timesteps, &[timesteps.len()], DType::F32)?;
+        let t_emb = timestep_embedding(
+            ctx,
+            &t,
+            &TimestepEmbedding {
+                dim: c.block_out_channels[0],
+                flip_sin_to_cos: c.flip_sin_to_cos,
+                downscale_freq_shift: c.freq_shift as f32,
+                scale: 1.0,
+                max_period: 10000.0,
+            },
+            self.dtype,
+        )?;
+        self.time_embedding.forward(ctx, &t_emb)
+    }
+
+    /// Shapes and dtypes of `forward`'s inputs, each error naming the config field it breaks.
+    fn check_inputs(&self, sample: &Tensor, encoder_hidden_states: &Tensor) -> Result<()> {
         const OP: &str = "UNet2DConditionModel";
         let c = &self.config;
         let s = sample.shape();
@@ -277,108 +256,7 @@ impl UNet2DConditionModel {
                 format!("inputs must be {} like the weights", self.dtype.name()),
             ));
         }
-        let t = batch_timesteps(OP, timesteps, b)?;
-
-        // 0. center input if necessary
-        let centered;
-        let sample = if c.center_input_sample {
-            centered = elementwise::unary(ctx, sample, Activation::None, 2.0, -1.0)?;
-            &centered
-        } else {
-            sample
-        };
-
-        // 1. time
-        let t = Tensor::from_f32(ctx, &t, &[b], DType::F32)?;
-        let t_emb = timestep_embedding(
-            ctx,
-            &t,
-            &TimestepEmbedding {
-                dim: c.block_out_channels[0],
-                flip_sin_to_cos: c.flip_sin_to_cos,
-                downscale_freq_shift: c.freq_shift as f32,
-                scale: 1.0,
-                max_period: 10000.0,
-            },
-            self.dtype,
-        )?;
-        let te = &self.time_embedding;
-        let emb = te.linear_2.forward(
-            ctx,
-            &te.linear_1.forward_act(ctx, &t_emb, Activation::Silu)?,
-        )?;
-        // Every resnet applies nonlinearity(temb) before its time_emb_proj: do it once.
-        let temb = elementwise::activation(ctx, &emb, Activation::Silu)?;
-
-        // 2. pre-process
-        let mut x = self.conv_in.forward(ctx, sample)?;
-        let conv_in = x.clone();
-
-        // 3. down
-        let mut res_samples = vec![x.clone()];
-        let mut down = Vec::new();
-        for blk in &self.down_blocks {
-            for (j, r) in blk.resnets.iter().enumerate() {
-                x = r.forward(ctx, &x, Some(&temb))?;
-                if let Some(a) = blk.attentions.get(j) {
-                    x = a.forward(ctx, &x, encoder_hidden_states)?;
-                }
-                res_samples.push(x.clone());
-            }
-            if let Some(d) = &blk.downsampler {
-                x = d.forward(ctx, &x)?;
-                res_samples.push(x.clone());
-            }
-            down.push(x.clone());
-        }
-
-        // 4. mid
-        let mid = match &self.mid_block {
-            Some(mb) => {
-                x = mb.resnets[0].forward(ctx, &x, Some(&temb))?;
-                for (a, r) in mb.attentions.iter().zip(&mb.resnets[1..]) {
-                    x = a.forward(ctx, &x, encoder_hidden_states)?;
-                    x = r.forward(ctx, &x, Some(&temb))?;
-                }
-                Some(x.clone())
-            }
-            None => None,
-        };
-
-        // 5. up: each resnet takes torch.cat([hidden_states, res_hidden_states], dim=1) with
-        // the skips popped from the end.
-        let mut up = Vec::new();
-        for blk in &self.up_blocks {
-            for (j, r) in blk.resnets.iter().enumerate() {
-                let skip = res_samples.pop().ok_or_else(|| {
-                    Error::shape(
-                        OP,
-                        "the up blocks consume more skips than the down blocks make",
-                    )
-                })?;
-                x = concat::concat(ctx, &[&x, &skip], 1)?;
-                x = r.forward(ctx, &x, Some(&temb))?;
-                if let Some(a) = blk.attentions.get(j) {
-                    x = a.forward(ctx, &x, encoder_hidden_states)?;
-                }
-            }
-            if let Some(u) = &blk.upsampler {
-                x = u.forward(ctx, &x)?;
-            }
-            up.push(x.clone());
-        }
-
-        // 6. post-process
-        let x = self.conv_norm_out.forward(ctx, &x, true)?;
-        let out = self.conv_out.forward(ctx, &x)?;
-        Ok(UNetOutput {
-            sample: out,
-            emb,
-            conv_in,
-            down,
-            mid,
-            up,
-        })
+        Ok(())
     }
 
     /// The context width of every cross-attention block.
@@ -391,9 +269,9 @@ impl UNet2DConditionModel {
     fn all_transformers(&self) -> impl Iterator<Item = &Transformer2DModel> {
         self.down_blocks
             .iter()
-            .flat_map(|b| &b.attentions)
+            .flat_map(|b| b.attentions())
             .chain(self.mid_block.iter().flat_map(|m| &m.attentions))
-            .chain(self.up_blocks.iter().flat_map(|b| &b.attentions))
+            .chain(self.up_blocks.iter().flat_map(|b| b.attentions()))
             .filter(|t| !t.transformer_blocks.is_empty())
     }
 }
