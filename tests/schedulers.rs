@@ -563,7 +563,17 @@ fn dpm_karras_on_the_zero_snr_schedule_matches_diffusers() {
             dpm.sigmas()
         );
         assert_finite_coefs(&format!("{steps} steps"), s.as_ref());
+        // Few steps land where the image forms: said, not silent.
+        let note = s
+            .note()
+            .expect("a note on Karras sigmas at zero terminal SNR");
+        assert!(
+            note.contains("4096") && note.contains(&format!("of the {steps} steps")),
+            "{note}"
+        );
     }
+    let plain = schedulers::build(SchedulerKind::DpmPp2M, &cfg, 10).unwrap();
+    assert_eq!(plain.note(), None);
 }
 
 /// The same schedule run on the device with the fixture's fake model: every step finite.

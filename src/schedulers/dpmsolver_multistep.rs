@@ -110,7 +110,7 @@ fn karras(r: &Resolved, train: &[f32], n: usize) -> Result<(Vec<f64>, Vec<i64>)>
         };
         let most = (2..n).rev().find(|&m| first_two(m)).unwrap_or(1);
         return Err(err(format!(
-            "DPMSolverMultistepScheduler: Karras sigmas from sigma_max {top} with {n} steps repeat \
+            "DPMSolverMultistepScheduler: Karras sigmas from sigma_max {top:.0} with {n} steps repeat \
              the first timestep ({ts:?}), which diffusers cannot step through: its txt2img loop \
              finds timestep {} at the second copy and runs past the last sigma (IndexError); \
              use at most {most} steps",
@@ -245,7 +245,7 @@ impl Scheduler for DPMSolverMultistepScheduler {
             let half = self.r.num_train_timesteps as i64 / 2;
             let low = self.timesteps_int.iter().filter(|&&t| t < half).count();
             format!(
-                "Karras sigmas on this zero-terminal-SNR schedule start at sigma {} (diffusers' \
+                "Karras sigmas on this zero-terminal-SNR schedule start at sigma {:.0} (diffusers' \
                  alphas_cumprod[-1] = 2**-24), so only {low} of the {} steps fall below timestep \
                  {half}, where the details form; with few there the image keeps visible noise \
                  (dpm++2m spaces its steps evenly)",
