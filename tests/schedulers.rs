@@ -288,7 +288,7 @@ fn ddim_eta_one_on_zero_snr_stays_finite() {
         let mut s = schedulers::ddim::DDIMScheduler::new(r.clone(), steps).unwrap();
         s.set_eta(1.0).unwrap();
         for i in 0..steps {
-            let c = s.coefs(i);
+            let c = s.step_coefs(i, 0);
             for (name, v) in [
                 ("b_x", c.b_x),
                 ("b_m", c.b_m),
@@ -299,7 +299,7 @@ fn ddim_eta_one_on_zero_snr_stays_finite() {
             }
         }
         // The first step (a = 0) keeps no direction term: all of x's variance is fresh noise.
-        let c0 = s.coefs(0);
+        let c0 = s.step_coefs(0, 0);
         assert!(c0.b_x.abs() < 1e-6 && c0.b_m.abs() < 1e-6, "{c0:?}");
     }
 }
@@ -382,7 +382,7 @@ fn bad_inputs_are_refused_with_clear_messages() {
     );
 
     let e = build_err(SchedulerKind::Ddim, "{}", 0);
-    assert!(e.contains("num_inference_steps") && e.contains('0'), "{e}");
+    assert!(e.contains("steps") && e.contains('0'), "{e}");
 
     let e = build_err(SchedulerKind::Euler, r#"{"beta_schedule": "sigmoid"}"#, 10);
     assert!(
@@ -475,4 +475,279 @@ fn bad_step_calls_are_refused() {
     m.step(c, &x, 0, &x, None).unwrap();
     let e = m.step(c, &x, 2, &x, None).unwrap_err().to_string();
     assert!(e.contains("in order"), "{e}");
+}
+
+/// The shipped model's scheduler config (zero terminal SNR, v_prediction, trailing).
+fn shipped_config() -> SchedulerConfig {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("weights/default/scheduler/scheduler_config.json");
+    SchedulerConfig::from_json(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Every coefficient of every step (both orders for the multistep solver) finite.
+fn assert_finite_coefs(what: &str, s: &dyn Scheduler) {
+    for i in 0..s.timesteps().len() {
+        for done in [0, 1] {
+            let c = s.step_coefs(i, done);
+            let vals = [c.a0, c.a1, c.b_x, c.b_x0, c.b_m, c.b_noise, c.b_prev];
+            assert!(
+                vals.iter().all(|v| v.is_finite()),
+                "{what}: step {i} (after {done}): {c:?}"
+            );
+        }
+    }
+}
+
+/// `--scheduler dpm++2m-karras` on the shipped model: diffusers sets alphas_cumprod[-1] = 2**-24
+/// so sigma_max is 4096, and the Karras ramp maps several sigmas to one rounded timestep.
+/// diffusers steps by index once it has found the first timestep, so later repeats are
+/// harmless and hoa runs them (15 and 20 steps were refused); a repeated *first* timestep is
+/// where diffusers' txt2img loop overruns its sigmas (21 steps and more), and hoa refuses it up
+/// front, saying why. Reference: tests/fixtures/schedulers/dpm_karras_zero_snr.json, diffusers'
+/// set_timesteps transcribed to numpy (tools/fixtures/dpm_karras_zero_snr.py).
+#[test]
+fn dpm_karras_on_the_zero_snr_schedule_matches_diffusers() {
+    let cfg = shipped_config();
+    let path = dir("schedulers").join("dpm_karras_zero_snr.json");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let cases = doc["cases"].as_array().unwrap();
+    assert!(cases.len() >= 5);
+    // The most steps diffusers' txt2img loop steps through (20 on this schedule: 21 repeats 999).
+    let through = |c: &serde_json::Value| c["txt2img_steps_through"].as_bool().unwrap();
+    let steps_of = |c: &serde_json::Value| c["steps"].as_u64().unwrap();
+    let most = cases
+        .iter()
+        .filter(|c| through(c))
+        .map(steps_of)
+        .max()
+        .unwrap();
+    assert!(cases.iter().any(|c| steps_of(c) == most + 1 && !through(c)));
+    for case in cases {
+        let steps = case["steps"].as_u64().unwrap() as usize;
+        let nums = |k: &str| -> Vec<f64> {
+            let v = case[k].as_array().unwrap();
+            v.iter().map(|x| x.as_f64().unwrap()).collect()
+        };
+        let built = schedulers::build(SchedulerKind::DpmPp2MKarras, &cfg, steps);
+        if !case["txt2img_steps_through"].as_bool().unwrap() {
+            let e = built
+                .err()
+                .expect("accepted a schedule diffusers overruns")
+                .to_string();
+            assert!(
+                e.contains("first timestep")
+                    && e.contains(&format!("{steps} steps"))
+                    && e.contains(&format!("at most {most} steps")),
+                "{steps} steps: {e}"
+            );
+            continue;
+        }
+        let s = built.unwrap_or_else(|e| panic!("{steps} steps refused: {e}"));
+        let want_ts: Vec<f32> = nums("timesteps").iter().map(|&t| t as f32).collect();
+        assert_eq!(s.timesteps(), &want_ts[..], "{steps} steps: timesteps");
+        assert!(
+            s.timesteps().windows(2).all(|w| w[0] >= w[1]),
+            "{steps} steps: timesteps must not increase"
+        );
+        let r = cfg.resolve(SchedulerKind::DpmPp2MKarras).unwrap();
+        let dpm = DPMSolverMultistepScheduler::new(r, steps).unwrap();
+        let want_sigmas: Vec<f32> = nums("sigmas").iter().map(|&v| v as f32).collect();
+        close_tables(
+            &format!("{steps} steps: sigmas"),
+            dpm.sigmas(),
+            &want_sigmas,
+        );
+        assert!(
+            dpm.sigmas().windows(2).all(|w| w[0] > w[1]),
+            "{steps} steps: sigmas must decrease strictly: {:?}",
+            dpm.sigmas()
+        );
+        assert_finite_coefs(&format!("{steps} steps"), s.as_ref());
+        // Few steps land where the image forms: said, not silent.
+        let note = s
+            .note()
+            .expect("a note on Karras sigmas at zero terminal SNR");
+        assert!(
+            note.contains("4096") && note.contains(&format!("of the {steps} steps")),
+            "{note}"
+        );
+    }
+    let plain = schedulers::build(SchedulerKind::DpmPp2M, &cfg, 10).unwrap();
+    assert_eq!(plain.note(), None);
+}
+
+/// The same schedule run on the device with the fixture's fake model: every step finite.
+#[test]
+fn dpm_karras_on_the_zero_snr_schedule_runs() {
+    let Some(c) = common::ctx() else { return };
+    let cfg = shipped_config();
+    let mut s = schedulers::build(SchedulerKind::DpmPp2MKarras, &cfg, 15).unwrap();
+    let n = 2 * 4 * 5 * 7;
+    let noise: Vec<f32> = (0..n)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    let shape = [2, 4, 5, 7];
+    let mut x = Tensor::from_f32(c, &noise, &shape, DType::F32).unwrap();
+    for i in 0..15 {
+        let xs = x.to_vec(c).unwrap();
+        let t = s.timesteps()[i];
+        let m: Vec<f32> = xs.iter().map(|&v| 0.5 * v + 0.1 * t / 1000.0).collect();
+        let m = Tensor::from_f32(c, &m, &shape, DType::F32).unwrap();
+        x = s.step(c, &m, i, &x, None).unwrap();
+    }
+    let out = x.to_vec(c).unwrap();
+    assert!(out.iter().all(|v| v.is_finite()), "{out:?}");
+}
+
+/// `scheduler_config.json` values no schedule can be built from: refused naming the file and
+/// the field, before any work.
+#[test]
+fn nonsensical_configs_are_refused_naming_the_field() {
+    let cases: &[(SchedulerKind, &str, usize, &str, &[&str])] = &[
+        (
+            SchedulerKind::Ddim,
+            r#"{"num_train_timesteps": 0}"#,
+            25,
+            "num_train_timesteps",
+            &["is 0"],
+        ),
+        (
+            SchedulerKind::Euler,
+            r#"{"num_train_timesteps": 1}"#,
+            1,
+            "num_train_timesteps",
+            &["is 1"],
+        ),
+        (
+            SchedulerKind::Euler,
+            r#"{"num_train_timesteps": 1000000000000}"#,
+            25,
+            "num_train_timesteps",
+            &["at most"],
+        ),
+        (
+            SchedulerKind::EulerAncestral,
+            r#"{"beta_start": 0.012, "beta_end": 0.00085, "beta_schedule": "scaled_linear"}"#,
+            25,
+            "beta_end",
+            &["0.00085", "below beta_start 0.012"],
+        ),
+        (
+            SchedulerKind::Ddim,
+            r#"{"beta_start": -0.001}"#,
+            25,
+            "beta_start",
+            &["-0.001", "[0, 1)"],
+        ),
+        (
+            SchedulerKind::DpmPp2M,
+            r#"{"beta_end": 1.5}"#,
+            25,
+            "beta_end",
+            &["1.5", "[0, 1)"],
+        ),
+        (
+            SchedulerKind::Lcm,
+            r#"{"beta_end": 1.0}"#,
+            4,
+            "beta_end",
+            &["is 1"],
+        ),
+        (
+            SchedulerKind::Ddim,
+            r#"{"num_train_timesteps": 3, "trained_betas": [0.1, -0.2, 0.3]}"#,
+            2,
+            "trained_betas",
+            &["[1] is -0.2"],
+        ),
+        (
+            SchedulerKind::Ddim,
+            r#"{"num_train_timesteps": 3, "trained_betas": [0.1, 0.2]}"#,
+            2,
+            "trained_betas",
+            &["2 values"],
+        ),
+        (
+            SchedulerKind::Euler,
+            r#"{"prediction_type": "flow"}"#,
+            10,
+            "prediction_type",
+            &["flow"],
+        ),
+        (
+            SchedulerKind::Ddim,
+            r#"{"beta_schedule": "sigmoid"}"#,
+            10,
+            "beta_schedule",
+            &["sigmoid", "scaled_linear"],
+        ),
+        (
+            SchedulerKind::DpmPp2MKarras,
+            r#"{"timestep_spacing": "uniform"}"#,
+            10,
+            "timestep_spacing",
+            &["uniform", "trailing"],
+        ),
+        (
+            SchedulerKind::Ddim,
+            r#"{"steps_offset": 5000}"#,
+            10,
+            "steps_offset",
+            &["5000"],
+        ),
+        (
+            SchedulerKind::Ddim,
+            r#"{"clip_sample": true, "clip_sample_range": 0}"#,
+            10,
+            "clip_sample_range",
+            &["positive"],
+        ),
+        (
+            SchedulerKind::Euler,
+            r#"{"use_karras_sigmas": true, "sigma_min": 10, "sigma_max": 1}"#,
+            10,
+            "sigma_max",
+            &["sigma_min"],
+        ),
+        (
+            SchedulerKind::Lcm,
+            r#"{"original_inference_steps": 0}"#,
+            4,
+            "original_inference_steps",
+            &["is 0"],
+        ),
+        // x0 = (x - sqrt(1 - a) eps) / sqrt(a) at a = 0: diffusers makes a NaN image.
+        (
+            SchedulerKind::Ddim,
+            r#"{"rescale_betas_zero_snr": true, "timestep_spacing": "trailing"}"#,
+            10,
+            "prediction_type",
+            &["rescale_betas_zero_snr", "v_prediction", "timestep 999"],
+        ),
+        // The heun update over the zero-length last step: 0 / 0 in diffusers too.
+        (
+            SchedulerKind::DpmPp2MKarras,
+            r#"{"solver_type": "heun", "final_sigmas_type": "sigma_min"}"#,
+            15,
+            "final_sigmas_type",
+            &["heun", "step 14 of 15"],
+        ),
+    ];
+    for &(kind, json, steps, field, words) in cases {
+        let e = build_err(kind, json, steps);
+        let head = format!("scheduler/scheduler_config.json: `{field}` ");
+        assert!(e.starts_with(&head), "{kind} {json}: {e}");
+        for w in words {
+            assert!(e.contains(w), "{kind} {json}: {w:?} not in {e}");
+        }
+    }
+    // More steps than training timesteps: the option, naming both numbers and the field.
+    let e = build_err(SchedulerKind::Ddim, r#"{"num_train_timesteps": 20}"#, 25);
+    assert!(
+        e.starts_with("steps: ")
+            && e.contains("25")
+            && e.contains("20")
+            && e.contains("num_train_timesteps"),
+        "{e}"
+    );
 }

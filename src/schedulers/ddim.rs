@@ -3,13 +3,11 @@
 //! with `std = eta sqrt((1 - a_prev) / (1 - a) (1 - a / a_prev))`: eta = 0 (the default) is
 //! the deterministic DDIM update, eta = 1 DDPM's variance.
 
-use super::{
-    alphas_cumprod, check_index, check_noise, check_timesteps, mix, np_arange, np_linspace,
-    PredictionType, Resolved, Scheduler, SchedulerKind, TimestepSpacing,
+use super::noise_schedule::{
+    alphas_cumprod, check_steps, check_timesteps, np_arange, np_linspace, x0_coefs,
 };
+use super::{PredictionType, Resolved, Scheduler, SchedulerKind, StepCoefs, TimestepSpacing};
 use crate::error::Result;
-use crate::gpu::{Context, Tensor};
-use crate::kernels::scheduler::{self as kernel, StepCoefs};
 
 /// The integer timesteps of `set_timesteps` shared by DDIM (and, with their own spacing
 /// rules, the others): `linspace` rounds half to even like numpy, `leading` adds
@@ -49,6 +47,7 @@ pub struct DDIMScheduler {
 
 impl DDIMScheduler {
     pub fn new(r: Resolved, num_inference_steps: usize) -> Result<Self> {
+        check_steps(&r, num_inference_steps)?;
         let ac = alphas_cumprod(&r, false)?;
         let final_alpha_cumprod = if r.set_alpha_to_one { 1.0 } else { ac[0] };
         let timesteps_int = ddim_timesteps(&r, num_inference_steps)?;
@@ -65,48 +64,6 @@ impl DDIMScheduler {
     /// The host-side alphas_cumprod (float32, as diffusers holds it).
     pub fn alphas_cumprod(&self) -> &[f32] {
         &self.alphas_cumprod
-    }
-
-    /// The scalars of step `i`.
-    pub fn coefs(&self, i: usize) -> StepCoefs {
-        let t = self.timesteps_int[i];
-        // diffusers: prev_timestep = timestep - num_train_timesteps // num_inference_steps,
-        // whatever the spacing.
-        let prev_t = t - (self.r.num_train_timesteps / self.timesteps.len()) as i64;
-        let a = self.alphas_cumprod[t as usize] as f64;
-        let a_prev = if prev_t >= 0 {
-            self.alphas_cumprod[prev_t as usize]
-        } else {
-            self.final_alpha_cumprod
-        } as f64;
-        let b = 1.0 - a;
-        let (sa, sb) = (a.sqrt(), b.sqrt());
-        let (a0, a1) = super::x0_coefs(self.r.prediction_type, sa, sb);
-        // pred_epsilon (from the unclipped prediction) = e_x * x + e_m * m.
-        let (e_x, e_m) = match self.r.prediction_type {
-            PredictionType::Epsilon => (0.0, 1.0),
-            PredictionType::Sample => (1.0 / sb, -sa / sb),
-            PredictionType::VPrediction => (sb, sa),
-        };
-        // diffusers' _get_variance and std_dev_t; eps comes from the unclipped prediction
-        // (use_clipped_model_output is False in its pipelines).
-        let variance = (1.0 - a_prev) / b * (1.0 - a / a_prev);
-        let std = self.eta * variance.sqrt();
-        // At eta = 1 on a zero-terminal-SNR schedule (a = 0 at t = 999) std^2 is 1 - a_prev, and
-        // rounding can leave the difference a hair below 0: diffusers takes its square root and
-        // returns NaN (an all-black image); its exact value there is 0.
-        let dir = (1.0 - a_prev - std * std).max(0.0).sqrt();
-        let range = self.r.clip_sample_range;
-        StepCoefs {
-            a0,
-            a1,
-            clip: self.r.clip_sample.then_some((-range, range)),
-            b_x: dir * e_x,
-            b_x0: a_prev.sqrt(),
-            b_m: dir * e_m,
-            b_noise: std,
-            ..Default::default()
-        }
     }
 }
 
@@ -133,30 +90,50 @@ impl Scheduler for DDIMScheduler {
         Ok(true)
     }
 
-    fn step(
-        &mut self,
-        ctx: &Context,
-        model_output: &Tensor,
-        i: usize,
-        sample: &Tensor,
-        noise: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        check_index("DDIMScheduler.step", i, self.timesteps.len())?;
-        check_noise(self.kind(), i, self.eta > 0.0, noise)?;
-        let c = self.coefs(i);
-        Ok(kernel::step(ctx, sample, model_output, noise, None, &c, false)?.0)
+    fn step_coefs(&self, i: usize, _done: usize) -> StepCoefs {
+        let t = self.timesteps_int[i];
+        // diffusers: prev_timestep = timestep - num_train_timesteps // num_inference_steps,
+        // whatever the spacing.
+        let prev_t = t - (self.r.num_train_timesteps / self.timesteps.len()) as i64;
+        let a = self.alphas_cumprod[t as usize] as f64;
+        let a_prev = if prev_t >= 0 {
+            self.alphas_cumprod[prev_t as usize]
+        } else {
+            self.final_alpha_cumprod
+        } as f64;
+        let b = 1.0 - a;
+        let (sa, sb) = (a.sqrt(), b.sqrt());
+        let (a0, a1) = x0_coefs(self.r.prediction_type, sa, sb);
+        // pred_epsilon (from the unclipped prediction) = e_x * x + e_m * m.
+        let (e_x, e_m) = match self.r.prediction_type {
+            PredictionType::Epsilon => (0.0, 1.0),
+            PredictionType::Sample => (1.0 / sb, -sa / sb),
+            PredictionType::VPrediction => (sb, sa),
+        };
+        // diffusers' _get_variance and std_dev_t; eps comes from the unclipped prediction
+        // (use_clipped_model_output is False in its pipelines).
+        let variance = (1.0 - a_prev) / b * (1.0 - a / a_prev);
+        let std = self.eta * variance.sqrt();
+        // At eta = 1 on a zero-terminal-SNR schedule (a = 0 at t = 999) std^2 is 1 - a_prev, and
+        // rounding can leave the difference a hair below 0: diffusers takes its square root and
+        // returns NaN (an all-black image); its exact value there is 0.
+        let dir = (1.0 - a_prev - std * std).max(0.0).sqrt();
+        let range = self.r.clip_sample_range;
+        StepCoefs {
+            a0,
+            a1,
+            clip: self.r.clip_sample.then_some((-range, range)),
+            b_x: dir * e_x,
+            b_x0: a_prev.sqrt(),
+            b_m: dir * e_m,
+            b_noise: std,
+            ..Default::default()
+        }
     }
 
-    fn add_noise(
-        &self,
-        ctx: &Context,
-        original: &Tensor,
-        noise: &Tensor,
-        i: usize,
-    ) -> Result<Tensor> {
-        check_index("DDIMScheduler.add_noise", i, self.timesteps.len())?;
+    fn add_noise_coefs(&self, i: usize) -> (f64, f64) {
         let a = self.alphas_cumprod[self.timesteps_int[i] as usize] as f64;
-        mix(ctx, original, noise, a.sqrt(), (1.0 - a).sqrt())
+        (a.sqrt(), (1.0 - a).sqrt())
     }
 
     fn kind(&self) -> SchedulerKind {

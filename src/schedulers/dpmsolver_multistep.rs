@@ -3,24 +3,21 @@
 //! optional Karras sigmas. The step's scalars follow diffusers' float32 torch arithmetic; the
 //! converted model output (x0) of each step is kept on the device for the next one.
 
+use super::noise_schedule::{
+    alphas_cumprod, check_steps, check_timesteps, karras_sigmas, log_f32, np_arange, np_interp,
+    np_linspace, sigma_to_t, train_sigmas, x0_coefs,
+};
 use super::{
-    alphas_cumprod, check_index, check_noise, check_timesteps, err, karras_sigmas, log_f32, mix,
-    np_arange, np_interp, np_linspace, sigma_to_t, train_sigmas, x0_coefs, BetaSchedule, Resolved,
-    Scheduler, SchedulerKind, TimestepSpacing,
+    err, BetaSchedule, History, Resolved, Scheduler, SchedulerKind, StepCoefs, TimestepSpacing,
 };
 use crate::error::Result;
-use crate::gpu::{Context, Tensor};
-use crate::kernels::scheduler::{self as kernel, StepCoefs};
 
 pub struct DPMSolverMultistepScheduler {
     r: Resolved,
     timesteps_int: Vec<i64>,
     timesteps: Vec<f32>,
     sigmas: Vec<f32>,
-    /// The previous step's x0 (diffusers' `model_outputs[-2]` once shifted).
-    prev_x0: Option<Tensor>,
-    lower_order_nums: usize,
-    last_step: Option<usize>,
+    history: History,
 }
 
 /// `_sigma_to_alpha_sigma_t` in float32: `alpha = 1 / sqrt(sigma^2 + 1)`, `sigma_t = sigma * alpha`.
@@ -33,72 +30,105 @@ fn lambda(a: f32, s: f32) -> f32 {
     a.ln() - s.ln()
 }
 
+/// `set_timesteps`' spaced integer timesteps, below the `lambda_min_clipped` cut.
+fn spaced_timesteps(r: &Resolved, ac: &[f32], n: usize) -> Result<Vec<i64>> {
+    let t = r.num_train_timesteps;
+    // clipped_idx = searchsorted(flip(lambda_t), lambda_min_clipped); -inf gives 0.
+    let clipped_idx = if r.lambda_min_clipped == f64::NEG_INFINITY {
+        0
+    } else {
+        let mut lam: Vec<f32> = ac
+            .iter()
+            .map(|&a| {
+                let at = a.sqrt();
+                let st = (1.0f32 - a).sqrt();
+                at.ln() - st.ln()
+            })
+            .collect();
+        lam.reverse();
+        lam.iter()
+            .position(|&l| l as f64 >= r.lambda_min_clipped)
+            .unwrap_or(lam.len())
+    };
+    let last_timestep = t - clipped_idx;
+    let ts: Vec<i64> = match r.timestep_spacing {
+        TimestepSpacing::Linspace => {
+            let v = np_linspace(0.0, last_timestep as f64 - 1.0, n + 1, true);
+            v.into_iter()
+                .rev()
+                .take(n)
+                .map(|x| x.round_ties_even() as i64)
+                .collect()
+        }
+        TimestepSpacing::Leading => {
+            let ratio = (last_timestep / (n + 1)) as i64;
+            (1..=n as i64)
+                .rev()
+                .map(|i| i * ratio + r.steps_offset as i64)
+                .collect()
+        }
+        TimestepSpacing::Trailing => np_arange(last_timestep as f64, 0.0, -(t as f64 / n as f64))
+            .into_iter()
+            .map(|x| x.round_ties_even() as i64 - 1)
+            .collect(),
+    };
+    check_timesteps(r, n, &ts.iter().map(|&v| v as f64).collect::<Vec<_>>())?;
+    Ok(ts)
+}
+
+/// `_sigma_to_t` of a Karras sigma as the int64 timestep: rounded, except for the cosine
+/// schedule, whose float t the int64 tensor truncates.
+fn karras_timestep(r: &Resolved, sigma: f64, log_sigmas: &[f32]) -> i64 {
+    let t = sigma_to_t(sigma, log_sigmas);
+    if r.beta_schedule == BetaSchedule::SquaredcosCapV2 {
+        t as i64
+    } else {
+        t.round_ties_even() as i64
+    }
+}
+
+/// `_convert_to_karras` from the training sigmas' ends (in_sigmas = flip(sigmas): sigma_min =
+/// sigmas[0], sigma_max = sigmas[-1]), and each sigma's timestep. Where the training sigmas
+/// rise steeply (zero terminal SNR: 2254 at t = 998, 4096 at 999) several Karras sigmas round
+/// to one timestep. diffusers steps by index once it has found the first timestep
+/// (`_init_step_index`), so a repeat further on is harmless; but a repeated first timestep is
+/// found at its second copy (`index_for_timestep`), and the loop overruns the sigmas.
+fn karras(r: &Resolved, train: &[f32], n: usize) -> Result<(Vec<f64>, Vec<i64>)> {
+    let log_sigmas = log_f32(train);
+    let top = train[train.len() - 1];
+    let (lo, hi) = (train[0] as f64, top as f64);
+    let s = karras_sigmas(lo, hi, n);
+    let ts: Vec<i64> = s
+        .iter()
+        .map(|&x| karras_timestep(r, x, &log_sigmas))
+        .collect();
+    if ts.len() > 1 && ts[0] == ts[1] {
+        // The largest step count whose first two timesteps differ.
+        let first_two = |m: usize| {
+            let s = karras_sigmas(lo, hi, m);
+            karras_timestep(r, s[0], &log_sigmas) != karras_timestep(r, s[1], &log_sigmas)
+        };
+        let most = (2..n).rev().find(|&m| first_two(m)).unwrap_or(1);
+        return Err(err(format!(
+            "DPMSolverMultistepScheduler: Karras sigmas from sigma_max {top:.0} with {n} steps repeat \
+             the first timestep ({ts:?}), which diffusers cannot step through: its txt2img loop \
+             finds timestep {} at the second copy and runs past the last sigma (IndexError); \
+             use at most {most} steps",
+            ts[0]
+        )));
+    }
+    Ok((s, ts))
+}
+
 impl DPMSolverMultistepScheduler {
     pub fn new(r: Resolved, n: usize) -> Result<Self> {
+        check_steps(&r, n)?;
         let ac = alphas_cumprod(&r, true)?;
-        let t = r.num_train_timesteps;
-        // clipped_idx = searchsorted(flip(lambda_t), lambda_min_clipped); -inf gives 0.
-        let clipped_idx = if r.lambda_min_clipped == f64::NEG_INFINITY {
-            0
-        } else {
-            let mut lam: Vec<f32> = ac
-                .iter()
-                .map(|&a| {
-                    let at = a.sqrt();
-                    let st = (1.0f32 - a).sqrt();
-                    at.ln() - st.ln()
-                })
-                .collect();
-            lam.reverse();
-            lam.iter()
-                .position(|&l| l as f64 >= r.lambda_min_clipped)
-                .unwrap_or(lam.len())
-        };
-        let last_timestep = t - clipped_idx;
-        let mut timesteps_int: Vec<i64> = match r.timestep_spacing {
-            TimestepSpacing::Linspace => {
-                let v = np_linspace(0.0, last_timestep as f64 - 1.0, n + 1, true);
-                v.into_iter()
-                    .rev()
-                    .take(n)
-                    .map(|x| x.round_ties_even() as i64)
-                    .collect()
-            }
-            TimestepSpacing::Leading => {
-                let ratio = last_timestep / (n + 1);
-                (1..=n)
-                    .rev()
-                    .map(|i| (i * ratio + r.steps_offset) as i64)
-                    .collect()
-            }
-            TimestepSpacing::Trailing => {
-                np_arange(last_timestep as f64, 0.0, -(t as f64 / n as f64))
-                    .into_iter()
-                    .map(|x| x.round_ties_even() as i64 - 1)
-                    .collect()
-            }
-        };
-        check_timesteps(
-            &r,
-            n,
-            &timesteps_int.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-        )?;
+        let mut timesteps_int = spaced_timesteps(&r, &ac, n)?;
         let train = train_sigmas(&ac);
         let mut sigmas: Vec<f64> = if r.use_karras_sigmas {
-            let log_sigmas = log_f32(&train);
-            // in_sigmas = flip(sigmas): sigma_min = sigmas[0], sigma_max = sigmas[-1].
-            let s = karras_sigmas(train[0] as f64, train[t - 1] as f64, n);
-            timesteps_int = s
-                .iter()
-                .map(|&x| {
-                    let tt = sigma_to_t(x, &log_sigmas);
-                    if r.beta_schedule == BetaSchedule::SquaredcosCapV2 {
-                        tt as i64
-                    } else {
-                        tt.round_ties_even() as i64
-                    }
-                })
-                .collect();
+            let (s, ts) = karras(&r, &train, n)?;
+            timesteps_int = ts;
             s
         } else {
             timesteps_int
@@ -112,23 +142,12 @@ impl DPMSolverMultistepScheduler {
             ((1.0f32 - ac[0]) / ac[0]).sqrt() as f64
         };
         sigmas.push(last);
-        let sigmas: Vec<f32> = sigmas.into_iter().map(|s| s as f32).collect();
-        if r.use_karras_sigmas && timesteps_int.windows(2).any(|w| w[0] == w[1]) {
-            // diffusers' index_for_timestep then starts at the second copy and overruns.
-            return Err(err(format!(
-                "DPMSolverMultistepScheduler: Karras sigmas with {n} steps repeat a timestep \
-                 ({timesteps_int:?}), which diffusers cannot step through; choose another number \
-                 of steps"
-            )));
-        }
         Ok(DPMSolverMultistepScheduler {
             timesteps: timesteps_int.iter().map(|&x| x as f32).collect(),
             timesteps_int,
-            sigmas,
+            sigmas: sigmas.into_iter().map(|s| s as f32).collect(),
             r,
-            prev_x0: None,
-            lower_order_nums: 0,
-            last_step: None,
+            history: History::default(),
         })
     }
 
@@ -149,11 +168,30 @@ impl DPMSolverMultistepScheduler {
             && (self.r.euler_at_final
                 || (self.r.lower_order_final && n < 15)
                 || self.r.final_sigmas_zero);
-        lower_order_nums < 1 || lower_order_final
+        // (i = 0 has no previous step, whatever `lower_order_nums` says.)
+        lower_order_nums < 1 || i == 0 || lower_order_final
+    }
+}
+
+impl Scheduler for DPMSolverMultistepScheduler {
+    fn timesteps(&self) -> &[f32] {
+        &self.timesteps
     }
 
-    /// The scalars of step `i` (`second`: the 2M update using the previous x0).
-    pub fn coefs(&self, i: usize, second: bool) -> StepCoefs {
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+
+    fn input_scale(&self, _i: usize) -> f32 {
+        1.0
+    }
+
+    fn needs_noise(&self, _i: usize) -> bool {
+        false
+    }
+
+    /// The first-order update, or the 2M one using the previous x0 once a step has run.
+    fn step_coefs(&self, i: usize, done: usize) -> StepCoefs {
         let (a_s0, s_s0) = alpha_sigma(self.sigmas[i]);
         let (a0, a1) = x0_coefs(self.r.prediction_type, a_s0 as f64, s_s0 as f64);
         let (a_t, s_t) = alpha_sigma(self.sigmas[i + 1]);
@@ -163,7 +201,7 @@ impl DPMSolverMultistepScheduler {
         let em1 = (-h).exp() - 1.0; // exp(-h) - 1
         let b_x = (s_t / s_s0) as f64;
         let d0 = -(a_t * em1) as f64;
-        if !second {
+        if self.first_order(i, done) {
             return StepCoefs {
                 a0,
                 a1,
@@ -190,66 +228,31 @@ impl DPMSolverMultistepScheduler {
             ..Default::default()
         }
     }
-}
 
-impl Scheduler for DPMSolverMultistepScheduler {
-    fn timesteps(&self) -> &[f32] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn input_scale(&self, _i: usize) -> f32 {
-        1.0
-    }
-
-    fn needs_noise(&self, _i: usize) -> bool {
-        false
-    }
-
-    fn step(
-        &mut self,
-        ctx: &Context,
-        model_output: &Tensor,
-        i: usize,
-        sample: &Tensor,
-        noise: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        check_index("DPMSolverMultistepScheduler.step", i, self.timesteps.len())?;
-        check_noise(self.kind(), i, false, noise)?;
-        if let Some(l) = self.last_step {
-            if i != l + 1 {
-                return Err(err(format!(
-                    "DPMSolverMultistepScheduler: steps must run in order; step {i} after step {l}"
-                )));
-            }
-        }
-        let second = !self.first_order(i, self.lower_order_nums);
-        let c = self.coefs(i, second);
-        let prev = if second { self.prev_x0.as_ref() } else { None };
-        let (out, x0) = kernel::step(ctx, sample, model_output, None, prev, &c, true)?;
-        self.prev_x0 = x0;
-        self.lower_order_nums = (self.lower_order_nums + 1).min(2);
-        self.last_step = Some(i);
-        Ok(out)
-    }
-
-    fn add_noise(
-        &self,
-        ctx: &Context,
-        original: &Tensor,
-        noise: &Tensor,
-        i: usize,
-    ) -> Result<Tensor> {
-        check_index(
-            "DPMSolverMultistepScheduler.add_noise",
-            i,
-            self.timesteps.len(),
-        )?;
+    fn add_noise_coefs(&self, i: usize) -> (f64, f64) {
         let (a, s) = alpha_sigma(self.sigmas[i]);
-        mix(ctx, original, noise, a as f64, s as f64)
+        (a as f64, s as f64)
+    }
+
+    fn history(&mut self) -> Option<&mut History> {
+        Some(&mut self.history)
+    }
+
+    /// Karras sigmas on a zero-terminal-SNR schedule start at 4096, not ~15: the rho = 7 ramp
+    /// then spends most steps at near-pure noise (diffusers does the same).
+    fn note(&self) -> Option<String> {
+        (self.r.use_karras_sigmas && self.r.rescale_betas_zero_snr).then(|| {
+            let half = self.r.num_train_timesteps as i64 / 2;
+            let low = self.timesteps_int.iter().filter(|&&t| t < half).count();
+            format!(
+                "Karras sigmas on this zero-terminal-SNR schedule start at sigma {:.0} (diffusers' \
+                 alphas_cumprod[-1] = 2**-24), so only {low} of the {} steps fall below timestep \
+                 {half}, where the details form; with few there the image keeps visible noise \
+                 (dpm++2m spaces its steps evenly)",
+                self.sigmas[0],
+                self.timesteps.len()
+            )
+        })
     }
 
     fn kind(&self) -> SchedulerKind {

@@ -2,13 +2,9 @@
 //! Euler step to `sigma_down`, then fresh noise of std `sigma_up` (drawn at every step).
 
 use super::euler_discrete::{euler_init_noise_sigma, euler_timesteps, euler_x0};
-use super::{
-    alphas_cumprod, check_index, check_noise, mix, np_interp, train_sigmas, Resolved, Scheduler,
-    SchedulerKind,
-};
+use super::noise_schedule::{alphas_cumprod, check_steps, np_interp, train_sigmas};
+use super::{Resolved, Scheduler, SchedulerKind, StepCoefs};
 use crate::error::Result;
-use crate::gpu::{Context, Tensor};
-use crate::kernels::scheduler::{self as kernel, StepCoefs};
 
 pub struct EulerAncestralDiscreteScheduler {
     r: Resolved,
@@ -19,6 +15,7 @@ pub struct EulerAncestralDiscreteScheduler {
 
 impl EulerAncestralDiscreteScheduler {
     pub fn new(r: Resolved, n: usize) -> Result<Self> {
+        check_steps(&r, n)?;
         let ac = alphas_cumprod(&r, true)?;
         let timesteps = euler_timesteps(&r, n)?;
         let train = train_sigmas(&ac);
@@ -37,22 +34,6 @@ impl EulerAncestralDiscreteScheduler {
 
     pub fn sigmas(&self) -> &[f32] {
         &self.sigmas
-    }
-
-    pub fn coefs(&self, i: usize) -> StepCoefs {
-        let (from, to) = (self.sigmas[i] as f64, self.sigmas[i + 1] as f64);
-        let up = (to * to * (from * from - to * to) / (from * from)).sqrt();
-        let down = (to * to - up * up).max(0.0).sqrt();
-        let (a0, a1) = euler_x0(self.r.prediction_type, from);
-        let dt = down - from;
-        StepCoefs {
-            a0,
-            a1,
-            b_x: 1.0 + dt / from,
-            b_x0: -dt / from,
-            b_noise: up,
-            ..Default::default()
-        }
     }
 }
 
@@ -75,37 +56,24 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
         true
     }
 
-    fn step(
-        &mut self,
-        ctx: &Context,
-        model_output: &Tensor,
-        i: usize,
-        sample: &Tensor,
-        noise: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        check_index(
-            "EulerAncestralDiscreteScheduler.step",
-            i,
-            self.timesteps.len(),
-        )?;
-        check_noise(self.kind(), i, true, noise)?;
-        let c = self.coefs(i);
-        Ok(kernel::step(ctx, sample, model_output, noise, None, &c, false)?.0)
+    fn step_coefs(&self, i: usize, _done: usize) -> StepCoefs {
+        let (from, to) = (self.sigmas[i] as f64, self.sigmas[i + 1] as f64);
+        let up = (to * to * (from * from - to * to) / (from * from)).sqrt();
+        let down = (to * to - up * up).max(0.0).sqrt();
+        let (a0, a1) = euler_x0(self.r.prediction_type, from);
+        let dt = down - from;
+        StepCoefs {
+            a0,
+            a1,
+            b_x: 1.0 + dt / from,
+            b_x0: -dt / from,
+            b_noise: up,
+            ..Default::default()
+        }
     }
 
-    fn add_noise(
-        &self,
-        ctx: &Context,
-        original: &Tensor,
-        noise: &Tensor,
-        i: usize,
-    ) -> Result<Tensor> {
-        check_index(
-            "EulerAncestralDiscreteScheduler.add_noise",
-            i,
-            self.timesteps.len(),
-        )?;
-        mix(ctx, original, noise, 1.0, self.sigmas[i] as f64)
+    fn add_noise_coefs(&self, i: usize) -> (f64, f64) {
+        (1.0, self.sigmas[i] as f64)
     }
 
     fn kind(&self) -> SchedulerKind {

@@ -2,14 +2,12 @@
 //! step of the probability-flow ODE in sigma, `prev = x + (x - x0) / sigma * (sigma_next - sigma)`,
 //! with linear sigma interpolation and optional Karras sigmas.
 
-use super::{
-    alphas_cumprod, check_index, check_noise, check_timesteps, karras_sigmas, log_f32, mix,
-    np_arange, np_interp, np_linspace, sigma_to_t, train_sigmas, PredictionType, Resolved,
-    Scheduler, SchedulerKind, TimestepSpacing,
+use super::noise_schedule::{
+    alphas_cumprod, check_steps, check_timesteps, karras_sigmas, log_f32, np_arange, np_interp,
+    np_linspace, sigma_to_t, train_sigmas,
 };
+use super::{PredictionType, Resolved, Scheduler, SchedulerKind, StepCoefs, TimestepSpacing};
 use crate::error::Result;
-use crate::gpu::{Context, Tensor};
-use crate::kernels::scheduler::{self as kernel, StepCoefs};
 
 /// The float32 timesteps of Euler-style `set_timesteps` (before any Karras conversion).
 pub(crate) fn euler_timesteps(r: &Resolved, n: usize) -> Result<Vec<f32>> {
@@ -66,6 +64,7 @@ pub struct EulerDiscreteScheduler {
 
 impl EulerDiscreteScheduler {
     pub fn new(r: Resolved, n: usize) -> Result<Self> {
+        check_steps(&r, n)?;
         let ac = alphas_cumprod(&r, true)?;
         let mut timesteps = euler_timesteps(&r, n)?;
         let train = train_sigmas(&ac);
@@ -102,20 +101,6 @@ impl EulerDiscreteScheduler {
     pub fn sigmas(&self) -> &[f32] {
         &self.sigmas
     }
-
-    pub fn coefs(&self, i: usize) -> StepCoefs {
-        let sigma = self.sigmas[i] as f64;
-        // gamma = 0 (s_churn = 0): sigma_hat = sigma.
-        let (a0, a1) = euler_x0(self.r.prediction_type, sigma);
-        let dt = (self.sigmas[i + 1] - self.sigmas[i]) as f64;
-        StepCoefs {
-            a0,
-            a1,
-            b_x: 1.0 + dt / sigma,
-            b_x0: -dt / sigma,
-            ..Default::default()
-        }
-    }
 }
 
 impl Scheduler for EulerDiscreteScheduler {
@@ -136,29 +121,22 @@ impl Scheduler for EulerDiscreteScheduler {
         false
     }
 
-    fn step(
-        &mut self,
-        ctx: &Context,
-        model_output: &Tensor,
-        i: usize,
-        sample: &Tensor,
-        noise: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        check_index("EulerDiscreteScheduler.step", i, self.timesteps.len())?;
-        check_noise(self.kind(), i, false, noise)?;
-        let c = self.coefs(i);
-        Ok(kernel::step(ctx, sample, model_output, None, None, &c, false)?.0)
+    fn step_coefs(&self, i: usize, _done: usize) -> StepCoefs {
+        let sigma = self.sigmas[i] as f64;
+        // gamma = 0 (s_churn = 0): sigma_hat = sigma.
+        let (a0, a1) = euler_x0(self.r.prediction_type, sigma);
+        let dt = (self.sigmas[i + 1] - self.sigmas[i]) as f64;
+        StepCoefs {
+            a0,
+            a1,
+            b_x: 1.0 + dt / sigma,
+            b_x0: -dt / sigma,
+            ..Default::default()
+        }
     }
 
-    fn add_noise(
-        &self,
-        ctx: &Context,
-        original: &Tensor,
-        noise: &Tensor,
-        i: usize,
-    ) -> Result<Tensor> {
-        check_index("EulerDiscreteScheduler.add_noise", i, self.timesteps.len())?;
-        mix(ctx, original, noise, 1.0, self.sigmas[i] as f64)
+    fn add_noise_coefs(&self, i: usize) -> (f64, f64) {
+        (1.0, self.sigmas[i] as f64)
     }
 
     fn kind(&self) -> SchedulerKind {

@@ -2,13 +2,9 @@
 //! `denoised = c_out * x0 + c_skip * x`, re-noised to the next timestep with fresh noise (every
 //! step but the last).
 
-use super::{
-    alphas_cumprod, check_index, check_noise, err, mix, np_linspace, Resolved, Scheduler,
-    SchedulerKind,
-};
-use crate::error::Result;
-use crate::gpu::{Context, Tensor};
-use crate::kernels::scheduler::{self as kernel, StepCoefs};
+use super::noise_schedule::{alphas_cumprod, check_steps, np_linspace, x0_coefs};
+use super::{Resolved, Scheduler, SchedulerKind, StepCoefs, CONFIG_FILE};
+use crate::error::{Error, Result};
 
 pub struct LCMScheduler {
     r: Resolved,
@@ -20,21 +16,21 @@ pub struct LCMScheduler {
 
 impl LCMScheduler {
     pub fn new(r: Resolved, n: usize) -> Result<Self> {
+        check_steps(&r, n)?;
         let ac = alphas_cumprod(&r, false)?;
         let t = r.num_train_timesteps;
         let orig = r.original_inference_steps;
         if orig == 0 || orig > t {
-            return Err(err(format!(
-                "LCMScheduler: original_inference_steps {orig} must be in 1..={t} \
-                 (num_train_timesteps)"
-            )));
+            r.validate()?; // names the field
         }
         if n > orig {
-            return Err(err(format!(
-                "LCMScheduler: num_inference_steps {n} cannot be larger than \
-                 original_inference_steps {orig}: the schedule is a subset of the \
-                 {orig}-step one"
-            )));
+            return Err(Error::invalid(
+                "steps",
+                format!(
+                    "LCMScheduler takes at most original_inference_steps ({orig} in \
+                     {CONFIG_FILE}) steps, got {n}: its schedule is a subset of the {orig}-step one"
+                ),
+            ));
         }
         // strength = 1: lcm_origin_timesteps = [1..=orig] * k - 1, reversed.
         let k = t / orig;
@@ -49,42 +45,6 @@ impl LCMScheduler {
             final_alpha_cumprod,
             r,
         })
-    }
-
-    pub fn coefs(&self, i: usize) -> StepCoefs {
-        let n = self.timesteps.len();
-        let t = self.timesteps_int[i];
-        let prev_t = if i + 1 < n {
-            self.timesteps_int[i + 1]
-        } else {
-            t
-        };
-        let a = self.alphas_cumprod[t as usize] as f64;
-        let a_prev = if prev_t >= 0 {
-            self.alphas_cumprod[prev_t as usize]
-        } else {
-            self.final_alpha_cumprod
-        } as f64;
-        // get_scalings_for_boundary_condition_discrete, sigma_data = 0.5.
-        let st = t as f64 * self.r.timestep_scaling;
-        let c_skip = 0.25 / (st * st + 0.25);
-        let c_out = st / (st * st + 0.25).sqrt();
-        let (a0, a1) = super::x0_coefs(self.r.prediction_type, a.sqrt(), (1.0 - a).sqrt());
-        let range = self.r.clip_sample_range;
-        let (scale, noise) = if i + 1 < n {
-            (a_prev.sqrt(), (1.0 - a_prev).sqrt())
-        } else {
-            (1.0, 0.0)
-        };
-        StepCoefs {
-            a0,
-            a1,
-            clip: self.r.clip_sample.then_some((-range, range)),
-            b_x: scale * c_skip,
-            b_x0: scale * c_out,
-            b_noise: noise,
-            ..Default::default()
-        }
     }
 }
 
@@ -105,30 +65,45 @@ impl Scheduler for LCMScheduler {
         i + 1 < self.timesteps.len()
     }
 
-    fn step(
-        &mut self,
-        ctx: &Context,
-        model_output: &Tensor,
-        i: usize,
-        sample: &Tensor,
-        noise: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        check_index("LCMScheduler.step", i, self.timesteps.len())?;
-        check_noise(self.kind(), i, self.needs_noise(i), noise)?;
-        let c = self.coefs(i);
-        Ok(kernel::step(ctx, sample, model_output, noise, None, &c, false)?.0)
+    fn step_coefs(&self, i: usize, _done: usize) -> StepCoefs {
+        let n = self.timesteps.len();
+        let t = self.timesteps_int[i];
+        let prev_t = if i + 1 < n {
+            self.timesteps_int[i + 1]
+        } else {
+            t
+        };
+        let a = self.alphas_cumprod[t as usize] as f64;
+        let a_prev = if prev_t >= 0 {
+            self.alphas_cumprod[prev_t as usize]
+        } else {
+            self.final_alpha_cumprod
+        } as f64;
+        // get_scalings_for_boundary_condition_discrete, sigma_data = 0.5.
+        let st = t as f64 * self.r.timestep_scaling;
+        let c_skip = 0.25 / (st * st + 0.25);
+        let c_out = st / (st * st + 0.25).sqrt();
+        let (a0, a1) = x0_coefs(self.r.prediction_type, a.sqrt(), (1.0 - a).sqrt());
+        let range = self.r.clip_sample_range;
+        let (scale, noise) = if i + 1 < n {
+            (a_prev.sqrt(), (1.0 - a_prev).sqrt())
+        } else {
+            (1.0, 0.0)
+        };
+        StepCoefs {
+            a0,
+            a1,
+            clip: self.r.clip_sample.then_some((-range, range)),
+            b_x: scale * c_skip,
+            b_x0: scale * c_out,
+            b_noise: noise,
+            ..Default::default()
+        }
     }
 
-    fn add_noise(
-        &self,
-        ctx: &Context,
-        original: &Tensor,
-        noise: &Tensor,
-        i: usize,
-    ) -> Result<Tensor> {
-        check_index("LCMScheduler.add_noise", i, self.timesteps.len())?;
+    fn add_noise_coefs(&self, i: usize) -> (f64, f64) {
         let a = self.alphas_cumprod[self.timesteps_int[i] as usize] as f64;
-        mix(ctx, original, noise, a.sqrt(), (1.0 - a).sqrt())
+        (a.sqrt(), (1.0 - a).sqrt())
     }
 
     fn kind(&self) -> SchedulerKind {
