@@ -84,6 +84,7 @@ fn pick<T: Copy>(
 fn why(e: Error) -> String {
     match e {
         Error::Scheduler(m) | Error::Checkpoint(m) => m,
+        Error::InvalidOption { why, .. } => why,
         e => e.to_string(),
     }
 }
@@ -185,11 +186,13 @@ fn resolve_steps(req: &Request, model: &ModelInfo) -> Result<usize> {
     Ok(steps as usize)
 }
 
+/// The scheduler and what the user should know about it (a fallback for a folder's scheduler
+/// hoa lacks, a schedule that leaves few steps where the image forms).
 fn resolve_scheduler(
     req: &Request,
     model: &ModelInfo,
     steps: usize,
-) -> Result<(SchedulerKind, Option<String>)> {
+) -> Result<(SchedulerKind, Vec<String>)> {
     let (kind, note) = match &req.scheduler {
         Some(name) => {
             let k = name
@@ -200,14 +203,17 @@ fn resolve_scheduler(
         None => model.scheduler_choice(),
     };
     // Building it checks the config and the timesteps for this many steps.
-    schedulers::build(kind, &model.scheduler, steps).map_err(|e| {
-        let what = match &req.scheduler {
-            Some(_) => format!("{} {}", req.name("scheduler"), kind.name()),
-            None => format!("the model's scheduler ({})", kind.name()),
-        };
-        Error::invalid(format!("{what} with {steps} steps"), why(e))
+    let sched = schedulers::build(kind, &model.scheduler, steps).map_err(|e| match e {
+        Error::Config { .. } => e,
+        e => {
+            let what = match &req.scheduler {
+                Some(_) => format!("{} {}", req.name("scheduler"), kind.name()),
+                None => format!("the model's scheduler ({})", kind.name()),
+            };
+            Error::invalid(format!("{what} with {} {steps}", req.name("steps")), why(e))
+        }
     })?;
-    Ok((kind, note))
+    Ok((kind, note.into_iter().chain(sched.note()).collect()))
 }
 
 fn check_scale(v: f64, src: &Source) -> Result<()> {
