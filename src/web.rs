@@ -174,10 +174,10 @@ impl Hoa {
     /// The prompt as the loaded model will read it with `upsample` on: its hoa.json
     /// `prompt_upsampling` applied (as `hoa generate` does unless `--no-upsample`); unchanged
     /// when the model has none.
-    pub fn upsample(&self, prompt: String) -> String {
+    pub fn upsample(&self, prompt: String) -> Result<String, JsError> {
         match self.upsampling.borrow().as_ref() {
-            Some(u) => u.upsample(&prompt),
-            None => prompt,
+            Some(u) => u.upsample(&prompt).map_err(js_err),
+            None => Ok(prompt),
         }
     }
 
@@ -215,10 +215,9 @@ impl Hoa {
         let model = self.model.borrow().clone();
         let busy = self.busy.clone();
         let last = self.last.clone();
-        let upsampled = upsample
-            .then(|| self.upsample(prompt.clone()))
-            .filter(|u| *u != prompt);
+        let upsampled = upsample.then(|| self.upsample(prompt.clone())).transpose();
         wasm_bindgen_futures::future_to_promise(async move {
+            let upsampled = upsampled?.filter(|u| *u != prompt);
             let pipe = slot
                 .borrow()
                 .clone()

@@ -309,7 +309,10 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
 
     let mut written = Vec::new();
     for (j, prompt) in prompts.iter().enumerate() {
-        opts.prompt = upsampling.map_or_else(|| prompt.clone(), |u| u.upsample(prompt));
+        opts.prompt = match upsampling {
+            Some(u) => u.upsample(prompt)?,
+            None => prompt.clone(),
+        };
         let upsampled = (opts.prompt != *prompt).then(|| opts.prompt.clone());
         if let Some(u) = &upsampled {
             eprintln!("upsampled prompt (--no-upsample to use it as typed): {u}");
