@@ -258,16 +258,22 @@ impl Tokenizer {
 }
 
 /// The unknown-word id: `model.unk_token` (WordLevel, WordPiece, BPE) or `model.unk_id`
-/// (Unigram); none when the model has no unknown token (a byte-level BPE without one).
+/// (Unigram); none when the model has no unknown token (a byte-level BPE without one). Read
+/// with a typed pass that skips the vocabulary rather than building it as JSON values again.
 fn unk_id(tokenizer_json: &[u8], inner: &tokenizers::Tokenizer) -> Option<u32> {
-    let json: Value = serde_json::from_slice(tokenizer_json).ok()?;
-    let model = json.get("model")?;
-    match model.get("unk_token").and_then(Value::as_str) {
-        Some(name) => inner.token_to_id(name),
-        None => model
-            .get("unk_id")
-            .and_then(Value::as_u64)
-            .and_then(|i| u32::try_from(i).ok()),
+    #[derive(serde::Deserialize)]
+    struct File {
+        model: Model,
+    }
+    #[derive(serde::Deserialize)]
+    struct Model {
+        unk_token: Option<String>,
+        unk_id: Option<u32>,
+    }
+    let model = serde_json::from_slice::<File>(tokenizer_json).ok()?.model;
+    match model.unk_token {
+        Some(name) => inner.token_to_id(&name),
+        None => model.unk_id,
     }
 }
 
