@@ -348,15 +348,25 @@ mod tests {
         Tokenizer::from_bytes(&json, Some(&config), 80).unwrap()
     }
 
-    /// A CLIP byte-level BPE (the tiny fixture vocabulary: every byte, a few merges).
-    fn clip() -> Tokenizer {
+    /// CLIP byte-level BPEs (the tiny fixture vocabulary: every byte, a few merges): built
+    /// from vocab.json + merges.txt, and as transformers saved it (pipeline_tiny).
+    fn clips() -> [Tokenizer; 2] {
         let json = clip_tokenizer_json(
             &read("tests/fixtures/clip_tokenizer_files/vocab.json"),
             &read("tests/fixtures/clip_tokenizer_files/merges.txt"),
         )
         .unwrap();
         let config = br#"{"pad_token": "<|endoftext|>", "model_max_length": 77}"#;
-        Tokenizer::from_bytes(&json, Some(config), 77).unwrap()
+        let saved = "tests/fixtures/pipeline_tiny/tokenizer";
+        [
+            Tokenizer::from_bytes(&json, Some(config), 77).unwrap(),
+            Tokenizer::from_bytes(
+                &read(&format!("{saved}/tokenizer.json")),
+                Some(&read(&format!("{saved}/tokenizer_config.json"))),
+                77,
+            )
+            .unwrap(),
+        ]
     }
 
     #[test]
@@ -414,32 +424,30 @@ mod tests {
     /// token `<|endoftext|>` also closes every prompt, which must not be reported.
     #[test]
     fn a_byte_level_bpe_knows_every_word() {
-        let t = clip();
-        assert!(
-            t.unk_id.is_some(),
-            "CLIP's tokenizer.json names an unk_token"
-        );
-        for prompt in [
-            "a cat",
-            "một con mèo",
-            "一只猫",
-            "a 🐱 star",
-            "<|endoftext|> x",
-            "",
-        ] {
-            assert_eq!(
-                t.unknown_words(prompt).unwrap(),
-                Vec::<String>::new(),
-                "{prompt:?}"
+        for t in clips() {
+            assert!(
+                t.unk_id.is_some(),
+                "CLIP's tokenizer.json names an unk_token"
             );
+            for prompt in [
+                "a cat",
+                "một con mèo",
+                "一只猫",
+                "a 🐱 star",
+                "<|endoftext|> x",
+                "",
+            ] {
+                let none: Vec<String> = Vec::new();
+                assert_eq!(t.unknown_words(prompt).unwrap(), none, "{prompt:?}");
+            }
+            assert_eq!(
+                t.unknown_words_warning("a 🐱 cat", "the prompt").unwrap(),
+                None
+            );
+            assert_eq!(t.known_words(KNOWN_WORDS_LISTED), None, "562 entries");
+            assert!(t.known_words(1000).is_some_and(|w| w.len() == 560));
+            let w = t.unknown_words_warning("", "the prompt").unwrap().unwrap();
+            assert!(w.starts_with("the prompt is empty"), "{w}");
         }
-        assert_eq!(
-            t.unknown_words_warning("a 🐱 cat", "the prompt").unwrap(),
-            None
-        );
-        assert_eq!(t.known_words(KNOWN_WORDS_LISTED), None, "562 entries");
-        assert!(t.known_words(1000).is_some_and(|w| w.len() == 560));
-        let w = t.unknown_words_warning("", "the prompt").unwrap().unwrap();
-        assert!(w.starts_with("the prompt is empty"), "{w}");
     }
 }
