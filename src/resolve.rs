@@ -166,7 +166,10 @@ fn upsample(req: &Request, model: &ModelInfo, prompt: &str) -> Result<(Option<St
     let rules = model.defaults.prompt_upsampling.as_ref();
     match rules.filter(|_| req.upsample != Some(false)) {
         Some(u) => {
-            let text = u.upsample(prompt);
+            let text = u.upsample(prompt).map_err(|e| match e {
+                Error::InvalidOption { why, .. } => Error::invalid(req.name("prompt"), why),
+                e => e,
+            })?;
             Ok(((text != prompt).then(|| text.clone()), text))
         }
         None => Ok((None, prompt.to_string())),

@@ -4,13 +4,22 @@
 
 use crate::error::{Error, Result};
 use serde_json::Value;
+use std::collections::HashSet;
 use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, TruncationParams};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     max_length: usize,
     pad_id: u32,
+    /// The id the model gives a word it does not know (`model.unk_token` / `unk_id`).
+    unk_id: Option<u32>,
+    /// The added tokens marked special (`<pad>`, `</s>`, `<|endoftext|>`, ...).
+    special: HashSet<u32>,
 }
+
+/// A vocabulary of at most this many entries (special tokens aside) is listed in
+/// [`Tokenizer::unknown_words_warning`]; CLIP's 49408 are not.
+pub const KNOWN_WORDS_LISTED: usize = 200;
 
 /// One tokenized prompt, always `max_length` ids long.
 #[derive(Clone, Debug)]
@@ -75,10 +84,19 @@ impl Tokenizer {
                         .into(),
                 )),
             };
+        let special = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
+        let unk_id = unk_id(tokenizer_json, &inner);
         Ok(Tokenizer {
             inner,
             max_length,
             pad_id,
+            unk_id,
+            special,
         })
     }
 
@@ -92,6 +110,91 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// The words of `text` the model does not know, as typed (each once, in order): the spans
+    /// whose token is the model's unknown token, and not a special token the tokenizer added
+    /// (CLIP's unknown token is `<|endoftext|>`, which also closes every prompt). A byte-level
+    /// BPE (CLIP) knows every byte, so it finds none.
+    pub fn unknown_words(&self, text: &str) -> Result<Vec<String>> {
+        let Some(unk) = self.unk_id else {
+            return Ok(Vec::new());
+        };
+        let err = |e: tokenizers::Error| Error::Checkpoint(format!("tokenizing the prompt: {e}"));
+        let mut tk = self.inner.clone();
+        tk.with_padding(None);
+        tk.with_truncation(None).map_err(err)?;
+        let enc = tk.encode(text, true).map_err(err)?;
+        let mut out: Vec<String> = Vec::new();
+        for ((&id, &special), &(start, end)) in enc
+            .get_ids()
+            .iter()
+            .zip(enc.get_special_tokens_mask())
+            .zip(enc.get_offsets())
+        {
+            let Some(word) = text.get(start..end) else {
+                continue;
+            };
+            // A special token typed as such ("<unk>") is not an unknown word.
+            let typed_special = tk
+                .token_to_id(word)
+                .is_some_and(|i| self.special.contains(&i));
+            let unknown = id == unk && special == 0 && !word.is_empty() && !typed_special;
+            if unknown && !out.iter().any(|w| w == word) {
+                out.push(word.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The vocabulary (special tokens aside), sorted, when it has at most `limit` entries: a
+    /// model trained on a small closed language (hoa's shipped one knows 60 words) can say
+    /// what it understands; none for a large one.
+    pub fn known_words(&self, limit: usize) -> Option<Vec<String>> {
+        let size = self.inner.get_vocab_size(false);
+        if size.saturating_sub(self.special.len()) > limit {
+            return None;
+        }
+        let mut words: Vec<String> = self
+            .inner
+            .get_vocab(false)
+            .into_iter()
+            .filter(|(_, id)| !self.special.contains(id) && Some(*id) != self.unk_id)
+            .map(|(w, _)| w)
+            .collect();
+        words.sort();
+        (words.len() <= limit).then_some(words)
+    }
+
+    /// The one warning the CLI, the page and the server print about `text` (`what` names it:
+    /// "the prompt"): the words the model does not know and, for a small vocabulary, the words
+    /// it does; or that the text is empty (the image is then unconditional; an empty negative
+    /// prompt is the usual default, so call this for it only when it is not empty). None when
+    /// the model knows every word.
+    pub fn unknown_words_warning(&self, text: &str, what: &str) -> Result<Option<String>> {
+        if text.trim().is_empty() {
+            return Ok(Some(format!(
+                "{what} is empty, so the image is unconditional (whatever the model draws \
+                 when told nothing)"
+            )));
+        }
+        let words = self.unknown_words(text)?;
+        if words.is_empty() {
+            return Ok(None);
+        }
+        let quoted: Vec<String> = words.iter().map(|w| format!("\"{w}\"")).collect();
+        let unk = self
+            .unk_id
+            .and_then(|id| self.inner.id_to_token(id))
+            .unwrap_or_default();
+        let mut msg = format!(
+            "{what} has words this model does not know: {} (each is read as {unk})",
+            quoted.join(", ")
+        );
+        if let Some(known) = self.known_words(KNOWN_WORDS_LISTED) {
+            msg += &format!("; its vocabulary: {}", known.join(" "));
+        }
+        Ok(Some(msg))
     }
 
     /// Tokenizes `text` to exactly `max_length` ids: special tokens added, truncated (keeping
@@ -154,6 +257,26 @@ impl Tokenizer {
     }
 }
 
+/// The unknown-word id: `model.unk_token` (WordLevel, WordPiece, BPE) or `model.unk_id`
+/// (Unigram); none when the model has no unknown token (a byte-level BPE without one). Read
+/// with a typed pass that skips the vocabulary rather than building it as JSON values again.
+fn unk_id(tokenizer_json: &[u8], inner: &tokenizers::Tokenizer) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        model: Model,
+    }
+    #[derive(serde::Deserialize)]
+    struct Model {
+        unk_token: Option<String>,
+        unk_id: Option<u32>,
+    }
+    let model = serde_json::from_slice::<File>(tokenizer_json).ok()?.model;
+    match model.unk_token {
+        Some(name) => inner.token_to_id(&name),
+        None => model.unk_id,
+    }
+}
+
 /// The `tokenizer.json` that transformers' `CLIPTokenizer` builds from the `vocab.json` and
 /// `merges.txt` that Stable Diffusion 1.x/2.x repositories ship (they have no
 /// tokenizer.json): byte-level BPE with `</w>` word ends, NFC + whitespace + lowercase
@@ -205,4 +328,126 @@ pub fn clip_tokenizer_json(vocab_json: &[u8], merges_txt: &[u8]) -> Result<Vec<u
             "vocab": vocab, "merges": merges},
     });
     serde_json::to_vec(&json).map_err(|e| Error::Checkpoint(format!("CLIP tokenizer: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(path: &str) -> Vec<u8> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The shipped model's WordLevel tokenizer: 60 words, `<unk>` for the rest.
+    fn shipped() -> Tokenizer {
+        let (json, config) = (
+            read("weights/default/tokenizer/tokenizer.json"),
+            read("weights/default/tokenizer/tokenizer_config.json"),
+        );
+        Tokenizer::from_bytes(&json, Some(&config), 80).unwrap()
+    }
+
+    /// CLIP byte-level BPEs (the tiny fixture vocabulary: every byte, a few merges): built
+    /// from vocab.json + merges.txt, and as transformers saved it (pipeline_tiny).
+    fn clips() -> [Tokenizer; 2] {
+        let json = clip_tokenizer_json(
+            &read("tests/fixtures/clip_tokenizer_files/vocab.json"),
+            &read("tests/fixtures/clip_tokenizer_files/merges.txt"),
+        )
+        .unwrap();
+        let config = br#"{"pad_token": "<|endoftext|>", "model_max_length": 77}"#;
+        let saved = "tests/fixtures/pipeline_tiny/tokenizer";
+        [
+            Tokenizer::from_bytes(&json, Some(config), 77).unwrap(),
+            Tokenizer::from_bytes(
+                &read(&format!("{saved}/tokenizer.json")),
+                Some(&read(&format!("{saved}/tokenizer_config.json"))),
+                77,
+            )
+            .unwrap(),
+        ]
+    }
+
+    #[test]
+    fn unknown_words_are_the_spans_read_as_unk() {
+        let t = shipped();
+        for (prompt, want) in [
+            ("two green circles", vec!["circles"]),
+            ("A Cat on a red Mat.", vec!["Cat", "Mat"]),
+            ("một con mèo", vec!["một", "con", "mèo"]),
+            ("一只猫 star", vec!["一只猫"]),
+            ("a 🐱 star, a 🐱", vec!["🐱"]),
+            ("a red star on a gray background", vec![]),
+            // Typed special tokens are not words the model lacks; nor is the empty prompt.
+            ("a <unk> star</s>", vec![]),
+            ("", vec![]),
+        ] {
+            assert_eq!(t.unknown_words(prompt).unwrap(), want, "{prompt:?}");
+        }
+    }
+
+    #[test]
+    fn a_small_vocabulary_is_listed_in_the_warning() {
+        let t = shipped();
+        let known = t.known_words(KNOWN_WORDS_LISTED).unwrap();
+        assert_eq!(known.len(), 60, "{known:?}");
+        assert!(known.contains(&"star".to_string()) && known.contains(&",".to_string()));
+        assert!(!known.iter().any(|w| w.starts_with('<')), "{known:?}");
+        assert!(known.windows(2).all(|w| w[0] < w[1]), "sorted");
+        assert_eq!(t.known_words(59), None);
+
+        let w = t
+            .unknown_words_warning("a cat", "the prompt")
+            .unwrap()
+            .unwrap();
+        assert!(
+            w.starts_with(
+                "the prompt has words this model does not know: \"cat\" (each is read as <unk>)"
+            ),
+            "{w}"
+        );
+        assert!(
+            w.ends_with(&format!("its vocabulary: {}", known.join(" "))),
+            "{w}"
+        );
+        assert_eq!(
+            t.unknown_words_warning("a red star.", "the prompt")
+                .unwrap(),
+            None
+        );
+        let w = t.unknown_words_warning(" ", "the prompt").unwrap().unwrap();
+        assert!(w.starts_with("the prompt is empty"), "{w}");
+    }
+
+    /// CLIP's byte-level BPE spells any text from bytes, so nothing is unknown; its unknown
+    /// token `<|endoftext|>` also closes every prompt, which must not be reported.
+    #[test]
+    fn a_byte_level_bpe_knows_every_word() {
+        for t in clips() {
+            assert!(
+                t.unk_id.is_some(),
+                "CLIP's tokenizer.json names an unk_token"
+            );
+            for prompt in [
+                "a cat",
+                "một con mèo",
+                "一只猫",
+                "a 🐱 star",
+                "<|endoftext|> x",
+                "",
+            ] {
+                let none: Vec<String> = Vec::new();
+                assert_eq!(t.unknown_words(prompt).unwrap(), none, "{prompt:?}");
+            }
+            assert_eq!(
+                t.unknown_words_warning("a 🐱 cat", "the prompt").unwrap(),
+                None
+            );
+            assert_eq!(t.known_words(KNOWN_WORDS_LISTED), None, "562 entries");
+            assert!(t.known_words(1000).is_some_and(|w| w.len() == 560));
+            let w = t.unknown_words_warning("", "the prompt").unwrap().unwrap();
+            assert!(w.starts_with("the prompt is empty"), "{w}");
+        }
+    }
 }

@@ -276,7 +276,7 @@ fn hoa_json_prompt_upsampling_rewrites_the_prompt_unless_no_upsample() {
     let r = hoa(&["generate", typed, "--model", &m, "--out", &o]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(
-        !r.status.success() && err.contains("`nouns` is empty"),
+        !r.status.success() && err.contains("hoa.json: `prompt_upsampling.nouns` is empty"),
         "{err}"
     );
     assert!(

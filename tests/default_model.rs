@@ -102,8 +102,8 @@ fn default_model_prompt_upsampling_matches_the_python_rewrite() {
             c["prompt"].as_str().unwrap(),
             c["upsampled"].as_str().unwrap(),
         );
-        assert_eq!(rules.upsample(prompt), want, "{prompt:?}");
-        assert_eq!(rules.upsample(want), want, "twice: {want:?}");
+        assert_eq!(rules.upsample(prompt).unwrap(), want, "{prompt:?}");
+        assert_eq!(rules.upsample(want).unwrap(), want, "twice: {want:?}");
         changed += usize::from(prompt != want);
     }
     // Most prompts name neither size nor texture; the three-object ones get a layout.
@@ -111,4 +111,13 @@ fn default_model_prompt_upsampling_matches_the_python_rewrite() {
     assert!(cases
         .iter()
         .any(|c| c["upsampled"].as_str().unwrap().contains("is below the")));
+    // The forms without an article, plural and capitalized (issue 26, defect 9) are there too.
+    for form in [
+        "red star",
+        "Red star.",
+        "two green circles",
+        "3 blue squares",
+    ] {
+        assert!(cases.iter().any(|c| c["prompt"] == form), "{form:?}");
+    }
 }

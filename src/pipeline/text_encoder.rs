@@ -25,7 +25,14 @@ impl TextEncoder {
 }
 
 impl Pipeline {
+    /// `text`'s ids, warning about words the model does not know (they would reach the encoder
+    /// as `<unk>`) and about truncation. An empty negative prompt is the usual, not a warning.
     fn tokenize(&self, text: &str, what: &str, events: &mut dyn FnMut(Event)) -> Result<Vec<u32>> {
+        if !(text.is_empty() && what != "prompt") {
+            if let Some(w) = self.tokenizer.unknown_words_warning(text, what)? {
+                events(Event::Warning(w));
+            }
+        }
         let t = self.tokenizer.encode(text)?;
         if t.dropped > 0 {
             events(Event::Warning(format!(
