@@ -61,6 +61,7 @@ pub const MAX_EXPANSION_BYTES: usize = 1024 * 1024;
 /// One attribute a model's captions always state: any of `words` states it, `word` is the
 /// default.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct AttributeDefault {
     pub words: Vec<String>,
     pub word: String,
@@ -68,6 +69,7 @@ pub struct AttributeDefault {
 
 /// A regex replacement applied after the defaults.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Rewrite {
     pub pattern: String,
     pub replacement: String,
@@ -75,6 +77,7 @@ pub struct Rewrite {
 
 /// `hoa.json`'s `prompt_upsampling`.
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PromptUpsampling {
     /// The nouns that end an object phrase (their plurals too).
     pub nouns: Vec<String>,

@@ -588,3 +588,19 @@ fn typed_steps_are_kept_over_hoa_json() {
     assert!(p.contains("Steps: 25,"), "{p}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Words the model does not know are named (the shipped model's vocabulary is 60 words).
+#[test]
+fn unknown_words_are_named() {
+    if common::ctx().is_none() {
+        return;
+    }
+    let d = out_dir("unknown");
+    let o = d.join("u.png").display().to_string();
+    let out = hoa(&["generate", "a cat", "--steps", "1", "--out", &o]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success());
+    assert!(err.contains("does not know: \"cat\""), "{err}");
+    assert!(err.contains("its vocabulary:"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}

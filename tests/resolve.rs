@@ -222,6 +222,9 @@ fn nonsense_is_refused() {
     assert!(err(&sched, &m).starts_with("--scheduler: "));
     let hoa = info_err(&[("hoa.json", r#"{"guidence": 3}"#)]);
     assert!(hoa.contains("guidence"), "{hoa}");
+    let nested = r#"{"prompt_upsampling": {"nouns": ["star"], "defaults": [], "rewrite": []}}"#;
+    let hoa = info_err(&[("hoa.json", nested)]);
+    assert!(hoa.contains("rewrite"), "{hoa}");
     let class = with_key(
         "model_index.json",
         "_class_name",
