@@ -2,14 +2,14 @@
 //! where the adapter has them (criterion's `iter_custom`), else wall time.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use hoa::bench::{cases, BenchArgs, Bound};
+use hoa::bench::{cases, BenchOptions, Bound};
 use hoa::{Context, ContextOptions};
 use std::time::{Duration, Instant};
 
 fn kernels(c: &mut Criterion) {
     let ctx = Context::new_blocking(ContextOptions::from_env()).expect("a GPU adapter");
     eprintln!("adapter: {}", ctx.describe());
-    let args = BenchArgs {
+    let opts = BenchOptions {
         filter: std::env::var("HOA_BENCH_FILTER").ok(),
         quick: std::env::var("HOA_BENCH_QUICK").is_ok(),
         ..Default::default()
@@ -18,11 +18,9 @@ fn kernels(c: &mut Criterion) {
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(200));
-    for case in cases(&ctx, &args).expect("bench cases") {
-        if let Some(f) = &args.filter {
-            if !case.kernel.contains(f.as_str()) && !case.shape.contains(f.as_str()) {
-                continue;
-            }
+    for case in cases(&ctx, &opts).expect("bench cases") {
+        if !opts.wants(&case.kernel, &case.shape) {
+            continue;
         }
         match case.bound {
             Bound::Compute => group.throughput(Throughput::Elements(case.flops as u64)),

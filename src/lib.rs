@@ -3,8 +3,10 @@
 //!
 //! This crate is built bottom-up: [`gpu`] is the runtime (adapter, device, tensors, buffer pool,
 //! pipeline cache), [`kernels`] the WGSL kernel library with its CPU references, [`bench`] the
-//! microbenchmarks behind `hoa bench`.
+//! microbenchmarks behind `hoa bench`. [`config`] and [`activation`] parse model configs and
+//! depend on no GPU code.
 
+pub mod activation;
 pub mod bench;
 pub mod config;
 pub mod error;

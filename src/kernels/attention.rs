@@ -475,12 +475,12 @@ pub mod reference {
 /// first as the baseline.
 pub fn bench_cases(
     ctx: &Context,
-    args: &crate::bench::BenchArgs,
-) -> Result<Vec<crate::bench::Case>> {
-    use crate::bench::{Bound, Case};
+    args: &crate::bench::case::BenchOptions,
+) -> Result<Vec<crate::bench::case::Case>> {
+    use crate::bench::case::{Bound, Case};
     let mut v = Vec::new();
     let l = if args.quick { 1024 } else { 4096 };
-    let dts = super::bench_dtypes(ctx, args);
+    let dts = args.dtypes(ctx);
     let (b, h) = (2usize, 8usize);
     for dt in dts {
         for (lk, d) in [(l, 64usize), (l, 40), (77, 40)] {

@@ -2,7 +2,7 @@
 //! up blocks to join skip connections along channels.
 
 use super::{same_dtype, to_u32};
-use crate::bench::{BenchArgs, Bound, Case};
+use crate::bench::case::{BenchOptions, Bound, Case};
 use crate::error::{Error, Result};
 use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
 
@@ -101,10 +101,10 @@ pub mod reference {
 }
 
 /// The skip concatenation of SD-1.5's last up block at 512x512, batch 2.
-pub fn bench_cases(ctx: &Context, args: &BenchArgs) -> Result<Vec<Case>> {
+pub fn bench_cases(ctx: &Context, args: &BenchOptions) -> Result<Vec<Case>> {
     let hw = if args.quick { 32 } else { 64 };
     let mut v = Vec::new();
-    for dt in super::bench_dtypes(ctx, args) {
+    for dt in args.dtypes(ctx) {
         let a = Tensor::full(ctx, &[2, 640, hw, hw], 1.0, dt)?;
         let b = Tensor::full(ctx, &[2, 320, hw, hw], 1.0, dt)?;
         let n = (a.numel() + b.numel()) as f64;

@@ -658,12 +658,12 @@ pub mod reference {
 /// workgroup size 32 vs 64 was within the noise.)
 pub fn bench_cases(
     ctx: &Context,
-    args: &crate::bench::BenchArgs,
-) -> Result<Vec<crate::bench::Case>> {
-    use crate::bench::{Bound, Case};
+    args: &crate::bench::case::BenchOptions,
+) -> Result<Vec<crate::bench::case::Case>> {
+    use crate::bench::case::{Bound, Case};
     let mut v = Vec::new();
     let s = if args.quick { 32 } else { 64 };
-    let dts = super::bench_dtypes(ctx, args);
+    let dts = args.dtypes(ctx);
     // (name, cin, cout, hw, k, stride, pad, time the naive baseline too: it runs at ~0.3
     // GFLOP/s on lavapipe, ~50 s for the full-size 3x3, so that one only with --quick)
     type Shape = (&'static str, usize, usize, usize, usize, usize, usize, bool);

@@ -423,12 +423,12 @@ pub mod reference {
 /// the GEGLU of its first transformer block.
 pub fn bench_cases(
     ctx: &Context,
-    args: &crate::bench::BenchArgs,
-) -> Result<Vec<crate::bench::Case>> {
-    use crate::bench::{Bound, Case};
+    args: &crate::bench::case::BenchOptions,
+) -> Result<Vec<crate::bench::case::Case>> {
+    use crate::bench::case::{Bound, Case};
     let mut v = Vec::new();
     let hw = if args.quick { 32 } else { 64 };
-    for dt in super::bench_dtypes(ctx, args) {
+    for dt in args.dtypes(ctx) {
         let sz = dt.size() as f64;
         let shape = [2, 320, hw, hw];
         let n: usize = shape.iter().product();

@@ -190,12 +190,12 @@ pub mod reference {
 /// `hoa bench` cases: SD-1.5's ResnetBlock2D norm1 + SiLU at 64x64x320 and its 8x8x1280 block.
 pub fn bench_cases(
     ctx: &Context,
-    args: &crate::bench::BenchArgs,
-) -> Result<Vec<crate::bench::Case>> {
-    use crate::bench::{Bound, Case};
+    args: &crate::bench::case::BenchOptions,
+) -> Result<Vec<crate::bench::case::Case>> {
+    use crate::bench::case::{Bound, Case};
     let mut v = Vec::new();
     let hw = if args.quick { 32 } else { 64 };
-    for dt in super::bench_dtypes(ctx, args) {
+    for dt in args.dtypes(ctx) {
         let sz = dt.size() as f64;
         for (shape, silu) in [([2, 320, hw, hw], true), ([2, 1280, 8, 8], false)] {
             let c = shape[1];

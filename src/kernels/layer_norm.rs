@@ -270,12 +270,12 @@ pub mod reference {
 /// and RMS norms at a T5-small width and at 320.
 pub fn bench_cases(
     ctx: &Context,
-    args: &crate::bench::BenchArgs,
-) -> Result<Vec<crate::bench::Case>> {
-    use crate::bench::{Bound, Case};
+    args: &crate::bench::case::BenchOptions,
+) -> Result<Vec<crate::bench::case::Case>> {
+    use crate::bench::case::{Bound, Case};
     let mut v = Vec::new();
     let q = if args.quick { 4 } else { 1 };
-    for dt in super::bench_dtypes(ctx, args) {
+    for dt in args.dtypes(ctx) {
         let sz = dt.size() as f64;
         for (rms, rows, d) in [(false, 8192, 320), (true, 512, 512), (true, 8192, 320)] {
             let rows = rows / q;

@@ -469,11 +469,11 @@ pub mod reference {
 /// through [`linear`] at 64x64 latents with CFG (2 x 4096 tokens).
 pub fn bench_cases(
     ctx: &Context,
-    args: &crate::bench::BenchArgs,
-) -> Result<Vec<crate::bench::Case>> {
-    use crate::bench::{Bound, Case};
+    args: &crate::bench::case::BenchOptions,
+) -> Result<Vec<crate::bench::case::Case>> {
+    use crate::bench::case::{Bound, Case};
     let mut v = Vec::new();
-    let dts = super::bench_dtypes(ctx, args);
+    let dts = args.dtypes(ctx);
     let q = if args.quick { 4 } else { 1 };
     for dt in dts {
         let sz = dt.size() as f64;

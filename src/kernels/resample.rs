@@ -2,7 +2,7 @@
 //! does with `F.interpolate(scale_factor=2.0, mode="nearest")` before its conv.
 
 use super::{rank, to_u32};
-use crate::bench::{BenchArgs, Bound, Case};
+use crate::bench::case::{BenchOptions, Bound, Case};
 use crate::error::Result;
 use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
 
@@ -77,10 +77,10 @@ pub mod reference {
 }
 
 /// SD-1.5's last upsampler input at 512x512 (batch 2): 2x640x32x32 -> 64x64.
-pub fn bench_cases(ctx: &Context, args: &BenchArgs) -> Result<Vec<Case>> {
+pub fn bench_cases(ctx: &Context, args: &BenchOptions) -> Result<Vec<Case>> {
     let hw = if args.quick { 16 } else { 32 };
     let mut v = Vec::new();
-    for dt in super::bench_dtypes(ctx, args) {
+    for dt in args.dtypes(ctx) {
         let shape = [2, 640, hw, hw];
         let n: usize = shape.iter().product();
         let x = Tensor::full(ctx, &shape, 1.0, dt)?;

@@ -117,12 +117,12 @@ pub mod reference {
 /// queries over 77 keys) and a 4096 x 4096 self-attention score block.
 pub fn bench_cases(
     ctx: &Context,
-    args: &crate::bench::BenchArgs,
-) -> Result<Vec<crate::bench::Case>> {
-    use crate::bench::{Bound, Case};
+    args: &crate::bench::case::BenchOptions,
+) -> Result<Vec<crate::bench::case::Case>> {
+    use crate::bench::case::{Bound, Case};
     let mut v = Vec::new();
     let q = if args.quick { 4 } else { 1 };
-    for dt in super::bench_dtypes(ctx, args) {
+    for dt in args.dtypes(ctx) {
         let sz = dt.size() as f64;
         for (rows, d) in [(65536, 77), (4096, 4096)] {
             let rows = rows / q;

@@ -1,6 +1,7 @@
 //! The `hoa` command line: `generate` (prompt to PNG), `info` (which adapter and what it
 //! allows) and `bench` (kernel microbenchmarks against the adapter's own ceilings).
 
+mod bench;
 mod generate;
 
 use anyhow::Result;
@@ -30,7 +31,7 @@ enum Command {
     /// Print the adapter, backend, features and the limits that matter.
     Info,
     /// Measure the adapter's ceilings, then every kernel on Stable Diffusion-sized shapes.
-    Bench(hoa::bench::BenchArgs),
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -54,14 +55,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(&ctx, *args)?,
         Command::Info => info(&ctx),
-        Command::Bench(args) => {
-            if args.model {
-                eprintln!("adapter: {}", ctx.describe());
-                hoa::bench::run_model(&ctx, &args)?;
-            } else {
-                hoa::bench::run(&ctx, &args)?;
-            }
-        }
+        Command::Bench(args) => bench::run(&ctx, &args)?,
     }
     Ok(())
 }

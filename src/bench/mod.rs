@@ -1,0 +1,225 @@
+//! Kernel microbenchmarks behind `hoa bench` and `benches/`: first the adapter's own ceilings
+//! (vec4 FMA throughput, copy bandwidth, as vkpeak measures them), then every kernel family's
+//! cases, each measured as a fraction of the ceiling that bounds it and as a ratio to a
+//! baseline timed in the same run; and one step of SD-1.5-sized models on random weights.
+//! The results come back as values (the binary prints them); the case and timing types live
+//! in the leaf [`case`], which the kernels import.
+
+pub mod case;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use case::{ceilings, time};
+pub use case::{BenchOptions, Bound, Case, Ceilings, RunFn, SHADER};
+
+use crate::error::Result;
+use crate::gpu::Context;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::gpu::Tensor;
+
+/// A measured case.
+#[derive(Clone, Debug)]
+pub struct Measured {
+    pub kernel: String,
+    pub shape: String,
+    pub seconds: f64,
+    pub gflops: f64,
+    pub gbps: f64,
+    pub bound: Bound,
+    pub baseline: Option<String>,
+    /// The fraction of the bounding ceiling reached.
+    pub fraction: f64,
+    /// How many times faster than `baseline` (same shape, measured earlier in the run).
+    pub speedup: Option<f64>,
+}
+
+/// Every kernel family's cases for this adapter.
+pub fn cases(ctx: &Context, opts: &BenchOptions) -> Result<Vec<Case>> {
+    let mut v = Vec::new();
+    use crate::kernels::*;
+    v.extend(attention::bench_cases(ctx, opts)?);
+    v.extend(concat::bench_cases(ctx, opts)?);
+    v.extend(conv2d::bench_cases(ctx, opts)?);
+    v.extend(elementwise::bench_cases(ctx, opts)?);
+    v.extend(group_norm::bench_cases(ctx, opts)?);
+    v.extend(layer_norm::bench_cases(ctx, opts)?);
+    v.extend(matmul::bench_cases(ctx, opts)?);
+    v.extend(resample::bench_cases(ctx, opts)?);
+    v.extend(scheduler::bench_cases(ctx, opts)?);
+    v.extend(softmax::bench_cases(ctx, opts)?);
+    Ok(v)
+}
+
+/// Measures the cases the filter keeps against `ceil`, handing each to `each` as soon as it
+/// is measured.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn run(
+    ctx: &Context,
+    opts: &BenchOptions,
+    ceil: &Ceilings,
+    mut each: impl FnMut(&Measured),
+) -> Result<Vec<Measured>> {
+    let mut done: Vec<Measured> = Vec::new();
+    for case in cases(ctx, opts)? {
+        if !opts.wants(&case.kernel, &case.shape) {
+            continue;
+        }
+        let t = time(ctx, opts.reps, &*case.run)?;
+        let (gflops, gbps) = (case.flops / t / 1e9, case.bytes / t / 1e9);
+        let speedup = case
+            .baseline
+            .as_ref()
+            .and_then(|b| {
+                done.iter()
+                    .find(|d| &d.kernel == b && d.shape == case.shape)
+            })
+            .map(|b| b.seconds / t);
+        let m = Measured {
+            kernel: case.kernel,
+            shape: case.shape,
+            seconds: t,
+            gflops,
+            gbps,
+            bound: case.bound,
+            baseline: case.baseline,
+            fraction: match case.bound {
+                Bound::Compute => gflops / ceil.gflops,
+                Bound::Memory => gbps / ceil.gbps,
+            },
+            speedup,
+        };
+        each(&m);
+        done.push(m);
+        ctx.trim_pool();
+    }
+    Ok(done)
+}
+
+/// One model's timing from [`run_model`].
+#[derive(Clone, Debug)]
+pub struct ModelTiming {
+    pub name: String,
+    /// The input shapes, e.g. `[2, 4, 64, 64] + [2, 77, 768]`.
+    pub input: String,
+    pub load_seconds: f64,
+    /// The first run, which includes compiling the pipelines.
+    pub cold_seconds: f64,
+    /// The median of `reps` runs after it.
+    pub median_seconds: f64,
+    /// [`Context::profile_report`] after the runs (`HOA_PROFILE=1`).
+    pub profile: Option<String>,
+}
+
+/// Times `step` once cold, then `reps` times warm (wall time around submit-and-wait).
+#[cfg(not(target_arch = "wasm32"))]
+fn time_model(
+    ctx: &Context,
+    reps: usize,
+    (name, input, load_seconds): (String, String, f64),
+    step: &dyn Fn(&Context) -> Result<()>,
+) -> Result<ModelTiming> {
+    use std::time::Instant;
+    let t = Instant::now();
+    step(ctx)?;
+    ctx.sync()?;
+    let cold_seconds = t.elapsed().as_secs_f64();
+    let mut times = Vec::new();
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        step(ctx)?;
+        ctx.sync()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let timing = ModelTiming {
+        name,
+        input,
+        load_seconds,
+        cold_seconds,
+        median_seconds: times[times.len() / 2],
+        profile: ctx.profile_report(),
+    };
+    ctx.trim_pool();
+    Ok(timing)
+}
+
+/// Deterministic inputs in [-1, 1).
+#[cfg(not(target_arch = "wasm32"))]
+fn fill(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+/// One `UNet2DConditionModel` forward of the SD-1.5 architecture (diffusers' default config
+/// with `cross_attention_dim` 768) and one `AutoencoderKL` decode of the SD-1.5 VAE, on random
+/// weights and inputs: the load time, the first (cold: pipeline compiles) run and the median
+/// warm run, each handed to `each` when measured. The filter picks models by name.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn run_model(
+    ctx: &Context,
+    opts: &BenchOptions,
+    mut each: impl FnMut(&ModelTiming),
+) -> Result<()> {
+    use crate::config::{AutoencoderKLConfig, PerBlock, UNet2DConditionModelConfig};
+    use crate::models::autoencoder_kl::{AutoencoderKL, TilePlan};
+    use crate::models::unet_2d_condition::UNet2DConditionModel;
+    use crate::weights::{Loader, Weights};
+    use std::time::Instant;
+    // SD 1.5's unet/config.json differs from diffusers' defaults only in cross_attention_dim.
+    let unet_cfg = UNet2DConditionModelConfig {
+        cross_attention_dim: PerBlock::One(768),
+        ..Default::default()
+    };
+    // SD 1.5's vae/config.json.
+    let vae_cfg = AutoencoderKLConfig {
+        down_block_types: vec!["DownEncoderBlock2D".into(); 4],
+        up_block_types: vec!["UpDecoderBlock2D".into(); 4],
+        block_out_channels: vec![128, 256, 512, 512],
+        layers_per_block: 2,
+        sample_size: serde_json::Value::from(512),
+        ..Default::default()
+    };
+    let (b, s) = if opts.quick { (1, 32) } else { (2, 64) };
+    let empty = Weights::from_files(vec![])?;
+    for dt in opts.dtypes(ctx) {
+        let unet_name = format!("unet_sd15_step_{}", dt.name());
+        if opts.wants(&unet_name, "") {
+            let t0 = Instant::now();
+            let unet = UNet2DConditionModel::load(&Loader::random(ctx, &empty, dt, 7), &unet_cfg)?;
+            ctx.sync()?;
+            let load = t0.elapsed().as_secs_f64();
+            let sample = Tensor::from_f32(ctx, &fill(b * 4 * s * s), &[b, 4, s, s], dt)?;
+            let enc = Tensor::from_f32(ctx, &fill(b * 77 * 768), &[b, 77, 768], dt)?;
+            let input = format!("[{b}, 4, {s}, {s}] + [{b}, 77, 768]");
+            each(&time_model(
+                ctx,
+                opts.reps,
+                (unet_name, input, load),
+                &|c| unet.forward(c, &sample, &[999.0], &enc).map(drop),
+            )?);
+        }
+
+        let vae_name = format!("vae_sd15_decode_{}", dt.name());
+        if opts.wants(&vae_name, "") {
+            let t0 = Instant::now();
+            let vae = AutoencoderKL::load(&Loader::random(ctx, &empty, dt, 8), &vae_cfg)?;
+            ctx.sync()?;
+            let load = t0.elapsed().as_secs_f64();
+            let latent = Tensor::from_f32(ctx, &fill(4 * s * s), &[1, 4, s, s], dt)?;
+            // decode_auto, as the pipeline does: tiled where the last up blocks would exceed
+            // the binding limit (SD 1.5 at 512x512 in f32: [1, 256, 512, 512] = 256 MiB).
+            let how = match vae.decode_plan(latent.shape(), dt, ctx.max_binding_bytes())? {
+                TilePlan::Whole => "whole".to_string(),
+                TilePlan::Tiled(t) => format!("tiles {}", t.tile_sample_size),
+            };
+            let input = format!("[1, 4, {s}, {s}] -> {}x{} {how}", 8 * s, 8 * s);
+            each(&time_model(
+                ctx,
+                opts.reps,
+                (vae_name, input, load),
+                &|c| vae.decode_auto(c, &latent).map(drop),
+            )?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! `hoa bench`: its flags, and the tables it prints from the library's measurements
+//! (`hoa::bench`).
+
+use anyhow::Result;
+use hoa::bench::{BenchOptions, Measured, ModelTiming};
+use hoa::Context;
+
+/// Options of `hoa bench`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Only run cases whose kernel or shape contains this text.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Timed repetitions per case (median reported).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Smaller shapes, for a quick look (CI, slow software adapters).
+    #[arg(long)]
+    pub quick: bool,
+    /// Also run f16 variants where the adapter has shader-f16.
+    #[arg(long)]
+    pub f16: bool,
+    /// Instead of the kernels, time one U-Net step of the SD-1.5 architecture (random
+    /// weights, 64x64 latent, batch 2; 32x32 at batch 1 with --quick) and the SD-1.5 VAE
+    /// decode of one such latent (512x512; 256x256 with --quick). --filter picks by name.
+    #[arg(long)]
+    pub model: bool,
+}
+
+impl BenchArgs {
+    fn options(&self) -> BenchOptions {
+        BenchOptions {
+            filter: self.filter.clone(),
+            reps: self.reps,
+            quick: self.quick,
+            f16: self.f16,
+        }
+    }
+}
+
+pub fn run(ctx: &Context, args: &BenchArgs) -> Result<()> {
+    let opts = args.options();
+    if args.model {
+        eprintln!("adapter: {}", ctx.describe());
+        println!("adapter: {}", ctx.describe());
+        println!(
+            "{:<22} {:<32} {:>8} {:>10} {:>10}",
+            "model", "input", "load s", "cold ms", "median ms"
+        );
+        hoa::bench::run_model(ctx, &opts, print_model)?;
+        return Ok(());
+    }
+    let ceil = hoa::bench::ceilings(ctx, opts.reps)?;
+    println!("adapter: {}", ctx.describe());
+    println!(
+        "ceilings: vec4 FMA {:.1} GFLOP/s, copy {:.1} GB/s{}",
+        ceil.gflops,
+        ceil.gbps,
+        if ctx.has_timestamps() {
+            " (GPU timestamps)"
+        } else {
+            " (wall time)"
+        }
+    );
+    println!(
+        "{:<24} {:<28} {:>10} {:>9} {:>8} {:>7} {:>14}",
+        "kernel", "shape", "median ms", "GFLOP/s", "GB/s", "% ceil", "vs baseline"
+    );
+    hoa::bench::run(ctx, &opts, &ceil, print_case)?;
+    Ok(())
+}
+
+fn print_case(m: &Measured) {
+    let vs = m
+        .baseline
+        .as_ref()
+        .zip(m.speedup)
+        .map(|(b, x)| format!("{x:.2}x {b}"))
+        .unwrap_or_default();
+    println!(
+        "{:<24} {:<28} {:>10.3} {:>9.2} {:>8.2} {:>6.0}% {:>14}",
+        m.kernel,
+        m.shape,
+        m.seconds * 1e3,
+        m.gflops,
+        m.gbps,
+        m.fraction * 100.0,
+        vs
+    );
+}
+
+fn print_model(t: &ModelTiming) {
+    println!(
+        "{:<22} {:<32} {:>8.1} {:>10.0} {:>10.0}",
+        t.name,
+        t.input,
+        t.load_seconds,
+        t.cold_seconds * 1e3,
+        t.median_seconds * 1e3
+    );
+    if let Some(r) = &t.profile {
+        println!("{r}");
+    }
+}

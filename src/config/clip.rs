@@ -1,0 +1,89 @@
+//! transformers' `CLIPTextConfig` (`text_encoder/config.json` of Stable Diffusion 1.x / 2.x).
+
+use super::activation;
+use super::parse::{parse, Class, Source, MAX_DIM, MAX_LAYERS, MAX_VOCAB};
+use crate::activation::Activation;
+use crate::error::Result;
+use serde::Deserialize;
+
+/// transformers `CLIPTextConfig`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct ClipTextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub hidden_act: String,
+    pub layer_norm_eps: f64,
+    pub pad_token_id: Option<u32>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+impl Default for ClipTextConfig {
+    fn default() -> Self {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+            pad_token_id: Some(1),
+            bos_token_id: Some(49406),
+            eos_token_id: Some(49407),
+        }
+    }
+}
+
+impl ClipTextConfig {
+    /// Where a diffusers folder keeps it.
+    pub const FILE: &'static str = "text_encoder/config.json";
+    /// The `architectures` whose text tower this is (the projection, if any, is unused).
+    const CLASS: Class = Class {
+        key: "architectures",
+        known: &["CLIPTextModel", "CLIPTextModelWithProjection"],
+    };
+
+    pub fn from_json(json: &[u8]) -> Result<Self> {
+        let c: ClipTextConfig = parse(Self::FILE, json, &Self::CLASS)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Refuses sizes that are zero or absurd, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let src = Source::new(Self::FILE);
+        self.act()?;
+        src.positive("vocab_size", self.vocab_size, MAX_VOCAB)?;
+        src.positive("hidden_size", self.hidden_size, MAX_DIM)?;
+        src.positive("intermediate_size", self.intermediate_size, MAX_DIM)?;
+        src.positive("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS)?;
+        src.positive("num_attention_heads", self.num_attention_heads, MAX_DIM)?;
+        src.positive(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            MAX_DIM,
+        )?;
+        src.eps("layer_norm_eps", self.layer_norm_eps)?;
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(src.err(
+                "hidden_size",
+                format!(
+                    "{} is not divisible by `num_attention_heads` {}",
+                    self.hidden_size, self.num_attention_heads
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn act(&self) -> Result<Activation> {
+        activation(Source::new(Self::FILE), "hidden_act", &self.hidden_act)
+    }
+}
