@@ -392,6 +392,16 @@ fn resolve_size(
     };
     let w = side("width", req.width, given.map(|g| g.0))?;
     let h = side("height", req.height, given.map(|g| g.1))?;
+    if let Some(i) = init.filter(|i| (i.image.width, i.image.height) != (w, h)) {
+        return Err(Error::invalid(
+            format!("{}/{}", req.name("width"), req.name("height")),
+            format!(
+                "{w}x{h}, but the init image is {}x{} and hoa does not resize it: leave the \
+                 size out or resize the image",
+                i.image.width, i.image.height
+            ),
+        ));
+    }
     let m = model.size_multiple()?;
     for (field, v) in [("width", w), ("height", h)] {
         if v % m != 0 || v > MAX_SIDE {
