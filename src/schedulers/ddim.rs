@@ -72,14 +72,6 @@ impl Scheduler for DDIMScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn input_scale(&self, _i: usize) -> f32 {
-        1.0
-    }
-
     fn needs_noise(&self, _i: usize) -> bool {
         self.eta > 0.0
     }

@@ -178,18 +178,6 @@ impl Scheduler for DPMSolverMultistepScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn input_scale(&self, _i: usize) -> f32 {
-        1.0
-    }
-
-    fn needs_noise(&self, _i: usize) -> bool {
-        false
-    }
-
     /// The first-order update, or the 2M one using the previous x0 once a step has run.
     fn step_coefs(&self, i: usize, done: usize) -> StepCoefs {
         let (a_s0, s_s0) = alpha_sigma(self.sigmas[i]);

@@ -117,10 +117,6 @@ impl Scheduler for EulerDiscreteScheduler {
         (1.0 / (s * s + 1.0).sqrt()) as f32
     }
 
-    fn needs_noise(&self, _i: usize) -> bool {
-        false
-    }
-
     fn step_coefs(&self, i: usize, _done: usize) -> StepCoefs {
         let sigma = self.sigmas[i] as f64;
         // gamma = 0 (s_churn = 0): sigma_hat = sigma.

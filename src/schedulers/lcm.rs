@@ -53,14 +53,6 @@ impl Scheduler for LCMScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn input_scale(&self, _i: usize) -> f32 {
-        1.0
-    }
-
     fn needs_noise(&self, i: usize) -> bool {
         i + 1 < self.timesteps.len()
     }

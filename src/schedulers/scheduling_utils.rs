@@ -12,12 +12,20 @@ use crate::kernels::scheduler::{self as kernel, StepCoefs};
 pub trait Scheduler {
     /// Timesteps one per inference step, as the U-Net receives them.
     fn timesteps(&self) -> &[f32];
-    /// Std of the initial noise: latents = noise * init_noise_sigma().
-    fn init_noise_sigma(&self) -> f32;
-    /// Factor diffusers' `scale_model_input` applies to the U-Net input at step `i` (1 for DDIM).
-    fn input_scale(&self, i: usize) -> f32;
+    /// Std of the initial noise: latents = noise * init_noise_sigma() (1 but for the sigma
+    /// schedulers).
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+    /// Factor diffusers' `scale_model_input` applies to the U-Net input at step `i` (1 but for
+    /// the sigma schedulers).
+    fn input_scale(&self, _i: usize) -> f32 {
+        1.0
+    }
     /// Whether `step(i, ..)` draws fresh standard-normal noise (shape of the sample).
-    fn needs_noise(&self, i: usize) -> bool;
+    fn needs_noise(&self, _i: usize) -> bool {
+        false
+    }
     /// Step `i` as the coefficients of `x0 = clamp(a0 * x + a1 * m)` and
     /// `prev = b_x * x + b_x0 * x0 + b_m * m + b_noise * noise + b_prev * x0_prev`, with `x` the
     /// sample, `m` the model output and `x0_prev` the previous step's x0 (multistep solvers).
