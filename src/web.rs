@@ -178,14 +178,14 @@ impl Hoa {
     /// The prompt as the loaded model will read it with upsampling on (its hoa.json
     /// `prompt_upsampling`, as `hoa generate` does unless `--no-upsample`); unchanged when the
     /// model has none or no model is loaded.
-    pub fn upsample(&self, prompt: String) -> String {
+    pub fn upsample(&self, prompt: String) -> Result<String, JsError> {
         let pipe = self.pipe.borrow();
         match pipe
             .as_ref()
             .and_then(|p| p.info.defaults.prompt_upsampling.as_ref())
         {
-            Some(u) => u.upsample(&prompt),
-            None => prompt,
+            Some(u) => u.upsample(&prompt).map_err(js_err),
+            None => Ok(prompt),
         }
     }
 
