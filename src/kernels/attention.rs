@@ -91,85 +91,110 @@ struct Shapes {
 
 const OP: &str = "attention";
 
+/// Checks one call (dtypes, shapes, bias, u32 sizes) and returns its sizes.
 fn check(q: &Tensor, k: &Tensor, v: &Tensor, o: &AttentionOptions) -> Result<Shapes> {
-    let bad = |msg: String| Err(Error::shape(OP, msg));
     let mut ts = vec![q, k, v];
     ts.extend(o.bias);
     same_dtype(OP, &ts)?;
-    for (name, t) in [("q", q), ("k", k), ("v", v)] {
-        if t.shape().len() != 3 || t.numel() == 0 {
-            return bad(format!(
-                "{name} must be a non-empty [B, L, H*D] tensor, got shape {:?}",
-                t.shape()
-            ));
-        }
-    }
-    let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
-    let h = o.num_heads;
-    if h == 0 || qs[2] % h != 0 || vs[2] % h != 0 {
-        return bad(format!(
-            "num_heads {h} must divide the last dim of q {qs:?} and of v {vs:?}"
-        ));
-    }
-    if ks[2] != qs[2] {
-        return bad(format!(
-            "k {ks:?} and q {qs:?} must have the same width H*D"
-        ));
-    }
-    if qs[0] != ks[0] || ks[0] != vs[0] {
-        return bad(format!("batch sizes differ: q {qs:?}, k {ks:?}, v {vs:?}"));
-    }
-    if ks[1] != vs[1] {
-        return bad(format!(
-            "k {ks:?} and v {vs:?} must have the same number of keys"
-        ));
-    }
-    let s = Shapes {
-        batch: qs[0],
-        lq: qs[1],
-        lk: ks[1],
-        heads: h,
-        d: qs[2] / h,
-        dv: vs[2] / h,
-        bias_b: 0,
-    };
-    if o.causal && s.lq != s.lk {
-        return bad(format!(
-            "causal attention needs as many queries as keys: q {qs:?}, k {ks:?}"
-        ));
-    }
-    for (what, dim) in [("q/k head dim", s.d), ("v head dim", s.dv)] {
-        if dim > MAX_HEAD_DIM {
-            return Err(Error::Limit {
-                op: OP,
-                limit: "attention head dim",
-                needed: dim as u64,
-                max: MAX_HEAD_DIM as u64,
-                hint: format!("{what} of q {qs:?} / v {vs:?} with {h} heads is too large"),
-            });
-        }
-    }
-    let mut s = s;
+    let mut s = Shapes::check(q, k, v, o)?;
     if let Some(b) = o.bias {
-        let (hh, lq, lk) = (s.heads, s.lq, s.lk);
-        s.bias_b = match b.shape() {
-            [x, y, z] if [*x, *y, *z] == [hh, lq, lk] => 0,
-            [1, x, y, z] if [*x, *y, *z] == [hh, lq, lk] => 0,
-            [bb, x, y, z] if [*bb, *x, *y, *z] == [s.batch, hh, lq, lk] => hh * lq * lk,
-            bs => {
-                return bad(format!(
-                    "bias {bs:?} must be [H, Lq, Lk] = {:?} or [B, H, Lq, Lk] = {:?}",
-                    [hh, lq, lk],
-                    [s.batch, hh, lq, lk]
-                ))
-            }
-        };
+        s.bias_b = s.bias_batch_stride(b)?;
         to_u32(OP, "bias", b.numel())?;
     }
     for (name, t) in [("q", q), ("k", k), ("v", v)] {
         to_u32(OP, name, t.numel())?;
     }
     Ok(s)
+}
+
+/// A shape error of this op.
+fn bad<T>(msg: String) -> Result<T> {
+    Err(Error::shape(OP, msg))
+}
+
+impl Shapes {
+    /// The sizes of q, k and v (`bias_b` 0): ranks, head split, widths, batch and key counts,
+    /// causality and the head dims the kernels hold in registers.
+    fn check(q: &Tensor, k: &Tensor, v: &Tensor, o: &AttentionOptions) -> Result<Shapes> {
+        for (name, t) in [("q", q), ("k", k), ("v", v)] {
+            if t.shape().len() != 3 || t.numel() == 0 {
+                return bad(format!(
+                    "{name} must be a non-empty [B, L, H*D] tensor, got shape {:?}",
+                    t.shape()
+                ));
+            }
+        }
+        let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
+        let h = o.num_heads;
+        if h == 0 || qs[2] % h != 0 || vs[2] % h != 0 {
+            return bad(format!(
+                "num_heads {h} must divide the last dim of q {qs:?} and of v {vs:?}"
+            ));
+        }
+        if ks[2] != qs[2] {
+            return bad(format!(
+                "k {ks:?} and q {qs:?} must have the same width H*D"
+            ));
+        }
+        if qs[0] != ks[0] || ks[0] != vs[0] {
+            return bad(format!("batch sizes differ: q {qs:?}, k {ks:?}, v {vs:?}"));
+        }
+        if ks[1] != vs[1] {
+            return bad(format!(
+                "k {ks:?} and v {vs:?} must have the same number of keys"
+            ));
+        }
+        if o.causal && qs[1] != ks[1] {
+            return bad(format!(
+                "causal attention needs as many queries as keys: q {qs:?}, k {ks:?}"
+            ));
+        }
+        let s = Shapes {
+            batch: qs[0],
+            lq: qs[1],
+            lk: ks[1],
+            heads: h,
+            d: qs[2] / h,
+            dv: vs[2] / h,
+            bias_b: 0,
+        };
+        s.check_head_dims(qs, vs)?;
+        Ok(s)
+    }
+
+    /// A head dim over [`MAX_HEAD_DIM`] would not fit the kernels' registers.
+    fn check_head_dims(&self, qs: &[usize], vs: &[usize]) -> Result<()> {
+        for (what, dim) in [("q/k head dim", self.d), ("v head dim", self.dv)] {
+            if dim > MAX_HEAD_DIM {
+                return Err(Error::Limit {
+                    op: OP,
+                    limit: "attention head dim",
+                    needed: dim as u64,
+                    max: MAX_HEAD_DIM as u64,
+                    hint: format!(
+                        "{what} of q {qs:?} / v {vs:?} with {} heads is too large",
+                        self.heads
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Elements between two batches' bias blocks: 0 for a bias shared by the batch.
+    fn bias_batch_stride(&self, b: &Tensor) -> Result<usize> {
+        let (hh, lq, lk) = (self.heads, self.lq, self.lk);
+        match b.shape() {
+            [x, y, z] if [*x, *y, *z] == [hh, lq, lk] => Ok(0),
+            [1, x, y, z] if [*x, *y, *z] == [hh, lq, lk] => Ok(0),
+            [bb, x, y, z] if [*bb, *x, *y, *z] == [self.batch, hh, lq, lk] => Ok(hh * lq * lk),
+            bs => bad(format!(
+                "bias {bs:?} must be [H, Lq, Lk] = {:?} or [B, H, Lq, Lk] = {:?}",
+                [hh, lq, lk],
+                [self.batch, hh, lq, lk]
+            )),
+        }
+    }
 }
 
 /// `softmax(scale * Q K^T + bias) V` per head; q `[B, Lq, H*D]`, k `[B, Lk, H*D]`, v
@@ -236,17 +261,8 @@ fn launch_sg(
     s: &Shapes,
     tiling: Tiling,
 ) -> Result<Tensor> {
-    if tiling.wg == 0 || tiling.wg > ctx.limits.max_compute_invocations_per_workgroup {
-        return Err(Error::shape(OP, format!("bad tiling {tiling:?}")));
-    }
-    let out = Tensor::empty(ctx, &[s.batch, s.lq, s.heads * s.dv], q.dtype())?;
-    to_u32(OP, "output", out.numel())?;
-    let wg = [
-        to_u32(OP, "query tiles", s.lq.div_ceil(4 * tiling.wg as usize))?,
-        to_u32(OP, "heads", s.heads)?,
-        to_u32(OP, "batch", s.batch)?,
-    ];
-    ctx.check_grid(OP, wg)?;
+    check_tiling(ctx, tiling)?;
+    let (out, wg) = output_and_grid(ctx, q, s, tiling)?;
     let pipe = ctx.pipeline(
         &SHADER_SG,
         PipelineKey {
@@ -284,18 +300,9 @@ pub fn attention_tiled(
     opts: &AttentionOptions,
     tiling: Tiling,
 ) -> Result<Tensor> {
-    if tiling.wg == 0 || tiling.wg > ctx.limits.max_compute_invocations_per_workgroup {
-        return Err(Error::shape(OP, format!("bad tiling {tiling:?}")));
-    }
+    check_tiling(ctx, tiling)?;
     let s = check(q, k, v, opts)?;
-    let out = Tensor::empty(ctx, &[s.batch, s.lq, s.heads * s.dv], q.dtype())?;
-    to_u32(OP, "output", out.numel())?;
-    let wg = [
-        to_u32(OP, "query tiles", s.lq.div_ceil(4 * tiling.wg as usize))?,
-        to_u32(OP, "heads", s.heads)?,
-        to_u32(OP, "batch", s.batch)?,
-    ];
-    ctx.check_grid(OP, wg)?;
+    let (out, wg) = output_and_grid(ctx, q, &s, tiling)?;
     let pipe = ctx.pipeline(
         &SHADER,
         PipelineKey {
@@ -313,6 +320,33 @@ pub fn attention_tiled(
     )?;
     launch(ctx, &pipe, "attention_flash", q, k, v, &out, opts, &s, wg);
     Ok(out)
+}
+
+/// A workgroup size the adapter can run (the subgroup and flash kernels).
+fn check_tiling(ctx: &Context, tiling: Tiling) -> Result<()> {
+    if tiling.wg == 0 || tiling.wg > ctx.limits.max_compute_invocations_per_workgroup {
+        return Err(Error::shape(OP, format!("bad tiling {tiling:?}")));
+    }
+    Ok(())
+}
+
+/// The output `[B, Lq, H*Dv]` and the grid of the subgroup and flash kernels: x over tiles of
+/// `4 * wg` query rows, y over heads, z over the batch.
+fn output_and_grid(
+    ctx: &Context,
+    q: &Tensor,
+    s: &Shapes,
+    tiling: Tiling,
+) -> Result<(Tensor, [u32; 3])> {
+    let out = Tensor::empty(ctx, &[s.batch, s.lq, s.heads * s.dv], q.dtype())?;
+    to_u32(OP, "output", out.numel())?;
+    let wg = [
+        to_u32(OP, "query tiles", s.lq.div_ceil(4 * tiling.wg as usize))?,
+        to_u32(OP, "heads", s.heads)?,
+        to_u32(OP, "batch", s.batch)?,
+    ];
+    ctx.check_grid(OP, wg)?;
+    Ok((out, wg))
 }
 
 /// The benchmark's baseline: one invocation per query row, per-key softmax rescaling, scalar

@@ -41,6 +41,8 @@ pub fn group_norm(
     group_norm_with_tiling(ctx, x, num_groups, weight, bias, eps, silu, None)
 }
 
+const OP: &str = "group_norm";
+
 /// [`group_norm`] with an explicit tiling (benchmarks); `None` picks the default.
 #[allow(clippy::too_many_arguments)]
 pub fn group_norm_with_tiling(
@@ -53,7 +55,55 @@ pub fn group_norm_with_tiling(
     silu: bool,
     tiling: Option<RowTiling>,
 ) -> Result<Tensor> {
-    const OP: &str = "group_norm";
+    let (n, c, inner) = check(x, num_groups, weight, bias)?;
+    let g = Groups::new(n, c, inner, num_groups);
+    let t = tiling.unwrap_or_else(|| RowTiling::choose(ctx, g.rows, g.row_u));
+    t.check(OP)?;
+    let p = g.params(num_groups, eps, t);
+    let affine = weight.is_some() as u32 | (bias.is_some() as u32) << 1;
+    let act = if silu {
+        Activation::Silu
+    } else {
+        Activation::None
+    };
+    let entry = if g.vec4 { "group_norm4" } else { "group_norm1" };
+    let pipe = ctx.pipeline(
+        &SHADER,
+        PipelineKey {
+            family: SHADER.name,
+            entry,
+            dtype: x.dtype(),
+            constants: vec![
+                ("WG", t.wg),
+                ("TPR", t.tpr),
+                ("AFFINE", affine),
+                ("ACT", act.id()),
+            ],
+        },
+    )?;
+    let wg = ctx.grid_1d((g.rows as u64).div_ceil(t.rows_per_wg() as u64));
+    ctx.check_grid(OP, wg)?;
+    let out = Tensor::empty(ctx, x.shape(), x.dtype())?;
+    let w = weight.unwrap_or(x);
+    let b = bias.unwrap_or(x);
+    ctx.launch(
+        &pipe,
+        OP,
+        &[x.buffer(), w.buffer(), b.buffer(), out.buffer()],
+        bytemuck::bytes_of(&p),
+        wg,
+    );
+    Ok(out)
+}
+
+/// Checks the input and the affine parameters; returns `(N, C, inner)`, inner the product of
+/// the spatial dims (1 for [N, C]).
+fn check(
+    x: &Tensor,
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+) -> Result<(usize, usize, usize)> {
     let shape = x.shape();
     if !(2..=4).contains(&shape.len()) {
         return Err(Error::shape(
@@ -87,60 +137,55 @@ pub fn group_norm_with_tiling(
         }
     }
     to_u32(OP, "tensor", x.numel())?;
-    let cpg = c / num_groups;
-    let rows = n * num_groups;
-    let vec4 = inner % 4 == 0;
-    let inner_u = if vec4 { inner / 4 } else { inner };
-    let row_u = cpg * inner_u;
-    let t = tiling.unwrap_or_else(|| RowTiling::choose(ctx, rows, row_u));
-    t.check(OP)?;
-    let tpr = t.tpr as usize;
-    let p = Params {
-        rows: rows as u32,
-        groups: num_groups as u32,
-        cpg: cpg as u32,
-        inner: inner_u as u32,
-        n: row_u as u32,
-        step_c: (tpr / inner_u) as u32,
-        step_r: (tpr % inner_u) as u32,
-        count: (cpg * inner) as f32,
-        eps,
-        _pad: [0; 3],
-    };
-    let affine = weight.is_some() as u32 | (bias.is_some() as u32) << 1;
-    let act = if silu {
-        Activation::Silu
-    } else {
-        Activation::None
-    };
-    let entry = if vec4 { "group_norm4" } else { "group_norm1" };
-    let pipe = ctx.pipeline(
-        &SHADER,
-        PipelineKey {
-            family: SHADER.name,
-            entry,
-            dtype: x.dtype(),
-            constants: vec![
-                ("WG", t.wg),
-                ("TPR", t.tpr),
-                ("AFFINE", affine),
-                ("ACT", act.id()),
-            ],
-        },
-    )?;
-    let wg = ctx.grid_1d((rows as u64).div_ceil(t.rows_per_wg() as u64));
-    ctx.check_grid(OP, wg)?;
-    let out = Tensor::empty(ctx, shape, x.dtype())?;
-    let w = weight.unwrap_or(x);
-    let b = bias.unwrap_or(x);
-    ctx.launch(
-        &pipe,
-        OP,
-        &[x.buffer(), w.buffer(), b.buffer(), out.buffer()],
-        bytemuck::bytes_of(&p),
-        wg,
-    );
-    Ok(out)
+    Ok((n, c, inner))
+}
+
+/// The groups as the shader walks them: one row of `cpg * inner` values per (sample, group),
+/// read as vec4s (units of 4 values) when `inner` is a multiple of 4, else as scalars.
+struct Groups {
+    rows: usize,
+    cpg: usize,
+    inner: usize,
+    vec4: bool,
+    /// `inner` in units.
+    inner_u: usize,
+    /// A row in units.
+    row_u: usize,
+}
+
+impl Groups {
+    fn new(n: usize, c: usize, inner: usize, num_groups: usize) -> Self {
+        let cpg = c / num_groups;
+        let vec4 = inner % 4 == 0;
+        let inner_u = if vec4 { inner / 4 } else { inner };
+        Groups {
+            rows: n * num_groups,
+            cpg,
+            inner,
+            vec4,
+            inner_u,
+            row_u: cpg * inner_u,
+        }
+    }
+
+    /// The shader's parameters; a thread steps `tpr` units at a time, i.e. `step_c` channels
+    /// and `step_r` units on. The `as u32` casts are exact: [`check`] bounded the element
+    /// count, and every size here is at most that.
+    fn params(&self, num_groups: usize, eps: f32, t: RowTiling) -> Params {
+        let tpr = t.tpr as usize;
+        Params {
+            rows: self.rows as u32,
+            groups: num_groups as u32,
+            cpg: self.cpg as u32,
+            inner: self.inner_u as u32,
+            n: self.row_u as u32,
+            step_c: (tpr / self.inner_u) as u32,
+            step_r: (tpr % self.inner_u) as u32,
+            count: (self.cpg * self.inner) as f32,
+            eps,
+            _pad: [0; 3],
+        }
+    }
 }
 
 /// CPU reference, f64 arithmetic.

@@ -94,6 +94,8 @@ impl Default for MatmulOptions<'_> {
     }
 }
 
+const OP: &str = "matmul";
+
 /// Shapes and strides of one call, checked.
 struct Plan {
     batch: usize,
@@ -103,83 +105,40 @@ struct Plan {
     params: Params,
 }
 
+impl Plan {
+    /// Workgroups of every kernel: x over N, y over M, z over the batch, for a workgroup that
+    /// owns `cols` columns and `rows` rows of one output matrix.
+    fn grid(&self, cols: usize, rows: usize) -> Result<[u32; 3]> {
+        Ok([
+            to_u32(OP, "N", self.n.div_ceil(cols))?,
+            to_u32(OP, "M", self.m.div_ceil(rows))?,
+            to_u32(OP, "batch", self.batch)?,
+        ])
+    }
+}
+
+/// Checks one call (dtypes, shapes, bias, u32 sizes) and computes what every kernel needs.
 fn plan(a: &Tensor, b: &Tensor, o: &MatmulOptions) -> Result<Plan> {
-    const OP: &str = "matmul";
     let mut ts = vec![a, b];
     ts.extend(o.bias);
     same_dtype(OP, &ts)?;
-    let desc = || {
-        format!(
-            "A {:?}{} x B {:?}{}",
-            a.shape(),
-            if o.trans_a { " (transposed)" } else { "" },
-            b.shape(),
-            if o.trans_b { " (transposed)" } else { "" }
-        )
-    };
-    let split = |t: &Tensor, what: &str| -> Result<(Option<usize>, usize, usize)> {
-        match *t.shape() {
-            [r, c] => Ok((None, r, c)),
-            [bt, r, c] => Ok((Some(bt), r, c)),
-            _ => Err(Error::shape(
-                OP,
-                format!("{what} must be 2-D or 3-D (batched), got {}", desc()),
-            )),
-        }
-    };
-    let (ba, ar, ac) = split(a, "A")?;
-    let (bb, br, bc) = split(b, "B")?;
-    let (m, ka) = if o.trans_a { (ac, ar) } else { (ar, ac) };
-    let (kb, n) = if o.trans_b { (bc, br) } else { (br, bc) };
-    if ka != kb {
-        return Err(Error::shape(
-            OP,
-            format!("inner dimensions differ ({ka} vs {kb}): {}", desc()),
-        ));
-    }
-    let k = ka;
-    let batch = match (ba, bb) {
-        (Some(x), Some(y)) if x != y => {
-            return Err(Error::shape(
-                OP,
-                format!("batch sizes differ ({x} vs {y}): {}", desc()),
-            ))
-        }
-        (x, y) => x.or(y),
-    };
-    if m == 0 || n == 0 || k == 0 || batch == Some(0) {
-        return Err(Error::shape(OP, format!("empty operand: {}", desc())));
-    }
+    let d = Dims::check(a, b, o)?;
     if let Some(bias) = o.bias {
-        if bias.shape() != [n] {
+        if bias.shape() != [d.n] {
             return Err(Error::shape(
                 OP,
                 format!(
-                    "bias must have shape [{n}] (N), got {:?}: {}",
+                    "bias must have shape [{}] (N), got {:?}: {}",
+                    d.n,
                     bias.shape(),
-                    desc()
+                    describe(a, b, o)
                 ),
             ));
         }
     }
-    let u = |what: &str, v: usize| to_u32(OP, what, v);
-    let (a_sm, a_sk) = if o.trans_a { (1, m) } else { (k, 1) };
-    let (b_sk, b_sn) = if o.trans_b { (1, k) } else { (n, 1) };
-    let params = Params {
-        m: u("M", m)?,
-        n: u("N", n)?,
-        k: u("K", k)?,
-        has_bias: o.bias.is_some() as u32,
-        a_sm: u("A stride", a_sm)?,
-        a_sk: u("A stride", a_sk)?,
-        a_sb: if ba.is_some() { u("A", m * k)? } else { 0 },
-        b_sk: u("B stride", b_sk)?,
-        b_sn: u("B stride", b_sn)?,
-        b_sb: if bb.is_some() { u("B", k * n)? } else { 0 },
-        act: o.act.id(),
-        alpha: o.alpha,
-    };
-    u("output", batch.unwrap_or(1) * m * n)?;
+    let params = d.params(o)?;
+    let (batch, m, n) = (d.batch, d.m, d.n);
+    to_u32(OP, "output", batch.unwrap_or(1) * m * n)?;
     let out_shape = match batch {
         Some(bt) => vec![bt, m, n],
         None => vec![m, n],
@@ -191,6 +150,96 @@ fn plan(a: &Tensor, b: &Tensor, o: &MatmulOptions) -> Result<Plan> {
         out_shape,
         params,
     })
+}
+
+/// `A [..] x B [..]` with each transposed operand marked, for error messages.
+fn describe(a: &Tensor, b: &Tensor, o: &MatmulOptions) -> String {
+    format!(
+        "A {:?}{} x B {:?}{}",
+        a.shape(),
+        if o.trans_a { " (transposed)" } else { "" },
+        b.shape(),
+        if o.trans_b { " (transposed)" } else { "" }
+    )
+}
+
+/// The logical sizes of `op(A) [M, K] x op(B) [K, N]`, and which operands carry a batch dim.
+struct Dims {
+    /// None when neither operand is batched.
+    batch: Option<usize>,
+    a_batched: bool,
+    b_batched: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+}
+
+impl Dims {
+    /// Checks ranks, the inner dimension, the batch sizes and emptiness.
+    fn check(a: &Tensor, b: &Tensor, o: &MatmulOptions) -> Result<Dims> {
+        let err = |why: String| Err(Error::shape(OP, format!("{why}: {}", describe(a, b, o))));
+        // (batch, rows, columns) as stored.
+        let split = |t: &Tensor, what: &str| -> Result<(Option<usize>, usize, usize)> {
+            match *t.shape() {
+                [r, c] => Ok((None, r, c)),
+                [bt, r, c] => Ok((Some(bt), r, c)),
+                _ => Err(Error::shape(
+                    OP,
+                    format!(
+                        "{what} must be 2-D or 3-D (batched), got {}",
+                        describe(a, b, o)
+                    ),
+                )),
+            }
+        };
+        let (ba, ar, ac) = split(a, "A")?;
+        let (bb, br, bc) = split(b, "B")?;
+        let (m, ka) = if o.trans_a { (ac, ar) } else { (ar, ac) };
+        let (kb, n) = if o.trans_b { (bc, br) } else { (br, bc) };
+        if ka != kb {
+            return err(format!("inner dimensions differ ({ka} vs {kb})"));
+        }
+        let batch = match (ba, bb) {
+            (Some(x), Some(y)) if x != y => {
+                return err(format!("batch sizes differ ({x} vs {y})"));
+            }
+            (x, y) => x.or(y),
+        };
+        if m == 0 || n == 0 || ka == 0 || batch == Some(0) {
+            return err("empty operand".to_string());
+        }
+        Ok(Dims {
+            batch,
+            a_batched: ba.is_some(),
+            b_batched: bb.is_some(),
+            m,
+            n,
+            k: ka,
+        })
+    }
+
+    /// The shader's parameters: element strides of op(A) along M and K and of op(B) along K
+    /// and N (a transposed operand swaps them), and per-batch strides (0: broadcast).
+    fn params(&self, o: &MatmulOptions) -> Result<Params> {
+        let (m, n, k) = (self.m, self.n, self.k);
+        let u = |what: &str, v: usize| to_u32(OP, what, v);
+        let (a_sm, a_sk) = if o.trans_a { (1, m) } else { (k, 1) };
+        let (b_sk, b_sn) = if o.trans_b { (1, k) } else { (n, 1) };
+        Ok(Params {
+            m: u("M", m)?,
+            n: u("N", n)?,
+            k: u("K", k)?,
+            has_bias: o.bias.is_some() as u32,
+            a_sm: u("A stride", a_sm)?,
+            a_sk: u("A stride", a_sk)?,
+            a_sb: if self.a_batched { u("A", m * k)? } else { 0 },
+            b_sk: u("B stride", b_sk)?,
+            b_sn: u("B stride", b_sn)?,
+            b_sb: if self.b_batched { u("B", k * n)? } else { 0 },
+            act: o.act.id(),
+            alpha: o.alpha,
+        })
+    }
 }
 
 fn key(entry: &'static str, t: &Tensor, constants: Vec<(&'static str, u32)>) -> PipelineKey {
@@ -211,7 +260,7 @@ fn launch(
     plan: Plan,
     wg: [u32; 3],
 ) -> Result<Tensor> {
-    ctx.check_grid("matmul", wg)?;
+    ctx.check_grid(OP, wg)?;
     let out = Tensor::empty(ctx, &plan.out_shape, a.dtype())?;
     let entry = key.entry;
     let pipe = ctx.pipeline(&SHADER, key)?;
@@ -268,12 +317,8 @@ fn launch_sg(
         act: q.act,
         alpha: q.alpha,
     };
-    let wg = [
-        to_u32("matmul", "N", plan.n.div_ceil(4 * t.wg as usize))?,
-        to_u32("matmul", "M", plan.m.div_ceil(t.tr as usize))?,
-        to_u32("matmul", "batch", plan.batch)?,
-    ];
-    ctx.check_grid("matmul", wg)?;
+    let wg = plan.grid(4 * t.wg as usize, t.tr as usize)?;
+    ctx.check_grid(OP, wg)?;
     let out = Tensor::empty(ctx, &plan.out_shape, a.dtype())?;
     let consts = vec![("WG", t.wg), ("TR", t.tr), ("TB", o.trans_b as u32)];
     let key = PipelineKey {
@@ -305,14 +350,14 @@ pub fn matmul_sg_with(
 ) -> Result<Tensor> {
     if !(1..=32).contains(&t.tr) || t.wg == 0 {
         return Err(Error::shape(
-            "matmul",
+            OP,
             format!("unsupported tile {t:?}: tr must be 1..=32"),
         ));
     }
     let plan = plan(a, b, o)?;
     if !sg_ok(ctx, &plan, o) {
         return Err(Error::shape(
-            "matmul",
+            OP,
             format!(
                 "the subgroup path needs A untransposed, K and N multiples of 4 and subgroups \
                  of >= 8 invocations: A {:?}, B {:?}",
@@ -346,16 +391,12 @@ pub fn matmul_with(
 ) -> Result<Tensor> {
     if t.tm == 0 || t.tm % 4 != 0 || t.tm > 32 || !(1..=4).contains(&t.tn) || t.wg == 0 {
         return Err(Error::shape(
-            "matmul",
+            OP,
             format!("unsupported tile {t:?}: tm must be 4, 8, .. 32 and tn 1..=4"),
         ));
     }
     let plan = plan(a, b, o)?;
-    let wg = [
-        to_u32("matmul", "N", plan.n.div_ceil((t.wg * t.tn) as usize))?,
-        to_u32("matmul", "M", plan.m.div_ceil(t.tm as usize))?,
-        to_u32("matmul", "batch", plan.batch)?,
-    ];
+    let wg = plan.grid((t.wg * t.tn) as usize, t.tm as usize)?;
     let consts = vec![("WG", t.wg), ("TM", t.tm), ("TN", t.tn), ("KU", KU)];
     launch(ctx, key("matmul_tiled", a, consts), a, b, o.bias, plan, wg)
 }
@@ -363,11 +404,7 @@ pub fn matmul_with(
 /// One output per invocation: the baseline the tiled kernel is benchmarked against.
 pub fn matmul_naive(ctx: &Context, a: &Tensor, b: &Tensor, o: &MatmulOptions) -> Result<Tensor> {
     let plan = plan(a, b, o)?;
-    let wg = [
-        to_u32("matmul", "N", plan.n.div_ceil(16))?,
-        to_u32("matmul", "M", plan.m.div_ceil(16))?,
-        to_u32("matmul", "batch", plan.batch)?,
-    ];
+    let wg = plan.grid(16, 16)?;
     launch(ctx, key("matmul_naive", a, vec![]), a, b, o.bias, plan, wg)
 }
 

@@ -58,7 +58,25 @@ fn dims(t: &Tensor, what: &str) -> Result<[usize; 4]> {
 /// Blends `tile` [B, C, h, w] in place with its neighbours as `blend_v` then `blend_h` do and
 /// writes its crop into `out` [B, C, H, W] at `seam.at`.
 pub fn tile_blend(ctx: &Context, tile: &Tensor, out: &Tensor, seam: &Seam) -> Result<()> {
-    let [b, c, th, tw] = dims(tile, "tile")?;
+    let p = params(tile, out, seam)?;
+    if p.n == 0 {
+        return Ok(());
+    }
+    dispatch(ctx, tile, out, seam, &p)
+}
+
+/// The two sides a tile is blended with; each blends along one spatial axis of [B, C, H, W].
+#[derive(Clone, Copy)]
+enum Side {
+    /// `blend_v`: along the height, the width must match.
+    Top,
+    /// `blend_h`: along the width, the height must match.
+    Left,
+}
+
+/// Checks every tensor of one call against `tile` and computes the shader's parameters.
+fn params(tile: &Tensor, out: &Tensor, seam: &Seam) -> Result<Params> {
+    let td @ [b, c, th, tw] = dims(tile, "tile")?;
     let [ob, oc, oh, ow] = dims(out, "out")?;
     same_dtype(OP, &[tile, out])?;
     if (ob, oc) != (b, c) {
@@ -72,39 +90,8 @@ pub fn tile_blend(ctx: &Context, tile: &Tensor, out: &Tensor, seam: &Seam) -> Re
         ));
     }
     let e = seam.blend_extent;
-    let (mut ev, mut top_h) = (0, 0);
-    if let Some(t) = seam.top {
-        let [tb, tc, h, w] = dims(t, "top")?;
-        same_dtype(OP, &[tile, t])?;
-        if (tb, tc, w) != (b, c, tw) {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "top {:?} must match tile {:?} in all but height",
-                    t.shape(),
-                    tile.shape()
-                ),
-            ));
-        }
-        // blend_extent = min(a.shape[2], b.shape[2], blend_extent)
-        (ev, top_h) = (h.min(th).min(e), h);
-    }
-    let (mut eh, mut left_w) = (0, 0);
-    if let Some(l) = seam.left {
-        let [lb, lc, h, w] = dims(l, "left")?;
-        same_dtype(OP, &[tile, l])?;
-        if (lb, lc, h) != (b, c, th) {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "left {:?} must match tile {:?} in all but width",
-                    l.shape(),
-                    tile.shape()
-                ),
-            ));
-        }
-        (eh, left_w) = (w.min(tw).min(e), w);
-    }
+    let (ev, top_h) = neighbour(tile, td, seam.top, Side::Top, e)?;
+    let (eh, left_w) = neighbour(tile, td, seam.left, Side::Left, e)?;
     let (crop_h, crop_w) = (th.min(seam.row_limit), tw.min(seam.row_limit));
     let (y0, x0) = seam.at;
     if y0 + crop_h > oh || x0 + crop_w > ow {
@@ -134,9 +121,44 @@ pub fn tile_blend(ctx: &Context, tile: &Tensor, out: &Tensor, seam: &Seam) -> Re
         _pad: [0; 3],
     };
     u("out", out.numel())?;
-    if p.n == 0 {
-        return Ok(());
+    Ok(p)
+}
+
+/// `(blend extent, neighbour's size along the blended axis)` for one side of `tile` (dims
+/// `td`), (0, 0) without a neighbour: diffusers' `min(a.shape[axis], b.shape[axis],
+/// blend_extent)`, after checking the neighbour matches the tile across that axis.
+fn neighbour(
+    tile: &Tensor,
+    td: [usize; 4],
+    n: Option<&Tensor>,
+    side: Side,
+    extent: usize,
+) -> Result<(usize, usize)> {
+    let Some(n) = n else {
+        return Ok((0, 0));
+    };
+    // (name, blended axis, the other spatial axis, what may differ)
+    let (name, axis, across, differs) = match side {
+        Side::Top => ("top", 2, 3, "height"),
+        Side::Left => ("left", 3, 2, "width"),
+    };
+    let nd = dims(n, name)?;
+    same_dtype(OP, &[tile, n])?;
+    if (nd[0], nd[1], nd[across]) != (td[0], td[1], td[across]) {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "{name} {:?} must match tile {:?} in all but {differs}",
+                n.shape(),
+                tile.shape()
+            ),
+        ));
     }
+    Ok((nd[axis].min(td[axis]).min(extent), nd[axis]))
+}
+
+/// Records the blend-and-crop of one checked, non-empty tile.
+fn dispatch(ctx: &Context, tile: &Tensor, out: &Tensor, seam: &Seam, p: &Params) -> Result<()> {
     // An unused side binds a small placeholder (never read: ev / eh = 0).
     let none = Tensor::empty(ctx, &[4], tile.dtype())?;
     let top = seam.top.unwrap_or(&none);
@@ -154,7 +176,7 @@ pub fn tile_blend(ctx: &Context, tile: &Tensor, out: &Tensor, seam: &Seam) -> Re
         &pipe,
         "tile_blend",
         &[top.buffer(), left.buffer(), tile.buffer(), out.buffer()],
-        bytemuck::bytes_of(&p),
+        bytemuck::bytes_of(p),
         wg,
     );
     Ok(())
