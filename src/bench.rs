@@ -238,8 +238,10 @@ pub fn run(ctx: &Context, args: &BenchArgs) -> Result<Vec<Measured>> {
 }
 
 /// One `UNet2DConditionModel` forward of the SD-1.5 architecture (diffusers' default config
-/// with `cross_attention_dim` 768) on random weights and inputs: the load time, the first
-/// (cold: pipeline compiles) step and the median warm step.
+/// with `cross_attention_dim` 768) and of the shipped model's U-Net (`weights/default`, batch 2
+/// as with guidance) on random weights and inputs: the load time, the first (cold: pipeline
+/// compiles) step, the median warm step, and its median host time (recording and submitting,
+/// without the wait for the GPU).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn run_model(ctx: &Context, args: &BenchArgs) -> Result<()> {
     use crate::config::{AutoencoderKLConfig, PerBlock, UNet2DConditionModelConfig};
@@ -270,8 +272,8 @@ pub fn run_model(ctx: &Context, args: &BenchArgs) -> Result<()> {
     };
     println!("adapter: {}", ctx.describe());
     println!(
-        "{:<22} {:<32} {:>8} {:>10} {:>10}",
-        "model", "input", "load s", "cold ms", "median ms"
+        "{:<22} {:<32} {:>8} {:>10} {:>10} {:>8}",
+        "model", "input", "load s", "cold ms", "median ms", "host ms"
     );
     let empty = Weights::from_files(vec![])?;
     let fill = |n: usize| {
@@ -289,18 +291,24 @@ pub fn run_model(ctx: &Context, args: &BenchArgs) -> Result<()> {
         step(ctx)?;
         ctx.sync()?;
         let cold = t.elapsed().as_secs_f64();
-        let mut times = Vec::new();
+        let (mut times, mut host) = (Vec::new(), Vec::new());
         for _ in 0..args.reps.max(1) {
             let t = Instant::now();
             step(ctx)?;
+            ctx.flush()?;
+            host.push(t.elapsed().as_secs_f64());
             ctx.sync()?;
             times.push(t.elapsed().as_secs_f64());
         }
-        times.sort_by(|a, b| a.total_cmp(b));
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
         println!(
-            "{name:<22} {input:<32} {load:>8.1} {:>10.0} {:>10.0}",
+            "{name:<22} {input:<32} {load:>8.1} {:>10.0} {:>10.0} {:>8.1}",
             cold * 1e3,
-            times[times.len() / 2] * 1e3
+            median(times) * 1e3,
+            median(host) * 1e3
         );
         if let Some(r) = ctx.profile_report() {
             println!("{r}");
@@ -308,18 +316,34 @@ pub fn run_model(ctx: &Context, args: &BenchArgs) -> Result<()> {
         ctx.trim_pool();
         Ok(())
     };
+    // The shipped U-Net at its size, with its tokenizer's 80 tokens.
+    let shipped = UNet2DConditionModelConfig::from_json(include_bytes!(
+        "../weights/default/unet/config.json"
+    ))?;
+    let size = shipped.sample_size.unwrap_or(16);
+    let dim = match &shipped.cross_attention_dim {
+        PerBlock::One(d) => *d,
+        PerBlock::Each(v) => v.first().copied().unwrap_or_default(),
+    };
+    let unets = [
+        ("sd15", unet_cfg, b, s, 77, 768),
+        ("default", shipped, 2, size, 80, dim),
+    ];
     for dt in crate::kernels::bench_dtypes(ctx, args) {
-        let unet_name = format!("unet_sd15_step_{}", dt.name());
-        if wanted(&unet_name) {
+        for (what, cfg, b, s, seq, dim) in &unets {
+            let unet_name = format!("unet_{what}_step_{}", dt.name());
+            if !wanted(&unet_name) {
+                continue;
+            }
             let t0 = Instant::now();
-            let unet = UNet2DConditionModel::load(&Loader::random(ctx, &empty, dt, 7), &unet_cfg)?;
+            let unet = UNet2DConditionModel::load(&Loader::random(ctx, &empty, dt, 7), cfg)?;
             ctx.sync()?;
             let load = t0.elapsed().as_secs_f64();
-            let sample = Tensor::from_f32(ctx, &fill(b * 4 * s * s), &[b, 4, s, s], dt)?;
-            let enc = Tensor::from_f32(ctx, &fill(b * 77 * 768), &[b, 77, 768], dt)?;
+            let sample = Tensor::from_f32(ctx, &fill(b * 4 * s * s), &[*b, 4, *s, *s], dt)?;
+            let enc = Tensor::from_f32(ctx, &fill(b * seq * dim), &[*b, *seq, *dim], dt)?;
             report(
                 unet_name,
-                format!("[{b}, 4, {s}, {s}] + [{b}, 77, 768]"),
+                format!("[{b}, 4, {s}, {s}] + [{b}, {seq}, {dim}]"),
                 load,
                 &|c| unet.forward(c, &sample, &[999.0], &enc).map(drop),
             )?;
