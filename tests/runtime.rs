@@ -3,8 +3,8 @@
 
 mod common;
 use common::*;
-use hoa::kernels::elementwise;
-use hoa::{DType, Error, Tensor};
+use hoa::kernels::{elementwise, Activation};
+use hoa::{Context, ContextOptions, DType, Error, Tensor};
 
 #[test]
 fn adapter_is_reported_and_respects_limits() {
@@ -81,4 +81,75 @@ fn threads_sharing_a_context_see_their_own_results() {
             });
         }
     });
+}
+
+/// A context of the test's own, without poisoning: launches share submissions, so their params
+/// sit at nonzero arena offsets (the shared test context submits before every new tensor), and
+/// no other test moves its pool or its bind-group counters.
+fn batching_ctx() -> Option<Context> {
+    ctx()?;
+    Some(Context::new_blocking(ContextOptions::from_env()).unwrap())
+}
+
+/// `x + 0 + 1 + ... + (n - 1)`, one launch per term, all recorded before one readback.
+fn sum_chain(c: &Context, x: &Tensor, n: usize) -> Tensor {
+    let mut y = x.clone();
+    for i in 0..n {
+        y = elementwise::unary(c, &y, Activation::None, 1.0, i as f32).unwrap();
+    }
+    y
+}
+
+#[test]
+fn launches_read_their_own_params_across_arena_growth() {
+    let Some(c) = &batching_ctx() else { return };
+    let x: Vec<f32> = (0..300).map(|i| i as f32).collect();
+    let t = Tensor::from_f32(c, &x, &[300], DType::F32).unwrap();
+    // 2000 launches in one recording: more params than the arena first holds, so it is
+    // submitted part way and grown; every launch must still add its own term.
+    let n = 2000;
+    let y = sum_chain(c, &t, n).to_vec(c).unwrap();
+    let s = (n * (n - 1) / 2) as f32;
+    let want: Vec<f32> = x.iter().map(|v| v + s).collect();
+    all_close("arena chain", &y, &want, &F32);
+}
+
+#[test]
+fn a_repeated_step_creates_no_bind_groups_and_reads_new_params() {
+    let Some(c) = &batching_ctx() else { return };
+    let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
+    let t = Tensor::from_f32(c, &x, &[64], DType::F32).unwrap();
+    // Five intermediates freed in an order that, were the pool a stack, would hand each one
+    // the next one's buffer in the following step (a cycle of five), so no two of the first
+    // five steps would bind alike.
+    let step = |scale: f32| {
+        let mut r = vec![elementwise::scale(c, &t, scale).unwrap()];
+        for k in 1..5 {
+            r.push(elementwise::add(c, &r[k - 1], &t).unwrap());
+        }
+        let want: Vec<f32> = x.iter().map(|v| (scale + 4.0) * v).collect();
+        let got = r[4].to_vec(c).unwrap();
+        all_close(&format!("step x{scale}"), &got, &want, &F32);
+        for k in [0, 4, 3, 2, 1] {
+            drop(std::mem::replace(&mut r[k], t.clone()));
+        }
+    };
+    // The first step creates the buffers; from the second on, the same tensors get the same ones.
+    for s in [1.0, 2.0] {
+        step(s);
+    }
+    let before = c.bind_group_stats();
+    // Cached bind groups name arena slots, not values: a new scale must still be read.
+    for s in [3.0, 4.0, 5.0] {
+        step(s);
+    }
+    let after = c.bind_group_stats();
+    assert_eq!(after.created, before.created, "{before:?} -> {after:?}");
+    assert_eq!(after.hits, before.hits + 15, "{before:?} -> {after:?}");
+
+    // Trimming the pool forgets them; the recreated buffers get bind groups of their own.
+    c.trim_pool();
+    assert_eq!(c.bind_group_stats().cached, 0);
+    step(6.0);
+    assert!(c.bind_group_stats().created > after.created);
 }

@@ -105,6 +105,9 @@ pub struct ModelTiming {
     pub cold_seconds: f64,
     /// The median of `reps` runs after it.
     pub median_seconds: f64,
+    /// The median host time of those runs: recording and submitting, without the wait for the
+    /// GPU (what per-dispatch allocation costs).
+    pub host_seconds: f64,
     /// [`Context::profile_report`] after the runs (`HOA_PROFILE=1`).
     pub profile: Option<String>,
 }
@@ -122,20 +125,26 @@ fn time_model(
     step(ctx)?;
     ctx.sync()?;
     let cold_seconds = t.elapsed().as_secs_f64();
-    let mut times = Vec::new();
+    let (mut times, mut host) = (Vec::new(), Vec::new());
     for _ in 0..reps.max(1) {
         let t = Instant::now();
         step(ctx)?;
+        ctx.flush()?;
+        host.push(t.elapsed().as_secs_f64());
         ctx.sync()?;
         times.push(t.elapsed().as_secs_f64());
     }
-    times.sort_by(|a, b| a.total_cmp(b));
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
     let timing = ModelTiming {
         name,
         input,
         load_seconds,
         cold_seconds,
-        median_seconds: times[times.len() / 2],
+        median_seconds: median(times),
+        host_seconds: median(host),
         profile: ctx.profile_report(),
     };
     ctx.trim_pool();
@@ -151,7 +160,7 @@ fn fill(n: usize) -> Vec<f32> {
 }
 
 /// One `UNet2DConditionModel` forward of the SD-1.5 architecture (diffusers' default config
-/// with `cross_attention_dim` 768) and one `AutoencoderKL` decode of the SD-1.5 VAE, on random
+/// with `cross_attention_dim` 768) and of the shipped model's U-Net, and one `AutoencoderKL` decode of the SD-1.5 VAE, on random
 /// weights and inputs: the load time, the first (cold: pipeline compiles) run and the median
 /// warm run, each handed to `each` when measured. The filter picks models by name.
 #[cfg(not(target_arch = "wasm32"))]
@@ -180,17 +189,34 @@ pub fn run_model(
         ..Default::default()
     };
     let (b, s) = if opts.quick { (1, 32) } else { (2, 64) };
+    // The shipped U-Net at its size, batch 2 as with guidance, with its tokenizer's 80 tokens:
+    // a small model, where the host's recording dominates.
+    let shipped = UNet2DConditionModelConfig::from_json(include_bytes!(
+        "../../weights/default/unet/config.json"
+    ))?;
+    let size = shipped.sample_size.unwrap_or(16);
+    let dim = match &shipped.cross_attention_dim {
+        PerBlock::One(d) => *d,
+        PerBlock::Each(v) => v.first().copied().unwrap_or_default(),
+    };
+    let unets = [
+        ("sd15", unet_cfg, b, s, 77, 768),
+        ("default", shipped, 2, size, 80, dim),
+    ];
     let empty = Weights::from_files(vec![])?;
     for dt in opts.dtypes(ctx) {
-        let unet_name = format!("unet_sd15_step_{}", dt.name());
-        if opts.wants(&unet_name, "") {
+        for (what, cfg, b, s, seq, dim) in &unets {
+            let unet_name = format!("unet_{what}_step_{}", dt.name());
+            if !opts.wants(&unet_name, "") {
+                continue;
+            }
             let t0 = Instant::now();
-            let unet = UNet2DConditionModel::load(&Loader::random(ctx, &empty, dt, 7), &unet_cfg)?;
+            let unet = UNet2DConditionModel::load(&Loader::random(ctx, &empty, dt, 7), cfg)?;
             ctx.sync()?;
             let load = t0.elapsed().as_secs_f64();
-            let sample = Tensor::from_f32(ctx, &fill(b * 4 * s * s), &[b, 4, s, s], dt)?;
-            let enc = Tensor::from_f32(ctx, &fill(b * 77 * 768), &[b, 77, 768], dt)?;
-            let input = format!("[{b}, 4, {s}, {s}] + [{b}, 77, 768]");
+            let sample = Tensor::from_f32(ctx, &fill(b * 4 * s * s), &[*b, 4, *s, *s], dt)?;
+            let enc = Tensor::from_f32(ctx, &fill(b * seq * dim), &[*b, *seq, *dim], dt)?;
+            let input = format!("[{b}, 4, {s}, {s}] + [{b}, {seq}, {dim}]");
             each(&time_model(
                 ctx,
                 opts.reps,

@@ -2,16 +2,21 @@
 //! submission. Mirrors wgpu's hello_compute split: acquiring a device is separate from the work,
 //! so tests, benches, the CLI and the browser all hand a [`Context`] to the kernels.
 
+mod bind_group_cache;
 mod pipelines;
 mod pool;
 mod tensor;
+mod uniform_arena;
 
+use bind_group_cache::BindGroupCache;
+pub use bind_group_cache::BindGroupStats;
 pub use pipelines::{PipelineCache, PipelineKey, ShaderFamily, ROW_REDUCE};
 pub use pool::BufferPool;
 pub use tensor::{DType, Tensor};
 
 use crate::error::{Error, Result};
 use std::sync::{Arc, Mutex};
+use uniform_arena::UniformArena;
 
 /// How to pick the adapter. Every field can also come from the environment (see
 /// [`ContextOptions::from_env`]) so that one binary serves any machine.
@@ -59,7 +64,16 @@ pub struct Dispatch {
     pub workgroups: [u32; 3],
 }
 
-/// The device plus what the kernels share: the pipeline cache, the buffer pool, and the list of
+/// What has been recorded since the last submit, with the params arena it reads and the bind
+/// groups that may be reused; one lock, so a launch's slot and its submit cannot interleave
+/// with another thread's.
+struct Recording {
+    dispatches: Vec<Dispatch>,
+    arena: UniformArena,
+    bind_groups: BindGroupCache,
+}
+
+/// The device plus what the kernels share: the pipeline cache, the buffer pool, and the
 /// dispatches recorded since the last submit.
 pub struct Context {
     pub adapter: wgpu::Adapter,
@@ -72,7 +86,7 @@ pub struct Context {
     profile: Option<Mutex<std::collections::HashMap<String, (u32, f64)>>>,
     pub(crate) pipelines: PipelineCache,
     pub(crate) pool: Arc<BufferPool>,
-    pending: Mutex<Vec<Dispatch>>,
+    pending: Mutex<Recording>,
     errors: Arc<Mutex<Vec<String>>>,
     timestamps: Option<Timestamps>,
 }
@@ -137,7 +151,11 @@ impl Context {
             profile: opts.profile.then(Mutex::default),
             pipelines: PipelineCache::default(),
             pool: Arc::new(BufferPool::default()),
-            pending: Mutex::default(),
+            pending: Mutex::new(Recording {
+                dispatches: Vec::new(),
+                arena: UniformArena::new(&device, &limits),
+                bind_groups: BindGroupCache::default(),
+            }),
             errors,
             timestamps,
             adapter,
@@ -209,11 +227,12 @@ impl Context {
 
     /// Records a kernel launch; it runs at the next [`Context::flush`] (readbacks flush).
     pub fn record(&self, d: Dispatch) {
-        self.pending.lock().unwrap().push(d);
+        self.pending.lock().unwrap().dispatches.push(d);
     }
 
-    /// Builds the bind group for `pipeline` (bindings numbered in order: inputs, output,
-    /// params) and records the dispatch.
+    /// Records a launch of `pipeline` (bindings numbered in order: inputs, output, params).
+    /// Nothing is created per launch: `params` go into the submission's uniform arena and the
+    /// bind group comes from the cache when the same buffers and slot were bound before.
     pub fn launch(
         &self,
         pipeline: &wgpu::ComputePipeline,
@@ -222,36 +241,30 @@ impl Context {
         params: &[u8],
         workgroups: [u32; 3],
     ) {
-        use wgpu::util::DeviceExt;
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: params,
-                usage: wgpu::BufferUsages::UNIFORM,
+        {
+            let mut rec = self.pending.lock().unwrap();
+            let Some(slot) = self.params_slot(&mut rec, params) else {
+                self.errors.lock().unwrap().push(format!(
+                    "{label}: params of {} bytes do not fit one buffer",
+                    params.len()
+                ));
+                return;
+            };
+            let rec = &mut *rec;
+            let bind_group = rec.bind_groups.get(
+                &self.device,
+                pipeline,
+                label,
+                buffers,
+                rec.arena.buffer(),
+                slot,
+            );
+            rec.dispatches.push(Dispatch {
+                pipeline: pipeline.clone(),
+                bind_group,
+                workgroups,
             });
-        let mut entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        entries.push(wgpu::BindGroupEntry {
-            binding: buffers.len() as u32,
-            resource: uniform.as_entire_binding(),
-        });
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(label),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        self.record(Dispatch {
-            pipeline: pipeline.clone(),
-            bind_group,
-            workgroups,
-        });
+        }
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(p) = &self.profile {
             // Errors surface at the caller's next flush or readback.
@@ -262,6 +275,30 @@ impl Context {
                 e.1 += t;
             }
         }
+    }
+
+    /// Stages `params` in the arena. When it is full, submits what is recorded (with its
+    /// params) and grows it, so that a recording this long fits next time.
+    fn params_slot(&self, rec: &mut Recording, params: &[u8]) -> Option<uniform_arena::Slot> {
+        if let Some(slot) = rec.arena.push(params) {
+            return Some(slot);
+        }
+        if !rec.dispatches.is_empty() || !rec.arena.is_empty() {
+            self.submit_locked(rec, false, |_| {});
+        }
+        if rec
+            .arena
+            .grow(&self.device, params.len(), self.limits.max_buffer_size)
+        {
+            // Entries name the old buffer; none can hit again.
+            rec.bind_groups.clear();
+        }
+        rec.arena.push(params)
+    }
+
+    /// How many launches found their bind group in the cache, and how many created one.
+    pub fn bind_group_stats(&self) -> BindGroupStats {
+        self.pending.lock().unwrap().bind_groups.stats()
     }
 
     /// With `profile` on: GPU time per kernel since the last report, largest first.
@@ -286,7 +323,7 @@ impl Context {
 
     /// Number of dispatches recorded and not yet submitted.
     pub fn pending(&self) -> usize {
-        self.pending.lock().unwrap().len()
+        self.pending.lock().unwrap().dispatches.len()
     }
 
     /// Submits every recorded dispatch in one compute pass of one command buffer.
@@ -346,11 +383,11 @@ impl Context {
 
     fn submit_locked(
         &self,
-        pending: &mut Vec<Dispatch>,
+        rec: &mut Recording,
         timed: bool,
         extra: impl FnOnce(&mut wgpu::CommandEncoder),
     ) -> wgpu::SubmissionIndex {
-        let work = std::mem::take(pending);
+        let work = std::mem::take(&mut rec.dispatches);
         let mut enc = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hoa") });
@@ -375,6 +412,9 @@ impl Context {
             enc.copy_buffer_to_buffer(&t.resolve, 0, &t.read, 0, 16);
         }
         extra(&mut enc);
+        // Queued writes run ahead of this submit's commands and after every earlier
+        // submission's, so the arena is free to be rewritten here.
+        rec.arena.upload(&self.queue);
         self.queue.submit([enc.finish()])
     }
 
@@ -383,7 +423,7 @@ impl Context {
     /// breaks when the buffer came back from the pool while a recorded dispatch still reads it.
     pub(crate) fn write_after_pending(&self, buffer: &wgpu::Buffer, data: &[u8]) -> Result<()> {
         let mut pending = self.pending.lock().unwrap();
-        if !pending.is_empty() {
+        if !pending.dispatches.is_empty() || !pending.arena.is_empty() {
             self.submit_locked(&mut pending, false, |_| {});
         }
         self.queue.write_buffer(buffer, 0, data);
@@ -449,8 +489,9 @@ impl Context {
         }
     }
 
-    /// Returns pooled buffers to the driver.
+    /// Returns pooled buffers to the driver, with the cached bind groups that hold them.
     pub fn trim_pool(&self) {
+        self.pending.lock().unwrap().bind_groups.clear();
         self.pool.clear();
     }
 }

@@ -1,8 +1,13 @@
 //! Buffer pool: a dropped tensor's buffer goes back here and is handed to the next tensor of
 //! the same size class, so a model step reuses its activations' memory instead of asking the
 //! driver (slow on every backend, and a source of fragmentation).
+//!
+//! A request gets the free buffer of its class that sorts first (by wgpu's handle order), not
+//! the last one given back: a step that starts with the same free buffers then gets the same
+//! buffers for the same tensors every time, so its bind groups are found in the cache. (With a
+//! stack, each step would hand them out in a new permutation of the last one.)
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 pub const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -11,7 +16,7 @@ pub const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
 
 #[derive(Default)]
 pub struct BufferPool {
-    free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    free: Mutex<HashMap<u64, BTreeSet<wgpu::Buffer>>>,
 }
 
 impl BufferPool {
@@ -28,7 +33,13 @@ impl BufferPool {
 
     pub fn take(&self, device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
         let class = Self::size_class(bytes);
-        if let Some(b) = self.free.lock().unwrap().get_mut(&class).and_then(Vec::pop) {
+        if let Some(b) = self
+            .free
+            .lock()
+            .unwrap()
+            .get_mut(&class)
+            .and_then(BTreeSet::pop_first)
+        {
             return b;
         }
         device.create_buffer(&wgpu::BufferDescriptor {
@@ -46,7 +57,7 @@ impl BufferPool {
             .unwrap()
             .entry(class)
             .or_default()
-            .push(buffer);
+            .insert(buffer);
     }
 
     /// Bytes held by the pool and not in use.

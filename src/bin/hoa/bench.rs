@@ -44,8 +44,8 @@ pub fn run(ctx: &Context, args: &BenchArgs) -> Result<()> {
         eprintln!("adapter: {}", ctx.describe());
         println!("adapter: {}", ctx.describe());
         println!(
-            "{:<22} {:<32} {:>8} {:>10} {:>10}",
-            "model", "input", "load s", "cold ms", "median ms"
+            "{:<22} {:<32} {:>8} {:>10} {:>10} {:>8}",
+            "model", "input", "load s", "cold ms", "median ms", "host ms"
         );
         hoa::bench::run_model(ctx, &opts, print_model)?;
         return Ok(());
@@ -91,12 +91,13 @@ fn print_case(m: &Measured) {
 
 fn print_model(t: &ModelTiming) {
     println!(
-        "{:<22} {:<32} {:>8.1} {:>10.0} {:>10.0}",
+        "{:<22} {:<32} {:>8.1} {:>10.0} {:>10.0} {:>8.1}",
         t.name,
         t.input,
         t.load_seconds,
         t.cold_seconds * 1e3,
-        t.median_seconds * 1e3
+        t.median_seconds * 1e3,
+        t.host_seconds * 1e3
     );
     if let Some(r) = &t.profile {
         println!("{r}");
