@@ -18,6 +18,7 @@ pub mod model_files;
 pub mod model_info;
 pub mod models;
 pub mod noise;
+pub mod options;
 pub mod pipeline;
 pub mod prompt_upsampling;
 pub mod request;

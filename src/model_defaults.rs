@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::model_files::ModelFiles;
-use crate::pipeline::GuidanceHigh;
+use crate::options::GuidanceHigh;
 use crate::prompt_upsampling::PromptUpsampling;
 use serde::Deserialize;
 

@@ -1,13 +1,13 @@
 //! What a diffusers model folder says about itself without loading a weight: `model_index.json`'s
 //! components, the U-Net, VAE and scheduler configs and `hoa.json`'s defaults. Read first, so a
 //! request is resolved (and refused) before the slow load, and kept by the loaded
-//! [`crate::pipeline::Pipeline`].
+//! pipeline.
 
 use crate::config::{AutoencoderKLConfig, UNet2DConditionModelConfig};
 use crate::error::{Error, Result};
 use crate::model_defaults::ModelDefaults;
 use crate::model_files::ModelFiles;
-use crate::resolve::MAX_SIDE;
+use crate::options::MAX_SIDE;
 use crate::schedulers::{SchedulerConfig, SchedulerKind};
 use serde_json::Value;
 

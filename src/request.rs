@@ -1,7 +1,7 @@
 //! What a user asks for, before any default is applied: every choice an `Option`, in the units
 //! the user typed them (whole numbers as `i64` and scales as `f64`, so that `-1` or `2^32` reach
 //! the validator and get a message naming the flag rather than a parser's). The CLI, the wasm
-//! binding and the HTTP server each fill one in; [`crate::resolve`] turns it into concrete
+//! binding and the HTTP server each fill one in; `resolve` turns it into concrete
 //! options against the model's defaults.
 
 use crate::image_io::RgbImage;

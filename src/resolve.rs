@@ -8,14 +8,11 @@
 use crate::error::{Error, Result};
 use crate::image_io::GenerationParameters;
 use crate::model_info::ModelInfo;
-use crate::pipeline::{Decoder, GenerateOptions, GuidanceHigh, InitImage};
+use crate::options::{Decoder, GenerateOptions, GuidanceHigh, InitImage};
 use crate::request::{Mask, Request};
 use crate::schedulers::{self, SchedulerKind};
 
-/// Largest width or height hoa accepts (beyond it the noise alone would not fit in memory).
-pub const MAX_SIDE: usize = 16384;
-/// Largest batch.
-pub const MAX_BATCH: usize = 64;
+pub use crate::options::{DeviceLimits, MAX_BATCH, MAX_SIDE};
 /// Largest guidance scale: far past any useful value, and short of overflowing f32 activations.
 pub const MAX_GUIDANCE: f64 = 100.0;
 /// The default steps and guidance of a folder whose `hoa.json` sets none (diffusers' SD
@@ -24,13 +21,6 @@ pub const DEFAULT_STEPS: usize = 25;
 pub const DEFAULT_GUIDANCE: f64 = 7.5;
 pub const DEFAULT_HIGH_FROM: f64 = 500.0;
 pub const DEFAULT_STRENGTH: f64 = 0.75;
-
-/// What the device allows: the largest storage binding and the compute dtype's size.
-#[derive(Clone, Copy, Debug)]
-pub struct DeviceLimits {
-    pub max_binding_bytes: u64,
-    pub dtype_size: usize,
-}
 
 /// A request made concrete.
 #[derive(Clone, Debug)]

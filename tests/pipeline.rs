@@ -320,6 +320,38 @@ fn err_of(c: &hoa::Context, p: &Pipeline, opts: GenerateOptions) -> String {
         .to_string()
 }
 
+/// Overflowing values never become an image: NaN or infinity in the latents or the pixels is an
+/// error that names a likely cause (here the guidance scale, which `resolve` would refuse).
+#[test]
+fn non_finite_results_are_errors_not_images() {
+    let Some((c, p)) = load() else { return };
+    let io = Io::load(NAME);
+    let huge = GenerateOptions {
+        latents: None,
+        batch: 1,
+        steps: 3,
+        guidance: 1e30,
+        ..base(&io)
+    };
+    let e = err_of(c, &p, huge);
+    assert!(e.contains("non-finite"), "{e}");
+    assert!(
+        e.contains("guidance scale 1000000000000000000000000000000 is far too high"),
+        "{e}"
+    );
+    let mut latents = base(&io).latents.unwrap();
+    latents[3] = f32::INFINITY;
+    let given = GenerateOptions {
+        latents: Some(latents),
+        ..base(&io)
+    };
+    let e = err_of(c, &p, given);
+    assert!(
+        e.contains("non-finite") && e.contains("given latents"),
+        "{e}"
+    );
+}
+
 #[test]
 fn bad_options_are_clear_errors() {
     let Some((c, p)) = load() else { return };

@@ -1,6 +1,6 @@
 //! The samplers' tensor math (`shaders/scheduler.wgsl`): one fused elementwise update per
 //! denoising step (what diffusers' `step()` does with torch ops), classifier-free guidance and
-//! the inpainting blend. The schedulers in [`crate::schedulers`] compute the scalars on the host.
+//! the inpainting blend. The schedulers (`schedulers/`) compute the scalars on the host.
 
 use super::{same_dtype, to_u32};
 use crate::error::{Error, Result};

@@ -163,3 +163,30 @@ fn note_expected_time(first: f64, total: usize, events: &mut dyn FnMut(Event<'_>
         )));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notes(first: f64, total: usize) -> Vec<String> {
+        let mut v = Vec::new();
+        note_expected_time(first, total, &mut |e| {
+            if let Event::Warning(w) = e {
+                v.push(w)
+            }
+        });
+        v
+    }
+
+    #[test]
+    fn long_runs_are_announced_after_the_first_step() {
+        assert!(notes(0.5, 25).is_empty());
+        let n = notes(44.0, 25);
+        assert_eq!(n.len(), 1);
+        assert!(
+            n[0].contains("about 18 minutes (44.0 s per step, 25 steps)"),
+            "{}",
+            n[0]
+        );
+    }
+}

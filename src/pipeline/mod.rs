@@ -12,6 +12,7 @@ mod denoise;
 mod latents;
 mod text_encoder;
 
+pub use crate::options::{Decoder, GenerateOptions, GuidanceHigh, InitImage};
 pub use decode::to_u8;
 pub use text_encoder::TextEncoder;
 
@@ -27,6 +28,7 @@ use crate::models::consistency_decoder::ConsistencyDecoderVAE;
 use crate::models::t5::T5EncoderModel;
 use crate::models::unet_2d_condition::UNet2DConditionModel;
 use crate::noise::NoiseGenerator;
+use crate::options::{DeviceLimits, MAX_BATCH, MAX_SIDE};
 use crate::schedulers::{self, SchedulerKind};
 use crate::tokenizer::Tokenizer;
 use crate::weights::Loader;
@@ -36,130 +38,6 @@ const OP: &str = "pipeline";
 
 fn bad(msg: impl Into<String>) -> Error {
     Error::shape(OP, msg)
-}
-
-/// Which decoder turns the final latent into pixels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decoder {
-    Vae,
-    Consistency,
-}
-
-impl std::str::FromStr for Decoder {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Decoder> {
-        match s {
-            "vae" => Ok(Decoder::Vae),
-            "consistency" => Ok(Decoder::Consistency),
-            _ => Err(bad(format!(
-                "unknown decoder `{s}`: use `vae` or `consistency`"
-            ))),
-        }
-    }
-}
-
-impl Decoder {
-    pub fn name(self) -> &'static str {
-        match self {
-            Decoder::Vae => "vae",
-            Decoder::Consistency => "consistency",
-        }
-    }
-}
-
-/// An init image for img2img / inpainting, RGB in [0, 255].
-#[derive(Clone, Debug)]
-pub struct InitImage {
-    pub image: RgbImage,
-    /// How much of the schedule to run (diffusers' `strength`): 1 repaints everything.
-    pub strength: f32,
-    /// Inpainting mask, one value per pixel in [0, 1] (1 = repaint), same size as the image.
-    pub mask: Option<Vec<f32>>,
-}
-
-/// Guidance `scale` for the steps whose timestep is at least `from_timestep` (of the
-/// scheduler's `num_train_timesteps`, e.g. 1000); the later steps use `guidance`. A timestep
-/// rather than a step index, so the split does not move with the number of steps.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct GuidanceHigh {
-    pub scale: f32,
-    pub from_timestep: f32,
-}
-
-impl GuidanceHigh {
-    /// Its `key: value` pair in a PNG's generation parameters.
-    pub fn parameter(&self) -> (String, String) {
-        (
-            "CFG scale high noise".to_string(),
-            format!("{} from timestep {}", self.scale, self.from_timestep),
-        )
-    }
-}
-
-impl GenerateOptions {
-    /// The guidance scale of a step at timestep `t`.
-    pub fn guidance_at(&self, t: f32) -> f32 {
-        match self.guidance_high {
-            Some(h) if t >= h.from_timestep => h.scale,
-            _ => self.guidance,
-        }
-    }
-}
-
-/// Everything one generation takes.
-#[derive(Clone, Debug)]
-pub struct GenerateOptions {
-    pub prompt: String,
-    pub negative_prompt: String,
-    pub width: usize,
-    pub height: usize,
-    pub steps: usize,
-    pub guidance: f32,
-    /// Another guidance scale for the high-noise steps, where the layout and the number of
-    /// objects are decided; `None`: `guidance` throughout.
-    pub guidance_high: Option<GuidanceHigh>,
-    /// `None`: the model folder's own scheduler.
-    pub scheduler: Option<SchedulerKind>,
-    /// diffusers' `eta` (DDIM only; 0 = deterministic): the share of fresh noise per step.
-    pub eta: f32,
-    /// Image k of the batch uses seed `seed + k` (so it can be made again alone).
-    pub seed: u64,
-    pub batch: usize,
-    pub decoder: Decoder,
-    /// Start from these latents ([batch, C, h, w], diffusers' `latents=`) instead of drawing
-    /// them; they are multiplied by the scheduler's `init_noise_sigma` like diffusers does.
-    pub latents: Option<Vec<f32>>,
-    pub init: Option<InitImage>,
-    /// Run the guidance halves as two U-Net batches (half the activation memory). Automatic
-    /// when one batch of both would exceed a binding.
-    pub split_guidance: bool,
-    /// Every this many steps (and never after the last), decode the current latents with the
-    /// VAE and report them as [`Event::Preview`], for a live preview; 0 = off.
-    pub preview_every: usize,
-}
-
-impl Default for GenerateOptions {
-    fn default() -> Self {
-        GenerateOptions {
-            prompt: String::new(),
-            negative_prompt: String::new(),
-            width: 512,
-            height: 512,
-            steps: 25,
-            guidance: 7.5,
-            guidance_high: None,
-            scheduler: None,
-            eta: 0.0,
-            seed: 0,
-            batch: 1,
-            decoder: Decoder::Vae,
-            latents: None,
-            init: None,
-            split_guidance: false,
-            preview_every: 0,
-        }
-    }
 }
 
 /// What the pipeline reports while it runs.
@@ -240,9 +118,9 @@ impl Pipeline {
         self.vae.scale_factor()
     }
 
-    /// What this device allows a request on this pipeline (for [`crate::resolve::resolve`]).
-    pub fn limits(&self, ctx: &Context) -> crate::resolve::DeviceLimits {
-        crate::resolve::DeviceLimits {
+    /// What this device allows a request on this pipeline (for `resolve::resolve`).
+    pub fn limits(&self, ctx: &Context) -> DeviceLimits {
+        DeviceLimits {
             max_binding_bytes: ctx.max_binding_bytes(),
             dtype_size: self.dtype.size(),
         }
@@ -312,20 +190,18 @@ impl Pipeline {
         }
         let m = self.info.size_multiple()?;
         let f = self.vae_scale_factor();
-        if w % m != 0 || h % m != 0 || w > crate::resolve::MAX_SIDE || h > crate::resolve::MAX_SIDE
-        {
+        if w % m != 0 || h % m != 0 || w > MAX_SIDE || h > MAX_SIDE {
             return Err(bad(format!(
                 "this model needs width and height divisible by {m} (VAE factor {f}, halved by {} \
                  U-Net downsamplings) and at most {}, got {w}x{h}",
                 (m / f).trailing_zeros(),
-                crate::resolve::MAX_SIDE
+                MAX_SIDE
             )));
         }
-        if opts.batch == 0 || opts.batch > crate::resolve::MAX_BATCH {
+        if opts.batch == 0 || opts.batch > MAX_BATCH {
             return Err(bad(format!(
                 "batch must be from 1 to {}, got {}",
-                crate::resolve::MAX_BATCH,
-                opts.batch
+                MAX_BATCH, opts.batch
             )));
         }
         Ok(())

@@ -1,0 +1,144 @@
+//! The concrete options one generation runs with ([`GenerateOptions`]), and the bounds every
+//! option is checked against. A leaf below both the generation policy (`resolve`, which fills
+//! them in from a request) and the pipeline (which runs them), so neither depends on the other.
+
+use crate::error::{Error, Result};
+use crate::image_io::RgbImage;
+use crate::schedulers::SchedulerKind;
+
+/// Largest width or height hoa accepts (beyond it the noise alone would not fit in memory).
+pub const MAX_SIDE: usize = 16384;
+/// Largest batch.
+pub const MAX_BATCH: usize = 64;
+
+/// What the device allows: the largest storage binding and the compute dtype's size.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceLimits {
+    pub max_binding_bytes: u64,
+    pub dtype_size: usize,
+}
+
+/// Which decoder turns the final latent into pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoder {
+    Vae,
+    Consistency,
+}
+
+impl std::str::FromStr for Decoder {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Decoder> {
+        match s {
+            "vae" => Ok(Decoder::Vae),
+            "consistency" => Ok(Decoder::Consistency),
+            _ => Err(Error::invalid(
+                "decoder",
+                format!("unknown decoder `{s}`: use `vae` or `consistency`"),
+            )),
+        }
+    }
+}
+
+impl Decoder {
+    pub fn name(self) -> &'static str {
+        match self {
+            Decoder::Vae => "vae",
+            Decoder::Consistency => "consistency",
+        }
+    }
+}
+
+/// An init image for img2img / inpainting, RGB in [0, 255].
+#[derive(Clone, Debug)]
+pub struct InitImage {
+    pub image: RgbImage,
+    /// How much of the schedule to run (diffusers' `strength`): 1 repaints everything.
+    pub strength: f32,
+    /// Inpainting mask, one value per pixel in [0, 1] (1 = repaint), same size as the image.
+    pub mask: Option<Vec<f32>>,
+}
+
+/// Guidance `scale` for the steps whose timestep is at least `from_timestep` (of the
+/// scheduler's `num_train_timesteps`, e.g. 1000); the later steps use `guidance`. A timestep
+/// rather than a step index, so the split does not move with the number of steps.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuidanceHigh {
+    pub scale: f32,
+    pub from_timestep: f32,
+}
+
+impl GuidanceHigh {
+    /// Its `key: value` pair in a PNG's generation parameters.
+    pub fn parameter(&self) -> (String, String) {
+        (
+            "CFG scale high noise".to_string(),
+            format!("{} from timestep {}", self.scale, self.from_timestep),
+        )
+    }
+}
+
+impl GenerateOptions {
+    /// The guidance scale of a step at timestep `t`.
+    pub fn guidance_at(&self, t: f32) -> f32 {
+        match self.guidance_high {
+            Some(h) if t >= h.from_timestep => h.scale,
+            _ => self.guidance,
+        }
+    }
+}
+
+/// Everything one generation takes.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub width: usize,
+    pub height: usize,
+    pub steps: usize,
+    pub guidance: f32,
+    /// Another guidance scale for the high-noise steps, where the layout and the number of
+    /// objects are decided; `None`: `guidance` throughout.
+    pub guidance_high: Option<GuidanceHigh>,
+    /// `None`: the model folder's own scheduler.
+    pub scheduler: Option<SchedulerKind>,
+    /// diffusers' `eta` (DDIM only; 0 = deterministic): the share of fresh noise per step.
+    pub eta: f32,
+    /// Image k of the batch uses seed `seed + k` (so it can be made again alone).
+    pub seed: u64,
+    pub batch: usize,
+    pub decoder: Decoder,
+    /// Start from these latents ([batch, C, h, w], diffusers' `latents=`) instead of drawing
+    /// them; they are multiplied by the scheduler's `init_noise_sigma` like diffusers does.
+    pub latents: Option<Vec<f32>>,
+    pub init: Option<InitImage>,
+    /// Run the guidance halves as two U-Net batches (half the activation memory). Automatic
+    /// when one batch of both would exceed a binding.
+    pub split_guidance: bool,
+    /// Every this many steps (and never after the last), decode the current latents with the
+    /// VAE and report them as [`Event::Preview`], for a live preview; 0 = off.
+    pub preview_every: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            width: 512,
+            height: 512,
+            steps: 25,
+            guidance: 7.5,
+            guidance_high: None,
+            scheduler: None,
+            eta: 0.0,
+            seed: 0,
+            batch: 1,
+            decoder: Decoder::Vae,
+            latents: None,
+            init: None,
+            split_guidance: false,
+            preview_every: 0,
+        }
+    }
+}
