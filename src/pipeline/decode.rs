@@ -14,6 +14,10 @@ const NON_FINITE: &str = "non-finite";
 /// Guidance above this is a likely cause of an overflow.
 const HIGH_GUIDANCE: f32 = 30.0;
 
+/// Denoised latents are of order 1 (a few units at most); past this the sampling diverged and
+/// the decoder would draw a flat gray or black image from them.
+const LATENT_LIMIT: f32 = 1e4;
+
 impl Pipeline {
     /// Decodes final latents to RGB images; an error if any pixel is NaN or infinite.
     pub async fn decode(
@@ -62,20 +66,26 @@ impl Pipeline {
         Ok(cd.decode(ctx, &z, &[&n0, &n1])?.sample)
     }
 
-    /// An error when `t` holds a NaN or an infinity (one readback of the latents, 1/48 of the
-    /// image's size).
-    pub(super) async fn check_finite(
+    /// An error when the denoised latents hold a NaN, an infinity or a value far past any a
+    /// model makes (one readback of the latents, 1/48 of the image's size).
+    pub(super) async fn check_latents(
         &self,
         ctx: &Context,
         t: &Tensor,
         opts: &GenerateOptions,
-        what: &str,
     ) -> Result<()> {
         let v = t.read(ctx).await?;
-        match v.iter().position(|x| !x.is_finite()) {
+        match v.iter().position(|x| !(x.abs() <= LATENT_LIMIT)) {
             None => Ok(()),
             Some(i) => Err(self.explain_non_finite(
-                Error::invalid(what, format!("{NON_FINITE}: value {i} is {}", v[i])),
+                Error::invalid(
+                    "the denoised latents",
+                    format!(
+                        "{NON_FINITE} or diverged: value {i} is {} (they should stay within \
+                         ±{LATENT_LIMIT})",
+                        v[i]
+                    ),
+                ),
                 opts,
             )),
         }

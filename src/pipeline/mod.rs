@@ -313,8 +313,7 @@ impl Pipeline {
             .await?;
         // 5. Decode.
         events(Event::Decoding);
-        self.check_finite(ctx, &latents, opts, "the denoised latents")
-            .await?;
+        self.check_latents(ctx, &latents, opts).await?;
         self.decode(ctx, &latents, opts.decoder, &mut gens)
             .await
             .map_err(|e| self.explain_non_finite(e, opts))
