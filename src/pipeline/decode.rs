@@ -75,7 +75,8 @@ impl Pipeline {
         opts: &GenerateOptions,
     ) -> Result<()> {
         let v = t.read(ctx).await?;
-        match v.iter().position(|x| !(x.abs() <= LATENT_LIMIT)) {
+        let diverged = |x: &f32| !x.is_finite() || x.abs() > LATENT_LIMIT;
+        match v.iter().position(diverged) {
             None => Ok(()),
             Some(i) => Err(self.explain_non_finite(
                 Error::invalid(

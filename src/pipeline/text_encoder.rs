@@ -29,7 +29,8 @@ impl Pipeline {
     /// as `<unk>`) and about truncation. An empty negative prompt is the usual, not a warning.
     fn tokenize(&self, text: &str, what: &str, events: &mut dyn FnMut(Event)) -> Result<Vec<u32>> {
         if !(text.is_empty() && what != "prompt") {
-            if let Some(w) = self.tokenizer.unknown_words_warning(text, what)? {
+            let the = format!("the {what}");
+            if let Some(w) = self.tokenizer.unknown_words_warning(text, &the)? {
                 events(Event::Warning(w));
             }
         }
