@@ -21,6 +21,8 @@ pub const DEFAULT_STEPS: usize = 25;
 pub const DEFAULT_GUIDANCE: f64 = 7.5;
 pub const DEFAULT_HIGH_FROM: f64 = 500.0;
 pub const DEFAULT_STRENGTH: f64 = 0.75;
+/// A preview interval past the steps just never fires; this only bounds the number.
+const MAX_PREVIEW_EVERY: usize = 1 << 20;
 
 /// A request made concrete.
 #[derive(Clone, Debug)]
@@ -118,7 +120,7 @@ pub fn resolve(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result
     let (width, height, batch) = resolve_size(req, model, init.as_ref(), &mut warnings)?;
     let decoder = resolve_decoder(req, model)?;
     let preview_every = match req.preview_every {
-        Some(v) => int(req, "preview_every", v, 0, steps)?,
+        Some(v) => int(req, "preview_every", v, 0, MAX_PREVIEW_EVERY)?,
         None => 0,
     };
     let latents = resolve_latents(req, model, batch, width, height)?;
