@@ -40,16 +40,6 @@ impl BenchArgs {
 
 pub fn run(ctx: &Context, args: &BenchArgs) -> Result<()> {
     let opts = args.options();
-    if args.model {
-        eprintln!("adapter: {}", ctx.describe());
-        println!("adapter: {}", ctx.describe());
-        println!(
-            "{:<22} {:<32} {:>8} {:>10} {:>10} {:>8}",
-            "model", "input", "load s", "cold ms", "median ms", "host ms"
-        );
-        hoa::bench::run_model(ctx, &opts, print_model)?;
-        return Ok(());
-    }
     let ceil = hoa::bench::ceilings(ctx, opts.reps)?;
     println!("adapter: {}", ctx.describe());
     println!(
@@ -62,6 +52,23 @@ pub fn run(ctx: &Context, args: &BenchArgs) -> Result<()> {
             " (wall time)"
         }
     );
+    if args.model {
+        eprintln!("adapter: {}", ctx.describe());
+        println!(
+            "{:<22} {:<32} {:>8} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7}",
+            "model",
+            "input",
+            "load s",
+            "cold ms",
+            "median ms",
+            "host ms",
+            "GFLOP",
+            "GFLOP/s",
+            "% FMA"
+        );
+        hoa::bench::run_model(ctx, &opts, &ceil, print_model)?;
+        return Ok(());
+    }
     println!(
         "{:<24} {:<28} {:>10} {:>9} {:>8} {:>7} {:>14}",
         "kernel", "shape", "median ms", "GFLOP/s", "GB/s", "% ceil", "vs baseline"
@@ -91,14 +98,25 @@ fn print_case(m: &Measured) {
 
 fn print_model(t: &ModelTiming) {
     println!(
-        "{:<22} {:<32} {:>8.1} {:>10.0} {:>10.0} {:>8.1}",
+        "{:<22} {:<32} {:>8.1} {:>10.0} {:>10.0} {:>8.1} {:>8.1} {:>8.2} {:>6.1}%",
         t.name,
         t.input,
         t.load_seconds,
         t.cold_seconds * 1e3,
         t.median_seconds * 1e3,
-        t.host_seconds * 1e3
+        t.host_seconds * 1e3,
+        t.flops as f64 / 1e9,
+        t.gflops,
+        t.fraction * 100.0
     );
+    if let Some(r) = t.reference_flops {
+        println!(
+            "  FLOPs: hoa {:.4} TFLOP, PyTorch FlopCounterMode {:.3} TFLOP (hoa / PyTorch = {:.4})",
+            t.flops as f64 / 1e12,
+            r / 1e12,
+            t.flops as f64 / r
+        );
+    }
     if let Some(r) = &t.profile {
         println!("{r}");
     }
