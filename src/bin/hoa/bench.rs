@@ -22,7 +22,9 @@ pub struct BenchArgs {
     pub f16: bool,
     /// Instead of the kernels, time one U-Net step of the SD-1.5 architecture (random
     /// weights, 64x64 latent, batch 2; 32x32 at batch 1 with --quick) and the SD-1.5 VAE
-    /// decode of one such latent (512x512; 256x256 with --quick). --filter picks by name.
+    /// decode of one such latent (512x512; 256x256 with --quick), each with the FLOPs of one
+    /// step (counted as PyTorch's FlopCounterMode counts) and their rate as a share of the FMA
+    /// ceiling measured first. --filter picks by name.
     #[arg(long)]
     pub model: bool,
 }
