@@ -42,7 +42,9 @@ impl BenchArgs {
 
 pub fn run(ctx: &Context, args: &BenchArgs) -> Result<()> {
     let opts = args.options();
-    let ceil = hoa::bench::ceilings(ctx, opts.reps)?;
+    // The ceiling kernels take milliseconds: a median of at least 5 even where --reps 1 keeps
+    // one slow model step affordable.
+    let ceil = hoa::bench::ceilings(ctx, opts.reps.max(5))?;
     println!("adapter: {}", ctx.describe());
     println!(
         "ceilings: vec4 FMA {:.1} GFLOP/s, copy {:.1} GB/s{}",
