@@ -110,19 +110,51 @@ pub struct ModelTiming {
     pub host_seconds: f64,
     /// [`Context::profile_report`] after the runs (`HOA_PROFILE=1`).
     pub profile: Option<String>,
+    /// FLOPs of one step as hoa's kernels count them ([`Context::flops`]: matmuls, convs and
+    /// attention, as PyTorch's `FlopCounterMode` counts).
+    pub flops: u64,
+    /// `flops` over the median warm time.
+    pub gflops: f64,
+    /// `gflops` as a fraction of the vec4 FMA ceiling measured in the same run.
+    pub fraction: f64,
+    /// PyTorch's `FlopCounterMode` count of the same step, where the project has one.
+    pub reference_flops: Option<f64>,
 }
 
-/// Times `step` once cold, then `reps` times warm (wall time around submit-and-wait).
+/// PyTorch's `torch.utils.flop_counter.FlopCounterMode` total for one forward of diffusers'
+/// `UNet2DConditionModel` in the SD-1.5 configuration (default config, `cross_attention_dim`
+/// 768) with 77 tokens, at latent [1, 4, 32, 32] (`--quick`) and [2, 4, 64, 64]. Source: the
+/// project's reference figures (shared/REFERENCE-FIGURES.md, "The SD-1.5 U-Net step on this
+/// machine", 2026-12-05), stated to 4 digits there.
+pub const SD15_UNET_TORCH_FLOPS_QUICK: f64 = 0.180e12;
+/// See [`SD15_UNET_TORCH_FLOPS_QUICK`].
+pub const SD15_UNET_TORCH_FLOPS: f64 = 1.607e12;
+
+/// What [`time_model`] times: the model's name, input shapes, load time and PyTorch's FLOP
+/// count where known.
+#[cfg(not(target_arch = "wasm32"))]
+struct ModelRun {
+    name: String,
+    input: String,
+    load_seconds: f64,
+    reference_flops: Option<f64>,
+}
+
+/// Times `step` once cold (counting its FLOPs), then `reps` times warm (wall time around
+/// submit-and-wait).
 #[cfg(not(target_arch = "wasm32"))]
 fn time_model(
     ctx: &Context,
     reps: usize,
-    (name, input, load_seconds): (String, String, f64),
+    ceil: &Ceilings,
+    run: ModelRun,
     step: &dyn Fn(&Context) -> Result<()>,
 ) -> Result<ModelTiming> {
     use std::time::Instant;
     let t = Instant::now();
+    ctx.reset_flops();
     step(ctx)?;
+    let flops = ctx.flops();
     ctx.sync()?;
     let cold_seconds = t.elapsed().as_secs_f64();
     let (mut times, mut host) = (Vec::new(), Vec::new());
@@ -138,14 +170,20 @@ fn time_model(
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
+    let median_seconds = median(times);
+    let gflops = flops as f64 / median_seconds / 1e9;
     let timing = ModelTiming {
-        name,
-        input,
-        load_seconds,
+        name: run.name,
+        input: run.input,
+        load_seconds: run.load_seconds,
         cold_seconds,
-        median_seconds: median(times),
+        median_seconds,
         host_seconds: median(host),
         profile: ctx.profile_report(),
+        flops,
+        gflops,
+        fraction: gflops / ceil.gflops,
+        reference_flops: run.reference_flops,
     };
     ctx.trim_pool();
     Ok(timing)
@@ -162,11 +200,13 @@ fn fill(n: usize) -> Vec<f32> {
 /// One `UNet2DConditionModel` forward of the SD-1.5 architecture (diffusers' default config
 /// with `cross_attention_dim` 768) and of the shipped model's U-Net, and one `AutoencoderKL` decode of the SD-1.5 VAE, on random
 /// weights and inputs: the load time, the first (cold: pipeline compiles) run and the median
-/// warm run, each handed to `each` when measured. The filter picks models by name.
+/// warm run, the FLOPs of one run and their rate against `ceil`, each handed to `each` when
+/// measured. The filter picks models by name.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn run_model(
     ctx: &Context,
     opts: &BenchOptions,
+    ceil: &Ceilings,
     mut each: impl FnMut(&ModelTiming),
 ) -> Result<()> {
     use crate::config::{AutoencoderKLConfig, PerBlock, UNet2DConditionModelConfig};
@@ -188,7 +228,11 @@ pub fn run_model(
         sample_size: serde_json::Value::from(512),
         ..Default::default()
     };
-    let (b, s) = if opts.quick { (1, 32) } else { (2, 64) };
+    let (b, s, torch_flops) = if opts.quick {
+        (1, 32, SD15_UNET_TORCH_FLOPS_QUICK)
+    } else {
+        (2, 64, SD15_UNET_TORCH_FLOPS)
+    };
     // The shipped U-Net at its size, batch 2 as with guidance, with its tokenizer's 80 tokens:
     // a small model, where the host's recording dominates.
     let shipped = UNet2DConditionModelConfig::from_json(include_bytes!(
@@ -200,12 +244,12 @@ pub fn run_model(
         PerBlock::Each(v) => v.first().copied().unwrap_or_default(),
     };
     let unets = [
-        ("sd15", unet_cfg, b, s, 77, 768),
-        ("default", shipped, 2, size, 80, dim),
+        ("sd15", unet_cfg, b, s, 77, 768, Some(torch_flops)),
+        ("default", shipped, 2, size, 80, dim, None),
     ];
     let empty = Weights::from_files(vec![])?;
     for dt in opts.dtypes(ctx) {
-        for (what, cfg, b, s, seq, dim) in &unets {
+        for (what, cfg, b, s, seq, dim, reference_flops) in &unets {
             let unet_name = format!("unet_{what}_step_{}", dt.name());
             if !opts.wants(&unet_name, "") {
                 continue;
@@ -217,12 +261,15 @@ pub fn run_model(
             let sample = Tensor::from_f32(ctx, &fill(b * 4 * s * s), &[*b, 4, *s, *s], dt)?;
             let enc = Tensor::from_f32(ctx, &fill(b * seq * dim), &[*b, *seq, *dim], dt)?;
             let input = format!("[{b}, 4, {s}, {s}] + [{b}, {seq}, {dim}]");
-            each(&time_model(
-                ctx,
-                opts.reps,
-                (unet_name, input, load),
-                &|c| unet.forward(c, &sample, &[999.0], &enc).map(drop),
-            )?);
+            let run = ModelRun {
+                name: unet_name,
+                input,
+                load_seconds: load,
+                reference_flops: *reference_flops,
+            };
+            each(&time_model(ctx, opts.reps, ceil, run, &|c| {
+                unet.forward(c, &sample, &[999.0], &enc).map(drop)
+            })?);
         }
 
         let vae_name = format!("vae_sd15_decode_{}", dt.name());
@@ -239,12 +286,15 @@ pub fn run_model(
                 TilePlan::Tiled(t) => format!("tiles {}", t.tile_sample_size),
             };
             let input = format!("[1, 4, {s}, {s}] -> {}x{} {how}", 8 * s, 8 * s);
-            each(&time_model(
-                ctx,
-                opts.reps,
-                (vae_name, input, load),
-                &|c| vae.decode_auto(c, &latent).map(drop),
-            )?);
+            let run = ModelRun {
+                name: vae_name,
+                input,
+                load_seconds: load,
+                reference_flops: None,
+            };
+            each(&time_model(ctx, opts.reps, ceil, run, &|c| {
+                vae.decode_auto(c, &latent).map(drop)
+            })?);
         }
     }
     Ok(())

@@ -89,6 +89,9 @@ pub struct Context {
     pending: Mutex<Recording>,
     errors: Arc<Mutex<Vec<String>>>,
     timestamps: Option<Timestamps>,
+    /// FLOPs of the launches recorded since the last [`Context::reset_flops`] (see
+    /// [`Context::add_flops`]).
+    flops: std::sync::atomic::AtomicU64,
 }
 
 struct Timestamps {
@@ -158,6 +161,7 @@ impl Context {
             }),
             errors,
             timestamps,
+            flops: Default::default(),
             adapter,
             device,
             queue,
@@ -299,6 +303,24 @@ impl Context {
     /// How many launches found their bind group in the cache, and how many created one.
     pub fn bind_group_stats(&self) -> BindGroupStats {
         self.pending.lock().unwrap().bind_groups.stats()
+    }
+
+    /// Counts the FLOPs of a launch as PyTorch's `FlopCounterMode` does: a kernel that
+    /// multiplies (matmul, conv2d, attention) adds 2 per multiply-add of its math; elementwise
+    /// kernels and norms add nothing. Host-side only.
+    pub fn add_flops(&self, n: u64) {
+        self.flops
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The FLOPs counted since the context was made or last [`Context::reset_flops`].
+    pub fn flops(&self) -> u64 {
+        self.flops.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the FLOP count back to 0.
+    pub fn reset_flops(&self) {
+        self.flops.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// With `profile` on: GPU time per kernel since the last report, largest first.

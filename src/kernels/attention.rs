@@ -113,6 +113,12 @@ fn bad<T>(msg: String) -> Result<T> {
 }
 
 impl Shapes {
+    /// Q K^T and P V, 2 per multiply-add, as `FlopCounterMode`'s `sdpa_flop_count` counts
+    /// (softmax, scale, bias and a causal mask not counted).
+    fn flops(&self) -> u64 {
+        2 * (self.batch * self.heads * self.lq * self.lk) as u64 * (self.d + self.dv) as u64
+    }
+
     /// The sizes of q, k and v (`bias_b` 0): ranks, head split, widths, batch and key counts,
     /// causality and the head dims the kernels hold in registers.
     fn check(q: &Tensor, k: &Tensor, v: &Tensor, o: &AttentionOptions) -> Result<Shapes> {
@@ -274,6 +280,7 @@ fn launch_sg(
     )?;
     let p = params(opts, s);
     let bias = opts.bias.unwrap_or(q);
+    ctx.add_flops(s.flops());
     ctx.launch(
         &pipe,
         "attention_sg",
@@ -395,6 +402,7 @@ fn launch(
     // twice: as scalars and as vec4s.
     let bias = opts.bias.unwrap_or(q);
     let (qb, kb, vb) = (q.buffer(), k.buffer(), v.buffer());
+    ctx.add_flops(s.flops());
     ctx.launch(
         pipe,
         label,

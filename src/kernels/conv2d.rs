@@ -131,6 +131,15 @@ struct Geom {
     wo: usize,
 }
 
+impl Geom {
+    /// 2 per multiply-add, as `FlopCounterMode`'s `conv_flop_count` counts (bias and
+    /// activation not counted).
+    fn flops(&self) -> u64 {
+        let per_out = (self.cin * self.kh * self.kw) as u64;
+        2 * (self.n * self.cout * self.ho * self.wo) as u64 * per_out
+    }
+}
+
 fn check(x: &Tensor, weight: &Tensor, o: &Conv2dOptions) -> Result<Geom> {
     rank("conv2d", "weight [Cout, Cin, kh, kw]", weight, 4)?;
     check_ws(x, weight.shape(), weight, o)
@@ -382,6 +391,7 @@ fn launch_sg(
     };
     let pipe = ctx.pipeline(&SHADER_SG, key)?;
     let bias = o.bias.unwrap_or(packed);
+    ctx.add_flops(g.flops());
     ctx.launch(
         &pipe,
         "conv2d_sg",
@@ -508,6 +518,7 @@ fn launch_tiled(
     let wg = [p.n_tiles.div_ceil(tile.wg), p.cout.div_ceil(tc), 1];
     ctx.check_grid("conv2d", wg)?;
     let bias = o.bias.unwrap_or(packed);
+    ctx.add_flops(g.flops());
     ctx.launch(
         &pipe,
         "conv2d",
@@ -569,6 +580,7 @@ pub fn conv2d_naive(
     let wg = ctx.grid_1d(p.n_out.div_ceil(NAIVE_WG) as u64);
     ctx.check_grid("conv2d_naive", wg)?;
     let bias = o.bias.unwrap_or(weight);
+    ctx.add_flops(g.flops());
     ctx.launch(
         &pipe,
         "conv2d_naive",

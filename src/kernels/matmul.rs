@@ -115,6 +115,12 @@ impl Plan {
             to_u32(OP, "batch", self.batch)?,
         ])
     }
+
+    /// 2 per multiply-add, as `FlopCounterMode` counts mm / addmm / bmm (bias and activation
+    /// not counted).
+    fn flops(&self) -> u64 {
+        2 * (self.batch * self.m * self.n) as u64 * self.params.k as u64
+    }
 }
 
 /// Checks one call (dtypes, shapes, bias, u32 sizes) and computes what every kernel needs.
@@ -265,6 +271,7 @@ fn launch(
     let entry = key.entry;
     let pipe = ctx.pipeline(&SHADER, key)?;
     let bias = bias.unwrap_or(a);
+    ctx.add_flops(plan.flops());
     ctx.launch(
         &pipe,
         entry,
@@ -329,6 +336,7 @@ fn launch_sg(
     };
     let pipe = ctx.pipeline(&SHADER_SG, key)?;
     let bias = o.bias.unwrap_or(a);
+    ctx.add_flops(plan.flops());
     ctx.launch(
         &pipe,
         "matmul_sg",

@@ -22,7 +22,9 @@ pub struct BenchArgs {
     pub f16: bool,
     /// Instead of the kernels, time one U-Net step of the SD-1.5 architecture (random
     /// weights, 64x64 latent, batch 2; 32x32 at batch 1 with --quick) and the SD-1.5 VAE
-    /// decode of one such latent (512x512; 256x256 with --quick). --filter picks by name.
+    /// decode of one such latent (512x512; 256x256 with --quick), each with the FLOPs of one
+    /// step (counted as PyTorch's FlopCounterMode counts) and their rate as a share of the FMA
+    /// ceiling measured first. --filter picks by name.
     #[arg(long)]
     pub model: bool,
 }
@@ -40,17 +42,9 @@ impl BenchArgs {
 
 pub fn run(ctx: &Context, args: &BenchArgs) -> Result<()> {
     let opts = args.options();
-    if args.model {
-        eprintln!("adapter: {}", ctx.describe());
-        println!("adapter: {}", ctx.describe());
-        println!(
-            "{:<22} {:<32} {:>8} {:>10} {:>10} {:>8}",
-            "model", "input", "load s", "cold ms", "median ms", "host ms"
-        );
-        hoa::bench::run_model(ctx, &opts, print_model)?;
-        return Ok(());
-    }
-    let ceil = hoa::bench::ceilings(ctx, opts.reps)?;
+    // The ceiling kernels take milliseconds: a median of at least 5 even where --reps 1 keeps
+    // one slow model step affordable.
+    let ceil = hoa::bench::ceilings(ctx, opts.reps.max(5))?;
     println!("adapter: {}", ctx.describe());
     println!(
         "ceilings: vec4 FMA {:.1} GFLOP/s, copy {:.1} GB/s{}",
@@ -62,6 +56,23 @@ pub fn run(ctx: &Context, args: &BenchArgs) -> Result<()> {
             " (wall time)"
         }
     );
+    if args.model {
+        eprintln!("adapter: {}", ctx.describe());
+        println!(
+            "{:<22} {:<32} {:>8} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7}",
+            "model",
+            "input",
+            "load s",
+            "cold ms",
+            "median ms",
+            "host ms",
+            "GFLOP",
+            "GFLOP/s",
+            "% FMA"
+        );
+        hoa::bench::run_model(ctx, &opts, &ceil, print_model)?;
+        return Ok(());
+    }
     println!(
         "{:<24} {:<28} {:>10} {:>9} {:>8} {:>7} {:>14}",
         "kernel", "shape", "median ms", "GFLOP/s", "GB/s", "% ceil", "vs baseline"
@@ -91,14 +102,25 @@ fn print_case(m: &Measured) {
 
 fn print_model(t: &ModelTiming) {
     println!(
-        "{:<22} {:<32} {:>8.1} {:>10.0} {:>10.0} {:>8.1}",
+        "{:<22} {:<32} {:>8.1} {:>10.0} {:>10.0} {:>8.1} {:>8.1} {:>8.2} {:>6.1}%",
         t.name,
         t.input,
         t.load_seconds,
         t.cold_seconds * 1e3,
         t.median_seconds * 1e3,
-        t.host_seconds * 1e3
+        t.host_seconds * 1e3,
+        t.flops as f64 / 1e9,
+        t.gflops,
+        t.fraction * 100.0
     );
+    if let Some(r) = t.reference_flops {
+        println!(
+            "  FLOPs: hoa {:.4} TFLOP, PyTorch FlopCounterMode {:.3} TFLOP (hoa / PyTorch = {:.4})",
+            t.flops as f64 / 1e12,
+            r / 1e12,
+            t.flops as f64 / r
+        );
+    }
     if let Some(r) = &t.profile {
         println!("{r}");
     }
