@@ -197,35 +197,27 @@ fn fill(n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// One `UNet2DConditionModel` forward of the SD-1.5 architecture (diffusers' default config
-/// with `cross_attention_dim` 768) and of the shipped model's U-Net, and one `AutoencoderKL` decode of the SD-1.5 VAE, on random
-/// weights and inputs: the load time, the first (cold: pipeline compiles) run and the median
-/// warm run, the FLOPs of one run and their rate against `ceil`, each handed to `each` when
-/// measured. The filter picks models by name.
+/// A U-Net to time: its name, config, batch, latent side, tokens, context width and
+/// PyTorch's FLOP count of one step where known.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn run_model(
-    ctx: &Context,
-    opts: &BenchOptions,
-    ceil: &Ceilings,
-    mut each: impl FnMut(&ModelTiming),
-) -> Result<()> {
-    use crate::config::{AutoencoderKLConfig, PerBlock, UNet2DConditionModelConfig};
-    use crate::models::autoencoder_kl::{AutoencoderKL, TilePlan};
-    use crate::models::unet_2d_condition::UNet2DConditionModel;
-    use crate::weights::{Loader, Weights};
-    use std::time::Instant;
-    // SD 1.5's unet/config.json differs from diffusers' defaults only in cross_attention_dim.
-    let unet_cfg = UNet2DConditionModelConfig {
+type UNetCase = (
+    &'static str,
+    crate::config::UNet2DConditionModelConfig,
+    usize,
+    usize,
+    usize,
+    usize,
+    Option<f64>,
+);
+
+/// SD-1.5's U-Net (diffusers' default config with `cross_attention_dim` 768) and the shipped
+/// model's U-Net at its size, batch 2 as with guidance, with its tokenizer's 80 tokens (a small
+/// model, where the host's recording dominates).
+#[cfg(not(target_arch = "wasm32"))]
+fn unet_cases(opts: &BenchOptions) -> Result<[UNetCase; 2]> {
+    use crate::config::{PerBlock, UNet2DConditionModelConfig};
+    let sd15 = UNet2DConditionModelConfig {
         cross_attention_dim: PerBlock::One(768),
-        ..Default::default()
-    };
-    // SD 1.5's vae/config.json.
-    let vae_cfg = AutoencoderKLConfig {
-        down_block_types: vec!["DownEncoderBlock2D".into(); 4],
-        up_block_types: vec!["UpDecoderBlock2D".into(); 4],
-        block_out_channels: vec![128, 256, 512, 512],
-        layers_per_block: 2,
-        sample_size: serde_json::Value::from(512),
         ..Default::default()
     };
     let (b, s, torch_flops) = if opts.quick {
@@ -233,8 +225,6 @@ pub fn run_model(
     } else {
         (2, 64, SD15_UNET_TORCH_FLOPS)
     };
-    // The shipped U-Net at its size, batch 2 as with guidance, with its tokenizer's 80 tokens:
-    // a small model, where the host's recording dominates.
     let shipped = UNet2DConditionModelConfig::from_json(include_bytes!(
         "../../weights/default/unet/config.json"
     ))?;
@@ -243,58 +233,105 @@ pub fn run_model(
         PerBlock::One(d) => *d,
         PerBlock::Each(v) => v.first().copied().unwrap_or_default(),
     };
-    let unets = [
-        ("sd15", unet_cfg, b, s, 77, 768, Some(torch_flops)),
+    Ok([
+        ("sd15", sd15, b, s, 77, 768, Some(torch_flops)),
         ("default", shipped, 2, size, 80, dim, None),
-    ];
-    let empty = Weights::from_files(vec![])?;
-    for dt in opts.dtypes(ctx) {
-        for (what, cfg, b, s, seq, dim, reference_flops) in &unets {
-            let unet_name = format!("unet_{what}_step_{}", dt.name());
-            if !opts.wants(&unet_name, "") {
-                continue;
-            }
-            let t0 = Instant::now();
-            let unet = UNet2DConditionModel::load(&Loader::random(ctx, &empty, dt, 7), cfg)?;
-            ctx.sync()?;
-            let load = t0.elapsed().as_secs_f64();
-            let sample = Tensor::from_f32(ctx, &fill(b * 4 * s * s), &[*b, 4, *s, *s], dt)?;
-            let enc = Tensor::from_f32(ctx, &fill(b * seq * dim), &[*b, *seq, *dim], dt)?;
-            let input = format!("[{b}, 4, {s}, {s}] + [{b}, {seq}, {dim}]");
-            let run = ModelRun {
-                name: unet_name,
-                input,
-                load_seconds: load,
-                reference_flops: *reference_flops,
-            };
-            each(&time_model(ctx, opts.reps, ceil, run, &|c| {
-                unet.forward(c, &sample, &[999.0], &enc).map(drop)
-            })?);
-        }
+    ])
+}
 
-        let vae_name = format!("vae_sd15_decode_{}", dt.name());
-        if opts.wants(&vae_name, "") {
-            let t0 = Instant::now();
-            let vae = AutoencoderKL::load(&Loader::random(ctx, &empty, dt, 8), &vae_cfg)?;
-            ctx.sync()?;
-            let load = t0.elapsed().as_secs_f64();
-            let latent = Tensor::from_f32(ctx, &fill(4 * s * s), &[1, 4, s, s], dt)?;
-            // decode_auto, as the pipeline does: tiled where the last up blocks would exceed
-            // the binding limit (SD 1.5 at 512x512 in f32: [1, 256, 512, 512] = 256 MiB).
-            let how = match vae.decode_plan(latent.shape(), dt, ctx.max_binding_bytes())? {
-                TilePlan::Whole => "whole".to_string(),
-                TilePlan::Tiled(t) => format!("tiles {}", t.tile_sample_size),
-            };
-            let input = format!("[1, 4, {s}, {s}] -> {}x{} {how}", 8 * s, 8 * s);
-            let run = ModelRun {
-                name: vae_name,
-                input,
-                load_seconds: load,
-                reference_flops: None,
-            };
-            each(&time_model(ctx, opts.reps, ceil, run, &|c| {
-                vae.decode_auto(c, &latent).map(drop)
-            })?);
+/// One U-Net forward on random weights and inputs, timed.
+#[cfg(not(target_arch = "wasm32"))]
+fn time_unet(
+    ctx: &Context,
+    opts: &BenchOptions,
+    ceil: &Ceilings,
+    dt: crate::gpu::DType,
+    c: &UNetCase,
+) -> Result<ModelTiming> {
+    use crate::models::unet_2d_condition::UNet2DConditionModel;
+    use crate::weights::{Loader, Weights};
+    let (what, cfg, b, s, seq, dim, reference_flops) = c;
+    let t0 = std::time::Instant::now();
+    let empty = Weights::from_files(vec![])?;
+    let unet = UNet2DConditionModel::load(&Loader::random(ctx, &empty, dt, 7), cfg)?;
+    ctx.sync()?;
+    let load = t0.elapsed().as_secs_f64();
+    let sample = Tensor::from_f32(ctx, &fill(b * 4 * s * s), &[*b, 4, *s, *s], dt)?;
+    let enc = Tensor::from_f32(ctx, &fill(b * seq * dim), &[*b, *seq, *dim], dt)?;
+    let run = ModelRun {
+        name: format!("unet_{what}_step_{}", dt.name()),
+        input: format!("[{b}, 4, {s}, {s}] + [{b}, {seq}, {dim}]"),
+        load_seconds: load,
+        reference_flops: *reference_flops,
+    };
+    time_model(ctx, opts.reps, ceil, run, &|c| {
+        unet.forward(c, &sample, &[999.0], &enc).map(drop)
+    })
+}
+
+/// One decode of SD-1.5's VAE (its vae/config.json) on random weights, through `decode_auto`
+/// as the pipeline does: tiled where the last up blocks would exceed the binding limit (at
+/// 512x512 in f32: [1, 256, 512, 512] = 256 MiB).
+#[cfg(not(target_arch = "wasm32"))]
+fn time_vae(
+    ctx: &Context,
+    opts: &BenchOptions,
+    ceil: &Ceilings,
+    dt: crate::gpu::DType,
+) -> Result<ModelTiming> {
+    use crate::config::AutoencoderKLConfig;
+    use crate::models::autoencoder_kl::{AutoencoderKL, TilePlan};
+    use crate::weights::{Loader, Weights};
+    let vae_cfg = AutoencoderKLConfig {
+        down_block_types: vec!["DownEncoderBlock2D".into(); 4],
+        up_block_types: vec!["UpDecoderBlock2D".into(); 4],
+        block_out_channels: vec![128, 256, 512, 512],
+        layers_per_block: 2,
+        sample_size: serde_json::Value::from(512),
+        ..Default::default()
+    };
+    let s = if opts.quick { 32 } else { 64 };
+    let t0 = std::time::Instant::now();
+    let empty = Weights::from_files(vec![])?;
+    let vae = AutoencoderKL::load(&Loader::random(ctx, &empty, dt, 8), &vae_cfg)?;
+    ctx.sync()?;
+    let load = t0.elapsed().as_secs_f64();
+    let latent = Tensor::from_f32(ctx, &fill(4 * s * s), &[1, 4, s, s], dt)?;
+    let how = match vae.decode_plan(latent.shape(), dt, ctx.max_binding_bytes())? {
+        TilePlan::Whole => "whole".to_string(),
+        TilePlan::Tiled(t) => format!("tiles {}", t.tile_sample_size),
+    };
+    let run = ModelRun {
+        name: format!("vae_sd15_decode_{}", dt.name()),
+        input: format!("[1, 4, {s}, {s}] -> {}x{} {how}", 8 * s, 8 * s),
+        load_seconds: load,
+        reference_flops: None,
+    };
+    time_model(ctx, opts.reps, ceil, run, &|c| {
+        vae.decode_auto(c, &latent).map(drop)
+    })
+}
+
+/// The U-Net steps ([`unet_cases`]) and the SD-1.5 VAE decode ([`time_vae`]) on random
+/// weights: the load time, the first (cold: pipeline compiles) run and the median warm run,
+/// the FLOPs of one run and their rate against `ceil`, each handed to `each` when measured.
+/// The filter picks models by name.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn run_model(
+    ctx: &Context,
+    opts: &BenchOptions,
+    ceil: &Ceilings,
+    mut each: impl FnMut(&ModelTiming),
+) -> Result<()> {
+    let unets = unet_cases(opts)?;
+    for dt in opts.dtypes(ctx) {
+        for c in &unets {
+            if opts.wants(&format!("unet_{}_step_{}", c.0, dt.name()), "") {
+                each(&time_unet(ctx, opts, ceil, dt, c)?);
+            }
+        }
+        if opts.wants(&format!("vae_sd15_decode_{}", dt.name()), "") {
+            each(&time_vae(ctx, opts, ceil, dt)?);
         }
     }
     Ok(())
