@@ -1,6 +1,6 @@
 //! diffusers' `AutoencoderKL` config (`models/autoencoders/autoencoder_kl.py`).
 
-use super::parse::{parse, Class, Source, MAX_DIM, MAX_LAYERS};
+use super::parse::{parse_valid, Class, Source, MAX_DIM, MAX_LAYERS};
 use crate::error::Result;
 use serde::Deserialize;
 
@@ -53,19 +53,14 @@ impl Default for AutoencoderKLConfig {
 
 impl AutoencoderKLConfig {
     pub const WHAT: &'static str = "AutoencoderKL";
+    const CLASS: Class = Class::diffusers(&[Self::WHAT]);
     /// Where a diffusers folder keeps it.
     pub const FILE: &'static str = "vae/config.json";
     /// The largest `sample_size` (image pixels, the tile size of tiled decoding) accepted.
     pub const MAX_SAMPLE_SIZE: usize = 1 << 14;
 
     pub fn from_json(json: &[u8]) -> Result<Self> {
-        let class = Class {
-            key: "_class_name",
-            known: &[Self::WHAT],
-        };
-        let c: AutoencoderKLConfig = parse(Self::FILE, json, &class)?;
-        c.validate()?;
-        Ok(c)
+        parse_valid(Self::FILE, json, &Self::CLASS, Self::validate)
     }
 
     /// Refuses what hoa cannot run and sizes that are zero or absurd, naming the field.

@@ -198,6 +198,36 @@ pub struct Class {
     pub known: &'static [&'static str],
 }
 
+impl Class {
+    /// diffusers' `_class_name`.
+    pub const fn diffusers(known: &'static [&'static str]) -> Class {
+        Class {
+            key: "_class_name",
+            known,
+        }
+    }
+
+    /// transformers' `architectures`.
+    pub const fn transformers(known: &'static [&'static str]) -> Class {
+        Class {
+            key: "architectures",
+            known,
+        }
+    }
+}
+
+/// Every model config's `from_json`: [`parse`], then the config's own `validate`.
+pub fn parse_valid<T: DeserializeOwned>(
+    file: &str,
+    json: &[u8],
+    class: &Class,
+    validate: impl FnOnce(&T) -> Result<()>,
+) -> Result<T> {
+    let c: T = parse(file, json, class)?;
+    validate(&c)?;
+    Ok(c)
+}
+
 /// Parses `json` (the file `file`) as `T`: a JSON object (serde would read an array as the
 /// struct's fields in order), of `class`, every bad value named by its key.
 pub fn parse<T: DeserializeOwned>(file: &str, json: &[u8], class: &Class) -> Result<T> {
