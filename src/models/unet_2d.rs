@@ -8,9 +8,9 @@
 use super::nn::{Conv2d, GroupNorm};
 use super::resnet::TimeEmbeddingNorm;
 use super::unet_2d_blocks::{
-    take_skips, ResnetDownsampleBlock2D, ResnetOptions, ResnetUpsampleBlock2D, UNetMidBlock2D,
+    ResnetDownsampleBlock2D, ResnetOptions, ResnetUpsampleBlock2D, UNetMidBlock2D,
 };
-use super::unet_2d_condition::{batch_timesteps, center_input, TimestepEmbeddingMlp};
+use super::unet_2d_condition::{batch_timesteps, center_input, Blocks, TimestepEmbeddingMlp};
 use crate::config::UNet2DModelConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
@@ -201,47 +201,17 @@ impl UNet2DModel {
         let temb = elementwise::activation(ctx, &emb, Activation::Silu)?;
         let temb = Some(&temb);
 
-        // 2. pre-process
-        let mut x = self.conv_in.forward(ctx, sample)?;
-        let conv_in = x.clone();
-
-        // 3. down
-        let mut down_block_res_samples = vec![x.clone()];
-        let mut down = Vec::new();
-        for block in &self.down_blocks {
-            let res_samples;
-            (x, res_samples) = block.forward(ctx, x, temb)?;
-            down_block_res_samples.extend(res_samples);
-            down.push(x.clone());
-        }
-
-        // 4. mid
-        let mut mid = None;
-        if let Some(block) = &self.mid_block {
-            x = block.forward(ctx, x, temb)?;
-            mid = Some(x.clone());
-        }
-
-        // 5. up: each block takes the last len(resnets) residuals
-        let mut up = Vec::new();
-        for block in &self.up_blocks {
-            let n = block.resnets.len();
-            let res_samples = take_skips(&mut down_block_res_samples, n, OP)?;
-            x = block.forward(ctx, x, res_samples, temb)?;
-            up.push(x.clone());
-        }
-
-        // 6. post-process
-        let x = self.conv_norm_out.forward(ctx, &x, true)?;
-        let sample = self.conv_out.forward(ctx, &x)?;
-        Ok(UNet2DOutput {
-            sample,
-            emb,
-            conv_in,
-            down,
-            mid,
-            up,
-        })
+        let blocks = Blocks {
+            down: &self.down_blocks,
+            run_down: |b: &ResnetDownsampleBlock2D, x| b.forward(ctx, x, temb),
+            mid: self.mid_block.as_ref(),
+            run_mid: |b: &UNetMidBlock2D, x| b.forward(ctx, x, temb),
+            up: &self.up_blocks,
+            run_up: |b: &ResnetUpsampleBlock2D, x, res| b.forward(ctx, x, res, temb),
+            skips: |b: &ResnetUpsampleBlock2D| b.resnets.len(),
+        };
+        let ends = (&self.conv_in, &self.conv_norm_out, &self.conv_out);
+        UNet2DOutput::walk(ctx, OP, ends, (sample, emb), blocks)
     }
 
     fn check_sample(&self, sample: &Tensor) -> Result<()> {
