@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
 use crate::kernels::embedding::{gather_rows, timestep_embedding, TimestepEmbedding};
 use crate::kernels::{elementwise, Activation};
+use crate::models::check_nchw;
 use crate::weights::Loader;
 
 /// `time_proj`: how a timestep becomes a `block_out_channels[0]`-wide vector.
@@ -218,15 +219,7 @@ impl UNet2DModel {
         const OP: &str = "UNet2DModel";
         let c = &self.config;
         let s = sample.shape();
-        if s.len() != 4 || s[1] != c.in_channels {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "sample {s:?} must be [B, {}, H, W] (in_channels)",
-                    c.in_channels
-                ),
-            ));
-        }
+        check_nchw(OP, "sample", s, "H, W", (c.in_channels, "in_channels"))?;
         let (h, w) = (s[2], s[3]);
         let m = self.size_multiple();
         if h % m != 0 || w % m != 0 {

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
 use crate::kernels::embedding::{timestep_embedding, TimestepEmbedding};
 use crate::kernels::{elementwise, Activation};
+use crate::models::check_nchw;
 use crate::weights::Loader;
 
 /// diffusers `TimestepEmbedding`: `linear_1`, SiLU, `linear_2`.
@@ -261,15 +262,7 @@ impl UNet2DConditionModel {
         const OP: &str = "UNet2DConditionModel";
         let c = &self.config;
         let s = sample.shape();
-        if s.len() != 4 || s[1] != c.in_channels {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "sample {s:?} must be [B, {}, H, W] (in_channels)",
-                    c.in_channels
-                ),
-            ));
-        }
+        check_nchw(OP, "sample", s, "H, W", (c.in_channels, "in_channels"))?;
         let (b, h, w) = (s[0], s[2], s[3]);
         let m = self.size_multiple();
         if h % m != 0 || w % m != 0 {
