@@ -31,3 +31,24 @@ pub(crate) fn check_nchw(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_nchw;
+
+    #[test]
+    fn check_nchw_names_the_input_and_the_config_field() {
+        let latent = (4, "latent_channels");
+        assert!(check_nchw("VAE", "latent", &[2, 4, 8, 6], "h, w", latent).is_ok());
+        for bad in [&[2, 3, 8, 6][..], &[4, 8, 6]] {
+            let e = check_nchw("VAE", "latent", bad, "h, w", latent).unwrap_err();
+            let want = format!("VAE: latent {bad:?} must be [B, 4, h, w] (latent_channels)");
+            assert_eq!(e.to_string(), want);
+        }
+        let e = check_nchw("UNet", "sample", &[1, 3], "H, W", (4, "in_channels")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "UNet: sample [1, 3] must be [B, 4, H, W] (in_channels)"
+        );
+    }
+}
