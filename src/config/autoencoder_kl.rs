@@ -75,9 +75,7 @@ impl AutoencoderKLConfig {
             (&self.down_block_types, &["DownEncoderBlock2D"]),
             (&self.up_block_types, &["UpDecoderBlock2D"]),
         )?;
-        if self.act_fn != "silu" {
-            return Err(src.refuse("act_fn", format!("= {:?} (hoa runs \"silu\")", self.act_fn)));
-        }
+        src.only("act_fn", &self.act_fn, "silu")?;
         src.positive("in_channels", self.in_channels, MAX_DIM)?;
         src.positive("out_channels", self.out_channels, MAX_DIM)?;
         src.positive("latent_channels", self.latent_channels, MAX_DIM)?;

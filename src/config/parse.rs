@@ -51,6 +51,14 @@ impl<'a> Source<'a> {
         self.err(field, format!("{why}: hoa does not implement it"))
     }
 
+    /// A setting hoa runs one value of: `v == want`.
+    pub fn only(&self, field: &str, v: &str, want: &str) -> Result<()> {
+        if v != want {
+            return Err(self.refuse(field, format!("= {v:?} (hoa runs {want:?})")));
+        }
+        Ok(())
+    }
+
     /// `1 <= v <= max`: a size or a divisor.
     pub fn positive(&self, field: &str, v: usize, max: usize) -> Result<()> {
         if v == 0 {

@@ -128,9 +128,7 @@ impl UNet2DModelConfig {
             return Err(src.refuse("add_attention", "= true (the mid block's attention)"));
         }
         self.validate_embeddings(src)?;
-        if self.act_fn != "silu" {
-            return Err(src.refuse("act_fn", format!("= {:?} (hoa runs \"silu\")", self.act_fn)));
-        }
+        src.only("act_fn", &self.act_fn, "silu")?;
         if let Some(t) = &self.class_embed_type {
             return Err(src.refuse("class_embed_type", format!("= {t:?}")));
         }

@@ -209,25 +209,18 @@ impl UNet2DConditionModelConfig {
         if self.reverse_transformer_layers_per_block.is_some() {
             return Err(src.refuse("reverse_transformer_layers_per_block", "is set"));
         }
-        let eq = |field: &str, v: &str, want: &str| {
-            if v == want {
-                Ok(())
-            } else {
-                Err(src.refuse(field, format!("= {v:?} (hoa runs {want:?})")))
-            }
-        };
-        eq("act_fn", &self.act_fn, "silu")?;
-        eq(
+        src.only("act_fn", &self.act_fn, "silu")?;
+        src.only(
             "resnet_time_scale_shift",
             &self.resnet_time_scale_shift,
             "default",
         )?;
-        eq(
+        src.only(
             "time_embedding_type",
             &self.time_embedding_type,
             "positional",
         )?;
-        eq("attention_type", &self.attention_type, "default")?;
+        src.only("attention_type", &self.attention_type, "default")?;
         if self.dual_cross_attention {
             return Err(src.refuse("dual_cross_attention", "= true"));
         }
