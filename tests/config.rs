@@ -306,6 +306,20 @@ fn a_value_of_the_wrong_type_is_named_by_its_key() {
 }
 
 #[test]
+fn a_setting_hoa_runs_one_value_of_names_the_value_it_runs() {
+    for name in ["UNet2DConditionModel", "AutoencoderKL", "UNet2DModel"] {
+        let e = refused(name, "act_fn", json!("gelu"));
+        let want = "`act_fn` = \"gelu\" (hoa runs \"silu\"): hoa does not implement it";
+        assert!(e.ends_with(want), "{name}: {e}");
+    }
+    let e = refused("UNet2DConditionModel", "attention_type", json!("gated"));
+    assert!(
+        e.ends_with("= \"gated\" (hoa runs \"default\"): hoa does not implement it"),
+        "{e}"
+    );
+}
+
+#[test]
 fn inner_config_errors_name_the_prefixed_key() {
     let e = refused("ConsistencyDecoderVAE", "encoder_act_fn", json!("gelu"));
     assert!(!e.contains("`act_fn`"), "{e}");

@@ -1,6 +1,6 @@
 //! diffusers' `AutoencoderKL` config (`models/autoencoders/autoencoder_kl.py`).
 
-use super::parse::{parse, Class, Source, MAX_DIM, MAX_LAYERS};
+use super::parse::{parse_valid, Class, Source, MAX_DIM, MAX_LAYERS};
 use crate::error::Result;
 use serde::Deserialize;
 
@@ -53,19 +53,14 @@ impl Default for AutoencoderKLConfig {
 
 impl AutoencoderKLConfig {
     pub const WHAT: &'static str = "AutoencoderKL";
+    const CLASS: Class = Class::diffusers(&[Self::WHAT]);
     /// Where a diffusers folder keeps it.
     pub const FILE: &'static str = "vae/config.json";
     /// The largest `sample_size` (image pixels, the tile size of tiled decoding) accepted.
     pub const MAX_SAMPLE_SIZE: usize = 1 << 14;
 
     pub fn from_json(json: &[u8]) -> Result<Self> {
-        let class = Class {
-            key: "_class_name",
-            known: &[Self::WHAT],
-        };
-        let c: AutoencoderKLConfig = parse(Self::FILE, json, &class)?;
-        c.validate()?;
-        Ok(c)
+        parse_valid(Self::FILE, json, &Self::CLASS, Self::validate)
     }
 
     /// Refuses what hoa cannot run and sizes that are zero or absurd, naming the field.
@@ -80,9 +75,7 @@ impl AutoencoderKLConfig {
             (&self.down_block_types, &["DownEncoderBlock2D"]),
             (&self.up_block_types, &["UpDecoderBlock2D"]),
         )?;
-        if self.act_fn != "silu" {
-            return Err(src.refuse("act_fn", format!("= {:?} (hoa runs \"silu\")", self.act_fn)));
-        }
+        src.only("act_fn", &self.act_fn, "silu")?;
         src.positive("in_channels", self.in_channels, MAX_DIM)?;
         src.positive("out_channels", self.out_channels, MAX_DIM)?;
         src.positive("latent_channels", self.latent_channels, MAX_DIM)?;

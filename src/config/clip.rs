@@ -1,7 +1,7 @@
 //! transformers' `CLIPTextConfig` (`text_encoder/config.json` of Stable Diffusion 1.x / 2.x).
 
 use super::activation;
-use super::parse::{parse, Class, Source, MAX_DIM, MAX_LAYERS, MAX_VOCAB};
+use super::parse::{parse_valid, Class, Source, MAX_DIM, MAX_LAYERS, MAX_VOCAB};
 use crate::activation::Activation;
 use crate::error::Result;
 use serde::Deserialize;
@@ -45,15 +45,10 @@ impl ClipTextConfig {
     /// Where a diffusers folder keeps it.
     pub const FILE: &'static str = "text_encoder/config.json";
     /// The `architectures` whose text tower this is (the projection, if any, is unused).
-    const CLASS: Class = Class {
-        key: "architectures",
-        known: &["CLIPTextModel", "CLIPTextModelWithProjection"],
-    };
+    const CLASS: Class = Class::transformers(&["CLIPTextModel", "CLIPTextModelWithProjection"]);
 
     pub fn from_json(json: &[u8]) -> Result<Self> {
-        let c: ClipTextConfig = parse(Self::FILE, json, &Self::CLASS)?;
-        c.validate()?;
-        Ok(c)
+        parse_valid(Self::FILE, json, &Self::CLASS, Self::validate)
     }
 
     /// Refuses sizes that are zero or absurd, naming the field.

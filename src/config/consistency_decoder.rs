@@ -2,7 +2,7 @@
 //! (`models/autoencoders/consistency_decoder_vae.py`), with the `AutoencoderKL` encoder and
 //! `UNet2DModel` decoder configs it builds.
 
-use super::parse::{parse, Class, Source, MAX_LEVELS};
+use super::parse::{parse_valid, Class, Source, MAX_LEVELS};
 use super::{AutoencoderKLConfig, UNet2DModelConfig};
 use crate::error::Result;
 use serde::Deserialize;
@@ -76,17 +76,12 @@ impl Default for ConsistencyDecoderVAEConfig {
 
 impl ConsistencyDecoderVAEConfig {
     pub const WHAT: &'static str = "ConsistencyDecoderVAE";
+    const CLASS: Class = Class::diffusers(&[Self::WHAT]);
     /// Where hoa's model folders keep it (beside `vae/`).
     pub const FILE: &'static str = "consistency_decoder/config.json";
 
     pub fn from_json(json: &[u8]) -> Result<Self> {
-        let class = Class {
-            key: "_class_name",
-            known: &[Self::WHAT],
-        };
-        let c: ConsistencyDecoderVAEConfig = parse(Self::FILE, json, &class)?;
-        c.validate()?;
-        Ok(c)
+        parse_valid(Self::FILE, json, &Self::CLASS, Self::validate)
     }
 
     /// Refuses what hoa (or diffusers itself) cannot run, naming the field; the encoder and

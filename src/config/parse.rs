@@ -51,6 +51,14 @@ impl<'a> Source<'a> {
         self.err(field, format!("{why}: hoa does not implement it"))
     }
 
+    /// A setting hoa runs one value of: `v == want`.
+    pub fn only(&self, field: &str, v: &str, want: &str) -> Result<()> {
+        if v != want {
+            return Err(self.refuse(field, format!("= {v:?} (hoa runs {want:?})")));
+        }
+        Ok(())
+    }
+
     /// `1 <= v <= max`: a size or a divisor.
     pub fn positive(&self, field: &str, v: usize, max: usize) -> Result<()> {
         if v == 0 {
@@ -196,6 +204,36 @@ impl<T: Clone> PerBlock<T> {
 pub struct Class {
     pub key: &'static str,
     pub known: &'static [&'static str],
+}
+
+impl Class {
+    /// diffusers' `_class_name`.
+    pub const fn diffusers(known: &'static [&'static str]) -> Class {
+        Class {
+            key: "_class_name",
+            known,
+        }
+    }
+
+    /// transformers' `architectures`.
+    pub const fn transformers(known: &'static [&'static str]) -> Class {
+        Class {
+            key: "architectures",
+            known,
+        }
+    }
+}
+
+/// Every model config's `from_json`: [`parse`], then the config's own `validate`.
+pub fn parse_valid<T: DeserializeOwned>(
+    file: &str,
+    json: &[u8],
+    class: &Class,
+    validate: impl FnOnce(&T) -> Result<()>,
+) -> Result<T> {
+    let c: T = parse(file, json, class)?;
+    validate(&c)?;
+    Ok(c)
 }
 
 /// Parses `json` (the file `file`) as `T`: a JSON object (serde would read an array as the

@@ -1,7 +1,7 @@
 //! transformers' `T5Config` (the encoder half, what `T5EncoderModel` reads).
 
 use super::activation;
-use super::parse::{parse, Class, Source, MAX_DIM, MAX_LAYERS, MAX_VOCAB};
+use super::parse::{parse_valid, Class, Source, MAX_DIM, MAX_LAYERS, MAX_VOCAB};
 use crate::activation::Activation;
 use crate::error::Result;
 use serde::Deserialize;
@@ -43,15 +43,11 @@ impl T5Config {
     /// Where a diffusers folder keeps it.
     pub const FILE: &'static str = "text_encoder/config.json";
     /// The `architectures` whose encoder `T5EncoderModel` loads (same weight names).
-    const CLASS: Class = Class {
-        key: "architectures",
-        known: &["T5EncoderModel", "T5ForConditionalGeneration", "T5Model"],
-    };
+    const CLASS: Class =
+        Class::transformers(&["T5EncoderModel", "T5ForConditionalGeneration", "T5Model"]);
 
     pub fn from_json(json: &[u8]) -> Result<Self> {
-        let c: T5Config = parse(Self::FILE, json, &Self::CLASS)?;
-        c.validate()?;
-        Ok(c)
+        parse_valid(Self::FILE, json, &Self::CLASS, Self::validate)
     }
 
     /// Refuses sizes that are zero or absurd and relative-position buckets the bucketing

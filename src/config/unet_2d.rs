@@ -1,7 +1,7 @@
 //! diffusers' `UNet2DModel` config (`models/unets/unet_2d.py`), the unconditional U-Net of the
 //! consistency decoder.
 
-use super::parse::{parse, Class, Source, MAX_DIM, MAX_LAYERS, MAX_VOCAB};
+use super::parse::{parse_valid, Class, Source, MAX_DIM, MAX_LAYERS, MAX_VOCAB};
 use super::AutoencoderKLConfig;
 use crate::error::Result;
 use serde::Deserialize;
@@ -95,17 +95,12 @@ impl Default for UNet2DModelConfig {
 
 impl UNet2DModelConfig {
     pub const WHAT: &'static str = "UNet2DModel";
+    const CLASS: Class = Class::diffusers(&[Self::WHAT]);
     /// Where a diffusers folder keeps it.
     pub const FILE: &'static str = "unet/config.json";
 
     pub fn from_json(json: &[u8]) -> Result<Self> {
-        let class = Class {
-            key: "_class_name",
-            known: &[Self::WHAT],
-        };
-        let c: UNet2DModelConfig = parse(Self::FILE, json, &class)?;
-        c.validate()?;
-        Ok(c)
+        parse_valid(Self::FILE, json, &Self::CLASS, Self::validate)
     }
 
     /// Refuses what hoa cannot run and sizes that are zero or absurd, naming the field.
@@ -133,9 +128,7 @@ impl UNet2DModelConfig {
             return Err(src.refuse("add_attention", "= true (the mid block's attention)"));
         }
         self.validate_embeddings(src)?;
-        if self.act_fn != "silu" {
-            return Err(src.refuse("act_fn", format!("= {:?} (hoa runs \"silu\")", self.act_fn)));
-        }
+        src.only("act_fn", &self.act_fn, "silu")?;
         if let Some(t) = &self.class_embed_type {
             return Err(src.refuse("class_embed_type", format!("= {t:?}")));
         }

@@ -1,7 +1,7 @@
 //! diffusers' `UNet2DConditionModel` config (`models/unets/unet_2d_condition.py`), resolved
 //! into one [`UNetBlockSpec`] per down / up block.
 
-use super::parse::{parse, Class, PerBlock, Source, MAX_DIM, MAX_LAYERS};
+use super::parse::{parse_valid, Class, PerBlock, Source, MAX_DIM, MAX_LAYERS};
 use super::MAX_KERNEL;
 use crate::error::Result;
 use serde::Deserialize;
@@ -139,6 +139,7 @@ pub struct UNetBlockSpec {
 
 impl UNet2DConditionModelConfig {
     pub const WHAT: &'static str = "UNet2DConditionModel";
+    const CLASS: Class = Class::diffusers(&[Self::WHAT]);
     /// Where a diffusers folder keeps it.
     pub const FILE: &'static str = "unet/config.json";
     /// The largest `sample_size` (latent pixels) accepted: 8x the largest released model's;
@@ -146,13 +147,7 @@ impl UNet2DConditionModelConfig {
     pub const MAX_SAMPLE_SIZE: usize = 1024;
 
     pub fn from_json(json: &[u8]) -> Result<Self> {
-        let class = Class {
-            key: "_class_name",
-            known: &[Self::WHAT],
-        };
-        let c: UNet2DConditionModelConfig = parse(Self::FILE, json, &class)?;
-        c.validate()?;
-        Ok(c)
+        parse_valid(Self::FILE, json, &Self::CLASS, Self::validate)
     }
 
     fn src() -> Source<'static> {
@@ -214,25 +209,18 @@ impl UNet2DConditionModelConfig {
         if self.reverse_transformer_layers_per_block.is_some() {
             return Err(src.refuse("reverse_transformer_layers_per_block", "is set"));
         }
-        let eq = |field: &str, v: &str, want: &str| {
-            if v == want {
-                Ok(())
-            } else {
-                Err(src.refuse(field, format!("= {v:?} (hoa runs {want:?})")))
-            }
-        };
-        eq("act_fn", &self.act_fn, "silu")?;
-        eq(
+        src.only("act_fn", &self.act_fn, "silu")?;
+        src.only(
             "resnet_time_scale_shift",
             &self.resnet_time_scale_shift,
             "default",
         )?;
-        eq(
+        src.only(
             "time_embedding_type",
             &self.time_embedding_type,
             "positional",
         )?;
-        eq("attention_type", &self.attention_type, "default")?;
+        src.only("attention_type", &self.attention_type, "default")?;
         if self.dual_cross_attention {
             return Err(src.refuse("dual_cross_attention", "= true"));
         }

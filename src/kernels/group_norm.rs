@@ -2,10 +2,10 @@
 //! variance, eps inside the square root) on [N, C, H, W], [N, C, L] or [N, C], optionally
 //! followed by SiLU as diffusers' `ResnetBlock2D` does (`norm1` then `nonlinearity`).
 
-use super::layer_norm::RowTiling;
+use super::layer_norm::{affine, RowLaunch, RowTiling};
 use super::{same_dtype, to_u32, Activation};
 use crate::error::{Error, Result};
-use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
+use crate::gpu::{Context, ShaderFamily, Tensor};
 
 pub const SHADER: ShaderFamily = ShaderFamily {
     name: "group_norm",
@@ -60,40 +60,21 @@ pub fn group_norm_with_tiling(
     let t = tiling.unwrap_or_else(|| RowTiling::choose(ctx, g.rows, g.row_u));
     t.check(OP)?;
     let p = g.params(num_groups, eps, t);
-    let affine = weight.is_some() as u32 | (bias.is_some() as u32) << 1;
+    let (affine, inputs) = affine(x, weight, bias);
     let act = if silu {
         Activation::Silu
     } else {
         Activation::None
     };
-    let entry = if g.vec4 { "group_norm4" } else { "group_norm1" };
-    let pipe = ctx.pipeline(
-        &SHADER,
-        PipelineKey {
-            family: SHADER.name,
-            entry,
-            dtype: x.dtype(),
-            constants: vec![
-                ("WG", t.wg),
-                ("TPR", t.tpr),
-                ("AFFINE", affine),
-                ("ACT", act.id()),
-            ],
-        },
-    )?;
-    let wg = ctx.grid_1d((g.rows as u64).div_ceil(t.rows_per_wg() as u64));
-    ctx.check_grid(OP, wg)?;
-    let out = Tensor::empty(ctx, x.shape(), x.dtype())?;
-    let w = weight.unwrap_or(x);
-    let b = bias.unwrap_or(x);
-    ctx.launch(
-        &pipe,
-        OP,
-        &[x.buffer(), w.buffer(), b.buffer(), out.buffer()],
-        bytemuck::bytes_of(&p),
-        wg,
-    );
-    Ok(out)
+    RowLaunch {
+        op: OP,
+        shader: &SHADER,
+        entry: if g.vec4 { "group_norm4" } else { "group_norm1" },
+        tiling: t,
+        rows: g.rows,
+        constants: &[("AFFINE", affine), ("ACT", act.id())],
+    }
+    .run(ctx, &inputs, bytemuck::bytes_of(&p))
 }
 
 /// Checks the input and the affine parameters; returns `(N, C, inner)`, inner the product of

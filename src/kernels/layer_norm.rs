@@ -92,6 +92,52 @@ impl RowTiling {
     }
 }
 
+/// One dispatch of a row kernel (the norm and softmax families): a workgroup per
+/// `rows_per_wg` rows, the tiling's `WG` and `TPR` first among the overrides.
+pub(crate) struct RowLaunch<'a> {
+    pub op: &'static str,
+    pub shader: &'static ShaderFamily,
+    pub entry: &'static str,
+    pub tiling: RowTiling,
+    pub rows: usize,
+    /// The overrides after `WG` and `TPR`.
+    pub constants: &'a [(&'static str, u32)],
+}
+
+impl RowLaunch<'_> {
+    /// A new tensor shaped like `inputs[0]`, written from `inputs` and `params`.
+    pub(crate) fn run(&self, ctx: &Context, inputs: &[&Tensor], params: &[u8]) -> Result<Tensor> {
+        let x = inputs[0];
+        let mut constants = vec![("WG", self.tiling.wg), ("TPR", self.tiling.tpr)];
+        constants.extend_from_slice(self.constants);
+        let key = PipelineKey {
+            family: self.shader.name,
+            entry: self.entry,
+            dtype: x.dtype(),
+            constants,
+        };
+        let pipe = ctx.pipeline(self.shader, key)?;
+        let wg = ctx.grid_1d((self.rows as u64).div_ceil(self.tiling.rows_per_wg() as u64));
+        ctx.check_grid(self.op, wg)?;
+        let out = Tensor::empty(ctx, x.shape(), x.dtype())?;
+        let mut buffers: Vec<_> = inputs.iter().map(|t| t.buffer()).collect();
+        buffers.push(out.buffer());
+        ctx.launch(&pipe, self.op, &buffers, params, wg);
+        Ok(out)
+    }
+}
+
+/// A norm's `AFFINE` override (bit 0: weight, bit 1: bias) and its inputs: x, weight, bias,
+/// with x bound in place of an absent one (the shader does not read it then).
+pub(crate) fn affine<'a>(
+    x: &'a Tensor,
+    weight: Option<&'a Tensor>,
+    bias: Option<&'a Tensor>,
+) -> (u32, [&'a Tensor; 3]) {
+    let affine = weight.is_some() as u32 | (bias.is_some() as u32) << 1;
+    (affine, [x, weight.unwrap_or(x), bias.unwrap_or(x)])
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     Layer,
@@ -183,7 +229,7 @@ fn run(
     let units = if vec4 { d / 4 } else { d };
     let t = tiling.unwrap_or_else(|| RowTiling::choose(ctx, rows, units));
     t.check(op)?;
-    let affine = weight.is_some() as u32 | (bias.is_some() as u32) << 1;
+    let (affine, inputs) = affine(x, weight, bias);
     let p = Params {
         rows: to_u32(op, "rows", rows)?,
         d: to_u32(op, "row length", d)?,
@@ -191,34 +237,15 @@ fn run(
         _pad: 0,
     };
     to_u32(op, "tensor", x.numel())?;
-    let entry = if vec4 { "layer_norm4" } else { "layer_norm1" };
-    let pipe = ctx.pipeline(
-        &SHADER,
-        PipelineKey {
-            family: SHADER.name,
-            entry,
-            dtype: x.dtype(),
-            constants: vec![
-                ("WG", t.wg),
-                ("TPR", t.tpr),
-                ("MODE", (mode == Mode::Rms) as u32),
-                ("AFFINE", affine),
-            ],
-        },
-    )?;
-    let wg = ctx.grid_1d((rows as u64).div_ceil(t.rows_per_wg() as u64));
-    ctx.check_grid(op, wg)?;
-    let out = Tensor::empty(ctx, x.shape(), x.dtype())?;
-    let w = weight.unwrap_or(x);
-    let b = bias.unwrap_or(x);
-    ctx.launch(
-        &pipe,
+    RowLaunch {
         op,
-        &[x.buffer(), w.buffer(), b.buffer(), out.buffer()],
-        bytemuck::bytes_of(&p),
-        wg,
-    );
-    Ok(out)
+        shader: &SHADER,
+        entry: if vec4 { "layer_norm4" } else { "layer_norm1" },
+        tiling: t,
+        rows,
+        constants: &[("MODE", (mode == Mode::Rms) as u32), ("AFFINE", affine)],
+    }
+    .run(ctx, &inputs, bytemuck::bytes_of(&p))
 }
 
 /// CPU references, f64 arithmetic.

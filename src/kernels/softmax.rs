@@ -2,10 +2,10 @@
 //! (the row max is subtracted before exp). Attention probabilities in diffusers' `Attention`
 //! (`get_attention_scores`) and transformers' T5/CLIP attention.
 
-use super::layer_norm::RowTiling;
+use super::layer_norm::{RowLaunch, RowTiling};
 use super::to_u32;
 use crate::error::{Error, Result};
-use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
+use crate::gpu::{Context, ShaderFamily, Tensor};
 
 pub const SHADER: ShaderFamily = ShaderFamily {
     name: "softmax",
@@ -69,32 +69,15 @@ pub fn softmax_variant(
         scale,
         _pad: 0,
     };
-    let entry = if vec4 { "softmax4" } else { "softmax1" };
-    let recompute = recompute.unwrap_or(false);
-    let pipe = ctx.pipeline(
-        &SHADER,
-        PipelineKey {
-            family: SHADER.name,
-            entry,
-            dtype: x.dtype(),
-            constants: vec![
-                ("WG", t.wg),
-                ("TPR", t.tpr),
-                ("RECOMPUTE", recompute as u32),
-            ],
-        },
-    )?;
-    let wg = ctx.grid_1d((rows as u64).div_ceil(t.rows_per_wg() as u64));
-    ctx.check_grid(OP, wg)?;
-    let out = Tensor::empty(ctx, x.shape(), x.dtype())?;
-    ctx.launch(
-        &pipe,
-        OP,
-        &[x.buffer(), out.buffer()],
-        bytemuck::bytes_of(&p),
-        wg,
-    );
-    Ok(out)
+    RowLaunch {
+        op: OP,
+        shader: &SHADER,
+        entry: if vec4 { "softmax4" } else { "softmax1" },
+        tiling: t,
+        rows,
+        constants: &[("RECOMPUTE", recompute.unwrap_or(false) as u32)],
+    }
+    .run(ctx, &[x], bytemuck::bytes_of(&p))
 }
 
 /// CPU reference, f64 arithmetic.

@@ -15,6 +15,7 @@ use crate::gpu::{Context, Tensor};
 use crate::kernels::conv2d::PackedConv2dWeight;
 use crate::kernels::elementwise::{self, View};
 use crate::kernels::Activation;
+use crate::models::check_nchw;
 use crate::weights::Loader;
 
 pub use tiling::{TileGrid, TileOptions, TilePlan};
@@ -236,15 +237,7 @@ impl Encoder {
 fn check_image(c: &AutoencoderKLConfig, image: &Tensor, op: &'static str) -> Result<()> {
     let s = image.shape();
     let f = 1 << (c.block_out_channels.len() - 1);
-    if s.len() != 4 || s[1] != c.in_channels {
-        return Err(Error::shape(
-            op,
-            format!(
-                "image {s:?} must be [B, {}, H, W] (in_channels)",
-                c.in_channels
-            ),
-        ));
-    }
+    check_nchw(op, "image", s, "H, W", (c.in_channels, "in_channels"))?;
     if s[2] % f != 0 || s[3] % f != 0 {
         return Err(Error::shape(
             op,
@@ -342,15 +335,13 @@ impl AutoencoderKL {
     fn check_latent(&self, latent: &Tensor, op: &'static str) -> Result<()> {
         let c = &self.config;
         let s = latent.shape();
-        if s.len() != 4 || s[1] != c.latent_channels {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "latent {s:?} must be [B, {}, h, w] (latent_channels)",
-                    c.latent_channels
-                ),
-            ));
-        }
+        check_nchw(
+            op,
+            "latent",
+            s,
+            "h, w",
+            (c.latent_channels, "latent_channels"),
+        )?;
         Ok(())
     }
 

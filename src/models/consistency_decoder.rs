@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
 use crate::kernels::elementwise::{self, BinaryOp, View};
 use crate::kernels::{concat, resample, Activation};
+use crate::models::check_nchw;
 use crate::weights::Loader;
 
 /// The latent statistics `ConsistencyDecoderVAE` registers as buffers (`means`, `stds`).
@@ -285,12 +286,7 @@ impl ConsistencyDecoderVAE {
         const OP: &str = "ConsistencyDecoderVAE::decode";
         let lat = self.config.latent_channels;
         let s = z.shape();
-        if s.len() != 4 || s[1] != lat {
-            return Err(Error::shape(
-                OP,
-                format!("latent {s:?} must be [B, {lat}, h, w] (latent_channels)"),
-            ));
-        }
+        check_nchw(OP, "latent", s, "h, w", (lat, "latent_channels"))?;
         if z.dtype() != self.dtype {
             return Err(Error::shape(
                 OP,

@@ -8,14 +8,15 @@
 use super::nn::{Conv2d, GroupNorm};
 use super::resnet::TimeEmbeddingNorm;
 use super::unet_2d_blocks::{
-    take_skips, ResnetDownsampleBlock2D, ResnetOptions, ResnetUpsampleBlock2D, UNetMidBlock2D,
+    ResnetDownsampleBlock2D, ResnetOptions, ResnetUpsampleBlock2D, UNetMidBlock2D,
 };
-use super::unet_2d_condition::{batch_timesteps, center_input, TimestepEmbeddingMlp};
+use super::unet_2d_condition::{batch_timesteps, center_input, Blocks, TimestepEmbeddingMlp};
 use crate::config::UNet2DModelConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
 use crate::kernels::embedding::{gather_rows, timestep_embedding, TimestepEmbedding};
 use crate::kernels::{elementwise, Activation};
+use crate::models::check_nchw;
 use crate::weights::Loader;
 
 /// `time_proj`: how a timestep becomes a `block_out_channels[0]`-wide vector.
@@ -201,62 +202,24 @@ impl UNet2DModel {
         let temb = elementwise::activation(ctx, &emb, Activation::Silu)?;
         let temb = Some(&temb);
 
-        // 2. pre-process
-        let mut x = self.conv_in.forward(ctx, sample)?;
-        let conv_in = x.clone();
-
-        // 3. down
-        let mut down_block_res_samples = vec![x.clone()];
-        let mut down = Vec::new();
-        for block in &self.down_blocks {
-            let res_samples;
-            (x, res_samples) = block.forward(ctx, x, temb)?;
-            down_block_res_samples.extend(res_samples);
-            down.push(x.clone());
-        }
-
-        // 4. mid
-        let mut mid = None;
-        if let Some(block) = &self.mid_block {
-            x = block.forward(ctx, x, temb)?;
-            mid = Some(x.clone());
-        }
-
-        // 5. up: each block takes the last len(resnets) residuals
-        let mut up = Vec::new();
-        for block in &self.up_blocks {
-            let n = block.resnets.len();
-            let res_samples = take_skips(&mut down_block_res_samples, n, OP)?;
-            x = block.forward(ctx, x, res_samples, temb)?;
-            up.push(x.clone());
-        }
-
-        // 6. post-process
-        let x = self.conv_norm_out.forward(ctx, &x, true)?;
-        let sample = self.conv_out.forward(ctx, &x)?;
-        Ok(UNet2DOutput {
-            sample,
-            emb,
-            conv_in,
-            down,
-            mid,
-            up,
-        })
+        let blocks = Blocks {
+            down: &self.down_blocks,
+            run_down: |b: &ResnetDownsampleBlock2D, x| b.forward(ctx, x, temb),
+            mid: self.mid_block.as_ref(),
+            run_mid: |b: &UNetMidBlock2D, x| b.forward(ctx, x, temb),
+            up: &self.up_blocks,
+            run_up: |b: &ResnetUpsampleBlock2D, x, res| b.forward(ctx, x, res, temb),
+            skips: |b: &ResnetUpsampleBlock2D| b.resnets.len(),
+        };
+        let ends = (&self.conv_in, &self.conv_norm_out, &self.conv_out);
+        UNet2DOutput::walk(ctx, OP, ends, (sample, emb), blocks)
     }
 
     fn check_sample(&self, sample: &Tensor) -> Result<()> {
         const OP: &str = "UNet2DModel";
         let c = &self.config;
         let s = sample.shape();
-        if s.len() != 4 || s[1] != c.in_channels {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "sample {s:?} must be [B, {}, H, W] (in_channels)",
-                    c.in_channels
-                ),
-            ));
-        }
+        check_nchw(OP, "sample", s, "H, W", (c.in_channels, "in_channels"))?;
         let (h, w) = (s[2], s[3]);
         let m = self.size_multiple();
         if h % m != 0 || w % m != 0 {

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
 use crate::kernels::embedding::{timestep_embedding, TimestepEmbedding};
 use crate::kernels::{elementwise, Activation};
+use crate::models::check_nchw;
 use crate::weights::Loader;
 
 /// diffusers `TimestepEmbedding`: `linear_1`, SiLU, `linear_2`.
@@ -71,6 +72,80 @@ pub struct UNetOutput {
     pub mid: Option<Tensor>,
     /// Each up block's output (after its upsampler).
     pub up: Vec<Tensor>,
+}
+
+/// A U-Net's blocks and how one runs with the model's time embedding (and text): what
+/// [`UNetOutput::walk`] needs of `UNet2DModel` and `UNet2DConditionModel`, whose blocks differ.
+pub(crate) struct Blocks<'a, D, M, U, FD, FM, FU> {
+    pub down: &'a [D],
+    /// Runs a down block: (hidden states, its residuals).
+    pub run_down: FD,
+    pub mid: Option<&'a M>,
+    pub run_mid: FM,
+    pub up: &'a [U],
+    /// Runs an up block on the residuals it takes.
+    pub run_up: FU,
+    /// How many residuals an up block takes: one per resnet.
+    pub skips: fn(&U) -> usize,
+}
+
+impl UNetOutput {
+    /// Steps 2-6 of diffusers' U-Net `forward`, which the two U-Nets share but for their
+    /// blocks: `conv_in`, the down blocks collecting residuals, the mid block, the up blocks
+    /// each taking the last len(resnets) of them, `conv_norm_out` + SiLU, `conv_out` (`ends`).
+    pub(crate) fn walk<D, M, U, FD, FM, FU>(
+        ctx: &Context,
+        op: &'static str,
+        ends: (&Conv2d, &GroupNorm, &Conv2d),
+        (sample, emb): (&Tensor, Tensor),
+        b: Blocks<'_, D, M, U, FD, FM, FU>,
+    ) -> Result<UNetOutput>
+    where
+        FD: Fn(&D, Tensor) -> Result<(Tensor, Vec<Tensor>)>,
+        FM: Fn(&M, Tensor) -> Result<Tensor>,
+        FU: Fn(&U, Tensor, Vec<Tensor>) -> Result<Tensor>,
+    {
+        // 2. pre-process
+        let mut x = ends.0.forward(ctx, sample)?;
+        let conv_in = x.clone();
+
+        // 3. down
+        let mut down_block_res_samples = vec![x.clone()];
+        let mut down = Vec::new();
+        for block in b.down {
+            let res_samples;
+            (x, res_samples) = (b.run_down)(block, x)?;
+            down_block_res_samples.extend(res_samples);
+            down.push(x.clone());
+        }
+
+        // 4. mid
+        let mut mid = None;
+        if let Some(block) = b.mid {
+            x = (b.run_mid)(block, x)?;
+            mid = Some(x.clone());
+        }
+
+        // 5. up: each block takes the last len(resnets) residuals
+        let mut up = Vec::new();
+        for block in b.up {
+            let res_samples = take_skips(&mut down_block_res_samples, (b.skips)(block), op)?;
+            x = (b.run_up)(block, x, res_samples)?;
+            up.push(x.clone());
+        }
+
+        // 6. post-process
+        let x = ends.1.forward(ctx, &x, true)?;
+        let sample = ends.2.forward(ctx, &x)?;
+        Ok(UNetOutput {
+            sample,
+            emb,
+            conv_in,
+            down,
+            mid,
+            up,
+        })
+    }
 }
 
 impl UNet2DConditionModel {
@@ -150,47 +225,17 @@ impl UNet2DConditionModel {
         let temb = elementwise::activation(ctx, &emb, Activation::Silu)?;
         let temb = Some(&temb);
 
-        // 2. pre-process
-        let mut x = self.conv_in.forward(ctx, sample)?;
-        let conv_in = x.clone();
-
-        // 3. down
-        let mut down_block_res_samples = vec![x.clone()];
-        let mut down = Vec::new();
-        for block in &self.down_blocks {
-            let res_samples;
-            (x, res_samples) = block.forward(ctx, x, temb, ehs)?;
-            down_block_res_samples.extend(res_samples);
-            down.push(x.clone());
-        }
-
-        // 4. mid
-        let mut mid = None;
-        if let Some(block) = &self.mid_block {
-            x = block.forward(ctx, x, temb, ehs)?;
-            mid = Some(x.clone());
-        }
-
-        // 5. up: each block takes the last len(resnets) residuals
-        let mut up = Vec::new();
-        for block in &self.up_blocks {
-            let n = block.resnets().len();
-            let res_samples = take_skips(&mut down_block_res_samples, n, OP)?;
-            x = block.forward(ctx, x, res_samples, temb, ehs)?;
-            up.push(x.clone());
-        }
-
-        // 6. post-process
-        let x = self.conv_norm_out.forward(ctx, &x, true)?;
-        let sample = self.conv_out.forward(ctx, &x)?;
-        Ok(UNetOutput {
-            sample,
-            emb,
-            conv_in,
-            down,
-            mid,
-            up,
-        })
+        let blocks = Blocks {
+            down: &self.down_blocks,
+            run_down: |b: &UNetDownBlock, x| b.forward(ctx, x, temb, ehs),
+            mid: self.mid_block.as_ref(),
+            run_mid: |b: &UNetMidBlock2DCrossAttn, x| b.forward(ctx, x, temb, ehs),
+            up: &self.up_blocks,
+            run_up: |b: &UNetUpBlock, x, res| b.forward(ctx, x, res, temb, ehs),
+            skips: |b: &UNetUpBlock| b.resnets().len(),
+        };
+        let ends = (&self.conv_in, &self.conv_norm_out, &self.conv_out);
+        UNetOutput::walk(ctx, OP, ends, (sample, emb), blocks)
     }
 
     /// `time_proj` (sinusoidal `Timesteps`) then `time_embedding`: `emb` [B, time_embed_dim].
@@ -217,15 +262,7 @@ impl UNet2DConditionModel {
         const OP: &str = "UNet2DConditionModel";
         let c = &self.config;
         let s = sample.shape();
-        if s.len() != 4 || s[1] != c.in_channels {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "sample {s:?} must be [B, {}, H, W] (in_channels)",
-                    c.in_channels
-                ),
-            ));
-        }
+        check_nchw(OP, "sample", s, "H, W", (c.in_channels, "in_channels"))?;
         let (b, h, w) = (s[0], s[2], s[3]);
         let m = self.size_multiple();
         if h % m != 0 || w % m != 0 {

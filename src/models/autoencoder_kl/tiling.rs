@@ -12,6 +12,7 @@ use crate::gpu::{BufferPool, Context, DType, Tensor};
 use crate::kernels::attention::MAX_HEAD_DIM;
 use crate::kernels::elementwise::{self, View};
 use crate::kernels::tile_blend;
+use crate::models::check_nchw;
 
 /// diffusers' VAE tiling settings (`enable_tiling()`; `tile_sample_min_size`,
 /// `tile_overlap_factor`). The latent tile is `tile_sample_size / 2^(len(block_out_channels) - 1)`.
@@ -224,15 +225,13 @@ impl AutoencoderKL {
     pub fn decode_plan(&self, shape: &[usize], dtype: DType, max_binding: u64) -> Result<TilePlan> {
         const OP: &str = "AutoencoderKL::decode_auto";
         let c = &self.config;
-        if shape.len() != 4 || shape[1] != c.latent_channels {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "latent {shape:?} must be [B, {}, h, w] (latent_channels)",
-                    c.latent_channels
-                ),
-            ));
-        }
+        check_nchw(
+            OP,
+            "latent",
+            shape,
+            "h, w",
+            (c.latent_channels, "latent_channels"),
+        )?;
         let (b, h, w) = (shape[0], shape[2], shape[3]);
         let whole = self.decode_peak_bytes(b, h, w, dtype);
         let tile = |lat: usize| self.decode_peak_bytes(b, lat, lat, dtype);
@@ -244,15 +243,7 @@ impl AutoencoderKL {
     pub fn encode_plan(&self, shape: &[usize], dtype: DType, max_binding: u64) -> Result<TilePlan> {
         const OP: &str = "AutoencoderKL::encode_auto";
         let c = &self.config;
-        if shape.len() != 4 || shape[1] != c.in_channels {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "image {shape:?} must be [B, {}, H, W] (in_channels)",
-                    c.in_channels
-                ),
-            ));
-        }
+        check_nchw(OP, "image", shape, "H, W", (c.in_channels, "in_channels"))?;
         let (b, h, w) = (shape[0], shape[2], shape[3]);
         let f = self.scale_factor();
         let whole = self.encode_peak_bytes(b, h, w, dtype);
