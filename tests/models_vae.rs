@@ -329,14 +329,7 @@ fn sd15_vae_plans_fit_webgpu_default_limits() {
     use hoa::models::autoencoder_kl::{TileOptions, TilePlan};
     use hoa::weights::Weights;
     let Some(c) = ctx() else { return };
-    let cfg = AutoencoderKLConfig {
-        down_block_types: vec!["DownEncoderBlock2D".into(); 4],
-        up_block_types: vec!["UpDecoderBlock2D".into(); 4],
-        block_out_channels: vec![128, 256, 512, 512],
-        layers_per_block: 2,
-        sample_size: serde_json::Value::from(512),
-        ..Default::default()
-    };
+    let cfg = AutoencoderKLConfig::stable_diffusion();
     let empty = Weights::from_files(vec![]).unwrap();
     let vae = AutoencoderKL::load(&Loader::random(c, &empty, DType::F32, 1), &cfg).unwrap();
     let webgpu = 128 << 20;

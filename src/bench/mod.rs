@@ -282,14 +282,7 @@ fn time_vae(
     use crate::config::AutoencoderKLConfig;
     use crate::models::autoencoder_kl::{AutoencoderKL, TilePlan};
     use crate::weights::{Loader, Weights};
-    let vae_cfg = AutoencoderKLConfig {
-        down_block_types: vec!["DownEncoderBlock2D".into(); 4],
-        up_block_types: vec!["UpDecoderBlock2D".into(); 4],
-        block_out_channels: vec![128, 256, 512, 512],
-        layers_per_block: 2,
-        sample_size: serde_json::Value::from(512),
-        ..Default::default()
-    };
+    let vae_cfg = AutoencoderKLConfig::stable_diffusion();
     let s = if opts.quick { 32 } else { 64 };
     let t0 = std::time::Instant::now();
     let empty = Weights::from_files(vec![])?;

@@ -52,6 +52,19 @@ impl Default for AutoencoderKLConfig {
 }
 
 impl AutoencoderKLConfig {
+    /// Stable Diffusion 1.x/2.x's `vae/config.json` (4 levels of 128-512 channels, 512 px tiles):
+    /// the VAE the benchmarks and the size checks measure, and that single-file checkpoints imply.
+    pub fn stable_diffusion() -> Self {
+        AutoencoderKLConfig {
+            down_block_types: vec!["DownEncoderBlock2D".into(); 4],
+            up_block_types: vec!["UpDecoderBlock2D".into(); 4],
+            block_out_channels: vec![128, 256, 512, 512],
+            layers_per_block: 2,
+            sample_size: serde_json::Value::from(512),
+            ..Default::default()
+        }
+    }
+
     pub const WHAT: &'static str = "AutoencoderKL";
     const CLASS: Class = Class::diffusers(&[Self::WHAT]);
     /// Where a diffusers folder keeps it.
