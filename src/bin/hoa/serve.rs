@@ -121,11 +121,27 @@ async fn serve(bind: SocketAddr, shared: Arc<Shared>) -> Result<()> {
         .with_context(|| format!("--bind {bind}"))?;
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown())
         .await?;
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM: stop accepting; the requests in flight still get their images.
+async fn shutdown() {
+    let term = async {
+        #[cfg(unix)]
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    eprintln!("shutting down: finishing the requests in flight");
 }
 
 async fn list_models(State(s): State<Arc<Shared>>) -> Json<Value> {
