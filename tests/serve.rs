@@ -56,13 +56,13 @@ fn start(extra: &[&str]) -> Server {
 }
 
 /// One request; returns (status, headers lowercased, body).
-fn http(s: &Server, method: &str, path: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
-    let mut c = TcpStream::connect(&s.addr).unwrap();
+fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut c = TcpStream::connect(addr).unwrap();
     write!(
         c,
         "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
-        s.addr,
+        addr,
         body.len()
     )
     .unwrap();
@@ -77,7 +77,7 @@ fn http(s: &Server, method: &str, path: &str, body: &[u8]) -> (u16, String, Vec<
 
 fn post(s: &Server, body: &Value) -> (u16, Value) {
     let (status, _, b) = http(
-        s,
+        &s.addr,
         "POST",
         "/v1/images/generations",
         body.to_string().as_bytes(),
@@ -94,7 +94,7 @@ fn error_param(v: &Value) -> Value {
 }
 
 fn healthy(s: &Server) {
-    let (status, _, body) = http(s, "GET", "/healthz", b"");
+    let (status, _, body) = http(&s.addr, "GET", "/healthz", b"");
     assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
 }
 
@@ -167,15 +167,15 @@ fn bad_requests_get_openai_errors_and_the_server_stays_up() {
     assert_eq!((status, error_param(&v)), (404, json!("model")));
     healthy(&s);
 
-    let (status, _, body) = http(&s, "POST", "/v1/images/generations", b"{\"prompt\": ");
+    let (status, _, body) = http(&s.addr, "POST", "/v1/images/generations", b"{\"prompt\": ");
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!((status, error_param(&v)), (400, Value::Null));
     let huge = vec![b' '; (1 << 20) + 1];
-    let (status, _, _) = http(&s, "POST", "/v1/images/generations", &huge);
+    let (status, _, _) = http(&s.addr, "POST", "/v1/images/generations", &huge);
     assert_eq!(status, 413);
     healthy(&s);
 
-    let (status, _, body) = http(&s, "GET", "/v1/models", b"");
+    let (status, _, body) = http(&s.addr, "GET", "/v1/models", b"");
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(status, 200);
     assert_eq!(v["object"], "list");
@@ -184,7 +184,7 @@ fn bad_requests_get_openai_errors_and_the_server_stays_up() {
 
 #[test]
 fn a_full_queue_answers_429_with_retry_after() {
-    let s = std::sync::Arc::new(start(&["--queue", "1"]));
+    let s = start(&["--queue", "1"]);
     let req = json!({"prompt": "a", "size": "32x24", "steps": 2}).to_string();
     let answers: Vec<(u16, String)> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..6)
@@ -192,7 +192,7 @@ fn a_full_queue_answers_429_with_retry_after() {
                 let (s, req) = (&s, &req);
                 sc.spawn(move || {
                     let (status, head, _) =
-                        http(s, "POST", "/v1/images/generations", req.as_bytes());
+                        http(&s.addr, "POST", "/v1/images/generations", req.as_bytes());
                     (status, head)
                 })
             })
@@ -211,4 +211,22 @@ fn a_full_queue_answers_429_with_retry_after() {
         .expect("one request found the queue full");
     assert!(full.1.contains("\r\nretry-after: "), "{}", full.1);
     healthy(&s);
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish() {
+    let mut s = start(&[]);
+    let addr = s.addr.clone();
+    let req = json!({"prompt": "a", "size": "32x24", "steps": 40}).to_string();
+    let client =
+        std::thread::spawn(move || http(&addr, "POST", "/v1/images/generations", req.as_bytes()).0);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(client.join().unwrap(), 200);
+    assert!(s.child.wait().unwrap().success());
 }
