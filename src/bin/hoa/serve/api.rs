@@ -224,3 +224,41 @@ pub fn to_request(r: &ImagesRequest) -> Result<Request, ApiError> {
         ..Default::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_is_width_x_height_or_auto() {
+        assert_eq!(size(Some("32x24")).unwrap(), (Some(32), Some(24)));
+        assert_eq!(size(Some("auto")).unwrap(), (None, None));
+        assert_eq!(size(None).unwrap(), (None, None));
+        // A negative side parses; resolve refuses it, naming `size` through param_of.
+        assert_eq!(size(Some("-8x8")).unwrap(), (Some(-8), Some(8)));
+        for bad in ["32", "32x", "x24", "32*24", "32x24x8", ""] {
+            let e = size(Some(bad)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("size"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hoa_fields_map_to_the_openai_field_the_client_sent() {
+        assert_eq!(param_of("width"), Some("size"));
+        assert_eq!(param_of("height"), Some("size"));
+        assert_eq!(param_of("batch"), Some("n"));
+        assert_eq!(param_of("steps"), Some("steps"));
+        assert_eq!(param_of("the request"), None);
+    }
+
+    #[test]
+    fn openai_fields_hoa_does_not_act_on_are_accepted_others_refused() {
+        let ok = parse(br#"{"prompt": "a", "quality": "hd", "style": "vivid", "user": "u"}"#);
+        assert_eq!(ok.unwrap().prompt.as_deref(), Some("a"));
+        let e = parse(br#"{"prompt": "a", "stpes": 2}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("stpes"));
+        let e = parse(br#"{"prompt": "a", "seed": -1}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("seed"));
+        assert_eq!(parse(b"[1]").unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+}
