@@ -95,7 +95,7 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         dtype_size: dtype.size(),
     };
     eprintln!("adapter: {}", ctx.describe());
-    let jobs = worker::start(ctx, a.models.clone(), dtype, a.queue)?;
+    let (jobs, thread) = worker::start(ctx, a.models.clone(), dtype, a.queue)?;
     let shared = Arc::new(Shared {
         models,
         limits,
@@ -106,7 +106,13 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         .worker_threads(2)
         .enable_io()
         .build()?;
-    rt.block_on(serve(a.bind, shared))
+    let served = rt.block_on(serve(a.bind, shared));
+    // Every sender is gone with the runtime's tasks: the thread finishes and drops the GPU.
+    drop(rt);
+    if thread.join().is_err() {
+        bail!("the generation thread panicked");
+    }
+    served
 }
 
 async fn serve(bind: SocketAddr, shared: Arc<Shared>) -> Result<()> {

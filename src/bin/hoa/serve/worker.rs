@@ -18,16 +18,18 @@ pub struct Job {
 }
 
 /// Loads every model on a new thread that keeps `ctx`; returns once they are loaded (or one
-/// failed), with the queue's sending end.
+/// failed), with the queue's sending end and the thread, which ends when every sender is
+/// dropped. Join it before the process exits: the GPU context must be dropped by its own
+/// thread (wgpu's GL backend corrupts the heap at exit otherwise).
 pub fn start(
     ctx: Context,
     models: Vec<(String, PathBuf)>,
     dtype: DType,
     queue: usize,
-) -> anyhow::Result<mpsc::Sender<Job>> {
+) -> anyhow::Result<(mpsc::Sender<Job>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel::<Job>(queue);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("hoa-generate".into())
         .spawn(move || {
             let mut pipes = Vec::new();
@@ -49,7 +51,7 @@ pub fn start(
     ready_rx
         .recv()
         .map_err(|_| anyhow::anyhow!("the generation thread died while loading"))??;
-    Ok(tx)
+    Ok((tx, thread))
 }
 
 fn run(ctx: &Context, pipes: &[(String, Pipeline)], mut rx: mpsc::Receiver<Job>) {
