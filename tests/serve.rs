@@ -96,6 +96,8 @@ fn error_param(v: &Value) -> Value {
 fn healthy(s: &Server) {
     let (status, _, body) = http(&s.addr, "GET", "/healthz", b"");
     assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
+    let (status, _, body) = http(&s.addr, "GET", "/readyz", b"");
+    assert_eq!((status, body.as_slice()), (200, b"ready".as_slice()));
 }
 
 #[test]

@@ -1,7 +1,7 @@
-//! `hoa serve`: OpenAI's Images API (`POST /v1/images/generations`, `GET /v1/models`) over
-//! HTTP, single-process mode. A thin front end: the body becomes a `hoa::request::Request`,
-//! `hoa::resolve` decides and checks everything (before the job is queued), and one thread
-//! that owns the GPU runs the jobs one at a time (`serve/worker.rs`).
+//! `hoa serve`: OpenAI's Images API (`POST /v1/images/generations`, `GET /v1/models`) and
+//! `/healthz`, `/readyz` over HTTP, single-process mode. A thin front end: the body becomes a
+//! `hoa::request::Request`, `hoa::resolve` decides and checks everything (before the job is
+//! queued), and one thread that owns the GPU runs the jobs one at a time (`serve/worker.rs`).
 
 mod api;
 mod worker;
@@ -120,6 +120,7 @@ async fn serve(bind: SocketAddr, shared: Arc<Shared>) -> Result<()> {
         .route("/v1/images/generations", post(generations))
         .route("/v1/models", get(list_models))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(bind)
@@ -148,6 +149,17 @@ async fn shutdown() {
         _ = term => {}
     }
     eprintln!("shutting down: finishing the requests in flight");
+}
+
+/// Ready while the generation thread takes jobs (the models load before the server listens).
+async fn ready(State(s): State<Arc<Shared>>) -> (axum::http::StatusCode, &'static str) {
+    match s.jobs.is_closed() {
+        false => (axum::http::StatusCode::OK, "ready"),
+        true => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the generation thread stopped",
+        ),
+    }
 }
 
 async fn list_models(State(s): State<Arc<Shared>>) -> Json<Value> {

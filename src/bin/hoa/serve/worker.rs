@@ -3,7 +3,7 @@
 
 use hoa::image_io::encode_png;
 use hoa::model_files::DirFiles;
-use hoa::pipeline::Pipeline;
+use hoa::pipeline::{Event, Pipeline};
 use hoa::resolve::Resolved;
 use hoa::{Context, DType};
 use std::path::PathBuf;
@@ -67,7 +67,15 @@ fn run(ctx: &Context, pipes: &[(String, Pipeline)], mut rx: mpsc::Receiver<Job>)
 
 fn generate(ctx: &Context, name: &str, pipe: &Pipeline, r: &Resolved) -> hoa::Result<Vec<Vec<u8>>> {
     let t = std::time::Instant::now();
-    let images = pollster::block_on(pipe.generate(ctx, &r.options, &mut |_| {}))?;
+    // OpenAI's response has no place for warnings: they go to the server's log.
+    for w in &r.warnings {
+        eprintln!("{name}: warning: {w}");
+    }
+    let images = pollster::block_on(pipe.generate(ctx, &r.options, &mut |ev| {
+        if let Event::Warning(w) = ev {
+            eprintln!("{name}: warning: {w}");
+        }
+    }))?;
     eprintln!(
         "{name}: {} image(s) {}x{}, {} steps in {:.1} s",
         images.len(),
