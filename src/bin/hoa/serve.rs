@@ -94,6 +94,10 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         max_binding_bytes: ctx.max_binding_bytes(),
         dtype_size: dtype.size(),
     };
+    // A taken port fails now, not after the slow load; connections wait until it is done.
+    let listener =
+        std::net::TcpListener::bind(a.bind).with_context(|| format!("--bind {}", a.bind))?;
+    listener.set_nonblocking(true)?;
     eprintln!("adapter: {}", ctx.describe());
     let (jobs, thread) = worker::start(ctx, a.models.clone(), dtype, a.queue)?;
     let shared = Arc::new(Shared {
@@ -106,7 +110,7 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         .worker_threads(2)
         .enable_io()
         .build()?;
-    let served = rt.block_on(serve(a.bind, shared));
+    let served = rt.block_on(serve(listener, shared));
     // Every sender is gone with the runtime's tasks: the thread finishes and drops the GPU.
     drop(rt);
     if thread.join().is_err() {
@@ -115,7 +119,7 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
     served
 }
 
-async fn serve(bind: SocketAddr, shared: Arc<Shared>) -> Result<()> {
+async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> Result<()> {
     let app = Router::new()
         .route("/v1/images/generations", post(generations))
         .route("/v1/models", get(list_models))
@@ -123,9 +127,7 @@ async fn serve(bind: SocketAddr, shared: Arc<Shared>) -> Result<()> {
         .route("/readyz", get(ready))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(shared);
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("--bind {bind}"))?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
