@@ -1,8 +1,10 @@
 //! The `hoa` command line: `generate` (prompt to PNG), `info` (which adapter and what it
-//! allows) and `bench` (kernel microbenchmarks against the adapter's own ceilings).
+//! allows), `bench` (kernel microbenchmarks against the adapter's own ceilings) and `serve`
+//! (OpenAI's Images API over HTTP).
 
 mod bench;
 mod generate;
+mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -32,6 +34,8 @@ enum Command {
     Info,
     /// Measure the adapter's ceilings, then every kernel on Stable Diffusion-sized shapes.
     Bench(bench::BenchArgs),
+    /// Serve OpenAI's Images API (POST /v1/images/generations) on the given models.
+    Serve(Box<serve::ServeArgs>),
 }
 
 fn main() {
@@ -56,6 +60,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(&ctx, *args)?,
         Command::Info => info(&ctx),
         Command::Bench(args) => bench::run(&ctx, &args)?,
+        Command::Serve(args) => serve::run(ctx, *args)?,
     }
     Ok(())
 }
