@@ -3,7 +3,7 @@
 
 use super::parse::{parse_valid, Class, PerBlock, Source, MAX_DIM, MAX_LAYERS};
 use super::MAX_KERNEL;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use serde::Deserialize;
 
 /// diffusers `UNet2DConditionModel`'s config. hoa runs the SD 1.x / 2.x family: the block types
@@ -287,8 +287,9 @@ impl UNet2DConditionModelConfig {
                 ));
             }
         }
-        let heads = *self.heads()?.last().expect("block_lists checked n > 0");
-        let ch = *self.block_out_channels.last().expect("n > 0");
+        let empty = || Error::config(Self::FILE, "block_out_channels", "is empty");
+        let heads = *self.heads()?.last().ok_or_else(empty)?;
+        let ch = *self.block_out_channels.last().ok_or_else(empty)?;
         if self.mid_block_type.is_some() && ch % heads != 0 {
             return Err(src.err(
                 field,

@@ -122,7 +122,7 @@ impl UNet2DModel {
         let last = *c
             .block_out_channels
             .last()
-            .expect("validated: at least one block");
+            .ok_or_else(|| Error::config("unet/config.json", "block_out_channels", "is empty"))?;
         let mid_block = (c.mid_block_type.is_some())
             .then(|| UNetMidBlock2D::load(&vb.pp("mid_block"), last, &mid, None))
             .transpose()?;

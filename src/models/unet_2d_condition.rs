@@ -170,7 +170,9 @@ impl UNet2DConditionModel {
             .map(|(i, b)| UNetUpBlock::load(&vb.pp("up_blocks").pp(i), b, &opts))
             .collect::<Result<Vec<_>>>()?;
         opts.resnet.output_scale_factor = c.mid_block_scale_factor;
-        let last = down_specs.last().expect("validated: at least one block");
+        let last = down_specs
+            .last()
+            .ok_or_else(|| Error::config("unet/config.json", "down_block_types", "is empty"))?;
         let mid_block = (c.mid_block_type.is_some())
             .then(|| UNetMidBlock2DCrossAttn::load(&vb.pp("mid_block"), last, &opts))
             .transpose()?;
