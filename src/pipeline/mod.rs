@@ -74,6 +74,17 @@ impl Pipeline {
     /// Loads a diffusers-layout folder. `dtype` is the compute storage type (f16 needs the
     /// adapter's `shader-f16`).
     pub fn load(ctx: &Context, files: &dyn ModelFiles, dtype: DType) -> Result<Pipeline> {
+        Pipeline::load_with(ctx, files, ModelInfo::read(files)?, dtype)
+    }
+
+    /// [`Pipeline::load`] with the folder's [`ModelInfo`] already read (a front end reads it
+    /// first to check a request before the slow load).
+    pub fn load_with(
+        ctx: &Context,
+        files: &dyn ModelFiles,
+        info: ModelInfo,
+        dtype: DType,
+    ) -> Result<Pipeline> {
         if dtype == DType::F16 && !ctx.has_f16() {
             return Err(Error::MissingFeature {
                 op: OP,
@@ -81,7 +92,6 @@ impl Pipeline {
                 hint: "load the model in f32 instead",
             });
         }
-        let info = ModelInfo::read(files)?;
         let (text_encoder, context_len) = load_text_encoder(ctx, files, &info, dtype)?;
         let tokenizer = load_tokenizer(files, &text_encoder, context_len)?;
         let unet_weights = component_weights(files, "unet")?;

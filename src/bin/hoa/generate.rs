@@ -344,12 +344,12 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     };
     // Everything the request can get wrong, before the slow load.
     req.prompt = Some(prompts[0].clone());
-    let first = resolve(&req, &info, limits)?;
-    let batch = first.options.batch;
+    let mut first = Some(resolve(&req, &info, limits)?);
+    let batch = first.as_ref().map_or(1, |r| r.options.batch);
 
     eprintln!("adapter: {}", ctx.describe());
     let t0 = std::time::Instant::now();
-    let pipe = Pipeline::load(ctx, &files, dtype)?;
+    let pipe = Pipeline::load_with(ctx, &files, info, dtype)?;
     eprintln!(
         "loaded {} in {:.1} s",
         model_dir.display(),
@@ -363,7 +363,10 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     for (j, prompt) in prompts.iter().enumerate() {
         req.prompt = Some(prompt.clone());
         req.seed = Some(seed.wrapping_add((j as u64).wrapping_mul(batch as u64)));
-        let r = resolve(&req, &pipe.info, pipe.limits(ctx))?;
+        let r = match first.take() {
+            Some(r) => r,
+            None => resolve(&req, &pipe.info, limits)?,
+        };
         let images = generate_one(ctx, &pipe, &r)?;
         for (k, img) in images.iter().enumerate() {
             let params = r.parameters(&model_name, k).to_text();
