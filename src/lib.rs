@@ -9,6 +9,7 @@
 pub mod activation;
 pub mod bench;
 pub mod config;
+pub mod download_plan;
 pub mod error;
 pub mod gpu;
 pub mod image_io;

@@ -2,6 +2,7 @@
 //! bytes the browser fetched. The pipeline only ever asks for a file by its relative path, so
 //! both share one loader.
 
+use crate::download_plan::weight_candidates;
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 use std::collections::HashMap;
@@ -98,19 +99,14 @@ impl ModelFiles for DirFiles {
 /// and transformers save: `diffusion_pytorch_model[.fp16].safetensors`,
 /// `model[.fp16].safetensors`, or a sharded `*.safetensors.index.json`.
 pub fn component_weights(files: &dyn ModelFiles, dir: &str) -> Result<Weights> {
-    for stem in ["diffusion_pytorch_model", "model"] {
-        for variant in ["", ".fp16"] {
-            let single = format!("{dir}/{stem}{variant}.safetensors");
-            if let Some(bytes) = files.read(&single)? {
-                return Weights::from_bytes(&single, bytes);
-            }
-            let index = format!("{dir}/{stem}{variant}.safetensors.index.json");
-            if let Some(json) = files.read(&index)? {
-                return Weights::from_index(&json, |shard| {
-                    files.require(&format!("{dir}/{shard}"))
-                });
-            }
+    for name in weight_candidates(dir, false) {
+        let Some(bytes) = files.read(&name)? else {
+            continue;
+        };
+        if name.ends_with(".index.json") {
+            return Weights::from_index(&bytes, |shard| files.require(&format!("{dir}/{shard}")));
         }
+        return Weights::from_bytes(&name, bytes);
     }
     let pickle = ["diffusion_pytorch_model.bin", "pytorch_model.bin"]
         .iter()

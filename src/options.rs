@@ -3,6 +3,7 @@
 //! them in from a request) and the pipeline (which runs them), so neither depends on the other.
 
 use crate::error::{Error, Result};
+use crate::gpu::DType;
 use crate::image_io::RgbImage;
 use crate::schedulers::SchedulerKind;
 
@@ -10,6 +11,20 @@ use crate::schedulers::SchedulerKind;
 pub const MAX_SIDE: usize = 16384;
 /// Largest batch.
 pub const MAX_BATCH: usize = 64;
+
+/// Models whose weights reach this size are stored in f16 where the adapter computes in it:
+/// halving a real Stable Diffusion model decides whether it fits a browser tab or an 8 GB
+/// machine, while small models keep f32's exactness.
+pub const F16_FROM_BYTES: u64 = 256 << 20;
+
+/// The storage dtype for a model with `weight_bytes` of weights when the user forces none.
+pub fn default_dtype(has_f16: bool, weight_bytes: u64) -> DType {
+    if has_f16 && weight_bytes >= F16_FROM_BYTES {
+        DType::F16
+    } else {
+        DType::F32
+    }
+}
 
 /// What the device allows: the largest storage binding and the compute dtype's size.
 #[derive(Clone, Copy, Debug)]
@@ -140,5 +155,17 @@ impl Default for GenerateOptions {
             split_guidance: false,
             preview_every: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_only_for_large_models_on_f16_adapters() {
+        assert_eq!(default_dtype(true, F16_FROM_BYTES), DType::F16);
+        assert_eq!(default_dtype(true, F16_FROM_BYTES - 1), DType::F32);
+        assert_eq!(default_dtype(false, u64::MAX), DType::F32);
     }
 }

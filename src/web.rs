@@ -17,9 +17,10 @@
 //! step, so the page keeps painting while it generates.
 
 use crate::error::Error;
-use crate::gpu::{Context, ContextOptions, DType};
+use crate::gpu::{Context, ContextOptions};
 use crate::image_io::{encode_png, RgbImage};
-use crate::model_files::MemoryFiles;
+use crate::model_files::ModelFiles;
+use crate::options::default_dtype;
 use crate::pipeline::{Event, Pipeline};
 use crate::request::{Origin, Request};
 use crate::resolve::{resolve, Resolved};
@@ -87,6 +88,7 @@ fn defaults_json(ctx: &Context, pipe: &Pipeline) -> Result<String, JsError> {
         "scheduler": r.sampler.name(),
         "upsampling": pipe.info.defaults.prompt_upsampling.is_some(),
         "consistency_decoder": pipe.info.has_consistency_decoder,
+        "dtype": format!("{:?}", pipe.dtype).to_lowercase(),
     })
     .to_string())
 }
@@ -151,10 +153,12 @@ impl Hoa {
 
     /// Loads a diffusers folder given as `Map<path, Uint8Array>` (paths relative to the folder,
     /// e.g. `unet/config.json`), through the loader the CLI uses; `name` is the model's name
-    /// for the PNG's parameters. Computes in f32 (every adapter has it; SwiftShader and many
-    /// phones have no `shader-f16`). Resolves to the model's defaults as JSON: `width`,
-    /// `height`, `steps`, `guidance`, `guidance_high` (null: none), `guidance_high_from`,
-    /// `scheduler`, `upsampling` and `consistency_decoder` (whether the model has them).
+    /// for the PNG's parameters. Each file is copied into wasm memory only while its component
+    /// loads. Stores weights in f16 when the adapter has `shader-f16` and the model is large
+    /// ([`default_dtype`]), else f32 (SwiftShader and many phones have no f16). Resolves to the
+    /// model's defaults as JSON: `width`, `height`, `steps`, `guidance`, `guidance_high`
+    /// (null: none), `guidance_high_from`, `scheduler`, `upsampling` and `consistency_decoder`
+    /// (whether the model has them), and `dtype`.
     pub fn load(&self, name: String, files: Map) -> js_sys::Promise {
         let ctx = self.ctx.clone();
         let slot = self.pipe.clone();
@@ -164,10 +168,11 @@ impl Hoa {
             if busy.get() {
                 return Err(JsError::new("hoa is busy generating; wait for it to finish").into());
             }
-            let files = memory_files(&name, &files)?;
+            let files = JsFiles::new(&name, &files)?;
             // Drop the old model first: two models at once may not fit.
             *slot.borrow_mut() = None;
-            let pipe = Pipeline::load(&ctx, &files, DType::F32).map_err(js_err)?;
+            let dtype = default_dtype(ctx.has_f16(), files.weight_bytes());
+            let pipe = Pipeline::load(&ctx, &files, dtype).map_err(|e| load_error(e, &files))?;
             let defaults = defaults_json(&ctx, &pipe)?;
             *slot.borrow_mut() = Some(Rc::new(pipe));
             *model.borrow_mut() = name;
@@ -240,24 +245,76 @@ impl Hoa {
     }
 }
 
-/// The page's `Map<path, Uint8Array>` as a model folder.
-fn memory_files(name: &str, files: &Map) -> Result<MemoryFiles, JsValue> {
-    let mut map = HashMap::new();
-    for entry in files.entries() {
-        let pair: js_sys::Array = entry?.into();
-        let path = pair
-            .get(0)
-            .as_string()
-            .ok_or_else(|| JsError::new("load: the files map's keys must be strings (paths)"))?;
-        let bytes: Uint8Array = pair.get(1).dyn_into().map_err(|_| {
-            JsError::new(&format!("load: the value for {path} is not a Uint8Array"))
-        })?;
-        map.insert(path, bytes.to_vec());
+/// The page's `Map<path, Uint8Array>` as a model folder. The bytes stay in JavaScript until
+/// the loader reads a file, so wasm memory holds one component's weights at a time, not the
+/// whole model twice.
+struct JsFiles {
+    name: String,
+    files: HashMap<String, Uint8Array>,
+}
+
+impl JsFiles {
+    fn new(name: &str, files: &Map) -> Result<JsFiles, JsValue> {
+        let mut map = HashMap::new();
+        for entry in files.entries() {
+            let pair: js_sys::Array = entry?.into();
+            let path = pair.get(0).as_string().ok_or_else(|| {
+                JsError::new("load: the files map's keys must be strings (paths)")
+            })?;
+            let bytes: Uint8Array = pair.get(1).dyn_into().map_err(|_| {
+                JsError::new(&format!("load: the value for {path} is not a Uint8Array"))
+            })?;
+            map.insert(path, bytes);
+        }
+        Ok(JsFiles {
+            name: name.to_string(),
+            files: map,
+        })
     }
-    Ok(MemoryFiles {
-        name: name.to_string(),
-        files: map,
-    })
+
+    fn weight_bytes(&self) -> u64 {
+        let weights = self
+            .files
+            .iter()
+            .filter(|(p, _)| p.ends_with(".safetensors"));
+        weights.map(|(_, b)| b.length() as u64).sum()
+    }
+}
+
+impl ModelFiles for JsFiles {
+    fn read(&self, path: &str) -> crate::Result<Option<Vec<u8>>> {
+        Ok(self.files.get(path).map(Uint8Array::to_vec))
+    }
+    fn exists(&self, path: &str) -> bool {
+        self.files.contains_key(path)
+    }
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// A load error, with what the model needs when the device ran out of memory (browsers tell
+/// no totals, so the size of the weights is the figure a person can act on).
+fn load_error(e: Error, files: &JsFiles) -> JsError {
+    let text = e.to_string();
+    if !text.to_lowercase().contains("out of memory") {
+        return JsError::new(&text);
+    }
+    JsError::new(&format!(
+        "this device has too little GPU memory for {} ({:.0} MB of weights, more as f32 \
+         without shader-f16): {text}; close other tabs or use a smaller model",
+        files.name,
+        files.weight_bytes() as f64 / 1e6
+    ))
+}
+
+/// What to fetch for a model folder that cannot be listed (a URL): the plan of
+/// [`crate::download_plan::plan`] as JSON for `model_index.json`'s text, with the `.fp16`
+/// weights first when `prefer_fp16`.
+#[wasm_bindgen(js_name = downloadPlan)]
+pub fn download_plan(model_index: &str, prefer_fp16: bool) -> Result<String, JsError> {
+    let plan = crate::download_plan::plan(model_index.as_bytes(), prefer_fp16).map_err(js_err)?;
+    serde_json::to_string(&plan).map_err(|e| JsError::new(&e.to_string()))
 }
 
 fn set(o: &Object, k: &str, v: impl Into<JsValue>) {

@@ -1,16 +1,50 @@
-// The page: checks for WebGPU, loads the wasm build of hoa (pkg/, made by web/build.sh), fetches
-// a diffusers model folder listed by its files.json, and generates on the GPU. Generation is
-// async and waits for the GPU after every step, so the page keeps painting; progress and the
-// live preview come through the onProgress callback.
+// The page: checks for WebGPU, then hands everything else to a Web Worker (web/worker.js): the
+// wasm build of hoa (pkg/, made by web/build.sh), the download of a diffusers model folder
+// (web/model_source.js: a files.json listing or Hugging Face's resolve/main layout, kept in
+// Cache Storage so that a reload downloads nothing), the upload and generation on the GPU. The
+// page's thread only paints progress, the live preview and the result.
 //
 // Query parameters: ?model=PATH_OR_URL (default weights/default; a relative path is resolved
-// against the folder above web/, i.e. the repository root when it is the served folder).
+// against the folder above web/, i.e. the repository root when it is the served folder;
+// `hf:ORG/REPO` is https://huggingface.co/ORG/REPO/resolve/main/), &variant=fp16 (download the
+// .fp16 weights when a folder has both), &nocache=1 (neither read nor fill the cache).
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const modelPath = params.get("model") || "weights/default";
+const modelPath = (params.get("model") || "weights/default").replace(
+  /^hf:([^/]+\/[^/]+?)\/?$/,
+  "https://huggingface.co/$1/resolve/main/"
+);
 const modelUrl = new URL(modelPath.replace(/\/?$/, "/"), new URL("../", location.href));
-const modelName = modelPath.replace(/\/$/, "").split("/").pop() || "model";
+// ".../ORG/REPO/resolve/main/" is named REPO; other folders by their last segment.
+const modelName =
+  modelUrl.pathname.match(/\/([^/]+)\/resolve\/[^/]+\/$/)?.[1] ||
+  modelUrl.pathname.replace(/\/$/, "").split("/").pop() ||
+  "model";
+
+// The worker and a promise per request.
+const worker = new Worker(new URL("worker.js", import.meta.url), { type: "module" });
+const pending = new Map();
+let nextId = 0;
+worker.onmessage = ({ data }) => {
+  const p = pending.get(data.id);
+  if (!p) return;
+  if (data.type === "event") return p.onEvent(data.event);
+  pending.delete(data.id);
+  if (data.type === "done") p.resolve(data.result);
+  else p.reject(new Error(data.message));
+};
+worker.onerror = (e) => {
+  for (const p of pending.values()) p.reject(new Error(`the worker failed: ${e.message}`));
+  pending.clear();
+};
+function call(type, payload = {}, onEvent = () => {}) {
+  const id = nextId++;
+  return new Promise((resolve, reject) => {
+    pending.set(id, { resolve, reject, onEvent });
+    worker.postMessage({ id, type, ...payload });
+  });
+}
 
 function setState(s) {
   document.body.dataset.state = s;
@@ -29,43 +63,31 @@ function status(text) {
   $("status").textContent = text;
 }
 
-async function fetchBytes(url) {
-  const r = await fetch(url);
-  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
-  return new Uint8Array(await r.arrayBuffer());
-}
+const MB = (n) => (n / 1e6).toFixed(1);
 
-// The folder's file list: files.json (written by web/build.sh: paths relative to the folder).
-async function manifest() {
-  const r = await fetch(new URL("files.json", modelUrl));
-  if (!r.ok) {
-    throw new Error(
-      `the model folder ${modelUrl} has no files.json (HTTP ${r.status}); ` +
-        "run web/build.sh, which writes one for weights/* and the test fixture, or " +
-        "`web/build.sh --manifest DIR` for another folder"
-    );
-  }
-  return await r.json();
-}
-
-async function loadModel(hoa) {
-  const list = await manifest();
-  const files = new Map();
-  let done = 0;
-  await Promise.all(
-    list.map(async (path) => {
-      files.set(path, await fetchBytes(new URL(path, modelUrl)));
-      done += 1;
-      status(`Downloading the model: ${done}/${list.length} files`);
-      $("progress").value = done / list.length;
-    })
+async function loadModel() {
+  const r = await call(
+    "load",
+    {
+      url: modelUrl.href,
+      name: modelName,
+      preferFp16: params.get("variant") === "fp16",
+      useCache: params.get("nocache") !== "1",
+    },
+    (e) => {
+      if (e.kind === "download") {
+        const of = e.expected > e.bytes ? ` of ${MB(e.expected)}` : "";
+        status(`Downloading ${modelName}: ${MB(e.bytes)}${of} MB (${e.files} files)`);
+        $("progress").value = e.expected ? e.bytes / e.expected : 0;
+      } else if (e.kind === "upload") {
+        status(`Loading ${modelName} (${MB(e.mb * 1e6)} MB) onto the GPU…`);
+      }
+    }
   );
-  const mb = [...files.values()].reduce((s, b) => s + b.length, 0) / 1e6;
-  status(`Loading ${modelName} (${mb.toFixed(1)} MB) onto the GPU…`);
-  await new Promise((r) => setTimeout(r, 0)); // paint the status before the synchronous upload
+  window.hoaLoad = { how: r.how, network: r.network, cached: r.cached, skipped: r.skipped };
   // The model's defaults, resolved by hoa itself (hoa.json, scheduler, size): the page never
   // parses the model's files.
-  const d = JSON.parse(await hoa.load(modelName, files));
+  const d = r.defaults;
   $("width").value = d.width;
   $("height").value = d.height;
   $("steps").value = d.steps;
@@ -78,7 +100,7 @@ async function loadModel(hoa) {
     opt.disabled = true;
     opt.textContent += " (not in this model)";
   }
-  return mb;
+  return { mb: r.mb, from: r.network ? "downloaded" : "from the browser's cache", dtype: d.dtype };
 }
 
 function paint(canvas, rgba, w, h) {
@@ -86,6 +108,15 @@ function paint(canvas, rgba, w, h) {
   canvas.height = h;
   canvas.getContext("2d").putImageData(new ImageData(new Uint8ClampedArray(rgba), w, h), 0, 0);
 }
+
+$("clear-cache").addEventListener("click", async () => {
+  try {
+    await call("clearCache");
+    status("Forgot the downloaded models: the next load downloads them again.");
+  } catch (e) {
+    status(`Could not clear the cache: ${e.message || e}`);
+  }
+});
 
 async function main() {
   setState("starting");
@@ -108,30 +139,23 @@ async function main() {
         "hardware acceleration may be off or the GPU is blocklisted."
     );
   }
-  // 2. The wasm module and the device.
+  // 2. The wasm module and the device, in the worker.
   status("Loading hoa…");
-  let Hoa;
+  let created;
   try {
-    const pkg = await import("./pkg/hoa.js");
-    await pkg.default();
-    Hoa = pkg.Hoa;
+    created = await call("create");
   } catch (e) {
-    return fail(`Could not load the wasm build (web/pkg): ${e.message}. Run web/build.sh.`);
-  }
-  let hoa;
-  try {
-    hoa = await Hoa.create();
-  } catch (e) {
-    return fail(e.message || String(e));
+    const m = e.message || String(e);
+    return fail(/pkg|import|wasm/i.test(m) ? `Could not load the wasm build (web/pkg): ${m}. Run web/build.sh.` : m);
   }
   // Browsers hide the adapter's name from wgpu; adapter.info has what they do tell.
   const i = adapter.info || {};
   const named = [i.vendor, i.architecture, i.device, i.description].filter(Boolean).join(" ");
-  $("adapter").textContent = `GPU: ${named || "WebGPU adapter"}; ${hoa.adapter()}`;
+  $("adapter").textContent = `GPU: ${named || "WebGPU adapter"}; ${created.adapter}`;
   // 3. The model.
   try {
-    const mb = await loadModel(hoa);
-    status(`Ready: ${modelName} (${mb.toFixed(1)} MB).`);
+    const m = await loadModel();
+    status(`Ready: ${modelName} (${m.mb.toFixed(1)} MB, ${m.from}, ${m.dtype}).`);
   } catch (e) {
     return fail(`Could not load the model from ${modelUrl}: ${e.message || e}`);
   }
@@ -175,7 +199,7 @@ async function main() {
     status("Encoding the prompt…");
     const t0 = performance.now();
     try {
-      const rgba = await hoa.generate(JSON.stringify(request), (e) => {
+      const { rgba, png } = await call("generate", { request: JSON.stringify(request) }, (e) => {
         if (e.kind === "resolved") {
           const typed = $("prompt").value;
           $("upsampled").textContent = e.prompt === typed ? "" : `(the model reads: ${e.prompt})`;
@@ -197,7 +221,7 @@ async function main() {
       paint($("preview"), rgba, width, height);
       $("preview-caption").textContent = "final";
       if (pngUrl) URL.revokeObjectURL(pngUrl);
-      pngUrl = URL.createObjectURL(new Blob([hoa.png()], { type: "image/png" }));
+      pngUrl = URL.createObjectURL(new Blob([png], { type: "image/png" }));
       const img = $("result");
       await new Promise((resolve) => {
         img.onload = resolve;

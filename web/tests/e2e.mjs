@@ -6,9 +6,12 @@
 //      pipeline; SwiftShader has no f16 and no subgroups, so the f32 fallback kernels run and
 //      only the float summation order differs);
 //   2. the live preview was drawn and the PNG download link holds the same image;
-//   3. the page's default folder, the shipped model (weights/default: T5 with its word-level
-//      tokenizer, consistency decoder, hoa.json's prompt upsampling), generates 64x64 and
-//      matches the native CLI too; its screenshot is web/screenshot.png;
+//   3. the shipped model (weights/default: T5 with its word-level tokenizer, consistency
+//      decoder, hoa.json's prompt upsampling), fetched from another origin in Hugging Face's
+//      resolve/main layout (serveHub: no files.json, so the worker discovers the files through
+//      hoa's download plan), generates 64x64 and matches the native CLI too; its screenshot is
+//      web/screenshot.png. A reload then requests nothing from that server (the model comes
+//      from Cache Storage) and generates the same image; times to first image, cold and cached;
 //   4. with WebGPU disabled the page shows its no-WebGPU message.
 // Needs: web/build.sh run (web/pkg), target/release/hoa built (cargo build --release), and
 // /usr/bin/chromium. Prints "N passed, M failed" last; exits 1 on any failure.
@@ -18,7 +21,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { repoRoot, serve } from "../serve.mjs";
+import { repoRoot, serve, serveHub } from "../serve.mjs";
 
 const TOLERANCE = 2; // of 255, per channel
 const MODEL = "tests/fixtures/pipeline_tiny";
@@ -164,38 +167,54 @@ function maxDiff(a, b) {
 
 // Generates INPUT in the page and checks it against the native CLI; `full` adds the checks
 // that need only be made once (limits, painting, preview, download); `shot` saves a screenshot.
-async function withWebGpu(base, INPUT, { full = true, shot = null } = {}) {
+async function fillForm(page, INPUT) {
+  await page.fill("#prompt", INPUT.prompt);
+  await page.fill("#negative", INPUT.negative);
+  await page.fill("#seed", String(INPUT.seed));
+  await page.fill("#steps", String(INPUT.steps));
+  await page.fill("#guidance", String(INPUT.guidance));
+  await page.fill("#guidance-high", INPUT.guidanceHigh ? String(INPUT.guidanceHigh.scale) : "");
+    if (INPUT.guidanceHigh) await page.fill("#guidance-high-from", String(INPUT.guidanceHigh.from));
+  await page.fill("#width", String(INPUT.width));
+  await page.fill("#height", String(INPUT.height));
+  await page.fill("#preview-every", "1");
+  await page.selectOption("#scheduler", INPUT.scheduler);
+  await page.fill("#eta", String(INPUT.eta));
+  await page.selectOption("#decoder", INPUT.decoder);
+}
+
+async function waitReady(page, tag, what, t0) {
+  await page.waitForSelector("body[data-state=ready], body[data-state=error]", { timeout: LIMIT_S * 1000 });
+  const state = await page.evaluate(() => document.body.dataset.state);
+  const tReady = Date.now() - t0;
+  const message = await page.textContent("#message");
+  check(`page loads ${tag} ${what}`, state === "ready", state === "ready" ? `${tReady} ms` : message);
+  return state === "ready" ? tReady : null;
+}
+
+// `hub`: load the model from that stand-in for the Hub instead of the page's own server, then
+// reload and check that the cached model is used.
+async function withWebGpu(base, INPUT, { full = true, shot = null, hub = null } = {}) {
   const native = nativeImage(INPUT);
   const { page, close } = await launch(WEBGPU);
   const tag = INPUT.model.split("/").pop();
   try {
     logConsole(page, "page");
     const t0 = Date.now();
-    await page.goto(INPUT.model === "weights/default" ? `${base}/web/` : `${base}/web/?model=${INPUT.model}`);
-    await page.waitForSelector("body[data-state=ready], body[data-state=error]", { timeout: LIMIT_S * 1000 });
-    const state = await page.evaluate(() => document.body.dataset.state);
-    const tReady = Date.now() - t0;
-    const message = await page.textContent("#message");
-    check(`page loads ${tag} on WebGPU`, state === "ready", state === "ready" ? `${tReady} ms` : message);
-    if (state !== "ready") return;
+    const model = hub ? `${hub.url}/hoa/${tag}/resolve/main/` : INPUT.model;
+    await page.goto(INPUT.model === "weights/default" && !hub ? `${base}/web/` : `${base}/web/?model=${model}`);
+    const tReady = await waitReady(page, tag, hub ? "from a Hub-layout URL through the worker" : "on WebGPU", t0);
+    if (tReady === null) return;
+    if (hub) {
+      const how = await page.evaluate(() => window.hoaLoad);
+      check(`${tag}: files discovered without files.json`, how.how === "discovered" && how.network > 0, JSON.stringify(how));
+    }
     const adapter = await page.textContent("#adapter");
     console.log(`adapter: ${adapter}`);
     // SwiftShader offers 1 GiB bindings; hoa must ask for WebGPU's default 128 MiB only.
     if (full) check("device asks for WebGPU's default limits only", /storage binding up to 128 MiB/.test(adapter), adapter);
 
-    await page.fill("#prompt", INPUT.prompt);
-    await page.fill("#negative", INPUT.negative);
-    await page.fill("#seed", String(INPUT.seed));
-    await page.fill("#steps", String(INPUT.steps));
-    await page.fill("#guidance", String(INPUT.guidance));
-    await page.fill("#guidance-high", INPUT.guidanceHigh ? String(INPUT.guidanceHigh.scale) : "");
-    if (INPUT.guidanceHigh) await page.fill("#guidance-high-from", String(INPUT.guidanceHigh.from));
-    await page.fill("#width", String(INPUT.width));
-    await page.fill("#height", String(INPUT.height));
-    await page.fill("#preview-every", "1");
-    await page.selectOption("#scheduler", INPUT.scheduler);
-    await page.fill("#eta", String(INPUT.eta));
-    await page.selectOption("#decoder", INPUT.decoder);
+    await fillForm(page, INPUT);
     // Count animation frames while it generates: the page must keep painting.
     await page.evaluate(() => {
       window.hoaFrames = 0;
@@ -220,19 +239,14 @@ async function withWebGpu(base, INPUT, { full = true, shot = null } = {}) {
 
     const last = await page.evaluate(() => ({ ...window.hoaLast, rgba: Array.from(window.hoaLast.rgba), previews: window.hoaPreviews || 0 }));
     const ref = await decodeInPage(page, native);
-    const sameSize = last.width === ref.width && last.height === ref.height && last.rgba.length === ref.rgba.length;
-    const d = sameSize ? maxDiff(last.rgba, ref.rgba) : { max: Infinity, at: -1 };
-    check(
-      `${tag}: browser image matches the native CLI's within ${TOLERANCE}/255`,
-      sameSize && d.max <= TOLERANCE,
-      sameSize ? `max |diff| ${d.max}/255 (at byte ${d.at}) over ${last.width}x${last.height}` : `browser ${last.width}x${last.height}, native ${ref.width}x${ref.height}`
-    );
+    matchesNative(tag, last, ref);
     const shown = (await page.textContent("#upsampled")) || "";
     check(
       `${tag}: ${INPUT.upsampled ? "shows the upsampled prompt" : "no prompt upsampling without hoa.json"}`,
       INPUT.upsampled ? shown.includes(INPUT.upsampled) : shown === "",
       JSON.stringify(shown)
     );
+    if (hub) await cachedReload(page, INPUT, hub, ref, Date.now() - t0);
     if (!full) return;
     const frames = await page.evaluate(() => window.hoaFrames);
     check("page keeps painting while generating", frames >= 2 * INPUT.steps, `${frames} animation frames in ${tGen} ms`);
@@ -256,6 +270,42 @@ async function withWebGpu(base, INPUT, { full = true, shot = null } = {}) {
   } finally {
     await close();
   }
+}
+
+function matchesNative(tag, last, ref) {
+  const sameSize = last.width === ref.width && last.height === ref.height && last.rgba.length === ref.rgba.length;
+  const d = sameSize ? maxDiff(last.rgba, ref.rgba) : { max: Infinity, at: -1 };
+  check(
+    `${tag}: browser image matches the native CLI's within ${TOLERANCE}/255`,
+    sameSize && d.max <= TOLERANCE,
+    sameSize ? `max |diff| ${d.max}/255 (at byte ${d.at}) over ${last.width}x${last.height}` : `browser ${last.width}x${last.height}, native ${ref.width}x${ref.height}`
+  );
+}
+
+// Reloads the page (same profile, so the same Cache Storage) and generates again with the form
+// as it comes: the model must come from the cache, with no request to the Hub at all.
+async function cachedReload(page, INPUT, hub, ref, coldFirstImage) {
+  const tag = INPUT.model.split("/").pop();
+  const before = hub.server.log.length;
+  const t0 = Date.now();
+  await page.reload();
+  const tReady = await waitReady(page, tag, "again from the browser's cache", t0);
+  if (tReady === null) return;
+  const asked = hub.server.log.slice(before);
+  const how = await page.evaluate(() => window.hoaLoad);
+  check(
+    `${tag}: a cached reload requests nothing from the model's server`,
+    asked.length === 0 && how.how === "cached" && how.network === 0 && how.cached > 0,
+    `${asked.length} request(s) ${JSON.stringify(asked.slice(0, 3))}; ${JSON.stringify(how)}`
+  );
+  await fillForm(page, INPUT);
+  await page.click("#generate");
+  await page.waitForSelector("body[data-state=done], body[data-state=failed]", { timeout: LIMIT_S * 1000 });
+  const cachedFirstImage = Date.now() - t0;
+  const last = await page.evaluate(() => window.hoaLast && { ...window.hoaLast, rgba: Array.from(window.hoaLast.rgba) });
+  if (!last) return check(`${tag}: generates after a cached reload`, false, await page.textContent("#message"));
+  console.log(`${tag}: time to first image from navigation: cold ${coldFirstImage} ms, cached ${cachedFirstImage} ms (ready in ${tReady} ms)`);
+  matchesNative(`${tag} (cached)`, last, ref);
 }
 
 // Chromium with WebGPU switched off still has navigator.gpu, but no adapter; a browser without
@@ -283,6 +333,9 @@ async function withoutWebGpu(base) {
 
 const server = await serve(repoRoot, 0);
 const base = `http://127.0.0.1:${server.address().port}`;
+// Another origin, as the Hub is to a page served elsewhere.
+const hubServer = await serveHub({ "hoa/default": "weights/default" }, 0);
+const hub = { server: hubServer, url: `http://127.0.0.1:${hubServer.address().port}` };
 try {
   if (!existsSync(join(repoRoot, "web/pkg/hoa_bg.wasm"))) throw new Error("web/pkg is missing: run web/build.sh");
   for (const m of [MODEL, SHIPPED.model]) {
@@ -290,7 +343,7 @@ try {
   }
   for (const [name, f] of [
     ["with WebGPU", (b) => withWebGpu(b, INPUT, { full: true, shot: join(out, "tiny.png") })],
-    ["shipped model", (b) => withWebGpu(b, SHIPPED, { full: false, shot: join(repoRoot, "web/screenshot.png") })],
+    ["shipped model", (b) => withWebGpu(b, SHIPPED, { full: false, shot: join(repoRoot, "web/screenshot.png"), hub })],
     ["without WebGPU", withoutWebGpu],
   ]) {
     try {
@@ -302,8 +355,10 @@ try {
 } catch (e) {
   check("setup", false, e.message);
 } finally {
-  server.close();
-  server.closeAllConnections?.();
+  for (const s of [server, hubServer]) {
+    s.close();
+    s.closeAllConnections?.();
+  }
 }
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed ? 1 : 0);
