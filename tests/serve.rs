@@ -232,3 +232,49 @@ fn sigterm_lets_the_request_in_flight_finish() {
     assert_eq!(client.join().unwrap(), 200);
     assert!(s.child.wait().unwrap().success());
 }
+
+/// A request that runs past `--timeout-s` gets a 504 `timeout` error, and its generation stops:
+/// the next request is answered at once instead of queueing behind the 999 steps (about
+/// 100 s on lavapipe), which would time it out too.
+#[test]
+fn past_the_time_limit_the_generation_stops_with_a_504() {
+    let s = start(&["--timeout-s", "10"]);
+    // The first run compiles the shaders, which may alone take seconds.
+    let _ = post(&s, &json!({"prompt": "a", "size": "32x24", "steps": 1}));
+    let t = std::time::Instant::now();
+    let (status, v) = post(&s, &json!({"prompt": "a", "size": "32x24", "steps": 999}));
+    assert_eq!(status, 504, "{v}");
+    assert_eq!(v["error"]["code"], "timeout", "{v}");
+    assert_eq!(v["error"]["type"], "server_error", "{v}");
+    assert!(t.elapsed().as_secs_f64() < 20.0, "{:?}", t.elapsed());
+    let (status, v) = post(&s, &json!({"prompt": "a", "size": "32x24", "steps": 2}));
+    assert_eq!(status, 200, "{v}");
+    healthy(&s);
+}
+
+/// A client that hangs up stops its generation between steps: the next request does not wait
+/// for the abandoned 999 steps.
+#[test]
+fn a_client_that_hangs_up_stops_its_generation() {
+    let s = start(&[]);
+    let _ = post(&s, &json!({"prompt": "a", "size": "32x24", "steps": 1}));
+    let body = json!({"prompt": "a", "size": "32x24", "steps": 999}).to_string();
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    write!(
+        c,
+        "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    drop(c);
+    let t = std::time::Instant::now();
+    let (status, v) = post(&s, &json!({"prompt": "a", "size": "32x24", "steps": 2}));
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        t.elapsed().as_secs_f64() < 30.0,
+        "waited {:?} behind an abandoned generation",
+        t.elapsed()
+    );
+}

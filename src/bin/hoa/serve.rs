@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// Store weights and activations in f16 (needs the adapter's shader-f16).
     #[arg(long)]
     pub f16: bool,
+    /// Seconds one request may take, waiting in the queue included; past it the generation
+    /// stops after its current step and the client gets a 504 `timeout` error.
+    #[arg(long = "timeout-s", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout_s: u64,
 }
 
 fn model_arg(s: &str) -> Result<(String, PathBuf), String> {
@@ -65,6 +69,7 @@ struct Shared {
     limits: DeviceLimits,
     jobs: mpsc::Sender<worker::Job>,
     created: u64,
+    timeout: std::time::Duration,
 }
 
 fn now() -> u64 {
@@ -105,10 +110,11 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         limits,
         jobs,
         created: now(),
+        timeout: std::time::Duration::from_secs(a.timeout_s),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .enable_io()
+        .enable_all()
         .build()?;
     let served = rt.block_on(serve(listener, shared));
     // Every sender is gone with the runtime's tasks: the thread finishes and drops the GPU.
@@ -198,6 +204,56 @@ fn pick_model(s: &Shared, name: Option<&str>) -> Result<usize, ApiError> {
     }
 }
 
+/// Queues `job`, or answers 429 when the queue is full.
+fn enqueue(s: &Shared, job: worker::Job) -> Result<(), ApiError> {
+    s.jobs.try_send(job).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => ApiError {
+            status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+            code: Some("queue_full"),
+            retry_after: Some(RETRY_AFTER_S),
+            ..ApiError::bad(None, "the generation queue is full; retry later")
+        },
+        mpsc::error::TrySendError::Closed(_) => ApiError::internal("the generation thread stopped"),
+    })
+}
+
+/// The request's time limit passed.
+fn timed_out(limit: std::time::Duration) -> ApiError {
+    ApiError {
+        status: axum::http::StatusCode::GATEWAY_TIMEOUT,
+        code: Some("timeout"),
+        ..ApiError::internal(format!(
+            "the request took longer than the server's limit of {} s (--timeout-s); try fewer \
+             steps, a smaller size or a smaller n",
+            limit.as_secs()
+        ))
+    }
+}
+
+/// A job's outcome as an answer: its PNGs, or its error in OpenAI's shape.
+fn outcome(
+    event: Option<worker::JobEvent>,
+    limit: std::time::Duration,
+) -> Result<Vec<Vec<u8>>, ApiError> {
+    match event {
+        Some(worker::JobEvent::Done(pngs)) => Ok(pngs),
+        // Nobody else cancels a job whose receiver is alive: its deadline passed.
+        Some(worker::JobEvent::Failed(hoa::Error::Cancelled)) => Err(timed_out(limit)),
+        Some(worker::JobEvent::Failed(e)) => Err(from_hoa(e)),
+        _ => Err(ApiError::internal("the generation thread stopped")),
+    }
+}
+
+/// Waits for the job's last event, skipping progress and previews.
+async fn finished(events: &mut mpsc::Receiver<worker::JobEvent>) -> Option<worker::JobEvent> {
+    loop {
+        match events.recv().await {
+            Some(worker::JobEvent::Progress { .. } | worker::JobEvent::Partial { .. }) => {}
+            last => return last,
+        }
+    }
+}
+
 async fn generations(
     State(s): State<Arc<Shared>>,
     body: Result<Bytes, BytesRejection>,
@@ -214,25 +270,13 @@ async fn generations(
         .upsampled
         .clone()
         .unwrap_or_else(|| resolved.prompt.clone());
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let job = worker::Job {
-        model,
-        resolved,
-        reply,
-    };
-    s.jobs.try_send(job).map_err(|e| match e {
-        mpsc::error::TrySendError::Full(_) => ApiError {
-            status: axum::http::StatusCode::TOO_MANY_REQUESTS,
-            code: Some("queue_full"),
-            retry_after: Some(RETRY_AFTER_S),
-            ..ApiError::bad(None, "the generation queue is full; retry later")
-        },
-        mpsc::error::TrySendError::Closed(_) => ApiError::internal("the generation thread stopped"),
-    })?;
-    let pngs = answer
+    let deadline = std::time::Instant::now() + s.timeout;
+    let (job, mut events) = worker::Job::new(model, resolved, Some(deadline));
+    enqueue(&s, job)?;
+    let last = tokio::time::timeout_at(deadline.into(), finished(&mut events))
         .await
-        .map_err(|_| ApiError::internal("the generation thread stopped"))?
-        .map_err(from_hoa)?;
+        .map_err(|_| timed_out(s.timeout))?;
+    let pngs = outcome(last, s.timeout)?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let data: Vec<Value> = pngs
         .iter()
