@@ -754,3 +754,62 @@ fn api_keys_cors_and_metrics() {
     );
     let _ = std::fs::remove_file(&keys);
 }
+
+/// `quality` scales the model's default steps (low: half, hd: twice); `steps` wins over it.
+#[test]
+fn quality_sets_the_number_of_steps() {
+    let s = start(&[]);
+    let steps = |extra: Value| -> usize {
+        let mut req = json!({"prompt": "a", "size": "32x24"});
+        req.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, v) = post(&s, &req);
+        assert_eq!(status, 200, "{v}");
+        let params = read_png_parameters(&unb64(&v["data"][0]["b64_json"]))
+            .unwrap()
+            .unwrap();
+        let at = params.find("Steps: ").unwrap() + 7;
+        params[at..].split(',').next().unwrap().parse().unwrap()
+    };
+    let default = steps(json!({"quality": "auto"}));
+    assert_eq!(
+        steps(json!({"quality": "low"})),
+        (default as f64 / 2.0).round() as usize
+    );
+    assert_eq!(steps(json!({"quality": "hd"})), default * 2);
+    assert_eq!(steps(json!({"quality": "high", "steps": 3})), 3);
+    let (status, v) = post(&s, &json!({"prompt": "a", "quality": "ultra"}));
+    assert_eq!((status, error_param(&v)), (400, json!("quality")));
+}
+
+/// A streaming client that hangs up stops its generation too.
+#[test]
+fn a_stream_that_hangs_up_stops_its_generation() {
+    let s = start(&[]);
+    let _ = post(&s, &json!({"prompt": "a", "size": "32x24", "steps": 1}));
+    let body = json!({"prompt": "a", "size": "32x24", "steps": 999, "stream": true,
+                      "partial_images": 3})
+    .to_string();
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    write!(
+        c,
+        "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // The 200 and the stream's headers come at once.
+    let mut first = [0u8; 12];
+    c.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    drop(c);
+    let t = std::time::Instant::now();
+    let (status, v) = post(&s, &json!({"prompt": "a", "size": "32x24", "steps": 2}));
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        t.elapsed().as_secs_f64() < 30.0,
+        "waited {:?} behind an abandoned stream",
+        t.elapsed()
+    );
+}
