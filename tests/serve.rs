@@ -469,7 +469,7 @@ fn a_stream_sends_partial_images_then_the_completed_image() {
 fn url_images_are_served_for_their_time_and_no_other_path_is() {
     let dir = std::env::temp_dir().join(format!("hoa-serve-urls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let s = start(&["--url-ttl-s", "3", "--data-dir", dir.to_str().unwrap()]);
+    let s = start(&["--url-ttl-s", "6", "--data-dir", dir.to_str().unwrap()]);
     let req = json!({"prompt": "a", "size": "32x24", "steps": 2, "seed": 5, "n": 2});
     let mut by_url = req.clone();
     by_url["response_format"] = json!("url");
@@ -492,6 +492,29 @@ fn url_images_are_served_for_their_time_and_no_other_path_is() {
         names.push(name.to_string());
     }
     assert_ne!(names[0], names[1]);
+    // output_format jpeg: a .jpg link served as image/jpeg; inline, the same JPEG.
+    let mut jpeg = by_url.clone();
+    jpeg["output_format"] = json!("jpeg");
+    jpeg["output_compression"] = json!(90);
+    jpeg["n"] = json!(1);
+    let (status, v) = post(&s, &jpeg);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["output_format"], "jpeg");
+    let url = v["data"][0]["url"].as_str().unwrap();
+    assert!(url.ends_with(".jpg"), "{url}");
+    let (status, head, jpg) = http(
+        &s.addr,
+        "GET",
+        url.strip_prefix(&format!("http://{}", s.addr)).unwrap(),
+        b"",
+    );
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: image/jpeg"), "{head}");
+    assert_eq!(&jpg[..3], b"\xff\xd8\xff");
+    assert_eq!(png_size(&jpg), (32, 24));
+    jpeg["response_format"] = json!("b64_json");
+    let (_, v) = post(&s, &jpeg);
+    assert_eq!(unb64(&v["data"][0]["b64_json"]), jpg);
     std::fs::write(dir.join("secret.txt"), b"not an image").unwrap();
     for path in [
         "/v1/files/images/secret.txt",
@@ -509,7 +532,7 @@ fn url_images_are_served_for_their_time_and_no_other_path_is() {
         assert!(v["error"]["message"].is_string(), "{path}: {v}");
     }
     // Past the time to live: not served, and swept from the folder.
-    std::thread::sleep(std::time::Duration::from_millis(4500));
+    std::thread::sleep(std::time::Duration::from_millis(7500));
     let (status, _, _) = http(
         &s.addr,
         "GET",

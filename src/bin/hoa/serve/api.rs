@@ -26,6 +26,7 @@ pub struct ImagesRequest {
     pub quality: Option<String>,
     pub response_format: Option<String>,
     pub output_format: Option<String>,
+    pub output_compression: Option<i64>,
     pub stream: Option<bool>,
     pub partial_images: Option<i64>,
     pub negative_prompt: Option<String>,
@@ -38,7 +39,7 @@ pub struct ImagesRequest {
 }
 
 /// Fields [`ImagesRequest`] reads.
-pub const KNOWN: [&str; 16] = [
+pub const KNOWN: [&str; 17] = [
     "prompt",
     "model",
     "n",
@@ -46,6 +47,7 @@ pub const KNOWN: [&str; 16] = [
     "quality",
     "response_format",
     "output_format",
+    "output_compression",
     "stream",
     "partial_images",
     "negative_prompt",
@@ -59,12 +61,11 @@ pub const KNOWN: [&str; 16] = [
 
 /// OpenAI's documented fields hoa accepts and does not act on, so that clients that send them
 /// by default keep working (`style`: hoa's models have no style control).
-pub const IGNORED: [&str; 8] = [
+pub const IGNORED: [&str; 7] = [
     "style",
     "user",
     "background",
     "moderation",
-    "output_compression",
     "safety_identifier",
     "input_fidelity",
     "idempotency_key",
@@ -77,12 +78,30 @@ pub enum Format {
     Url,
 }
 
+/// The image file format of the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Png,
+    /// JPEG at this quality (1-100), from `output_compression`.
+    Jpeg(u8),
+}
+
+impl Output {
+    pub fn name(self) -> &'static str {
+        match self {
+            Output::Png => "png",
+            Output::Jpeg(_) => "jpeg",
+        }
+    }
+}
+
 /// One images call as hoa runs it: the hoa request plus what only the HTTP side acts on.
 #[derive(Debug)]
 pub struct Call {
     pub model: Option<String>,
     pub req: Request,
     pub format: Format,
+    pub output: Output,
     pub stream: bool,
     /// Previews to stream (0 without `stream`).
     pub partial_images: usize,
@@ -261,12 +280,22 @@ pub fn to_call(r: &ImagesRequest) -> Result<Call, ApiError> {
             ))
         }
     };
-    if let Some(f) = r.output_format.as_deref().filter(|f| *f != "png") {
-        return Err(ApiError::bad(
-            Some("output_format"),
-            format!("output_format: hoa writes png only, got {f:?}"),
-        ));
-    }
+    let compression = r.output_compression.unwrap_or(100);
+    bad_if(
+        !(0..=100).contains(&compression),
+        "output_compression",
+        format!("output_compression: must be between 0 and 100, got {compression}"),
+    )?;
+    let output = match r.output_format.as_deref() {
+        None | Some("png") => Output::Png,
+        Some("jpeg") => Output::Jpeg(compression.max(1) as u8),
+        Some(f) => {
+            return Err(ApiError::bad(
+                Some("output_format"),
+                format!("output_format: hoa writes png or jpeg, got {f:?}"),
+            ))
+        }
+    };
     let stream = r.stream == Some(true);
     bad_if(
         stream && format == Format::Url,
@@ -307,6 +336,7 @@ pub fn to_call(r: &ImagesRequest) -> Result<Call, ApiError> {
         model: r.model.clone(),
         req,
         format,
+        output,
         stream,
         partial_images: if stream { partial as usize } else { 0 },
         steps_factor,
@@ -382,6 +412,10 @@ mod tests {
             ),
             (r#"{"response_format": "jpeg"}"#, "response_format"),
             (r#"{"output_format": "webp"}"#, "output_format"),
+            (
+                r#"{"output_format": "jpeg", "output_compression": 101}"#,
+                "output_compression",
+            ),
             (r#"{"n": 0}"#, "n"),
         ] {
             let e = call(json).unwrap_err();

@@ -3,7 +3,7 @@
 //! queued as a job, and the answer is JSON (`b64_json` or `url`) or, with `stream`, Server-Sent
 //! Events (`stream.rs`). `url` images are served by [`file`].
 
-use super::api::{parse, parse_map, to_call, ApiError, Call, Format};
+use super::api::{parse, parse_map, to_call, ApiError, Call, Format, Output};
 use super::{enqueue, finished, form, outcome, pick_model, stream, timed_out, worker, Shared};
 use axum::body::Bytes;
 use axum::extract::multipart::MultipartRejection;
@@ -130,6 +130,7 @@ async fn submit(
         size,
         quality: call.quality,
         revised,
+        output: call.output,
     };
     if call.stream {
         return Ok(stream::respond(
@@ -146,12 +147,13 @@ async fn submit(
         .map_err(|_| timed_out(s.timeout))?;
     let pngs = outcome(last, s.timeout)?;
     s.metrics.images.inc_by(pngs.len() as u64);
+    let images = convert(pngs, call.output).await?;
     let data = match call.format {
-        Format::B64Json => pngs
+        Format::B64Json => images
             .iter()
-            .map(|png| json!({"b64_json": b64(png), "revised_prompt": meta.revised}))
+            .map(|img| json!({"b64_json": b64(img), "revised_prompt": meta.revised}))
             .collect(),
-        Format::Url => links(&s, headers, pngs, &meta.revised).await?,
+        Format::Url => links(&s, headers, images, &meta).await?,
     };
     let mut answer = meta.fields();
     answer["created"] = json!(super::now());
@@ -163,12 +165,33 @@ pub fn b64(png: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(png)
 }
 
+/// The worker's PNGs in the answer's format (JPEG drops the PNG's `parameters` chunk).
+pub async fn convert(pngs: Vec<Vec<u8>>, output: Output) -> Result<Vec<Vec<u8>>, ApiError> {
+    let Output::Jpeg(quality) = output else {
+        return Ok(pngs);
+    };
+    tokio::task::spawn_blocking(move || pngs.iter().map(|p| to_jpeg(p, quality)).collect())
+        .await
+        .map_err(|_| ApiError::internal("encoding the JPEG failed"))?
+}
+
+fn to_jpeg(png: &[u8], quality: u8) -> Result<Vec<u8>, ApiError> {
+    let failed = |e: image::ImageError| ApiError::internal(format!("encoding the JPEG: {e}"));
+    let rgb = image::load_from_memory(png).map_err(failed)?.to_rgb8();
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .encode_image(&rgb)
+        .map_err(failed)?;
+    Ok(out)
+}
+
 /// What every answer and event echoes about the request.
 pub struct Meta {
     pub kind: Kind,
     pub size: String,
     pub quality: String,
     pub revised: String,
+    pub output: Output,
 }
 
 impl Meta {
@@ -179,7 +202,7 @@ impl Meta {
             "size": self.size,
             "quality": self.quality,
             "background": "opaque",
-            "output_format": "png",
+            "output_format": self.output.name(),
             "usage": {
                 "input_tokens": 0,
                 "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
@@ -190,18 +213,23 @@ impl Meta {
     }
 }
 
-/// Stores the PNGs and links them under the public URL (`--public-url`, else the request's
+/// Stores the images and links them under the public URL (`--public-url`, else the request's
 /// `Host`, else the address the server listens on).
 async fn links(
     s: &Arc<Shared>,
     headers: &HeaderMap,
-    pngs: Vec<Vec<u8>>,
-    revised: &str,
+    images: Vec<Vec<u8>>,
+    meta: &Meta,
 ) -> Result<Vec<Value>, ApiError> {
     let store = s.files.clone();
+    let ext = match meta.output {
+        Output::Png => ".png",
+        Output::Jpeg(_) => ".jpg",
+    };
     let names = tokio::task::spawn_blocking(move || {
-        pngs.iter()
-            .map(|p| store.save(p))
+        images
+            .iter()
+            .map(|p| store.save(p, ext))
             .collect::<anyhow::Result<Vec<String>>>()
     })
     .await
@@ -213,7 +241,7 @@ async fn links(
     };
     Ok(names
         .iter()
-        .map(|n| json!({"url": format!("{base}/v1/files/images/{n}"), "revised_prompt": revised}))
+        .map(|n| json!({"url": format!("{base}/v1/files/images/{n}"), "revised_prompt": meta.revised}))
         .collect())
 }
 
@@ -239,16 +267,16 @@ pub async fn file(
     };
     let Path(name) = name.map_err(|_| gone())?;
     let store = s.files.clone();
-    let (png, left) = tokio::task::spawn_blocking(move || store.get(&name))
+    let (bytes, kind, left) = tokio::task::spawn_blocking(move || store.get(&name))
         .await
         .ok()
         .flatten()
         .ok_or_else(gone)?;
     let headers = [
-        (header::CONTENT_TYPE, "image/png".to_string()),
+        (header::CONTENT_TYPE, kind.to_string()),
         (header::CACHE_CONTROL, format!("private, max-age={left}")),
     ];
-    Ok((headers, png).into_response())
+    Ok((headers, bytes).into_response())
 }
 
 #[cfg(test)]

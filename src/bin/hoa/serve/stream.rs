@@ -3,7 +3,7 @@
 //! `{kind}.completed` per image, or an `error` event. A client that hangs up drops the stream,
 //! which drops the job's receiver: the generation stops after its current step.
 
-use super::images::{b64, Meta};
+use super::images::{b64, convert, Meta};
 use super::metrics::InFlight;
 use super::worker::JobEvent;
 use super::{outcome, timed_out, Shared};
@@ -73,16 +73,27 @@ async fn pump(
             }
             Ok(Some(JobEvent::Partial { index, png })) if index < partial_images => {
                 let extra = json!({"partial_image_index": index});
-                (vec![image_event(meta, "partial_image", &png, extra)], false)
+                match convert(vec![png], meta.output).await {
+                    Ok(img) => (
+                        vec![image_event(meta, "partial_image", &img[0], extra)],
+                        false,
+                    ),
+                    Err(e) => (vec![error_event(s, Some(e))], true),
+                }
             }
             Ok(Some(JobEvent::Partial { .. })) => continue,
             Ok(Some(JobEvent::Done(pngs))) => {
                 s.metrics.images.inc_by(pngs.len() as u64);
-                let done = pngs
-                    .iter()
-                    .map(|png| image_event(meta, "completed", png, json!({})))
-                    .collect();
-                (done, true)
+                match convert(pngs, meta.output).await {
+                    Ok(images) => {
+                        let done = images
+                            .iter()
+                            .map(|img| image_event(meta, "completed", img, json!({})))
+                            .collect();
+                        (done, true)
+                    }
+                    Err(e) => (vec![error_event(s, Some(e))], true),
+                }
             }
             Ok(other) => (vec![error_event(s, outcome(other, s.timeout).err())], true),
             Err(_) => (vec![error_event(s, Some(timed_out(s.timeout)))], true),
