@@ -836,3 +836,37 @@ fn a_stream_that_hangs_up_stops_its_generation() {
         t.elapsed()
     );
 }
+
+/// Forms are read a bounded number at a time (--queue + 1): a client that stalls mid-upload
+/// holds a slot, one more is a 429, and a slot comes back when the stalled client goes.
+#[test]
+fn stalled_uploads_are_bounded() {
+    let s = start(&["--queue", "1"]);
+    let (kind, body) = form(
+        &[("prompt", "a"), ("steps", "1")],
+        &[("image", &rgb_png(32, 24))],
+    );
+    let stall = || {
+        let mut c = TcpStream::connect(&s.addr).unwrap();
+        write!(
+            c,
+            "POST /v1/images/edits HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        c.write_all(&body[..40]).unwrap();
+        c
+    };
+    let stalled = [stall(), stall()];
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let headers = [("Content-Type", kind.as_str())];
+    let (status, head, _) = request(&s.addr, "POST", "/v1/images/edits", &headers, &body);
+    assert_eq!(status, 429);
+    assert!(head.contains("\r\nretry-after: "), "{head}");
+    drop(stalled);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (status, _, b) = request(&s.addr, "POST", "/v1/images/edits", &headers, &body);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&b));
+    healthy(&s);
+}

@@ -103,6 +103,8 @@ struct Shared {
     addr: SocketAddr,
     metrics: metrics::Metrics,
     keys: Option<auth::Keys>,
+    /// Forms being read and decoded at once (each up to UPLOAD_LIMIT): memory stays bounded.
+    uploads: tokio::sync::Semaphore,
 }
 
 fn now() -> u64 {
@@ -163,6 +165,7 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         addr: listener.local_addr()?,
         metrics: metrics::Metrics::new(),
         keys,
+        uploads: tokio::sync::Semaphore::new(a.queue + 1),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -336,14 +339,19 @@ fn pick_model(s: &Shared, name: Option<&str>) -> Result<usize, ApiError> {
 /// Queues `job`, or answers 429 when the queue is full.
 fn enqueue(s: &Shared, job: worker::Job) -> Result<(), ApiError> {
     s.jobs.try_send(job).map_err(|e| match e {
-        mpsc::error::TrySendError::Full(_) => ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            code: Some("queue_full"),
-            retry_after: Some(RETRY_AFTER_S),
-            ..ApiError::bad(None, "the generation queue is full; retry later")
-        },
+        mpsc::error::TrySendError::Full(_) => busy("the generation queue is full; retry later"),
         mpsc::error::TrySendError::Closed(_) => ApiError::internal("the generation thread stopped"),
     })
+}
+
+/// 429 with `Retry-After` (the official client retries on it).
+fn busy(message: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: Some("queue_full"),
+        retry_after: Some(RETRY_AFTER_S),
+        ..ApiError::bad(None, message)
+    }
 }
 
 /// The request's time limit passed.

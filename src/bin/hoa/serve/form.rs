@@ -99,16 +99,16 @@ pub async fn read(form: Result<Multipart, MultipartRejection>) -> Result<Form, A
 
 impl Form {
     /// The one image to start from (hoa edits one; OpenAI's several are references).
-    pub fn image(&self) -> Result<&[u8], ApiError> {
-        match self.images.as_slice() {
-            [] => Err(ApiError::bad(
+    pub fn take_image(&mut self) -> Result<Vec<u8>, ApiError> {
+        match self.images.len() {
+            0 => Err(ApiError::bad(
                 Some("image"),
                 "image: is required (a PNG or JPEG file)",
             )),
-            [one] => Ok(one),
-            many => Err(ApiError::bad(
+            1 => Ok(self.images.remove(0)),
+            n => Err(ApiError::bad(
                 Some("image"),
-                format!("image: hoa edits one image, got {}", many.len()),
+                format!("image: hoa edits one image, got {n}"),
             )),
         }
     }

@@ -53,12 +53,16 @@ pub async fn edits(
     headers: HeaderMap,
     body: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let mut f = form::read(body).await?;
-    let mut call = to_call(&parse_map(std::mem::take(&mut f.fields))?)?;
-    call.req.init_image = Some(form::decode_image(f.image()?.to_vec()).await?);
-    if let Some(m) = f.mask.take() {
-        call.req.mask = Some(form::decode_mask(m).await?);
-    }
+    let call = {
+        let _reading = upload_slot(&s)?;
+        let mut f = form::read(body).await?;
+        let mut call = to_call(&parse_map(std::mem::take(&mut f.fields))?)?;
+        call.req.init_image = Some(form::decode_image(f.take_image()?).await?);
+        if let Some(m) = f.mask.take() {
+            call.req.mask = Some(form::decode_mask(m).await?);
+        }
+        call
+    };
     submit(s, call, &headers, Kind::Edit).await
 }
 
@@ -68,20 +72,31 @@ pub async fn variations(
     headers: HeaderMap,
     body: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let mut f = form::read(body).await?;
-    for field in ["prompt", "stream", "partial_images"] {
-        if f.fields.contains_key(field) {
-            return Err(ApiError::bad(
-                Some(field),
-                format!("{field}: variations take none (POST /v1/images/edits does)"),
-            ));
+    let call = {
+        let _reading = upload_slot(&s)?;
+        let mut f = form::read(body).await?;
+        for field in ["prompt", "stream", "partial_images"] {
+            if f.fields.contains_key(field) {
+                return Err(ApiError::bad(
+                    Some(field),
+                    format!("{field}: variations take none (POST /v1/images/edits does)"),
+                ));
+            }
         }
-    }
-    let mut call = to_call(&parse_map(std::mem::take(&mut f.fields))?)?;
-    call.req.prompt = Some(String::new());
-    call.req.upsample = Some(false);
-    call.req.init_image = Some(form::decode_image(f.image()?.to_vec()).await?);
+        let mut call = to_call(&parse_map(std::mem::take(&mut f.fields))?)?;
+        call.req.prompt = Some(String::new());
+        call.req.upsample = Some(false);
+        call.req.init_image = Some(form::decode_image(f.take_image()?).await?);
+        call
+    };
     submit(s, call, &headers, Kind::Generation).await
+}
+
+/// A slot to read and decode one form in, or a 429 when as many are being read as can queue.
+fn upload_slot(s: &Shared) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    s.uploads
+        .try_acquire()
+        .map_err(|_| super::busy("too many uploads at once; retry later"))
 }
 
 /// Resolves the call: once as given, then again with `quality`'s steps and the preview
