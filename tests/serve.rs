@@ -838,10 +838,12 @@ fn a_stream_that_hangs_up_stops_its_generation() {
 }
 
 /// Forms are read a bounded number at a time (--queue + 1): a client that stalls mid-upload
-/// holds a slot, one more is a 429, and a slot comes back when the stalled client goes.
+/// holds a slot, one more is a 429, and the slot comes back at the time limit (408).
 #[test]
 fn stalled_uploads_are_bounded() {
-    let s = start(&["--queue", "1"]);
+    let s = start(&["--queue", "1", "--timeout-s", "4"]);
+    // The first run compiles the shaders, which alone may take the time limit.
+    let _ = post(&s, &json!({"prompt": "a", "size": "32x24", "steps": 1}));
     let (kind, body) = form(
         &[("prompt", "a"), ("steps", "1")],
         &[("image", &rgb_png(32, 24))],
@@ -858,12 +860,19 @@ fn stalled_uploads_are_bounded() {
         c.write_all(&body[..40]).unwrap();
         c
     };
-    let stalled = [stall(), stall()];
+    let mut stalled = [stall(), stall()];
     std::thread::sleep(std::time::Duration::from_millis(500));
     let headers = [("Content-Type", kind.as_str())];
     let (status, head, _) = request(&s.addr, "POST", "/v1/images/edits", &headers, &body);
     assert_eq!(status, 429);
     assert!(head.contains("\r\nretry-after: "), "{head}");
+    // Past --timeout-s a stalled upload is answered 408 and its slot freed.
+    stalled[0]
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = [0u8; 12];
+    stalled[0].read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 408");
     drop(stalled);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let (status, _, b) = request(&s.addr, "POST", "/v1/images/edits", &headers, &body);

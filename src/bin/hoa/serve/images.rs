@@ -55,7 +55,7 @@ pub async fn edits(
 ) -> Result<Response, ApiError> {
     let call = {
         let _reading = upload_slot(&s)?;
-        let mut f = form::read(body).await?;
+        let mut f = read_form(&s, body).await?;
         let mut call = to_call(&parse_map(std::mem::take(&mut f.fields))?)?;
         call.req.init_image = Some(form::decode_image(f.take_image()?).await?);
         if let Some(m) = f.mask.take() {
@@ -74,7 +74,7 @@ pub async fn variations(
 ) -> Result<Response, ApiError> {
     let call = {
         let _reading = upload_slot(&s)?;
-        let mut f = form::read(body).await?;
+        let mut f = read_form(&s, body).await?;
         for field in ["prompt", "stream", "partial_images"] {
             if f.fields.contains_key(field) {
                 return Err(ApiError::bad(
@@ -90,6 +90,26 @@ pub async fn variations(
         call
     };
     submit(s, call, &headers, Kind::Generation).await
+}
+
+/// The form, within the request's time limit (a stalled upload must not hold its slot).
+async fn read_form(
+    s: &Shared,
+    body: Result<Multipart, MultipartRejection>,
+) -> Result<form::Form, ApiError> {
+    tokio::time::timeout(s.timeout, form::read(body))
+        .await
+        .map_err(|_| ApiError {
+            status: axum::http::StatusCode::REQUEST_TIMEOUT,
+            code: Some("timeout"),
+            ..ApiError::bad(
+                None,
+                format!(
+                    "the form did not arrive within {} s (--timeout-s)",
+                    s.timeout.as_secs()
+                ),
+            )
+        })?
 }
 
 /// A slot to read and decode one form in, or a 429 when as many are being read as can queue.
