@@ -640,6 +640,32 @@ fn edits_and_variations_take_a_multipart_image_and_an_alpha_mask() {
             "{path} {texts:?}: {v}"
         );
     }
+    // An edit streams as image_edit.* events.
+    let stream = [
+        ("prompt", "a"),
+        ("steps", "4"),
+        ("stream", "true"),
+        ("partial_images", "1"),
+    ];
+    let (kind, body) = form(&stream, &[("image", &image)]);
+    let (status, _, b) = request(
+        &s.addr,
+        "POST",
+        "/v1/images/edits",
+        &[("Content-Type", &kind)],
+        &body,
+    );
+    let text = String::from_utf8_lossy(&b);
+    assert_eq!(status, 200, "{text}");
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(
+        names,
+        ["image_edit.partial_image", "image_edit.completed"],
+        "{text}"
+    );
     // Not a form at all, and a form cut short.
     let (status, _, body) = http(&s.addr, "POST", "/v1/images/edits", b"{}");
     let v: Value = serde_json::from_slice(&body).unwrap();

@@ -36,6 +36,8 @@ use tokio::sync::mpsc;
 const BODY_LIMIT: usize = 1 << 20;
 /// Largest edits or variations form: an image and a mask of a few MB each.
 const UPLOAD_LIMIT: usize = 16 << 20;
+/// Most jobs that may wait (each holds its resolved request, init image included).
+const MAX_QUEUE: usize = 4096;
 /// What a client told "queue full" waits before it retries, in seconds.
 const RETRY_AFTER_S: u32 = 2;
 
@@ -113,12 +115,10 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
-    if a.queue == 0 {
-        bail!("--queue must be at least 1");
-    }
+/// Each `--model`'s configs, read before the slow load so requests can be checked without it.
+fn read_models(args: &[(String, PathBuf)]) -> Result<Vec<Model>> {
     let mut models = Vec::new();
-    for (name, dir) in &a.models {
+    for (name, dir) in args {
         if models.iter().any(|m: &Model| &m.name == name) {
             bail!("--model {name}: given twice");
         }
@@ -129,6 +129,14 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
             info,
         });
     }
+    Ok(models)
+}
+
+pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
+    if !(1..=MAX_QUEUE).contains(&a.queue) {
+        bail!("--queue must be from 1 to {MAX_QUEUE}, got {}", a.queue);
+    }
+    let models = read_models(&a.models)?;
     let dtype = if a.f16 { DType::F16 } else { DType::F32 };
     let limits = DeviceLimits {
         max_binding_bytes: ctx.max_binding_bytes(),
