@@ -209,6 +209,13 @@ fn bad_requests_get_openai_errors_and_the_server_stays_up() {
     assert_eq!((status, error_param(&v)), (400, json!("steps")));
     let (status, v) = post(&s, &json!({"prompt": "a", "n": 11}));
     assert_eq!((status, error_param(&v)), (400, json!("n")));
+    let (status, v) = post(&s, &json!({"prompt": "a", "n": 1_000_000_000_000i64}));
+    assert_eq!((status, error_param(&v)), (400, json!("n")));
+    // Past the device's memory, and past any side hoa takes.
+    let (status, v) = post(&s, &json!({"prompt": "a", "size": "16384x16384"}));
+    assert_eq!((status, error_param(&v)), (400, json!("size")));
+    let (status, v) = post(&s, &json!({"prompt": "a", "size": "99999999999x8"}));
+    assert_eq!((status, error_param(&v)), (400, json!("size")));
     let (status, v) = post(&s, &json!({"prompt": "a", "stpes": 2}));
     assert_eq!((status, error_param(&v)), (400, json!("stpes")));
     let (status, v) = post(&s, &json!({"prompt": "a", "response_format": "jpeg"}));
