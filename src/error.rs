@@ -68,6 +68,10 @@ pub enum Error {
     /// A sampler configuration or call hoa cannot honour (`hoa::schedulers`).
     #[error("scheduler: {0}")]
     Scheduler(String),
+
+    /// The run was stopped through [`crate::options::Cancel`] (no image).
+    #[error("the generation was cancelled")]
+    Cancelled,
 }
 
 impl Error {

@@ -133,6 +133,24 @@ pub struct GenerateOptions {
     /// Every this many steps (and never after the last), decode the current latents with the
     /// VAE and report them as [`Event::Preview`], for a live preview; 0 = off.
     pub preview_every: usize,
+    /// When set and raised (by another thread, or from the event callback), the run stops
+    /// after the current denoising step with [`Error::Cancelled`].
+    pub cancel: Option<Cancel>,
+}
+
+/// A flag that stops a generation between denoising steps: a server whose client went away or
+/// whose time limit passed raises it. Clones share the flag.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Default for GenerateOptions {
@@ -154,6 +172,7 @@ impl Default for GenerateOptions {
             init: None,
             split_guidance: false,
             preview_every: 0,
+            cancel: None,
         }
     }
 }

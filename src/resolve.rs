@@ -141,6 +141,7 @@ pub fn resolve(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result
         init,
         split_guidance: false,
         preview_every,
+        cancel: None,
     };
     check_memory(model, limits, &options, req)?;
     Ok(Resolved {

@@ -551,3 +551,35 @@ fn guidance_halves_as_two_unet_batches_give_the_same_latents() {
         );
     }
 }
+
+#[test]
+fn a_raised_cancel_flag_stops_after_the_current_step() {
+    let Some((c, p)) = load() else { return };
+    let io = Io::load(NAME);
+    let cancel = hoa::options::Cancel::default();
+    let opts = GenerateOptions {
+        cancel: Some(cancel.clone()),
+        ..base(&io)
+    };
+    let mut steps = 0;
+    let r = pollster::block_on(p.generate(c, &opts, &mut |ev| {
+        if let Event::Step { step, .. } = ev {
+            steps = step;
+            if step == 2 {
+                cancel.cancel();
+            }
+        }
+    }));
+    assert!(
+        matches!(r, Err(Error::Cancelled)),
+        "{:?}",
+        r.map(|v| v.len())
+    );
+    assert_eq!(steps, 2, "the run went on after the flag was raised");
+    // An unraised flag changes nothing: the run completes.
+    let opts = GenerateOptions {
+        cancel: Some(hoa::options::Cancel::default()),
+        ..base(&io)
+    };
+    assert_eq!(run(c, &p, &opts).0.len(), 2);
+}

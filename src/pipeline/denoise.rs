@@ -5,7 +5,7 @@
 
 use super::latents::Start;
 use super::{Event, GenerateOptions, Pipeline};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{Context, Tensor};
 use crate::kernels::{concat::concat, elementwise};
 use crate::noise::{randn_batch, NoiseGenerator};
@@ -146,6 +146,9 @@ impl Pipeline {
                     step: done,
                     image: images.swap_remove(0),
                 });
+            }
+            if opts.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+                return Err(Error::Cancelled);
             }
         }
         Ok(latents)

@@ -1,23 +1,30 @@
-//! `hoa serve`: OpenAI's Images API (`POST /v1/images/generations`, `GET /v1/models`) and
-//! `/healthz`, `/readyz` over HTTP, single-process mode. A thin front end: the body becomes a
-//! `hoa::request::Request`, `hoa::resolve` decides and checks everything (before the job is
-//! queued), and one thread that owns the GPU runs the jobs one at a time (`serve/worker.rs`).
+//! `hoa serve`: OpenAI's Images API (`POST /v1/images/generations`, `/edits`, `/variations`,
+//! `GET /v1/models`, `url` images) plus `/healthz`, `/readyz` and `/metrics` over HTTP,
+//! single-process mode. A thin front end: the body becomes a `hoa::request::Request`,
+//! `hoa::resolve` decides and checks everything (before the job is queued), and one thread that
+//! owns the GPU runs the jobs one at a time (`serve/worker.rs`).
 
 mod api;
+mod auth;
+mod files;
+mod form;
+mod images;
+mod metrics;
+mod stream;
 mod worker;
 
 use anyhow::{bail, Context as _, Result};
-use api::{from_hoa, parse, to_request, ApiError};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use api::{from_hoa, ApiError};
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
 use clap::Args;
 use hoa::model_files::DirFiles;
 use hoa::model_info::ModelInfo;
-use hoa::resolve::{resolve, DeviceLimits};
+use hoa::resolve::DeviceLimits;
 use hoa::{Context, DType};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -27,6 +34,10 @@ use tokio::sync::mpsc;
 
 /// Largest request body: a generation request is a few hundred bytes of JSON.
 const BODY_LIMIT: usize = 1 << 20;
+/// Largest edits or variations form: an image and a mask of a few MB each.
+const UPLOAD_LIMIT: usize = 16 << 20;
+/// Most jobs that may wait (each holds its resolved request, init image included).
+const MAX_QUEUE: usize = 4096;
 /// What a client told "queue full" waits before it retries, in seconds.
 const RETRY_AFTER_S: u32 = 2;
 
@@ -45,6 +56,28 @@ pub struct ServeArgs {
     /// Store weights and activations in f16 (needs the adapter's shader-f16).
     #[arg(long)]
     pub f16: bool,
+    /// Seconds one request may take, waiting in the queue included; past it the generation
+    /// stops after its current step and the client gets a 504 `timeout` error.
+    #[arg(long = "timeout-s", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout_s: u64,
+    /// Folder for `response_format: "url"` images (default: a new private temp folder, removed
+    /// at exit).
+    #[arg(long = "data-dir")]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds a `url` image is served before it is deleted.
+    #[arg(long = "url-ttl-s", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=30 * 86_400))]
+    pub url_ttl_s: u64,
+    /// Base of the returned `url`s (e.g. https://images.example.com); default: http:// and the
+    /// request's Host header.
+    #[arg(long = "public-url")]
+    pub public_url: Option<String>,
+    /// Require `Authorization: Bearer KEY` with a KEY from this file (one per line) on every
+    /// route but /healthz, /readyz and the url images.
+    #[arg(long = "api-key-file")]
+    pub api_key_file: Option<PathBuf>,
+    /// Let web pages from ORIGIN call the API (CORS); repeatable; `*` for any.
+    #[arg(long = "cors-origin")]
+    pub cors_origins: Vec<String>,
 }
 
 fn model_arg(s: &str) -> Result<(String, PathBuf), String> {
@@ -65,6 +98,15 @@ struct Shared {
     limits: DeviceLimits,
     jobs: mpsc::Sender<worker::Job>,
     created: u64,
+    timeout: std::time::Duration,
+    files: Arc<files::Store>,
+    public_url: Option<String>,
+    /// The address the server listens on (links' last resort).
+    addr: SocketAddr,
+    metrics: metrics::Metrics,
+    keys: Option<auth::Keys>,
+    /// Forms being read and decoded at once (each up to UPLOAD_LIMIT): memory stays bounded.
+    uploads: tokio::sync::Semaphore,
 }
 
 fn now() -> u64 {
@@ -73,12 +115,10 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
-    if a.queue == 0 {
-        bail!("--queue must be at least 1");
-    }
+/// Each `--model`'s configs, read before the slow load so requests can be checked without it.
+fn read_models(args: &[(String, PathBuf)]) -> Result<Vec<Model>> {
     let mut models = Vec::new();
-    for (name, dir) in &a.models {
+    for (name, dir) in args {
         if models.iter().any(|m: &Model| &m.name == name) {
             bail!("--model {name}: given twice");
         }
@@ -89,6 +129,14 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
             info,
         });
     }
+    Ok(models)
+}
+
+pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
+    if !(1..=MAX_QUEUE).contains(&a.queue) {
+        bail!("--queue must be from 1 to {MAX_QUEUE}, got {}", a.queue);
+    }
+    let models = read_models(&a.models)?;
     let dtype = if a.f16 { DType::F16 } else { DType::F32 };
     let limits = DeviceLimits {
         max_binding_bytes: ctx.max_binding_bytes(),
@@ -98,6 +146,20 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
     let listener =
         std::net::TcpListener::bind(a.bind).with_context(|| format!("--bind {}", a.bind))?;
     listener.set_nonblocking(true)?;
+    let keys = a
+        .api_key_file
+        .as_deref()
+        .map(auth::Keys::read)
+        .transpose()?;
+    let ttl = std::time::Duration::from_secs(a.url_ttl_s);
+    let files = Arc::new(files::Store::open(a.data_dir.as_deref(), ttl)?);
+    let public_url = a.public_url.as_deref().map(public_url).transpose()?;
+    let cors = cors(&a.cors_origins)?;
+    eprintln!(
+        "url images: {} (kept {} s)",
+        files.dir().display(),
+        a.url_ttl_s
+    );
     eprintln!("adapter: {}", ctx.describe());
     let (jobs, thread) = worker::start(ctx, a.models.clone(), dtype, a.queue)?;
     let shared = Arc::new(Shared {
@@ -105,12 +167,19 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         limits,
         jobs,
         created: now(),
+        timeout: std::time::Duration::from_secs(a.timeout_s),
+        files,
+        public_url,
+        addr: listener.local_addr()?,
+        metrics: metrics::Metrics::new(),
+        keys,
+        uploads: tokio::sync::Semaphore::new(a.queue + 1),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .enable_io()
+        .enable_all()
         .build()?;
-    let served = rt.block_on(serve(listener, shared));
+    let served = rt.block_on(serve(listener, shared, cors));
     // Every sender is gone with the runtime's tasks: the thread finishes and drops the GPU.
     drop(rt);
     if thread.join().is_err() {
@@ -119,20 +188,97 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
     served
 }
 
-async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> Result<()> {
+/// `--public-url` without a trailing slash; it must be http(s).
+fn public_url(u: &str) -> Result<String> {
+    let u = u.trim_end_matches('/');
+    if !(u.starts_with("http://") || u.starts_with("https://")) || u.contains(char::is_whitespace) {
+        bail!("--public-url {u}: expected http://HOST[:PORT][/PATH] or https://...");
+    }
+    Ok(u.to_string())
+}
+
+/// The CORS layer for `--cors-origin` (none without it).
+fn cors(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| o.parse().with_context(|| format!("--cors-origin {o}")))
+            .collect::<Result<Vec<_>>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([header::RETRY_AFTER]),
+    ))
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    cors: Option<tower_http::cors::CorsLayer>,
+) -> Result<()> {
+    let upload = || DefaultBodyLimit::max(UPLOAD_LIMIT);
     let app = Router::new()
-        .route("/v1/images/generations", post(generations))
+        .route("/v1/images/generations", post(images::generations))
+        .route("/v1/images/edits", post(images::edits).layer(upload()))
+        .route(
+            "/v1/images/variations",
+            post(images::variations).layer(upload()),
+        )
+        .route("/v1/files/images/{name}", get(images::file))
         .route("/v1/models", get(list_models))
+        .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .fallback(|| async { ApiError::not_found(None, "no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(shared);
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), guard))
+        .with_state(shared.clone());
+    let app = match cors {
+        Some(c) => app.layer(c),
+        None => app,
+    };
+    let sweeper = tokio::spawn(shared.files.clone().sweeper());
     let listener = tokio::net::TcpListener::from_std(listener)?;
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await?;
+    sweeper.abort();
     Ok(())
+}
+
+/// Every request: the API key (when keys are set), then the error count by type.
+async fn guard(State(s): State<Arc<Shared>>, req: axum::extract::Request, next: Next) -> Response {
+    let r = match &s.keys {
+        Some(k) if !auth::open(req.uri().path()) => k.check(req.headers()),
+        _ => Ok(()),
+    };
+    let r = match r {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    };
+    let status = r.status();
+    if status.is_client_error() || status.is_server_error() {
+        s.metrics.error(api::error_type(status), status.as_u16());
+    }
+    r
+}
+
+async fn render_metrics(State(s): State<Arc<Shared>>) -> Response {
+    let depth = s.jobs.max_capacity() - s.jobs.capacity();
+    let text = s.metrics.render(depth);
+    let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, kind)], text).into_response()
 }
 
 /// Ctrl-C or SIGTERM: stop accepting; the requests in flight still get their images.
@@ -154,11 +300,11 @@ async fn shutdown() {
 }
 
 /// Ready while the generation thread takes jobs (the models load before the server listens).
-async fn ready(State(s): State<Arc<Shared>>) -> (axum::http::StatusCode, &'static str) {
+async fn ready(State(s): State<Arc<Shared>>) -> (StatusCode, &'static str) {
     match s.jobs.is_closed() {
-        false => (axum::http::StatusCode::OK, "ready"),
+        false => (StatusCode::OK, "ready"),
         true => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::SERVICE_UNAVAILABLE,
             "the generation thread stopped",
         ),
     }
@@ -186,7 +332,7 @@ fn pick_model(s: &Shared, name: Option<&str>) -> Result<usize, ApiError> {
             .iter()
             .position(|m| m.name == n)
             .ok_or_else(|| ApiError {
-                status: axum::http::StatusCode::NOT_FOUND,
+                status: StatusCode::NOT_FOUND,
                 code: Some("model_not_found"),
                 ..ApiError::bad(
                     Some("model"),
@@ -198,45 +344,63 @@ fn pick_model(s: &Shared, name: Option<&str>) -> Result<usize, ApiError> {
     }
 }
 
-async fn generations(
-    State(s): State<Arc<Shared>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let body = body.map_err(|e| ApiError {
-        status: e.status(),
-        ..ApiError::bad(None, e.body_text())
-    })?;
-    let r = parse(&body)?;
-    let model = pick_model(&s, r.model.as_deref())?;
-    let req = to_request(&r)?;
-    let resolved = resolve(&req, &s.models[model].info, s.limits).map_err(from_hoa)?;
-    let revised = resolved
-        .upsampled
-        .clone()
-        .unwrap_or_else(|| resolved.prompt.clone());
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let job = worker::Job {
-        model,
-        resolved,
-        reply,
-    };
+/// Queues `job`, or answers 429 when the queue is full.
+fn enqueue(s: &Shared, job: worker::Job) -> Result<(), ApiError> {
     s.jobs.try_send(job).map_err(|e| match e {
-        mpsc::error::TrySendError::Full(_) => ApiError {
-            status: axum::http::StatusCode::TOO_MANY_REQUESTS,
-            code: Some("queue_full"),
-            retry_after: Some(RETRY_AFTER_S),
-            ..ApiError::bad(None, "the generation queue is full; retry later")
-        },
+        mpsc::error::TrySendError::Full(_) => busy("the generation queue is full; retry later"),
         mpsc::error::TrySendError::Closed(_) => ApiError::internal("the generation thread stopped"),
-    })?;
-    let pngs = answer
-        .await
-        .map_err(|_| ApiError::internal("the generation thread stopped"))?
-        .map_err(from_hoa)?;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let data: Vec<Value> = pngs
-        .iter()
-        .map(|png| json!({"b64_json": b64.encode(png), "revised_prompt": revised}))
-        .collect();
-    Ok(Json(json!({"created": now(), "data": data})))
+    })
+}
+
+/// 429 with `Retry-After` (the official client retries on it).
+fn busy(message: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: Some("queue_full"),
+        retry_after: Some(RETRY_AFTER_S),
+        ..ApiError::bad(None, message)
+    }
+}
+
+/// The request's time limit passed.
+fn timed_out(limit: std::time::Duration) -> ApiError {
+    ApiError {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        code: Some("timeout"),
+        ..ApiError::internal(format!(
+            "the request took longer than the server's limit of {} s (--timeout-s); try fewer \
+             steps, a smaller size or a smaller n",
+            limit.as_secs()
+        ))
+    }
+}
+
+/// A job's outcome as an answer: its PNGs, or its error in OpenAI's shape.
+fn outcome(
+    event: Option<worker::JobEvent>,
+    limit: std::time::Duration,
+) -> Result<Vec<Vec<u8>>, ApiError> {
+    match event {
+        Some(worker::JobEvent::Done(pngs)) => Ok(pngs),
+        // Nobody else cancels a job whose receiver is alive: its deadline passed.
+        Some(worker::JobEvent::Failed(hoa::Error::Cancelled)) => Err(timed_out(limit)),
+        Some(worker::JobEvent::Failed(e)) => Err(from_hoa(e)),
+        _ => Err(ApiError::internal("the generation thread stopped")),
+    }
+}
+
+/// Waits for the job's last event, timing its steps and skipping previews.
+async fn finished(
+    s: &Shared,
+    events: &mut mpsc::Receiver<worker::JobEvent>,
+) -> Option<worker::JobEvent> {
+    loop {
+        match events.recv().await {
+            Some(worker::JobEvent::Progress { seconds, .. }) => {
+                s.metrics.step_seconds.observe(seconds)
+            }
+            Some(worker::JobEvent::Partial { .. }) => {}
+            last => return last,
+        }
+    }
 }
