@@ -1,7 +1,7 @@
 //! CLIP's vision tower, `CLIPModel` and `CLIPImageProcessor` vs transformers fixtures written
 //! by tools/fixtures/clip_model.py (tiny random configs, quick_gelu 30x30 in 6x6 patches and
-//! gelu 28x28 in 7x7 patches). Model tolerance: max |err| <= 1e-4 x max |reference| in f32
-//! (tighter than the 1e-3 of the other model tests; the observed ratios are printed), 1e-2 in
+//! gelu 28x28 in 7x7 patches). Model tolerance: max |err| <= 1e-5 x max |reference| in f32
+//! (tighter than the 1e-3 of the other model tests; lavapipe gives <= 8e-7, printed), 1e-2 in
 //! f16. Preprocessing: bit-exact against `CLIPImageProcessorPil`; against transformers 5's
 //! default torchvision backend (float resize) within 0.1 in normalized units.
 
@@ -20,7 +20,7 @@ use hoa::{DType, Tensor};
 
 fn rel(dt: DType) -> f64 {
     if dt == DType::F32 {
-        1e-4
+        1e-5
     } else {
         1e-2
     }
@@ -260,7 +260,7 @@ fn clip_folder_embeds_png_files_as_transformers_does() {
         .collect();
     let io = Io::load("clip_model");
     let got = pollster::block_on(clip.embed_images(c, &images)).unwrap();
-    check_host("Clip::embed_images", &got, &io.f32("image_embeds").0, 1e-4);
+    check_host("Clip::embed_images", &got, &io.f32("image_embeds").0, 1e-5);
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir("clip_model").join("prompts.json")).unwrap())
             .unwrap();
@@ -273,10 +273,10 @@ fn clip_folder_embeds_png_files_as_transformers_does() {
     // The tokenizer pads to the context; transformers' processor padded to the longest with
     // an attention mask. The pooled end token sees neither.
     let txt = pollster::block_on(clip.embed_texts(c, &prompts)).unwrap();
-    check_host("Clip::embed_texts", &txt, &io.f32("text_embeds").0, 1e-4);
+    check_host("Clip::embed_texts", &txt, &io.f32("text_embeds").0, 1e-5);
     let probs = pollster::block_on(clip.classify(c, &images, &prompts)).unwrap();
     let want = hoa::clip::softmax_rows(&io.f32("logits_per_image").0, prompts.len());
-    check_host("Clip::classify probabilities", &probs, &want, 1e-4);
+    check_host("Clip::classify probabilities", &probs, &want, 1e-5);
 }
 
 #[test]
