@@ -234,6 +234,7 @@ fn score_is_the_mean_clamped_cosine_times_100() {
         &pf,
         "--model",
         &f.model,
+        "--mismatched",
     ]));
     let want: Vec<f32> = names
         .iter()
@@ -247,10 +248,19 @@ fn score_is_the_mean_clamped_cosine_times_100() {
         assert!((got - w).abs() <= 0.006, "{n}: {got} vs {w}");
     }
     let mean = want.iter().sum::<f32>() / want.len() as f32;
-    let last = out.lines().last().unwrap();
-    let got: f32 = last.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(last.starts_with("CLIP score (mean of 5): "), "{last}");
+    let line = |start: &str| -> f32 {
+        let l = out.lines().find(|l| l.starts_with(start)).expect(start);
+        l.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let got = line("CLIP score (mean of 5): ");
     assert!((got - mean).abs() <= 1e-3, "{got} vs {mean}");
+    // Each image with the next one's prompt.
+    let other: f32 = (0..5)
+        .map(|k| (100.0 * f.cosine(f.row(&names[k]), picks[(k + 1) % 5])).max(0.0))
+        .sum::<f32>()
+        / 5.0;
+    let got = line("mismatched (each image with the next one's prompt): ");
+    assert!((got - other).abs() <= 1e-3, "{got} vs {other}");
     // One prompt short: refused, naming the file and the counts.
     std::fs::write(d.join("prompts.txt"), lines[..4].join("\n")).unwrap();
     let e = stderr(&hoa(&[

@@ -327,3 +327,45 @@ fn clip_folder_errors_name_the_file_and_field() {
     );
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+#[test]
+fn clip_configs_name_the_nested_key() {
+    let base: serde_json::Value = serde_json::from_slice(&config("clip_model")).unwrap();
+    let err = |patch: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = base.clone();
+        patch(&mut v);
+        ClipConfig::from_json(&serde_json::to_vec(&v).unwrap())
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(&|v| v["vision_config"]["patch_size"] = 31.into());
+    assert_eq!(
+        e,
+        "config.json: `vision_config.patch_size` = 31 must be between 1 and `image_size` 30"
+    );
+    let e = err(&|v| v["text_config"]["hidden_act"] = "swiglu".into());
+    assert!(
+        e.starts_with("config.json: `text_config.hidden_act` = \"swiglu\" is not supported"),
+        "{e}"
+    );
+    let e = err(&|v| v["vision_config"]["num_attention_heads"] = 3.into());
+    assert_eq!(
+        e,
+        "config.json: `vision_config.hidden_size` 40 is not divisible by `num_attention_heads` 3"
+    );
+    let e = err(&|v| v["projection_dim"] = 0.into());
+    assert_eq!(
+        e,
+        "config.json: `projection_dim` is 0; it must be at least 1"
+    );
+    let e = err(&|v| v["architectures"] = serde_json::json!(["CLIPVisionModel"]));
+    assert!(e.contains("this file is not a CLIPModel config"), "{e}");
+    // A vision tower's own config refuses a CLIPModel's.
+    let e = ClipVisionConfig::from_json(&config("clip_model"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not a CLIPVisionModel / CLIPVisionModelWithProjection config"),
+        "{e}"
+    );
+}

@@ -72,6 +72,10 @@ pub enum ClipCommand {
         /// One prompt per line (blank lines skipped), in the images' order.
         #[arg(long)]
         prompts: Option<PathBuf>,
+        /// Also score each image against the next image's prompt (the last against the
+        /// first's): the baseline a prompt-following score should clear.
+        #[arg(long)]
+        mismatched: bool,
         #[command(flatten)]
         model: ModelArg,
     },
@@ -109,8 +113,9 @@ pub fn run(ctx: &Context, args: ClipArgs) -> Result<()> {
         ClipCommand::Score {
             images,
             prompts,
+            mismatched,
             model,
-        } => score(ctx, &images, prompts.as_deref(), &model.model),
+        } => score(ctx, &images, prompts.as_deref(), mismatched, &model.model),
     }
 }
 
@@ -312,7 +317,13 @@ fn search(
     Ok(())
 }
 
-fn score(ctx: &Context, dir: &Path, prompts_file: Option<&Path>, m: &Path) -> Result<()> {
+fn score(
+    ctx: &Context,
+    dir: &Path,
+    prompts_file: Option<&Path>,
+    mismatched: bool,
+    m: &Path,
+) -> Result<()> {
     let files = image_files(dir)?;
     let texts: Vec<String> = match prompts_file {
         Some(f) => std::fs::read_to_string(f)
@@ -349,8 +360,24 @@ fn score(ctx: &Context, dir: &Path, prompts_file: Option<&Path>, m: &Path) -> Re
         let name = f.file_name().unwrap_or_default().to_string_lossy();
         println!("{s:>5.2}  {name}  {p}");
     }
-    let mean = scores.iter().map(|&s| s as f64).sum::<f64>() / scores.len() as f64;
-    println!("CLIP score (mean of {}): {mean:.4}", scores.len());
+    let mean = |s: &[f32]| s.iter().map(|&v| v as f64).sum::<f64>() / s.len() as f64;
+    println!(
+        "CLIP score (mean of {}): {:.4}",
+        scores.len(),
+        mean(&scores)
+    );
+    if mismatched {
+        if texts.len() < 2 {
+            bail!("--mismatched needs at least two images");
+        }
+        let d = clip.dim();
+        let shifted: Vec<f32> = t[d..].iter().chain(&t[..d]).copied().collect();
+        let other = clip_scores(&i, &shifted, d);
+        println!(
+            "mismatched (each image with the next one's prompt): {:.4}",
+            mean(&other)
+        );
+    }
     Ok(())
 }
 
