@@ -327,5 +327,31 @@ fn bad_inputs_are_one_clear_line() {
     // Not an index.
     let e = stderr(&hoa(&["clip", "search", &b, "a cat"]));
     assert!(e.contains(&format!("{b}: not a safetensors file")), "{e}");
+    // A folder with one broken image: named, before the model loads; no index written.
+    let folder = d.join("imgs");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(&img, folder.join("a.png")).unwrap();
+    std::fs::write(folder.join("zz.png"), "not an image").unwrap();
+    let (fo, idx) = (folder.display().to_string(), d.join("i.st"));
+    let is = idx.display().to_string();
+    let e = stderr(&hoa(&[
+        "clip", "index", &fo, "--out", &is, "--model", &f.model,
+    ]));
+    let zz = folder.join("zz.png").display().to_string();
+    assert!(
+        e.contains(&format!("{zz}: cannot decode it as PNG or JPEG")),
+        "{e}"
+    );
+    assert!(!idx.exists());
+    // An index whose model folder has gone: says so and how to go on.
+    std::fs::remove_file(folder.join("zz.png")).unwrap();
+    let m = d.join("model");
+    fixture::copy_dir(&dir("clip_model"), &m);
+    let ms = m.display().to_string();
+    stdout(&hoa(&["clip", "index", &fo, "--out", &is, "--model", &ms]));
+    std::fs::remove_dir_all(&m).unwrap();
+    let e = stderr(&hoa(&["clip", "search", &is, "a cat"]));
+    assert!(e.contains("is not there; pass --model DIR"), "{e}");
+    stdout(&hoa(&["clip", "search", &is, "a cat", "--model", &f.model]));
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -187,6 +187,33 @@ fn warn_truncated(clip: &Clip, texts: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Fails on the first file whose header is not a readable PNG / JPEG, before the model loads.
+fn check_images(files: &[PathBuf]) -> Result<()> {
+    for p in files {
+        image::image_dimensions(p)
+            .map_err(|e| anyhow!("{}: cannot decode it as PNG or JPEG ({e})", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Image embeddings of `files`, decoded a chunk at a time so a large folder never sits in
+/// memory whole; `progress` prints a line per chunk.
+fn embed_files(ctx: &Context, clip: &Clip, files: &[PathBuf], progress: bool) -> Result<Vec<f32>> {
+    const CHUNK: usize = 64;
+    let mut out = Vec::with_capacity(files.len() * clip.dim());
+    for (k, chunk) in files.chunks(CHUNK).enumerate() {
+        let images = chunk
+            .iter()
+            .map(|p| read_image(p))
+            .collect::<Result<Vec<_>>>()?;
+        out.extend(pollster::block_on(clip.embed_images(ctx, &images))?);
+        if progress && files.len() > CHUNK {
+            eprintln!("embedded {} of {}", k * CHUNK + chunk.len(), files.len());
+        }
+    }
+    Ok(out)
+}
+
 /// The PNG / JPEG files of `dir`, sorted by name with digit runs compared as numbers.
 fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))?;
@@ -239,12 +266,9 @@ fn index(ctx: &Context, dir: &Path, out: &Path, force: bool, m: &Path) -> Result
         );
     }
     let files = image_files(dir)?;
-    let images = files
-        .iter()
-        .map(|p| read_image(p))
-        .collect::<Result<Vec<_>>>()?;
+    check_images(&files)?;
     let clip = load(ctx, m)?;
-    let embeds = pollster::block_on(clip.embed_images(ctx, &images))?;
+    let embeds = embed_files(ctx, &clip, &files, true)?;
     let model = std::fs::canonicalize(m).unwrap_or_else(|_| m.to_path_buf());
     let idx = EmbeddingIndex {
         model: model.display().to_string(),
@@ -290,6 +314,13 @@ fn search(
     }
     let bytes = std::fs::read(file).with_context(|| format!("{}", file.display()))?;
     let idx = EmbeddingIndex::from_safetensors(&bytes, &file.display().to_string())?;
+    if model.is_none() && !Path::new(&idx.model).is_dir() {
+        bail!(
+            "{}: the model it was made with ({}) is not there; pass --model DIR",
+            file.display(),
+            idx.model
+        );
+    }
     let m = model.unwrap_or_else(|| PathBuf::from(&idx.model));
     let probe = image.as_deref().map(read_image).transpose()?;
     let clip = load(ctx, &m)?;
@@ -346,13 +377,10 @@ fn score(
             );
         }
     }
-    let images = files
-        .iter()
-        .map(|p| read_image(p))
-        .collect::<Result<Vec<_>>>()?;
+    check_images(&files)?;
     let clip = load(ctx, m)?;
     warn_truncated(&clip, &texts)?;
-    let i = pollster::block_on(clip.embed_images(ctx, &images))?;
+    let i = embed_files(ctx, &clip, &files, false)?;
     let t = pollster::block_on(clip.embed_texts(ctx, &texts))?;
     let scores = clip_scores(&i, &t, clip.dim());
     println!("score  image  prompt");
