@@ -332,6 +332,47 @@ mod tests {
     }
 
     #[test]
+    fn reads_openai_legacy_and_current_files_and_refuses_others() {
+        // openai/clip-vit-base-patch32's preprocessor_config.json (transformers 4.x era).
+        let legacy = br#"{"crop_size": 224, "do_center_crop": true, "do_normalize": true,
+            "do_resize": true, "feature_extractor_type": "CLIPFeatureExtractor",
+            "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224}"#;
+        let p = ClipImageProcessor::from_json(legacy).unwrap();
+        assert_eq!(p.resize, Some((Resize::ShortestEdge(224), Filter::Bicubic)));
+        assert_eq!(
+            (p.crop, p.output_size()),
+            (Some((224, 224)), Some((224, 224)))
+        );
+        let exact = br#"{"size": {"height": 32, "width": 48}, "do_center_crop": false}"#;
+        let p = ClipImageProcessor::from_json(exact).unwrap();
+        assert_eq!(p.output_size(), Some((32, 48)));
+        let cases: [(&[u8], &str); 4] = [
+            (
+                br#"{"image_processor_type": "SiglipImageProcessor"}"#,
+                "preprocessor_config.json: `image_processor_type` = \"SiglipImageProcessor\": \
+                 this file is not a CLIPImageProcessor",
+            ),
+            (
+                br#"{"resample": 1}"#,
+                "preprocessor_config.json: `resample` = 1",
+            ),
+            (
+                br#"{"image_std": [0.5, 0, 0.5]}"#,
+                "preprocessor_config.json: `image_std` must",
+            ),
+            (
+                br#"{"size": {"width": 3}}"#,
+                "preprocessor_config.json: `size` needs",
+            ),
+        ];
+        for (json, want) in cases {
+            let e = ClipImageProcessor::from_json(json).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{e}");
+        }
+    }
+
+    #[test]
     fn alpha_composite_ends() {
         assert_eq!(over_white(10, 0), 255);
         assert_eq!(over_white(10, 255), 10);
