@@ -8,6 +8,7 @@
 
 pub mod activation;
 pub mod bench;
+pub mod clip;
 pub mod config;
 pub mod download_plan;
 pub mod error;

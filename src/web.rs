@@ -16,6 +16,8 @@
 //! Everything here is single-threaded and never blocks: the pipeline awaits the GPU after each
 //! step, so the page keeps painting while it generates.
 
+mod clip;
+
 use crate::error::Error;
 use crate::gpu::{Context, ContextOptions};
 use crate::image_io::{encode_png, RgbImage};

@@ -14,9 +14,9 @@ mod unet_2d;
 mod unet_2d_condition;
 
 pub use autoencoder_kl::AutoencoderKLConfig;
-pub use clip::ClipTextConfig;
+pub use clip::{ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use consistency_decoder::ConsistencyDecoderVAEConfig;
-pub use parse::{PerBlock, Source, MAX_DIM, MAX_LAYERS, MAX_LEVELS, MAX_VOCAB};
+pub use parse::{parse, Class, PerBlock, Source, MAX_DIM, MAX_LAYERS, MAX_LEVELS, MAX_VOCAB};
 pub use t5::T5Config;
 pub use unet_2d::UNet2DModelConfig;
 pub use unet_2d_condition::{UNet2DConditionModelConfig, UNetBlockSpec};

@@ -30,6 +30,48 @@ pub struct ClipEncoderLayer {
     pub layer_norm2: LayerNorm,
 }
 
+impl ClipEncoderLayer {
+    /// `encoder.layers.{i}` of either tower: width `d`, MLP width `ff`.
+    pub fn load(l: &Loader, d: usize, ff: usize, eps: f64) -> Result<ClipEncoderLayer> {
+        let a = l.pp("self_attn");
+        Ok(ClipEncoderLayer {
+            self_attn: ClipAttention {
+                q_proj: Linear::load(&a.pp("q_proj"), d, d, true)?,
+                k_proj: Linear::load(&a.pp("k_proj"), d, d, true)?,
+                v_proj: Linear::load(&a.pp("v_proj"), d, d, true)?,
+                out_proj: Linear::load(&a.pp("out_proj"), d, d, true)?,
+            },
+            layer_norm1: LayerNorm::load(&l.pp("layer_norm1"), d, eps)?,
+            mlp: ClipMlp {
+                fc1: Linear::load(&l.pp("mlp.fc1"), d, ff, true)?,
+                fc2: Linear::load(&l.pp("mlp.fc2"), ff, d, true)?,
+            },
+            layer_norm2: LayerNorm::load(&l.pp("layer_norm2"), d, eps)?,
+        })
+    }
+
+    /// Pre-LN self-attention then MLP, each added back: `CLIPEncoderLayer.forward`. The text
+    /// tower passes a causal `attn`, the vision tower a plain one.
+    pub fn forward(
+        &self,
+        ctx: &Context,
+        h: &Tensor,
+        attn: &AttentionOptions,
+        act: Activation,
+    ) -> Result<Tensor> {
+        let x = self.layer_norm1.forward(ctx, h)?;
+        let sa = &self.self_attn;
+        let q = sa.q_proj.forward(ctx, &x)?;
+        let k = sa.k_proj.forward(ctx, &x)?;
+        let v = sa.v_proj.forward(ctx, &x)?;
+        let o = attention(ctx, &q, &k, &v, attn)?;
+        let h = elementwise::add(ctx, h, &sa.out_proj.forward(ctx, &o)?)?;
+        let x = self.layer_norm2.forward(ctx, &h)?;
+        let x = self.mlp.fc1.forward_act(ctx, &x, act)?;
+        elementwise::add(ctx, &h, &self.mlp.fc2.forward(ctx, &x)?)
+    }
+}
+
 pub struct ClipTextModel {
     pub config: ClipTextConfig,
     act: Activation,
@@ -58,6 +100,14 @@ impl ClipTextModel {
         } else {
             root.clone()
         };
+        let model = Self::load_unchecked(&vb, config)?;
+        root.finish()?;
+        Ok(model)
+    }
+
+    /// The tower at `vb` without checking that the checkpoint holds nothing else (a
+    /// `CLIPModel` loads both towers, then calls [`Loader::finish`] once).
+    pub fn load_unchecked(vb: &Loader, config: &ClipTextConfig) -> Result<ClipTextModel> {
         // A buffer older checkpoints saved; the model derives it.
         vb.ignore("embeddings.position_ids");
         let (d, ff) = (config.hidden_size, config.intermediate_size);
@@ -69,27 +119,11 @@ impl ClipTextModel {
         )?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
-                let l = vb.pp("encoder.layers").pp(i);
-                let a = l.pp("self_attn");
-                Ok(ClipEncoderLayer {
-                    self_attn: ClipAttention {
-                        q_proj: Linear::load(&a.pp("q_proj"), d, d, true)?,
-                        k_proj: Linear::load(&a.pp("k_proj"), d, d, true)?,
-                        v_proj: Linear::load(&a.pp("v_proj"), d, d, true)?,
-                        out_proj: Linear::load(&a.pp("out_proj"), d, d, true)?,
-                    },
-                    layer_norm1: LayerNorm::load(&l.pp("layer_norm1"), d, config.layer_norm_eps)?,
-                    mlp: ClipMlp {
-                        fc1: Linear::load(&l.pp("mlp.fc1"), d, ff, true)?,
-                        fc2: Linear::load(&l.pp("mlp.fc2"), ff, d, true)?,
-                    },
-                    layer_norm2: LayerNorm::load(&l.pp("layer_norm2"), d, config.layer_norm_eps)?,
-                })
+                ClipEncoderLayer::load(&vb.pp("encoder.layers").pp(i), d, ff, config.layer_norm_eps)
             })
             .collect::<Result<Vec<_>>>()?;
         let final_layer_norm =
             LayerNorm::load(&vb.pp("final_layer_norm"), d, config.layer_norm_eps)?;
-        root.finish()?;
         Ok(ClipTextModel {
             act: config.act()?,
             config: config.clone(),
@@ -136,16 +170,7 @@ impl ClipTextModel {
             ..AttentionOptions::new(c.num_attention_heads)
         };
         for layer in &self.layers {
-            let x = layer.layer_norm1.forward(ctx, &h)?;
-            let sa = &layer.self_attn;
-            let q = sa.q_proj.forward(ctx, &x)?;
-            let k = sa.k_proj.forward(ctx, &x)?;
-            let v = sa.v_proj.forward(ctx, &x)?;
-            let o = attention(ctx, &q, &k, &v, &attn)?;
-            h = elementwise::add(ctx, &h, &sa.out_proj.forward(ctx, &o)?)?;
-            let x = layer.layer_norm2.forward(ctx, &h)?;
-            let x = layer.mlp.fc1.forward_act(ctx, &x, self.act)?;
-            h = elementwise::add(ctx, &h, &layer.mlp.fc2.forward(ctx, &x)?)?;
+            h = layer.forward(ctx, &h, &attn, self.act)?;
             hidden_states.push(h.clone());
         }
         // 3. final layer norm and the pooled EOS state

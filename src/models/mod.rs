@@ -4,6 +4,8 @@
 pub mod attention;
 pub mod autoencoder_kl;
 pub mod clip;
+pub mod clip_model;
+pub mod clip_vision;
 pub mod consistency_decoder;
 pub mod nn;
 pub mod resnet;

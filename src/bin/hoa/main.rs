@@ -1,8 +1,9 @@
 //! The `hoa` command line: `generate` (prompt to PNG), `info` (which adapter and what it
-//! allows), `bench` (kernel microbenchmarks against the adapter's own ceilings) and `serve`
-//! (OpenAI's Images API over HTTP).
+//! allows), `bench` (kernel microbenchmarks against the adapter's own ceilings), `serve`
+//! (OpenAI's Images API over HTTP) and `clip` (CLIP's image-text tasks).
 
 mod bench;
+mod clip;
 mod generate;
 mod serve;
 
@@ -36,6 +37,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve OpenAI's Images API (POST /v1/images/generations) on the given models.
     Serve(Box<serve::ServeArgs>),
+    /// CLIP: zero-shot classification, image index and search, CLIP score.
+    Clip(clip::ClipArgs),
 }
 
 fn main() {
@@ -61,6 +64,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info => info(&ctx),
         Command::Bench(args) => bench::run(&ctx, &args)?,
         Command::Serve(args) => serve::run(ctx, *args)?,
+        Command::Clip(args) => clip::run(&ctx, args)?,
     }
     Ok(())
 }
