@@ -180,7 +180,8 @@ impl<'a> Loader<'a> {
     fn random_values(&self, name: &str, shape: &[usize]) -> Option<Vec<f32>> {
         let state = self.random.as_ref()?;
         let n: usize = shape.iter().product();
-        if shape.len() == 1 {
+        // Norm scales and biases (1-d), and scalars such as CLIP's `logit_scale` (0-d).
+        if shape.len() <= 1 {
             return Some(vec![if name == "weight" { 1.0 } else { 0.0 }; n]);
         }
         let fan_in: usize = shape[1..].iter().product();

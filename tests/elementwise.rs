@@ -92,6 +92,44 @@ fn binary_same_shape_and_broadcast() {
     }
 }
 
+/// A transposed square matrix has its tensor's shape and offset but not its strides: it must
+/// not take the whole-tensor fast path.
+#[test]
+fn binary_on_a_transposed_square_view() {
+    let Some(c) = ctx() else { return };
+    let mut r = rng(4);
+    for dt in dtypes(c) {
+        let n = 7;
+        let a = round_to(dt, &randn(&mut r, n * n, 2.0));
+        let b = round_to(dt, &randn(&mut r, n * n, 2.0));
+        let ta = Tensor::from_f32(c, &a, &[n, n], dt).unwrap();
+        let tb = Tensor::from_f32(c, &b, &[n, n], dt).unwrap();
+        let mut at = View::of(&ta);
+        at.strides = vec![1, n];
+        let out = elementwise::binary(
+            c,
+            at.clone(),
+            View::of(&tb),
+            BinaryOp::Add,
+            Activation::None,
+        )
+        .unwrap();
+        let vb = View::of(&tb);
+        let (want, _) = reference::binary(
+            (&a, &at.shape, &at.strides, 0),
+            (&b, &vb.shape, &vb.strides, 0),
+            BinaryOp::Add,
+            Activation::None,
+        );
+        all_close(
+            &format!("a^T + b {dt:?}"),
+            &out.to_vec(c).unwrap(),
+            &want,
+            &tol_for(dt, false),
+        );
+    }
+}
+
 #[test]
 fn geglu_on_chunks_of_one_tensor() {
     let Some(c) = ctx() else { return };

@@ -130,8 +130,14 @@ impl<'a> View<'a> {
             })
     }
 
+    /// Whether the view reads its tensor as stored (the fast path). A transposed square
+    /// matrix has the tensor's shape and offset 0 but not its strides; a stride along a dim
+    /// of size 1 is never used.
     fn is_whole(&self) -> bool {
-        self.offset == 0 && self.shape == self.tensor.shape()
+        let dense = View::of(self.tensor).strides;
+        let same_strides = (self.shape.iter().zip(&self.strides).zip(&dense))
+            .all(|((&d, &s), &c)| d == 1 || s == c);
+        self.offset == 0 && self.shape == self.tensor.shape() && same_strides
     }
 }
 
