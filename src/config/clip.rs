@@ -21,6 +21,8 @@ pub struct ClipTextConfig {
     pub pad_token_id: Option<u32>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// `CLIPTextModelWithProjection`'s `text_projection` width (SDXL's `text_encoder_2`: 1280).
+    pub projection_dim: usize,
 }
 
 impl Default for ClipTextConfig {
@@ -37,6 +39,7 @@ impl Default for ClipTextConfig {
             pad_token_id: Some(1),
             bos_token_id: Some(49406),
             eos_token_id: Some(49407),
+            projection_dim: 512,
         }
     }
 }
@@ -66,6 +69,7 @@ impl ClipTextConfig {
             MAX_DIM,
         )?;
         src.eps("layer_norm_eps", self.layer_norm_eps)?;
+        src.positive("projection_dim", self.projection_dim, MAX_DIM)?;
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(src.err(
                 "hidden_size",
