@@ -315,3 +315,37 @@ fn sdxl_turbo_style_folder_runs_one_step_without_guidance_from_its_defaults() {
     check_case(c, &p, &io, "turbo", &r.options);
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+#[test]
+fn a_broken_text_encoder_2_config_is_named() {
+    let Some(c) = ctx() else { return };
+    let tmp = std::env::temp_dir().join(format!("hoa-sdxl-te2-{}", std::process::id()));
+    copy_dir(&dir(NAME), &tmp);
+    let cfg = tmp.join("text_encoder_2/config.json");
+    let mut j: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    j["projection_dim"] = 0.into();
+    std::fs::write(&cfg, j.to_string()).unwrap();
+    let files = DirFiles::open(&tmp).unwrap();
+    let e = Pipeline::load(c, &files, DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.starts_with("text_encoder_2/config.json: `projection_dim` is 0"),
+        "{e}"
+    );
+    // A projection that does not fit the U-Net's add_embedding names both.
+    j["projection_dim"] = 16.into();
+    std::fs::write(&cfg, j.to_string()).unwrap();
+    let e = Pipeline::load(c, &files, DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(
+            "`projection_class_embeddings_input_dim` is 72, but text_encoder_2's projection_dim 16"
+        ),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

@@ -51,13 +51,23 @@ impl ClipTextConfig {
     const CLASS: Class = Class::transformers(&["CLIPTextModel", "CLIPTextModelWithProjection"]);
 
     pub fn from_json(json: &[u8]) -> Result<Self> {
-        parse_valid(Self::FILE, json, &Self::CLASS, Self::validate)
+        Self::from_json_at(Self::FILE, json)
+    }
+
+    /// [`Self::from_json`] for the config at `file` (SDXL's `text_encoder_2/config.json`),
+    /// which its errors name.
+    pub fn from_json_at(file: &str, json: &[u8]) -> Result<Self> {
+        parse_valid(file, json, &Self::CLASS, |c: &Self| c.validate_at(file))
     }
 
     /// Refuses sizes that are zero or absurd, naming the field.
     pub fn validate(&self) -> Result<()> {
-        let src = Source::new(Self::FILE);
-        self.act()?;
+        self.validate_at(Self::FILE)
+    }
+
+    fn validate_at(&self, file: &str) -> Result<()> {
+        let src = Source::new(file);
+        activation(src, "hidden_act", &self.hidden_act)?;
         src.positive("vocab_size", self.vocab_size, MAX_VOCAB)?;
         src.positive("hidden_size", self.hidden_size, MAX_DIM)?;
         src.positive("intermediate_size", self.intermediate_size, MAX_DIM)?;

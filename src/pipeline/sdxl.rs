@@ -36,7 +36,8 @@ pub(super) fn load_text_encoder_2(
     let (Some(_), Some((dim, input))) = (&info.sdxl, info.unet.text_time()) else {
         return Ok(None);
     };
-    let cfg = ClipTextConfig::from_json(&files.require("text_encoder_2/config.json")?)?;
+    const FILE: &str = "text_encoder_2/config.json";
+    let cfg = ClipTextConfig::from_json_at(FILE, &files.require(FILE)?)?;
     let want = TIME_IDS
         .checked_mul(dim)
         .and_then(|n| n.checked_add(cfg.projection_dim));
