@@ -13,10 +13,11 @@ use serde_json::Value;
 
 /// The pipelines whose folders hoa runs (the img2img and inpainting classes share the
 /// text-to-image components; hoa inpaints by latent blending with the 4-channel U-Net).
-const PIPELINES: [&str; 3] = [
+const PIPELINES: [&str; 4] = [
     "StableDiffusionPipeline",
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",
+    "StableDiffusionXLPipeline",
 ];
 
 #[derive(Clone, Debug)]
@@ -28,6 +29,67 @@ pub struct ModelInfo {
     pub vae: AutoencoderKLConfig,
     pub scheduler: SchedulerConfig,
     pub has_consistency_decoder: bool,
+    /// SDXL (a `text_time` U-Net): `model_index.json`'s `text_encoder_2` class
+    /// (`CLIPTextModelWithProjection`) and its `force_zeros_for_empty_prompt` (diffusers'
+    /// default true: an empty negative prompt conditions on zeros).
+    pub sdxl: Option<SdxlInfo>,
+}
+
+/// What an SDXL folder adds to [`ModelInfo`].
+#[derive(Clone, Debug)]
+pub struct SdxlInfo {
+    pub text_encoder_2_class: String,
+    pub force_zeros_for_empty_prompt: bool,
+}
+
+/// SDXL's components beyond SD's, when the U-Net takes `text_time` conditioning.
+fn read_sdxl(
+    files: &dyn ModelFiles,
+    index: &Value,
+    unet: &UNet2DConditionModelConfig,
+) -> Result<Option<SdxlInfo>> {
+    let class = index.get("_class_name").and_then(Value::as_str);
+    if unet.text_time().is_none() {
+        if class == Some("StableDiffusionXLPipeline") {
+            return Err(Error::config(
+                "unet/config.json",
+                "addition_embed_type",
+                "is not \"text_time\", but model_index.json's _class_name is \
+                 StableDiffusionXLPipeline: an SDXL U-Net takes text_time conditioning",
+            ));
+        }
+        return Ok(None);
+    }
+    let text_encoder_2_class = require_class(files, index, "text_encoder_2").map_err(|_| {
+        Error::config(
+            "model_index.json",
+            "text_encoder_2",
+            "is missing: an SDXL U-Net (addition_embed_type \"text_time\") needs the second \
+             text encoder (CLIPTextModelWithProjection) and tokenizer_2",
+        )
+    })?;
+    require_class(files, index, "tokenizer_2")?;
+    if text_encoder_2_class != "CLIPTextModelWithProjection" {
+        return Err(Error::config(
+            "model_index.json",
+            "text_encoder_2",
+            format!("is a {text_encoder_2_class}; hoa runs CLIPTextModelWithProjection"),
+        ));
+    }
+    let force_zeros = match index.get("force_zeros_for_empty_prompt") {
+        None | Some(Value::Null) => true,
+        Some(v) => v.as_bool().ok_or_else(|| {
+            Error::config(
+                "model_index.json",
+                "force_zeros_for_empty_prompt",
+                format!("= {v} must be true or false"),
+            )
+        })?,
+    };
+    Ok(Some(SdxlInfo {
+        text_encoder_2_class,
+        force_zeros_for_empty_prompt: force_zeros,
+    }))
 }
 
 /// `model_index.json`'s class for `component`, checking that its folder is there.
@@ -128,7 +190,9 @@ impl ModelInfo {
         }
         let scheduler =
             SchedulerConfig::from_json(&files.require("scheduler/scheduler_config.json")?)?;
+        let sdxl = read_sdxl(files, &index, &unet)?;
         let info = ModelInfo {
+            sdxl,
             defaults: ModelDefaults::load(files)?,
             text_encoder_class,
             unet,

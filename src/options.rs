@@ -93,6 +93,40 @@ impl GuidanceHigh {
     }
 }
 
+/// SDXL's micro-conditioning, as diffusers' `StableDiffusionXLPipeline` takes it: sizes are
+/// (height, width) and the crop is (top, left), in pixels. `None` is diffusers' default: the
+/// output size for both sizes, (0, 0) for the crop; each negative value defaults to its
+/// positive one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MicroConditioning {
+    pub original_size: Option<(usize, usize)>,
+    pub crops_coords_top_left: Option<(usize, usize)>,
+    pub target_size: Option<(usize, usize)>,
+    pub negative_original_size: Option<(usize, usize)>,
+    pub negative_crops_coords_top_left: Option<(usize, usize)>,
+    pub negative_target_size: Option<(usize, usize)>,
+}
+
+impl MicroConditioning {
+    /// The U-Net's `add_time_ids` (original size + crop + target size, 6 numbers) of the
+    /// prompt and of the negative prompt for an image of `width` x `height`.
+    pub fn time_ids(&self, width: usize, height: usize) -> ([f32; 6], [f32; 6]) {
+        let out = (height, width);
+        let orig = self.original_size.unwrap_or(out);
+        let crop = self.crops_coords_top_left.unwrap_or((0, 0));
+        let target = self.target_size.unwrap_or(out);
+        let ids = |o: (usize, usize), c: (usize, usize), t: (usize, usize)| {
+            [o.0, o.1, c.0, c.1, t.0, t.1].map(|v| v as f32)
+        };
+        let neg = ids(
+            self.negative_original_size.unwrap_or(orig),
+            self.negative_crops_coords_top_left.unwrap_or(crop),
+            self.negative_target_size.unwrap_or(target),
+        );
+        (ids(orig, crop, target), neg)
+    }
+}
+
 impl GenerateOptions {
     /// The guidance scale of a step at timestep `t`.
     pub fn guidance_at(&self, t: f32) -> f32 {
@@ -136,6 +170,8 @@ pub struct GenerateOptions {
     /// When set and raised (by another thread, or from the event callback), the run stops
     /// after the current denoising step with [`Error::Cancelled`].
     pub cancel: Option<Cancel>,
+    /// SDXL's size and crop conditioning (ignored by models without it).
+    pub micro: MicroConditioning,
 }
 
 /// A flag that stops a generation between denoising steps: a server whose client went away or
@@ -173,6 +209,7 @@ impl Default for GenerateOptions {
             split_guidance: false,
             preview_every: 0,
             cancel: None,
+            micro: MicroConditioning::default(),
         }
     }
 }

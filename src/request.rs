@@ -71,6 +71,15 @@ pub struct Request {
     pub strength: Option<f64>,
     /// Decode a preview every this many steps (0 = never).
     pub preview_every: Option<i64>,
+    /// SDXL micro-conditioning, as diffusers names and orders it: sizes `[height, width]`,
+    /// the crop `[top, left]`, in pixels (defaults: the output size, `[0, 0]`); each
+    /// `negative_` one defaults to its positive one.
+    pub original_size: Option<[i64; 2]>,
+    pub crops_coords_top_left: Option<[i64; 2]>,
+    pub target_size: Option<[i64; 2]>,
+    pub negative_original_size: Option<[i64; 2]>,
+    pub negative_crops_coords_top_left: Option<[i64; 2]>,
+    pub negative_target_size: Option<[i64; 2]>,
     #[serde(skip)]
     pub init_image: Option<RgbImage>,
     #[serde(skip)]

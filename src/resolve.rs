@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::image_io::GenerationParameters;
 use crate::model_info::ModelInfo;
-use crate::options::{Decoder, GenerateOptions, GuidanceHigh, InitImage};
+use crate::options::{Decoder, GenerateOptions, GuidanceHigh, InitImage, MicroConditioning};
 use crate::request::{Mask, Request};
 use crate::schedulers::{self, SchedulerKind};
 
@@ -124,6 +124,7 @@ pub fn resolve(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result
         None => 0,
     };
     let latents = resolve_latents(req, model, batch, width, height)?;
+    let micro = resolve_micro(req, model, &mut warnings)?;
     let options = GenerateOptions {
         prompt: text,
         negative_prompt: req.negative_prompt.clone().unwrap_or_default(),
@@ -142,6 +143,7 @@ pub fn resolve(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result
         split_guidance: false,
         preview_every,
         cancel: None,
+        micro,
     };
     check_memory(model, limits, &options, req)?;
     Ok(Resolved {
@@ -426,6 +428,50 @@ fn resolve_size(
         None => latent_batch.unwrap_or(1),
     };
     Ok((w, h, batch))
+}
+
+/// SDXL's micro-conditioning: each pair checked (sizes 1..=MAX_SIDE, crop 0..=MAX_SIDE);
+/// what is left out stays `None`, diffusers' default, which the pipeline reads as the output
+/// size and a (0, 0) crop. Ignored, with a warning, by models without `text_time`.
+fn resolve_micro(
+    req: &Request,
+    model: &ModelInfo,
+    warnings: &mut Vec<String>,
+) -> Result<MicroConditioning> {
+    let pair = |field: &str, v: Option<[i64; 2]>, min: i64| -> Result<Option<(usize, usize)>> {
+        let Some([a, b]) = v else { return Ok(None) };
+        let ok = |x: i64| (min..=MAX_SIDE as i64).contains(&x);
+        if !ok(a) || !ok(b) {
+            let (n0, n1) = match min {
+                0 => ("top", "left"),
+                _ => ("height", "width"),
+            };
+            return Err(Error::invalid(
+                req.name(field),
+                format!("{n0} and {n1} must be from {min} to {MAX_SIDE}, got {n0} {a}, {n1} {b}"),
+            ));
+        }
+        Ok(Some((a as usize, b as usize)))
+    };
+    let m = MicroConditioning {
+        original_size: pair("original_size", req.original_size, 1)?,
+        crops_coords_top_left: pair("crops_coords_top_left", req.crops_coords_top_left, 0)?,
+        target_size: pair("target_size", req.target_size, 1)?,
+        negative_original_size: pair("negative_original_size", req.negative_original_size, 1)?,
+        negative_crops_coords_top_left: pair(
+            "negative_crops_coords_top_left",
+            req.negative_crops_coords_top_left,
+            0,
+        )?,
+        negative_target_size: pair("negative_target_size", req.negative_target_size, 1)?,
+    };
+    if m != MicroConditioning::default() && model.sdxl.is_none() {
+        warnings.push(format!(
+            "{} and the other size conditioning are ignored: only SDXL models take them",
+            req.name("original_size")
+        ));
+    }
+    Ok(m)
 }
 
 fn resolve_decoder(req: &Request, model: &ModelInfo) -> Result<Decoder> {

@@ -67,7 +67,7 @@ fn unet_refuses_unsupported_configs_naming_the_field() {
     let base = String::from_utf8(config("unet_sd15")).unwrap();
     for (field, value) in [
         ("class_embed_type", "\"timestep\""),
-        ("addition_embed_type", "\"text_time\""),
+        ("addition_embed_type", "\"text_image\""),
         ("time_cond_proj_dim", "256"),
         (
             "down_block_types",

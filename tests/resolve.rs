@@ -228,10 +228,21 @@ fn nonsense_is_refused() {
     let class = with_key(
         "model_index.json",
         "_class_name",
+        r#""StableDiffusion3Pipeline""#,
+    );
+    let e = info_err(&[("model_index.json", &class)]);
+    assert!(e.starts_with("model_index.json: `_class_name` is StableDiffusion3Pipeline"));
+    // An SDXL pipeline class over an SD U-Net (no text_time conditioning) is refused.
+    let class = with_key(
+        "model_index.json",
+        "_class_name",
         r#""StableDiffusionXLPipeline""#,
     );
     let e = info_err(&[("model_index.json", &class)]);
-    assert!(e.starts_with("model_index.json: `_class_name` is StableDiffusionXLPipeline"));
+    assert!(
+        e.starts_with("unet/config.json: `addition_embed_type` is not \"text_time\""),
+        "{e}"
+    );
     let e = info_err(&[("model_index.json", "[1, 2]")]);
     assert!(e.contains("expected a JSON object"), "{e}");
     let e = Request::from_json(r#"{"prompt": "a", "stpes": 3}"#).unwrap_err();

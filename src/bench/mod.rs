@@ -256,16 +256,23 @@ fn time_unet(
     let unet = UNet2DConditionModel::load(&Loader::random(ctx, &empty, dt, 7), cfg)?;
     ctx.sync()?;
     let load = t0.elapsed().as_secs_f64();
-    let sample = Tensor::from_f32(ctx, &fill(b * 4 * s * s), &[*b, 4, *s, *s], dt)?;
+    let ch = cfg.in_channels;
+    let sample = Tensor::from_f32(ctx, &fill(b * ch * s * s), &[*b, ch, *s, *s], dt)?;
     let enc = Tensor::from_f32(ctx, &fill(b * seq * dim), &[*b, *seq, *dim], dt)?;
+    // SDXL: the added embedding, which the pipeline makes once before its loop.
+    let temb = cfg.time_embed_dim();
+    let aug = (cfg.text_time())
+        .map(|_| Tensor::from_f32(ctx, &fill(b * temb), &[*b, temb], dt))
+        .transpose()?;
     let run = ModelRun {
         name: format!("unet_{what}_step_{}", dt.name()),
-        input: format!("[{b}, 4, {s}, {s}] + [{b}, {seq}, {dim}]"),
+        input: format!("[{b}, {ch}, {s}, {s}] + [{b}, {seq}, {dim}]"),
         load_seconds: load,
         reference_flops: *reference_flops,
     };
     time_model(ctx, opts.reps, ceil, run, &|c| {
-        unet.forward(c, &sample, &[999.0], &enc).map(drop)
+        unet.forward_with(c, &sample, &[999.0], &enc, aug.as_ref())
+            .map(drop)
     })
 }
 
@@ -303,6 +310,33 @@ fn time_vae(
     time_model(ctx, opts.reps, ceil, run, &|c| {
         vae.decode_auto(c, &latent).map(drop)
     })
+}
+
+/// One step of a model folder's U-Net (`cfg`, its unet/config.json; `name` names it) on
+/// random weights, batch 2 as with guidance, at `side` x `side` latent pixels with 77 tokens
+/// (an SDXL U-Net with its added embedding as the pipeline makes it before the loop), in each
+/// of the options' dtypes the filter keeps (`unet_{name}_step_{dtype}`).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn run_model_config(
+    ctx: &Context,
+    opts: &BenchOptions,
+    ceil: &Ceilings,
+    name: &'static str,
+    cfg: crate::config::UNet2DConditionModelConfig,
+    side: usize,
+    mut each: impl FnMut(&ModelTiming),
+) -> Result<()> {
+    let dim = match &cfg.cross_attention_dim {
+        crate::config::PerBlock::One(d) => *d,
+        crate::config::PerBlock::Each(v) => v.first().copied().unwrap_or_default(),
+    };
+    let case: UNetCase = (name, cfg, 2, side, 77, dim, None);
+    for dt in opts.dtypes(ctx) {
+        if opts.wants(&format!("unet_{name}_step_{}", dt.name()), "") {
+            each(&time_unet(ctx, opts, ceil, dt, &case)?);
+        }
+    }
+    Ok(())
 }
 
 /// The U-Net steps ([`unet_cases`]) and the SD-1.5 VAE decode ([`time_vae`]) on random

@@ -24,6 +24,8 @@ pub struct ClipTextConfig {
     pub pad_token_id: Option<u32>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// `CLIPTextModelWithProjection`'s `text_projection` width (SDXL's `text_encoder_2`: 1280).
+    pub projection_dim: usize,
 }
 
 impl Default for ClipTextConfig {
@@ -40,6 +42,7 @@ impl Default for ClipTextConfig {
             pad_token_id: Some(1),
             bos_token_id: Some(49406),
             eos_token_id: Some(49407),
+            projection_dim: 512,
         }
     }
 }
@@ -51,12 +54,22 @@ impl ClipTextConfig {
     const CLASS: Class = Class::transformers(&["CLIPTextModel", "CLIPTextModelWithProjection"]);
 
     pub fn from_json(json: &[u8]) -> Result<Self> {
-        parse_valid(Self::FILE, json, &Self::CLASS, Self::validate)
+        Self::from_json_at(Self::FILE, json)
+    }
+
+    /// [`Self::from_json`] for the config at `file` (SDXL's `text_encoder_2/config.json`),
+    /// which its errors name.
+    pub fn from_json_at(file: &str, json: &[u8]) -> Result<Self> {
+        parse_valid(file, json, &Self::CLASS, |c: &Self| c.validate_at(file))
     }
 
     /// Refuses sizes that are zero or absurd, naming the field.
     pub fn validate(&self) -> Result<()> {
         self.validate_in(Source::new(Self::FILE))
+    }
+
+    fn validate_at(&self, file: &str) -> Result<()> {
+        self.validate_in(Source::new(file))
     }
 
     /// [`Self::validate`] with errors naming `src` (a `CLIPConfig`'s `text_config.`).
@@ -73,6 +86,7 @@ impl ClipTextConfig {
             MAX_DIM,
         )?;
         src.eps("layer_norm_eps", self.layer_norm_eps)?;
+        src.positive("projection_dim", self.projection_dim, MAX_DIM)?;
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(src.err(
                 "hidden_size",

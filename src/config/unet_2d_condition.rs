@@ -6,9 +6,9 @@ use super::MAX_KERNEL;
 use crate::error::{Error, Result};
 use serde::Deserialize;
 
-/// diffusers `UNet2DConditionModel`'s config. hoa runs the SD 1.x / 2.x family: the block types
-/// CrossAttnDownBlock2D, DownBlock2D, UNetMidBlock2DCrossAttn, CrossAttnUpBlock2D, UpBlock2D,
-/// positional timestep embedding, text conditioning only; [`Self::from_json`] refuses the rest
+/// diffusers `UNet2DConditionModel`'s config. hoa runs the SD 1.x / 2.x / SDXL family: the
+/// block types CrossAttnDownBlock2D, DownBlock2D, UNetMidBlock2DCrossAttn, CrossAttnUpBlock2D,
+/// UpBlock2D, positional timestep embedding, text conditioning plus SDXL's `text_time`; [`Self::from_json`] refuses the rest
 /// with a message naming the field.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
@@ -33,7 +33,9 @@ pub struct UNet2DConditionModelConfig {
     pub norm_eps: f64,
     pub cross_attention_dim: PerBlock<usize>,
     pub transformer_layers_per_block: PerBlock<usize>,
-    pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
+    /// The up blocks' transformer layers (default: `transformer_layers_per_block` reversed);
+    /// one number per block (diffusers also takes per-layer lists, which hoa refuses).
+    pub reverse_transformer_layers_per_block: Option<Vec<PerBlock<usize>>>,
     pub encoder_hid_dim: Option<usize>,
     pub encoder_hid_dim_type: Option<String>,
     /// The number of heads when `num_attention_heads` is null (diffusers' naming quirk).
@@ -42,10 +44,17 @@ pub struct UNet2DConditionModelConfig {
     pub dual_cross_attention: bool,
     pub use_linear_projection: bool,
     pub class_embed_type: Option<String>,
+    /// `"text_time"` (SDXL): pooled text embeddings and micro-conditioning time ids.
     pub addition_embed_type: Option<String>,
+    /// `text_time`: the sinusoidal width of each time id (256 in SDXL).
+    pub addition_time_embed_dim: Option<usize>,
+    /// `text_time`: `add_embedding`'s input width, the pooled text embedding's plus
+    /// `addition_time_embed_dim` per time id (SDXL base 1280 + 6 x 256 = 2816).
+    pub projection_class_embeddings_input_dim: Option<usize>,
     pub num_class_embeds: Option<usize>,
-    /// Softmax in f32: hoa's attention always accumulates in f32, so this changes nothing.
-    pub upcast_attention: bool,
+    /// Softmax in f32: hoa's attention always accumulates in f32, so this changes nothing
+    /// (SDXL writes null).
+    pub upcast_attention: Option<bool>,
     pub resnet_time_scale_shift: String,
     pub resnet_skip_time_act: bool,
     pub resnet_out_scale_factor: f64,
@@ -103,8 +112,10 @@ impl Default for UNet2DConditionModelConfig {
             use_linear_projection: false,
             class_embed_type: None,
             addition_embed_type: None,
+            addition_time_embed_dim: None,
+            projection_class_embeddings_input_dim: None,
             num_class_embeds: None,
-            upcast_attention: false,
+            upcast_attention: None,
             resnet_time_scale_shift: "default".into(),
             resnet_skip_time_act: false,
             resnet_out_scale_factor: 1.0,
@@ -194,7 +205,7 @@ impl UNet2DConditionModelConfig {
             None => Ok(()),
         };
         set("class_embed_type", &self.class_embed_type)?;
-        set("addition_embed_type", &self.addition_embed_type)?;
+        self.validate_text_time(src)?;
         set("encoder_hid_dim_type", &self.encoder_hid_dim_type)?;
         set("time_embedding_act_fn", &self.time_embedding_act_fn)?;
         set("timestep_post_act", &self.timestep_post_act)?;
@@ -206,9 +217,6 @@ impl UNet2DConditionModelConfig {
         num("time_cond_proj_dim", self.time_cond_proj_dim)?;
         num("num_class_embeds", self.num_class_embeds)?;
         num("encoder_hid_dim", self.encoder_hid_dim)?;
-        if self.reverse_transformer_layers_per_block.is_some() {
-            return Err(src.refuse("reverse_transformer_layers_per_block", "is set"));
-        }
         src.only("act_fn", &self.act_fn, "silu")?;
         src.only(
             "resnet_time_scale_shift",
@@ -228,6 +236,47 @@ impl UNet2DConditionModelConfig {
             return Err(src.refuse("resnet_skip_time_act", "= true"));
         }
         Ok(())
+    }
+
+    /// `addition_embed_type`: none, or SDXL's `"text_time"` with both of its widths.
+    fn validate_text_time(&self, src: Source) -> Result<()> {
+        match self.addition_embed_type.as_deref() {
+            None => Ok(()),
+            Some("text_time") => {
+                for (field, v) in [
+                    ("addition_time_embed_dim", self.addition_time_embed_dim),
+                    (
+                        "projection_class_embeddings_input_dim",
+                        self.projection_class_embeddings_input_dim,
+                    ),
+                ] {
+                    let v = v.ok_or_else(|| {
+                        src.err(
+                            field,
+                            "is missing; `addition_embed_type: \"text_time\"` needs it",
+                        )
+                    })?;
+                    src.positive(field, v, MAX_DIM)?;
+                }
+                Ok(())
+            }
+            Some(t) => Err(src.refuse(
+                "addition_embed_type",
+                format!("= {t:?} (hoa runs null and \"text_time\")"),
+            )),
+        }
+    }
+
+    /// SDXL's added conditioning: (`addition_time_embed_dim`,
+    /// `projection_class_embeddings_input_dim`) when `addition_embed_type` is `"text_time"`.
+    pub fn text_time(&self) -> Option<(usize, usize)> {
+        match self.addition_embed_type.as_deref() {
+            Some("text_time") => Some((
+                self.addition_time_embed_dim?,
+                self.projection_class_embeddings_input_dim?,
+            )),
+            _ => None,
+        }
     }
 
     /// Sizes: every one at least 1 (most are divisors somewhere) and none absurd.
@@ -267,6 +316,11 @@ impl UNet2DConditionModelConfig {
         src.all_positive(
             "transformer_layers_per_block",
             &transformer_layers,
+            MAX_LAYERS,
+        )?;
+        src.all_positive(
+            "reverse_transformer_layers_per_block",
+            &self.up_transformer_layers()?,
             MAX_LAYERS,
         )?;
         src.all_positive("cross_attention_dim", &cross, MAX_DIM)
@@ -319,6 +373,26 @@ impl UNet2DConditionModelConfig {
         }
     }
 
+    /// The up blocks' transformer layers, in up-block order: `reverse_transformer_layers_per_block`
+    /// or `transformer_layers_per_block` reversed.
+    fn up_transformer_layers(&self) -> Result<Vec<usize>> {
+        const FIELD: &str = "reverse_transformer_layers_per_block";
+        let (src, n) = (Self::src(), self.block_out_channels.len());
+        let Some(rev) = &self.reverse_transformer_layers_per_block else {
+            let (_, tl, _) = self.lists()?;
+            return Ok(tl.into_iter().rev().collect());
+        };
+        if rev.len() != n {
+            return Err(src.err(FIELD, format!("has {} entries for {n} blocks", rev.len())));
+        }
+        rev.iter()
+            .map(|r| match r {
+                PerBlock::One(v) => Ok(*v),
+                PerBlock::Each(_) => Err(src.refuse(FIELD, "has a per-layer list")),
+            })
+            .collect()
+    }
+
     fn lists(&self) -> Result<(Vec<usize>, Vec<usize>, Vec<usize>)> {
         let (src, n) = (Self::src(), self.block_out_channels.len());
         Ok((
@@ -357,14 +431,14 @@ impl UNet2DConditionModelConfig {
 
     /// Up block i works at the resolution of down block n-1-i, with the reversed lists.
     pub fn up_blocks(&self) -> Result<Vec<UNetBlockSpec>> {
-        let (layers, tl, cross) = self.lists()?;
+        let (layers, _, cross) = self.lists()?;
+        let tl = self.up_transformer_layers()?;
         let heads = self.heads()?;
         let n = self.block_out_channels.len();
         let rev = |v: &[usize]| v.iter().rev().copied().collect::<Vec<_>>();
-        let (ch, layers, tl, cross, heads) = (
+        let (ch, layers, cross, heads) = (
             rev(&self.block_out_channels),
             rev(&layers),
-            rev(&tl),
             rev(&cross),
             rev(&heads),
         );

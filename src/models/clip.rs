@@ -198,3 +198,45 @@ impl ClipTextModel {
         }
     }
 }
+
+/// transformers `CLIPTextModelWithProjection`: the text tower and `text_projection` (a
+/// bias-free linear to `projection_dim`) of the pooled EOS state, SDXL's `text_encoder_2`.
+pub struct ClipTextModelWithProjection {
+    pub text_model: ClipTextModel,
+    pub text_projection: Linear,
+}
+
+/// What `CLIPTextModelWithProjection(..., output_hidden_states=True)` returns.
+pub struct ClipTextModelWithProjectionOutput {
+    /// [B, projection_dim]: `text_projection(pooler_output)`.
+    pub text_embeds: Tensor,
+    pub last_hidden_state: Tensor,
+    pub hidden_states: Vec<Tensor>,
+}
+
+impl ClipTextModelWithProjection {
+    pub fn load(root: &Loader, config: &ClipTextConfig) -> Result<Self> {
+        let d = config.hidden_size;
+        let p = config.projection_dim;
+        // Loaded first: the text model's load checks that every key was used.
+        let text_projection = Linear::load(&root.pp("text_projection"), d, p, false)?;
+        Ok(ClipTextModelWithProjection {
+            text_model: ClipTextModel::load(root, config)?,
+            text_projection,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        ctx: &Context,
+        ids: &[u32],
+        batch: usize,
+    ) -> Result<ClipTextModelWithProjectionOutput> {
+        let o = self.text_model.forward(ctx, ids, batch)?;
+        Ok(ClipTextModelWithProjectionOutput {
+            text_embeds: self.text_projection.forward(ctx, &o.pooler_output)?,
+            last_hidden_state: o.last_hidden_state,
+            hidden_states: o.hidden_states,
+        })
+    }
+}

@@ -1,5 +1,6 @@
 //! diffusers `UNet2DConditionModel` (`models/unets/unet_2d_condition.py`) for the Stable
-//! Diffusion 1.x / 2.x family: timestep embedding, conv_in, the down blocks collecting
+//! Diffusion 1.x / 2.x / SDXL family: timestep embedding (plus SDXL's `text_time` added
+//! embedding of the pooled text and the micro-conditioning ids), conv_in, the down blocks collecting
 //! residuals, UNetMidBlock2DCrossAttn, the up blocks consuming them, GroupNorm + SiLU,
 //! conv_out. The blocks live in [`super::unet_2d_blocks`]. Configs it cannot run are refused
 //! by [`UNet2DConditionModelConfig::validate`].
@@ -14,7 +15,7 @@ use crate::config::UNet2DConditionModelConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
 use crate::kernels::embedding::{timestep_embedding, TimestepEmbedding};
-use crate::kernels::{elementwise, Activation};
+use crate::kernels::{concat::concat, elementwise, Activation};
 use crate::models::check_nchw;
 use crate::weights::Loader;
 
@@ -47,9 +48,22 @@ pub(crate) fn center_input(ctx: &Context, sample: &Tensor, center: bool) -> Resu
         .transpose()
 }
 
+/// diffusers' `added_cond_kwargs` for `addition_embed_type: "text_time"` (SDXL): the pooled
+/// text embedding and the micro-conditioning time ids, one row per U-Net row.
+pub struct AddedCondKwargs<'a> {
+    /// [B, projection_dim]: `text_encoder_2`'s projected pooled output.
+    pub text_embeds: &'a Tensor,
+    /// B rows of ids (original size, crop top-left, target size; or the refiner's aesthetic
+    /// score), row-major.
+    pub time_ids: &'a [f32],
+}
+
 pub struct UNet2DConditionModel {
     pub config: UNet2DConditionModelConfig,
     pub time_embedding: TimestepEmbeddingMlp,
+    /// `text_time`: `add_embedding`, a TimestepEmbedding from
+    /// `projection_class_embeddings_input_dim` to `time_embed_dim`.
+    pub add_embedding: Option<TimestepEmbeddingMlp>,
     pub conv_in: Conv2d,
     pub down_blocks: Vec<UNetDownBlock>,
     pub mid_block: Option<UNetMidBlock2DCrossAttn>,
@@ -161,6 +175,9 @@ impl UNet2DConditionModel {
             use_linear_projection: c.use_linear_projection,
         };
         let time_embedding = TimestepEmbeddingMlp::load(&vb.pp("time_embedding"), ch0, temb)?;
+        let add_embedding = (c.text_time())
+            .map(|(_, input)| TimestepEmbeddingMlp::load(&vb.pp("add_embedding"), input, temb))
+            .transpose()?;
         let conv_in = Conv2d::load(&vb.pp("conv_in"), c.in_channels, ch0, c.conv_in_kernel, 1)?;
         let down_specs = c.down_blocks()?;
         let down_blocks = (down_specs.iter().enumerate())
@@ -183,6 +200,7 @@ impl UNet2DConditionModel {
         Ok(UNet2DConditionModel {
             config: c.clone(),
             time_embedding,
+            add_embedding,
             conv_in,
             down_blocks,
             mid_block,
@@ -205,6 +223,8 @@ impl UNet2DConditionModel {
     /// sample [B, in_channels, H, W]; `timesteps` one value for the batch or one per sample;
     /// encoder_hidden_states [B, L, cross_attention_dim]. Returns the noise prediction and the
     /// per-block activations.
+    /// An SDXL U-Net (`text_time`) needs its added conditioning: use
+    /// [`Self::forward_with`].
     pub fn forward(
         &self,
         ctx: &Context,
@@ -212,17 +232,35 @@ impl UNet2DConditionModel {
         timesteps: &[f32],
         encoder_hidden_states: &Tensor,
     ) -> Result<UNetOutput> {
+        self.forward_with(ctx, sample, timesteps, encoder_hidden_states, None)
+    }
+
+    /// [`Self::forward`] with the added embedding `aug_emb` [B, time_embed_dim] that
+    /// [`Self::aug_embed`] made of `added_cond_kwargs` (it does not change with the timestep,
+    /// so a pipeline makes it once before its loop); required by a `text_time` U-Net.
+    pub fn forward_with(
+        &self,
+        ctx: &Context,
+        sample: &Tensor,
+        timesteps: &[f32],
+        encoder_hidden_states: &Tensor,
+        aug_emb: Option<&Tensor>,
+    ) -> Result<UNetOutput> {
         const OP: &str = "UNet2DConditionModel";
         let ehs = encoder_hidden_states;
         self.check_inputs(sample, ehs)?;
         let t = batch_timesteps(OP, timesteps, sample.shape()[0])?;
+        self.check_aug(aug_emb, sample.shape()[0])?;
 
         // 0. center input if necessary
         let centered = center_input(ctx, sample, self.config.center_input_sample)?;
         let sample = centered.as_ref().unwrap_or(sample);
 
-        // 1. time
-        let emb = self.time_embed(ctx, &t)?;
+        // 1. time: emb = time_embedding(t_emb) (+ aug_emb)
+        let mut emb = self.time_embed(ctx, &t)?;
+        if let Some(aug) = aug_emb {
+            emb = elementwise::add(ctx, &emb, aug)?;
+        }
         // Every resnet applies nonlinearity(temb) before its time_emb_proj: do it once.
         let temb = elementwise::activation(ctx, &emb, Activation::Silu)?;
         let temb = Some(&temb);
@@ -257,6 +295,71 @@ impl UNet2DConditionModel {
             self.dtype,
         )?;
         self.time_embedding.forward(ctx, &t_emb)
+    }
+
+    /// diffusers' `get_aug_embed` for `text_time`: `add_time_proj` (sinusoidal, width
+    /// `addition_time_embed_dim`) of every time id, flattened per row, after `text_embeds`,
+    /// through `add_embedding`. Returns [B, time_embed_dim].
+    pub fn aug_embed(&self, ctx: &Context, added: &AddedCondKwargs) -> Result<Tensor> {
+        const OP: &str = "UNet2DConditionModel";
+        let c = &self.config;
+        let (Some(add_embedding), Some((dim, input))) = (&self.add_embedding, c.text_time()) else {
+            return Err(Error::shape(
+                OP,
+                "this U-Net has no added conditioning (addition_embed_type is not \"text_time\")",
+            ));
+        };
+        let te = added.text_embeds.shape();
+        let ids = added.time_ids.len();
+        let rows = te.first().copied().unwrap_or(0);
+        let per_row = (rows > 0 && ids % rows == 0).then(|| ids / rows);
+        let width = per_row.and_then(|n| n.checked_mul(dim)?.checked_add(te[1]));
+        if te.len() != 2 || width != Some(input) || added.text_embeds.dtype() != self.dtype {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "text_embeds {te:?} and {ids} time ids: each row's pooled width + \
+                     {dim} (addition_time_embed_dim) per id must give {input} \
+                     (projection_class_embeddings_input_dim), in {}",
+                    self.dtype.name()
+                ),
+            ));
+        }
+        let t = Tensor::from_f32(ctx, added.time_ids, &[ids], DType::F32)?;
+        let proj = TimestepEmbedding {
+            dim,
+            flip_sin_to_cos: c.flip_sin_to_cos,
+            downscale_freq_shift: c.freq_shift as f32,
+            scale: 1.0,
+            max_period: 10000.0,
+        };
+        let time_embeds =
+            timestep_embedding(ctx, &t, &proj, self.dtype)?.reshape(&[rows, input - te[1]])?;
+        let add_embeds = concat(ctx, &[added.text_embeds, &time_embeds], 1)?;
+        add_embedding.forward(ctx, &add_embeds)
+    }
+
+    /// A `text_time` U-Net gets an added embedding of one row per sample; others none.
+    fn check_aug(&self, aug_emb: Option<&Tensor>, b: usize) -> Result<()> {
+        const OP: &str = "UNet2DConditionModel";
+        let want = [b, self.config.time_embed_dim()];
+        match (aug_emb, self.add_embedding.is_some()) {
+            (None, false) => Ok(()),
+            (Some(a), true) if a.shape() == want && a.dtype() == self.dtype => Ok(()),
+            (None, true) => Err(Error::shape(
+                OP,
+                "this SDXL-style U-Net (addition_embed_type \"text_time\") needs its added \
+                 conditioning (text_embeds and time_ids)",
+            )),
+            (Some(_), false) => Err(Error::shape(
+                OP,
+                "added conditioning given to a U-Net without addition_embed_type",
+            )),
+            (Some(a), true) => Err(Error::shape(
+                OP,
+                format!("aug_emb {:?} must be {want:?}", a.shape()),
+            )),
+        }
     }
 
     /// Shapes and dtypes of `forward`'s inputs, each error naming the config field it breaks.

@@ -32,6 +32,7 @@ impl Pipeline {
                 let sf = self.info.vae.scaling_factor as f32;
                 let shift = self.info.vae.shift_factor.unwrap_or(0.0) as f32;
                 let z = elementwise::unary(ctx, latents, Activation::None, 1.0 / sf, shift)?;
+                let z = self.to_vae_dtype(ctx, z).await?;
                 self.vae.decode_auto(ctx, &z)?
             }
             Decoder::Consistency => self.consistency_decode(ctx, latents, gens)?,
@@ -45,6 +46,16 @@ impl Pipeline {
             ));
         }
         Ok(to_images(&v, s[0], s[2], s[3]))
+    }
+
+    /// `z` in the VAE's dtype: SDXL's `force_upcast` runs an f16 model's VAE in f32 (one
+    /// readback of the latents, the size of the image / 48).
+    async fn to_vae_dtype(&self, ctx: &Context, z: Tensor) -> Result<Tensor> {
+        if z.dtype() == self.vae_dtype {
+            return Ok(z);
+        }
+        let v = z.read(ctx).await?;
+        Tensor::from_f32(ctx, &v, z.shape(), self.vae_dtype)
     }
 
     fn consistency_decode(

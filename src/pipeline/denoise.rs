@@ -18,27 +18,48 @@ use web_time::Instant;
 /// A run this long or longer gets a note with its expected time after the first step.
 const SLOW_RUN_SECONDS: f64 = 60.0;
 
+/// What the U-Net is conditioned on: the text embeddings [rows, L, D] and, for SDXL, the
+/// added embedding [rows, time_embed_dim] (made once, before the loop).
+pub(super) struct Cond {
+    pub context: Tensor,
+    pub aug_emb: Option<Tensor>,
+}
+
+impl Cond {
+    /// Rows `start..start + count` of both.
+    fn rows(&self, ctx: &Context, start: usize, count: usize) -> Result<Cond> {
+        Ok(Cond {
+            context: self.context.narrow_rows(ctx, start, count)?,
+            aug_emb: (self.aug_emb.as_ref())
+                .map(|a| a.narrow_rows(ctx, start, count))
+                .transpose()?,
+        })
+    }
+}
+
 /// How the conditional and unconditional halves run.
 pub(super) enum Guidance {
-    /// `guidance_scale <= 1`: the prompt alone, `context` [batch, L, D].
-    Off { context: Tensor },
-    /// Both halves in one U-Net batch: `context` [negative × batch, prompt × batch, L, D].
-    Joint { context: Tensor },
+    /// `guidance_scale <= 1`: the prompt alone, [batch] rows.
+    Off { cond: Cond },
+    /// Both halves in one U-Net batch: [negative × batch, prompt × batch] rows.
+    Joint { cond: Cond },
     /// Two U-Net batches, when one of both would exceed a storage binding (half the memory).
-    Split { negative: Tensor, positive: Tensor },
+    Split { negative: Cond, positive: Cond },
 }
 
 impl Pipeline {
-    /// The guidance mode for `opts` given the encoded `context`.
+    /// The guidance mode for `opts` given the encoded `context` (and SDXL's `aug_emb`).
     pub(super) fn guidance(
         &self,
         ctx: &Context,
         opts: &GenerateOptions,
         cfg: bool,
         context: Tensor,
+        aug_emb: Option<Tensor>,
     ) -> Result<Guidance> {
+        let cond = Cond { context, aug_emb };
         if !cfg {
-            return Ok(Guidance::Off { context });
+            return Ok(Guidance::Off { cond });
         }
         let b = opts.batch;
         let joint = self
@@ -47,11 +68,20 @@ impl Pipeline {
             .unwrap_or(u64::MAX);
         if opts.split_guidance || joint > ctx.max_binding_bytes() {
             return Ok(Guidance::Split {
-                negative: context.narrow_rows(ctx, 0, b)?,
-                positive: context.narrow_rows(ctx, b, b)?,
+                negative: cond.rows(ctx, 0, b)?,
+                positive: cond.rows(ctx, b, b)?,
             });
         }
-        Ok(Guidance::Joint { context })
+        Ok(Guidance::Joint { cond })
+    }
+
+    /// The U-Net on `x` at timesteps `t` under `cond`.
+    fn unet(&self, ctx: &Context, x: &Tensor, t: &[f32], cond: &Cond) -> Result<Tensor> {
+        let aug = cond.aug_emb.as_ref();
+        Ok(self
+            .unet
+            .forward_with(ctx, x, t, &cond.context, aug)?
+            .sample)
     }
 
     /// The U-Net's noise prediction for `x` at timestep row `t` (one entry per U-Net row),
@@ -66,17 +96,15 @@ impl Pipeline {
     ) -> Result<Tensor> {
         let b = x.shape()[0];
         let out = match guidance {
-            Guidance::Off { context } => {
-                return Ok(self.unet.forward(ctx, &x, &t[..b], context)?.sample)
-            }
+            Guidance::Off { cond } => return self.unet(ctx, &x, &t[..b], cond),
             Guidance::Split { negative, positive } => {
-                let u = self.unet.forward(ctx, &x, &t[..b], negative)?.sample;
-                let c = self.unet.forward(ctx, &x, &t[..b], positive)?.sample;
+                let u = self.unet(ctx, &x, &t[..b], negative)?;
+                let c = self.unet(ctx, &x, &t[..b], positive)?;
                 concat(ctx, &[&u, &c], 0)?
             }
-            Guidance::Joint { context } => {
+            Guidance::Joint { cond } => {
                 let model_in = concat(ctx, &[&x, &x], 0)?;
-                self.unet.forward(ctx, &model_in, t, context)?.sample
+                self.unet(ctx, &model_in, t, cond)?
             }
         };
         classifier_free_guidance(ctx, &out, scale)

@@ -59,10 +59,11 @@ impl Pipeline {
             });
         };
         // img2img: encode, sample the latent distribution, noise it to the start step.
-        let image = image_tensor(ctx, &init.image, opts.batch, self.dtype)?;
+        let image = image_tensor(ctx, &init.image, opts.batch, self.vae_dtype)?;
         let dist = self.vae.encode_auto(ctx, &image)?;
-        let eps = Tensor::from_f32(ctx, &randn_batch(gens, per_image), &shape, self.dtype)?;
+        let eps = Tensor::from_f32(ctx, &randn_batch(gens, per_image), &shape, self.vae_dtype)?;
         let sample = dist.sample(ctx, &eps)?;
+        let sample = self.to_compute_dtype(ctx, sample)?;
         let sf = self.info.vae.scaling_factor as f32;
         let shift = self.info.vae.shift_factor.unwrap_or(0.0) as f32;
         let init_latents = elementwise::unary(ctx, &sample, Activation::None, sf, -shift * sf)?;
@@ -82,6 +83,26 @@ impl Pipeline {
             index,
             inpaint,
         })
+    }
+
+    /// SDXL's force_upcast: the f32 VAE's latents back in the compute dtype (a blocking
+    /// readback, which the browser cannot do: there img2img on an f16 SDXL is refused).
+    fn to_compute_dtype(&self, ctx: &Context, t: Tensor) -> Result<Tensor> {
+        if t.dtype() == self.dtype {
+            return Ok(t);
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        let out = Tensor::from_f32(ctx, &t.to_vec(ctx)?, t.shape(), self.dtype);
+        #[cfg(target_arch = "wasm32")]
+        let out = {
+            let _ = ctx;
+            Err(crate::error::Error::invalid(
+                "init image",
+                "img2img on an SDXL model loaded in f16 needs f32 in the browser (its VAE \
+                 runs in f32)",
+            ))
+        };
+        out
     }
 
     /// The mask [1, 1, h, w] at latent resolution (nearest, like diffusers' mask processor

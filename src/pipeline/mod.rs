@@ -10,10 +10,12 @@
 mod decode;
 mod denoise;
 mod latents;
+mod sdxl;
 mod text_encoder;
 
 pub use crate::options::{Decoder, GenerateOptions, GuidanceHigh, InitImage};
 pub use decode::to_u8;
+pub use sdxl::TextEncoder2;
 pub use text_encoder::TextEncoder;
 
 use crate::config::{ClipTextConfig, ConsistencyDecoderVAEConfig, T5Config};
@@ -64,8 +66,12 @@ pub struct Pipeline {
     pub info: ModelInfo,
     pub tokenizer: Tokenizer,
     pub text_encoder: TextEncoder,
+    /// SDXL's `tokenizer_2` + `text_encoder_2`.
+    pub text_encoder_2: Option<TextEncoder2>,
     pub unet: UNet2DConditionModel,
     pub vae: AutoencoderKL,
+    /// The VAE's dtype: f32 when an SDXL VAE's `force_upcast` asks for it under f16.
+    pub vae_dtype: DType,
     pub consistency_decoder: Option<ConsistencyDecoderVAE>,
     pub dtype: DType,
 }
@@ -93,12 +99,19 @@ impl Pipeline {
             });
         }
         let (text_encoder, context_len) = load_text_encoder(ctx, files, &info, dtype)?;
-        let tokenizer = load_tokenizer(files, &text_encoder, context_len)?;
+        let clip = matches!(text_encoder, TextEncoder::Clip(_));
+        let tokenizer = load_tokenizer(files, "tokenizer", clip, context_len)?;
+        let text_encoder_2 = sdxl::load_text_encoder_2(ctx, files, &info, dtype)?;
         let unet_weights = component_weights(files, "unet")?;
         let unet = UNet2DConditionModel::load(&Loader::new(ctx, &unet_weights, dtype), &info.unet)?;
         drop(unet_weights);
         let vae_weights = component_weights(files, "vae")?;
-        let vae = AutoencoderKL::load(&Loader::new(ctx, &vae_weights, dtype), &info.vae)?;
+        // diffusers' SDXL pipeline decodes in f32 when an f16 VAE has `force_upcast`.
+        let vae_dtype = match info.sdxl.is_some() && dtype == DType::F16 && info.vae.force_upcast {
+            true => DType::F32,
+            false => dtype,
+        };
+        let vae = AutoencoderKL::load(&Loader::new(ctx, &vae_weights, vae_dtype), &info.vae)?;
         drop(vae_weights);
         let consistency_decoder = if info.has_consistency_decoder {
             let cfg = ConsistencyDecoderVAEConfig::from_json(
@@ -116,8 +129,10 @@ impl Pipeline {
             info,
             tokenizer,
             text_encoder,
+            text_encoder_2,
             unet,
             vae,
+            vae_dtype,
             consistency_decoder,
             dtype,
         })
@@ -292,7 +307,13 @@ impl Pipeline {
             .collect();
         // 1. Encode the prompt (diffusers guides only when guidance_scale > 1).
         let cfg = opts.guidance > 1.0 || opts.guidance_high.is_some_and(|h| h.scale > 1.0);
-        let context = self.encode_prompt(ctx, opts, cfg, events)?;
+        let (context, aug_emb) = match self.text_encoder_2 {
+            Some(_) => {
+                let (c, a) = self.encode_prompt_sdxl(ctx, opts, cfg, events)?;
+                (c, Some(a))
+            }
+            None => (self.encode_prompt(ctx, opts, cfg, events)?, None),
+        };
         // 2. Timesteps.
         let (kind, note) = self.scheduler_choice(opts);
         if let Some(n) = note {
@@ -309,7 +330,7 @@ impl Pipeline {
         // 3. Latents: noise, or an init image noised to the start step.
         let start = self.prepare_latents(ctx, opts, sched.as_ref(), &mut gens)?;
         // 4. Denoising loop, all on the device.
-        let guidance = self.guidance(ctx, opts, cfg, context)?;
+        let guidance = self.guidance(ctx, opts, cfg, context, aug_emb)?;
         let latents = self
             .denoise(
                 ctx,
@@ -360,25 +381,24 @@ fn load_text_encoder(
     })
 }
 
-/// The folder's `tokenizer.json`, or one built from CLIP's `vocab.json` + `merges.txt` (what
-/// SD 1.x/2.x repositories ship).
+/// The folder's `{dir}/tokenizer.json`, or for a CLIP encoder (`clip`) one built from CLIP's
+/// `vocab.json` + `merges.txt` (what SD 1.x/2.x repositories ship).
 fn load_tokenizer(
     files: &dyn ModelFiles,
-    text_encoder: &TextEncoder,
+    dir: &str,
+    clip: bool,
     context_len: usize,
 ) -> Result<Tokenizer> {
-    let tok_json = match files.read("tokenizer/tokenizer.json")? {
+    let tok_json = match files.read(&format!("{dir}/tokenizer.json"))? {
         Some(j) => j,
         None => match (
-            files.read("tokenizer/vocab.json")?,
-            files.read("tokenizer/merges.txt")?,
+            files.read(&format!("{dir}/vocab.json"))?,
+            files.read(&format!("{dir}/merges.txt"))?,
         ) {
-            (Some(v), Some(m)) if matches!(text_encoder, TextEncoder::Clip(_)) => {
-                crate::tokenizer::clip_tokenizer_json(&v, &m)?
-            }
+            (Some(v), Some(m)) if clip => crate::tokenizer::clip_tokenizer_json(&v, &m)?,
             _ => {
                 return Err(Error::Checkpoint(format!(
-                    "{}/tokenizer has no tokenizer.json (hoa reads the fast-tokenizer file, \
+                    "{}/{dir} has no tokenizer.json (hoa reads the fast-tokenizer file, \
                      or CLIP's vocab.json + merges.txt; write it with \
                      `AutoTokenizer.from_pretrained(dir).save_pretrained(dir)`)",
                     files.describe()
@@ -386,11 +406,11 @@ fn load_tokenizer(
             }
         },
     };
-    let tok_cfg = files.read("tokenizer/tokenizer_config.json")?;
+    let tok_cfg = files.read(&format!("{dir}/tokenizer_config.json"))?;
     let tokenizer = Tokenizer::from_bytes(&tok_json, tok_cfg.as_deref(), context_len)?;
     if tokenizer.max_length() > context_len {
         return Err(Error::config(
-            "tokenizer/tokenizer_config.json",
+            format!("{dir}/tokenizer_config.json"),
             "model_max_length",
             format!(
                 "is {} but the text encoder's context is {context_len}",

@@ -7,6 +7,7 @@ use crate::error::Result;
 use crate::gpu::{Context, Tensor};
 use crate::models::clip::ClipTextModel;
 use crate::models::t5::T5EncoderModel;
+use crate::tokenizer::Tokenizer;
 
 /// The prompt encoder named by `model_index.json`'s `text_encoder`.
 pub enum TextEncoder {
@@ -28,18 +29,29 @@ impl Pipeline {
     /// `text`'s ids, warning about words the model does not know (they would reach the encoder
     /// as `<unk>`) and about truncation. An empty negative prompt is the usual, not a warning.
     fn tokenize(&self, text: &str, what: &str, events: &mut dyn FnMut(Event)) -> Result<Vec<u32>> {
+        self.tokenize_with(&self.tokenizer, text, what, events)
+    }
+
+    /// [`Self::tokenize`] with another of the folder's tokenizers (SDXL's `tokenizer_2`).
+    pub(super) fn tokenize_with(
+        &self,
+        tokenizer: &Tokenizer,
+        text: &str,
+        what: &str,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Vec<u32>> {
         if !(text.is_empty() && what != "prompt") {
             let the = format!("the {what}");
-            if let Some(w) = self.tokenizer.unknown_words_warning(text, &the)? {
+            if let Some(w) = tokenizer.unknown_words_warning(text, &the)? {
                 events(Event::Warning(w));
             }
         }
-        let t = self.tokenizer.encode(text)?;
+        let t = tokenizer.encode(text)?;
         if t.dropped > 0 {
             events(Event::Warning(format!(
                 "the {what} is longer than the text encoder's {} tokens; {} tokens were \
                  dropped: \"{}\"",
-                self.tokenizer.max_length(),
+                tokenizer.max_length(),
                 t.dropped,
                 t.dropped_text
             )));

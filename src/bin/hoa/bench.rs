@@ -24,9 +24,15 @@ pub struct BenchArgs {
     /// weights, 64x64 latent, batch 2; 32x32 at batch 1 with --quick) and the SD-1.5 VAE
     /// decode of one such latent (512x512; 256x256 with --quick), each with the FLOPs of one
     /// step (counted as PyTorch's FlopCounterMode counts) and their rate as a share of the FMA
-    /// ceiling measured first. --filter picks by name.
+    /// ceiling measured first. --filter picks by name. `--model DIR` times one step of that
+    /// diffusers folder's U-Net instead (its unet/config.json, random weights, batch 2; SDXL
+    /// included), at --size.
+    #[arg(long, num_args = 0..=1, value_name = "DIR")]
+    pub model: Option<Option<std::path::PathBuf>>,
+    /// With `--model DIR`: the image side in pixels (the latent is side / the VAE factor).
+    /// Default: the model's own size.
     #[arg(long)]
-    pub model: bool,
+    pub size: Option<usize>,
 }
 
 impl BenchArgs {
@@ -56,7 +62,7 @@ pub fn run(ctx: &Context, args: &BenchArgs) -> Result<()> {
             " (wall time)"
         }
     );
-    if args.model {
+    if args.model.is_some() {
         eprintln!("adapter: {}", ctx.describe());
         println!(
             "{:<22} {:<32} {:>8} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7}",
@@ -70,7 +76,10 @@ pub fn run(ctx: &Context, args: &BenchArgs) -> Result<()> {
             "GFLOP/s",
             "% FMA"
         );
-        hoa::bench::run_model(ctx, &opts, &ceil, print_model)?;
+        match &args.model {
+            Some(Some(dir)) => run_folder(ctx, &opts, &ceil, dir, args.size)?,
+            _ => hoa::bench::run_model(ctx, &opts, &ceil, print_model)?,
+        }
         return Ok(());
     }
     println!(
@@ -78,6 +87,30 @@ pub fn run(ctx: &Context, args: &BenchArgs) -> Result<()> {
         "kernel", "shape", "median ms", "GFLOP/s", "GB/s", "% ceil", "vs baseline"
     );
     hoa::bench::run(ctx, &opts, &ceil, print_case)?;
+    Ok(())
+}
+
+/// `--model DIR`: one step of the folder's U-Net (read from its configs; no weights loaded).
+fn run_folder(
+    ctx: &Context,
+    opts: &hoa::bench::BenchOptions,
+    ceil: &hoa::bench::Ceilings,
+    dir: &std::path::Path,
+    size: Option<usize>,
+) -> Result<()> {
+    let info = hoa::model_info::ModelInfo::read(&hoa::model_files::DirFiles::open(dir)?)?;
+    let side = size.unwrap_or(info.native_size()?);
+    let m = info.size_multiple()?;
+    if side == 0 || side % m != 0 {
+        anyhow::bail!("--size {side}: must be a positive multiple of {m} for this model");
+    }
+    let name = if info.sdxl.is_some() {
+        "sdxl"
+    } else {
+        "folder"
+    };
+    let latent = side / info.vae_scale_factor()?;
+    hoa::bench::run_model_config(ctx, opts, ceil, name, info.unet, latent, print_model)?;
     Ok(())
 }
 

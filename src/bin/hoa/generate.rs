@@ -99,6 +99,44 @@ pub struct GenerateArgs {
     /// Store weights and activations in f16 (needs the adapter's shader-f16).
     #[arg(long)]
     pub f16: bool,
+    /// SDXL: the size the U-Net is told the training image had, WIDTHxHEIGHT (diffusers'
+    /// `original_size`). Default: the output size.
+    #[arg(long, value_parser = width_x_height, allow_hyphen_values = true)]
+    pub original_size: Option<[i64; 2]>,
+    /// SDXL: the crop's top-left corner, TOP,LEFT in pixels (diffusers'
+    /// `crops_coords_top_left`). Default 0,0.
+    #[arg(long, value_parser = top_left, allow_hyphen_values = true)]
+    pub crops_coords_top_left: Option<[i64; 2]>,
+    /// SDXL: the target size, WIDTHxHEIGHT (diffusers' `target_size`). Default: the output size.
+    #[arg(long, value_parser = width_x_height, allow_hyphen_values = true)]
+    pub target_size: Option<[i64; 2]>,
+    /// SDXL: --original-size for the negative prompt. Default: --original-size.
+    #[arg(long, value_parser = width_x_height, allow_hyphen_values = true)]
+    pub negative_original_size: Option<[i64; 2]>,
+    /// SDXL: --crops-coords-top-left for the negative prompt.
+    #[arg(long, value_parser = top_left, allow_hyphen_values = true)]
+    pub negative_crops_coords_top_left: Option<[i64; 2]>,
+    /// SDXL: --target-size for the negative prompt.
+    #[arg(long, value_parser = width_x_height, allow_hyphen_values = true)]
+    pub negative_target_size: Option<[i64; 2]>,
+}
+
+/// `WIDTHxHEIGHT` as diffusers' (height, width).
+fn width_x_height(s: &str) -> std::result::Result<[i64; 2], String> {
+    let (w, h) = s
+        .split_once('x')
+        .ok_or_else(|| format!("`{s}`: expected WIDTHxHEIGHT, e.g. 1024x768"))?;
+    let n = |v: &str| v.trim().parse::<i64>().map_err(|e| format!("`{s}`: {e}"));
+    Ok([n(h)?, n(w)?])
+}
+
+/// `TOP,LEFT`.
+fn top_left(s: &str) -> std::result::Result<[i64; 2], String> {
+    let (t, l) = s
+        .split_once(',')
+        .ok_or_else(|| format!("`{s}`: expected TOP,LEFT, e.g. 0,0"))?;
+    let n = |v: &str| v.trim().parse::<i64>().map_err(|e| format!("`{s}`: {e}"));
+    Ok([n(t)?, n(l)?])
 }
 
 /// weights/default beside the working directory, else the one in this source tree.
@@ -198,6 +236,12 @@ fn request(a: &GenerateArgs) -> Result<Request> {
         init_image,
         mask,
         latents: a.latents.as_deref().map(read_latents).transpose()?,
+        original_size: a.original_size,
+        crops_coords_top_left: a.crops_coords_top_left,
+        target_size: a.target_size,
+        negative_original_size: a.negative_original_size,
+        negative_crops_coords_top_left: a.negative_crops_coords_top_left,
+        negative_target_size: a.negative_target_size,
         origin: Origin::Cli,
     })
 }
