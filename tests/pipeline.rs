@@ -551,3 +551,29 @@ fn guidance_halves_as_two_unet_batches_give_the_same_latents() {
         );
     }
 }
+
+/// `hoa.json`'s `text_encoder_attention_mask` reaches the text encoder: a T5 encoder gets the
+/// padding mask (tests/models_text.rs checks its numbers), a CLIP one refuses it by name.
+#[test]
+fn hoa_json_attention_mask_reaches_the_text_encoder() {
+    let Some(c) = ctx() else { return };
+    let d = std::env::temp_dir().join(format!("hoa-te-mask-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    copy_dir(&dir(NAME), &d);
+    std::fs::write(
+        d.join("hoa.json"),
+        r#"{"text_encoder_attention_mask": true}"#,
+    )
+    .unwrap();
+    let p = Pipeline::load(c, &DirFiles::open(&d).unwrap(), DType::F32).unwrap();
+    let _ = std::fs::remove_dir_all(&d);
+    let io = Io::load(NAME);
+    let e = pollster::block_on(p.generate(c, &base(&io), &mut |_| {}))
+        .err()
+        .expect("CLIP refuses the mask")
+        .to_string();
+    assert!(
+        e.contains("hoa.json: `text_encoder_attention_mask` applies to a T5EncoderModel"),
+        "{e}"
+    );
+}
