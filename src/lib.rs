@@ -10,6 +10,7 @@ pub mod activation;
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod generation;
 pub mod gpu;
 pub mod image_io;
 pub mod kernels;
