@@ -568,10 +568,10 @@ fn hoa_json_attention_mask_reaches_the_text_encoder() {
     let p = Pipeline::load(c, &DirFiles::open(&d).unwrap(), DType::F32).unwrap();
     let _ = std::fs::remove_dir_all(&d);
     let io = Io::load(NAME);
-    let e = pollster::block_on(p.generate(c, &base(&io), &mut |_| {}))
-        .err()
-        .expect("CLIP refuses the mask")
-        .to_string();
+    let Err(e) = pollster::block_on(p.generate(c, &base(&io), &mut |_| {})) else {
+        panic!("CLIP must refuse the mask")
+    };
+    let e = e.to_string();
     assert!(
         e.contains("hoa.json: `text_encoder_attention_mask` applies to a T5EncoderModel"),
         "{e}"

@@ -57,15 +57,12 @@ pub async fn beam_search(
             ),
         ));
     }
-    let fill = match s.pad {
+    // transformers' `pad_token_id or eos_token_id[0] if eos_token_id is not None else -1`;
+    // without eos every hypothesis runs to max_length and no fill shows.
+    let fill = s.eos.first().map(|&e| match s.pad {
         Some(p) if p != 0 => p,
-        _ => *s.eos.first().ok_or_else(|| {
-            Error::invalid(
-                "generate",
-                "beam search needs a nonzero pad_token_id or an eos_token_id",
-            )
-        })?,
-    };
+        _ => e,
+    });
     let mut items: Vec<Item> = (0..batch)
         .map(|_| Item {
             running: vec![vec![s.decoder_start]; nb],
@@ -187,13 +184,22 @@ pub async fn beam_search(
         }
     }
     let out_len = 1 + items.iter().map(|i| i.finished_lens[0]).max().unwrap_or(0);
-    Ok(items
+    items
         .iter()
         .map(|i| {
             let mut v = i.finished[0].clone();
             v.truncate(out_len);
-            v.resize(out_len, fill);
-            v
+            match fill {
+                Some(f) => v.resize(out_len, f),
+                None if v.len() < out_len => {
+                    return Err(Error::invalid(
+                        "generate",
+                        "a hypothesis ended early without an eos token",
+                    ))
+                }
+                None => {}
+            }
+            Ok(v)
         })
-        .collect())
+        .collect()
 }

@@ -190,3 +190,21 @@ fn generation_config_refuses_what_hoa_does_not_run() {
         "{e}"
     );
 }
+
+#[test]
+fn beam_search_without_eos_runs_to_max_length() {
+    // transformers fills with -1 when there is no eos, which never shows: every hypothesis
+    // reaches max_length (this used to be refused).
+    let s = Settings {
+        eos: vec![],
+        ..settings(6, 3, 1.0, EarlyStopping::False)
+    };
+    let mut toy = Toy {
+        vocab: 4,
+        prefixes: vec![],
+        steps: 0,
+    };
+    let got = pollster::block_on(beam_search(&mut toy, 2, &s)).unwrap();
+    assert!(got.iter().all(|r| r.len() == 6 && r[0] == 0), "{got:?}");
+    assert_eq!(toy.steps, 5);
+}

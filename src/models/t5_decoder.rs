@@ -438,19 +438,17 @@ impl<'a> DecoderState<'a> {
         })
     }
 
-    /// Copies the new position's keys or values [rows, 1, H*D] into the cache at `self.len`.
-    fn write(&self, new: &Tensor, cache: &Tensor) -> Result<()> {
-        let row = (new.shape()[2] * new.dtype().size()) as u64;
+    /// Copies the new position's keys and values ([rows, 1, H*D] each) into the caches at
+    /// `self.len`, in one submission ordered after the dispatches that computed them.
+    fn write(&self, pairs: [(&Tensor, &Tensor); 2]) -> Result<()> {
         let (rows, max_len, len) = (self.rows as u64, self.max_len as u64, self.len as u64);
         self.ctx.submit_with(false, |enc| {
-            for r in 0..rows {
-                enc.copy_buffer_to_buffer(
-                    new.buffer(),
-                    r * row,
-                    cache.buffer(),
-                    (r * max_len + len) * row,
-                    row,
-                );
+            for (new, cache) in pairs {
+                let row = (new.shape()[2] * new.dtype().size()) as u64;
+                for r in 0..rows {
+                    let dst = (r * max_len + len) * row;
+                    enc.copy_buffer_to_buffer(new.buffer(), r * row, cache.buffer(), dst, row);
+                }
             }
         })?;
         Ok(())
@@ -506,8 +504,7 @@ impl<'a> DecoderState<'a> {
             let (ck, cv) = (&self.cross_k[l], &self.cross_v[l]);
             let (sk, sv) = (&self.self_k[l], &self.self_v[l]);
             let kv = |k: Tensor, v: Tensor| {
-                self.write(&k, sk)?;
-                self.write(&v, sv)?;
+                self.write([(&k, sk), (&v, sv)])?;
                 Ok((sk.clone(), sv.clone()))
             };
             h = m.block(ctx, blk, &h, &self_opts, kv, (ck, cv), &cross_opts)?;
