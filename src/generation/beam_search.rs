@@ -37,6 +37,118 @@ fn penalized(x: f32, len: usize, length_penalty: f32) -> f32 {
     x / (len as f64).powf(length_penalty as f64) as f32
 }
 
+/// One step's candidates of an item: (source beam, token, accumulated log-probability), and
+/// whether each stops (eos or max length).
+struct Candidates {
+    cand: Vec<(usize, u32, f32)>,
+    hits: Vec<bool>,
+}
+
+impl Item {
+    fn new(s: &Settings) -> Item {
+        let nb = s.num_beams;
+        Item {
+            running: vec![vec![s.decoder_start]; nb],
+            running_scores: (0..nb).map(|j| if j == 0 { 0.0 } else { NEG }).collect(),
+            finished: vec![vec![s.decoder_start]; nb],
+            finished_scores: vec![NEG; nb],
+            finished_lens: vec![0; nb],
+            is_sent_finished: vec![false; nb],
+            improvable: true,
+        }
+    }
+
+    /// b.-d. (`_get_top_k_continuations` and the stopping criteria): the top `keep` of every
+    /// beam's accumulated log-probabilities; `logits` holds this item's beams' rows.
+    fn candidates(&self, logits: &[f32], keep: usize, cur_len: usize, s: &Settings) -> Candidates {
+        let vocab = logits.len() / s.num_beams;
+        let mut acc = Vec::with_capacity(logits.len());
+        let mut lp = Vec::with_capacity(vocab);
+        for (j, row) in logits.chunks_exact(vocab).enumerate() {
+            log_softmax(row, &mut lp);
+            acc.extend(lp.iter().map(|&x| x + self.running_scores[j]));
+        }
+        let cand: Vec<(usize, u32, f32)> = topk(&acc, keep)
+            .into_iter()
+            .map(|i| (i / vocab, (i % vocab) as u32, acc[i]))
+            .collect();
+        let hits = cand
+            .iter()
+            .map(|&(_, t, _)| cur_len + 1 >= s.max_length || s.eos.contains(&t))
+            .collect();
+        Candidates { cand, hits }
+    }
+
+    /// e.-f. (`_get_running_beams_for_next_iteration`, `_update_finished_beams`): the best
+    /// unfinished candidates run on, finished ones among the top `num_beams` join the finished
+    /// list with the length penalty. Returns the source beam of each new running beam.
+    fn advance(&mut self, c: &Candidates, cur_len: usize, s: &Settings) -> Vec<usize> {
+        let nb = s.num_beams;
+        let seq = |k: usize| {
+            let mut v = self.running[c.cand[k].0].clone();
+            v.push(c.cand[k].1);
+            v
+        };
+        let run_scores: Vec<f32> = c
+            .cand
+            .iter()
+            .zip(&c.hits)
+            .map(|(x, &h)| x.2 + if h { NEG } else { 0.0 })
+            .collect();
+        let next = topk(&run_scores, nb);
+        let gen_len = cur_len; // cur_len + 1 - decoder_prompt_len
+        let full =
+            self.is_sent_finished.iter().all(|&f| f) && s.early_stopping == EarlyStopping::True;
+        let mut merged = self.finished_scores.clone();
+        for (k, x) in c.cand.iter().enumerate() {
+            // Added one by one in f32, as transformers does.
+            let mut v = penalized(x.2, gen_len, s.length_penalty);
+            for exclude in [full, !self.improvable, !(c.hits[k] && k < nb)] {
+                if exclude {
+                    v += NEG;
+                }
+            }
+            merged.push(v);
+        }
+        let best = topk(&merged, nb);
+        let (mut fin, mut lens, mut done) = (vec![], vec![], vec![]);
+        for &m in &best {
+            if m < nb {
+                fin.push(self.finished[m].clone());
+                lens.push(self.finished_lens[m]);
+                done.push(self.is_sent_finished[m]);
+            } else {
+                fin.push(seq(m - nb));
+                lens.push(gen_len);
+                done.push(c.hits[m - nb] && m - nb < nb);
+            }
+        }
+        self.running = next.iter().map(|&k| seq(k)).collect();
+        self.running_scores = next.iter().map(|&k| run_scores[k]).collect();
+        self.finished_scores = best.iter().map(|&m| merged[m]).collect();
+        (self.finished, self.finished_lens, self.is_sent_finished) = (fin, lens, done);
+        next.iter().map(|&k| c.cand[k].0).collect()
+    }
+
+    /// `_check_early_stop_heuristic` after `cur_len` grew.
+    fn check_early_stop(&mut self, cur_len: usize, s: &Settings) {
+        let best_len = if s.early_stopping == EarlyStopping::Never && s.length_penalty > 0.0 {
+            s.max_length - 1
+        } else {
+            cur_len - 1
+        };
+        let best_possible = penalized(self.running_scores[0], best_len, s.length_penalty);
+        let worst = self
+            .finished_scores
+            .iter()
+            .fold(f32::INFINITY, |a, &b| a.min(b));
+        self.improvable &= self
+            .is_sent_finished
+            .iter()
+            .any(|&f| best_possible > if f { worst } else { NEG });
+    }
+}
+
 /// Beam search over `batch` items (decoder rows `b * num_beams + j`); returns each item's best
 /// hypothesis as transformers' `sequences` (start token first, filled to the longest with
 /// the pad token, or with the first eos when the pad token is 0 or absent, as transformers'
@@ -57,120 +169,29 @@ pub async fn beam_search(
             ),
         ));
     }
-    // transformers' `pad_token_id or eos_token_id[0] if eos_token_id is not None else -1`;
-    // without eos every hypothesis runs to max_length and no fill shows.
-    let fill = s.eos.first().map(|&e| match s.pad {
-        Some(p) if p != 0 => p,
-        _ => e,
-    });
-    let mut items: Vec<Item> = (0..batch)
-        .map(|_| Item {
-            running: vec![vec![s.decoder_start]; nb],
-            running_scores: (0..nb).map(|j| if j == 0 { 0.0 } else { NEG }).collect(),
-            finished: vec![vec![s.decoder_start]; nb],
-            finished_scores: vec![NEG; nb],
-            finished_lens: vec![0; nb],
-            is_sent_finished: vec![false; nb],
-            improvable: true,
-        })
-        .collect();
+    let mut items: Vec<Item> = (0..batch).map(|_| Item::new(s)).collect();
     let mut tokens = vec![s.decoder_start; batch * nb];
-    let mut lp = Vec::with_capacity(vocab);
     let mut cur_len = 1;
     loop {
         let logits = dec.step(&tokens).await?;
-        let mut all_hit = true;
-        let mut rows = Vec::with_capacity(batch * nb);
+        let (mut all_hit, mut rows) = (true, Vec::with_capacity(batch * nb));
         for (b, item) in items.iter_mut().enumerate() {
-            // b. accumulated log-probabilities of every (beam, token) continuation
-            let mut acc = Vec::with_capacity(nb * vocab);
-            for j in 0..nb {
-                let r = b * nb + j;
-                log_softmax(&logits[r * vocab..(r + 1) * vocab], &mut lp);
-                acc.extend(lp.iter().map(|&x| x + item.running_scores[j]));
-            }
-            // c. the top `keep` continuations
-            let top = topk(&acc, keep);
-            let cand: Vec<(usize, u32, f32)> = top
-                .iter()
-                .map(|&i| (i / vocab, (i % vocab) as u32, acc[i]))
-                .collect();
-            // d. which of them stop (eos or max length)
-            let hits: Vec<bool> = cand
-                .iter()
-                .map(|&(_, t, _)| cur_len + 1 >= s.max_length || s.eos.contains(&t))
-                .collect();
-            all_hit &= hits.iter().all(|&h| h);
-            let seq = |k: usize| {
-                let mut v = item.running[cand[k].0].clone();
-                v.push(cand[k].1);
-                v
-            };
-            // e. the best unfinished continuations run on
-            let run_scores: Vec<f32> = cand
-                .iter()
-                .zip(&hits)
-                .map(|(c, &h)| c.2 + if h { NEG } else { 0.0 })
-                .collect();
-            let next = topk(&run_scores, nb);
-            // f. finished ones among the top `num_beams` join the finished list
-            let gen_len = cur_len; // cur_len + 1 - decoder_prompt_len
-            let full =
-                item.is_sent_finished.iter().all(|&f| f) && s.early_stopping == EarlyStopping::True;
-            let mut merged_scores = item.finished_scores.clone();
-            for (k, c) in cand.iter().enumerate() {
-                let mut x = penalized(c.2, gen_len, s.length_penalty);
-                if full {
-                    x += NEG;
-                }
-                if !item.improvable {
-                    x += NEG;
-                }
-                if !(hits[k] && k < nb) {
-                    x += NEG;
-                }
-                merged_scores.push(x);
-            }
-            let best = topk(&merged_scores, nb);
-            let (mut fin, mut fin_lens, mut fin_done) = (vec![], vec![], vec![]);
-            for &m in &best {
-                if m < nb {
-                    fin.push(item.finished[m].clone());
-                    fin_lens.push(item.finished_lens[m]);
-                    fin_done.push(item.is_sent_finished[m]);
-                } else {
-                    let k = m - nb;
-                    fin.push(seq(k));
-                    fin_lens.push(gen_len);
-                    fin_done.push(hits[k] && k < nb);
-                }
-            }
-            let new_running: Vec<Vec<u32>> = next.iter().map(|&k| seq(k)).collect();
-            item.running_scores = next.iter().map(|&k| run_scores[k]).collect();
-            item.finished_scores = best.iter().map(|&m| merged_scores[m]).collect();
-            item.running = new_running;
-            (item.finished, item.finished_lens, item.is_sent_finished) = (fin, fin_lens, fin_done);
-            rows.extend(next.iter().map(|&k| (b * nb + cand[k].0) as u32));
+            let c = item.candidates(
+                &logits[b * nb * vocab..(b + 1) * nb * vocab],
+                keep,
+                cur_len,
+                s,
+            );
+            all_hit &= c.hits.iter().all(|&h| h);
+            let src = item.advance(&c, cur_len, s);
+            rows.extend(src.iter().map(|&j| (b * nb + j) as u32));
         }
         // g. the caches follow their beams; the heuristic and the stopping condition
         dec.reorder(&rows)?;
         cur_len += 1;
-        for item in &mut items {
-            let best_len = if s.early_stopping == EarlyStopping::Never && s.length_penalty > 0.0 {
-                s.max_length - 1
-            } else {
-                cur_len - 1
-            };
-            let best_possible = penalized(item.running_scores[0], best_len, s.length_penalty);
-            let worst = item
-                .finished_scores
-                .iter()
-                .fold(f32::INFINITY, |a, &b| a.min(b));
-            item.improvable &= item
-                .is_sent_finished
-                .iter()
-                .any(|&f| best_possible > if f { worst } else { NEG });
-        }
+        items
+            .iter_mut()
+            .for_each(|i| i.check_early_stop(cur_len, s));
         let improvement_possible = items.iter().any(|i| i.improvable);
         let all_finished = items.iter().all(|i| i.is_sent_finished.iter().all(|&f| f));
         let open = !(all_finished && s.early_stopping == EarlyStopping::True);
@@ -183,6 +204,17 @@ pub async fn beam_search(
             }
         }
     }
+    best_sequences(&items, s)
+}
+
+/// Step 5, each item's best finished hypothesis, cropped to the longest and filled: transformers'
+/// `pad_token_id or eos_token_id[0] if eos_token_id is not None else -1` (without eos every
+/// hypothesis reaches max_length and no fill shows).
+fn best_sequences(items: &[Item], s: &Settings) -> Result<Vec<Vec<u32>>> {
+    let fill = s.eos.first().map(|&e| match s.pad {
+        Some(p) if p != 0 => p,
+        _ => e,
+    });
     let out_len = 1 + items.iter().map(|i| i.finished_lens[0]).max().unwrap_or(0);
     items
         .iter()
