@@ -4,7 +4,7 @@
 //! with the length penalty) into a `num_beams`-best list; the same stopping heuristics
 //! (`early_stopping` true / false / "never") and the same f32 score arithmetic.
 
-use super::{log_softmax, EarlyStopping, Settings, StepDecoder};
+use super::{ban_repeated_ngrams, log_softmax, EarlyStopping, Settings, StepDecoder};
 use crate::error::{Error, Result};
 
 /// transformers' "very large negative value" for excluded candidates.
@@ -66,6 +66,7 @@ impl Item {
         let mut lp = Vec::with_capacity(vocab);
         for (j, row) in logits.chunks_exact(vocab).enumerate() {
             log_softmax(row, &mut lp);
+            ban_repeated_ngrams(&self.running[j], s.no_repeat_ngram_size, &mut lp);
             acc.extend(lp.iter().map(|&x| x + self.running_scores[j]));
         }
         let cand: Vec<(usize, u32, f32)> = topk(&acc, keep)

@@ -33,6 +33,8 @@ pub struct GenerationConfig {
     pub decoder_start_token_id: Option<u32>,
     pub eos_token_id: Option<Vec<u32>>,
     pub pad_token_id: Option<u32>,
+    /// `NoRepeatNGramLogitsProcessor`: no n-gram of this size occurs twice (0 = off).
+    pub no_repeat_ngram_size: usize,
 }
 
 impl Default for GenerationConfig {
@@ -46,18 +48,18 @@ impl Default for GenerationConfig {
             decoder_start_token_id: None,
             eos_token_id: None,
             pad_token_id: None,
+            no_repeat_ngram_size: 0,
         }
     }
 }
 
 /// Settings whose transformers default hoa matches and whose other values it does not run.
-const UNSUPPORTED: [(&str, &str); 12] = [
+const UNSUPPORTED: [(&str, &str); 11] = [
     ("do_sample", "false"),
     ("num_return_sequences", "1"),
     ("num_beam_groups", "1"),
     ("min_length", "0"),
     ("min_new_tokens", "null"),
-    ("no_repeat_ngram_size", "0"),
     ("repetition_penalty", "1.0"),
     ("encoder_no_repeat_ngram_size", "0"),
     ("forced_bos_token_id", "null"),
@@ -118,6 +120,7 @@ impl GenerationConfig {
             c.max_length = n;
         }
         c.max_new_tokens = usize_field(&v, "max_new_tokens")?;
+        c.no_repeat_ngram_size = usize_field(&v, "no_repeat_ngram_size")?.unwrap_or(0);
         if let Some(n) = usize_field(&v, "num_beams")? {
             c.num_beams = n;
         }

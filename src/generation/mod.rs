@@ -34,6 +34,7 @@ pub struct Settings {
     pub decoder_start: u32,
     pub eos: Vec<u32>,
     pub pad: Option<u32>,
+    pub no_repeat_ngram_size: usize,
 }
 
 /// The longest decoder sequence `generate` accepts (the KV cache is preallocated to it).
@@ -95,7 +96,24 @@ impl Settings {
             decoder_start,
             eos,
             pad,
+            no_repeat_ngram_size: cfg.no_repeat_ngram_size,
         })
+    }
+}
+
+/// `NoRepeatNGramLogitsProcessor` for one row: tokens that would complete an `n`-gram already
+/// in `seq` (the decoder sequence so far, start token included) get -inf.
+pub(crate) fn ban_repeated_ngrams(seq: &[u32], n: usize, row: &mut [f32]) {
+    if n == 0 || seq.len() + 1 < n {
+        return;
+    }
+    let prefix = &seq[seq.len() + 1 - n..];
+    for w in seq.windows(n) {
+        if &w[..n - 1] == prefix {
+            if let Some(x) = row.get_mut(w[n - 1] as usize) {
+                *x = f32::NEG_INFINITY;
+            }
+        }
     }
 }
 
@@ -123,10 +141,12 @@ pub async fn greedy_search(
     let mut unfinished = vec![true; batch];
     let mut tokens = vec![s.decoder_start; batch];
     loop {
-        let logits = dec.step(&tokens).await?;
+        let mut logits = dec.step(&tokens).await?;
         for b in 0..batch {
+            let row = &mut logits[b * vocab..(b + 1) * vocab];
+            ban_repeated_ngrams(&seqs[b], s.no_repeat_ngram_size, row);
             let next = if unfinished[b] {
-                argmax(&logits[b * vocab..(b + 1) * vocab]) as u32
+                argmax(row) as u32
             } else {
                 s.pad.ok_or_else(|| {
                     Error::invalid("generate", "a row finished but there is no pad_token_id")

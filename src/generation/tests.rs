@@ -53,6 +53,7 @@ fn settings(max_length: usize, num_beams: usize, lp: f32, es: EarlyStopping) -> 
         decoder_start: 0,
         eos: vec![1],
         pad: Some(0),
+        no_repeat_ngram_size: 0,
     }
 }
 
@@ -158,7 +159,8 @@ fn generation_config_refuses_what_hoa_does_not_run() {
     assert_eq!(c.eos_token_id, Some(vec![1, 2]));
     for (json, field) in [
         (r#"{"do_sample": true}"#, "do_sample"),
-        (r#"{"no_repeat_ngram_size": 3}"#, "no_repeat_ngram_size"),
+        (r#"{"repetition_penalty": 1.2}"#, "repetition_penalty"),
+        (r#"{"no_repeat_ngram_size": -3}"#, "no_repeat_ngram_size"),
         (r#"{"early_stopping": 2}"#, "early_stopping"),
         (r#"{"max_length": -1}"#, "max_length"),
     ] {
@@ -207,4 +209,36 @@ fn beam_search_without_eos_runs_to_max_length() {
     let got = pollster::block_on(beam_search(&mut toy, 2, &s)).unwrap();
     assert!(got.iter().all(|r| r.len() == 6 && r[0] == 0), "{got:?}");
     assert_eq!(toy.steps, 5);
+}
+
+#[test]
+fn no_repeat_ngram_bans_what_would_repeat_a_bigram() {
+    let mut row = vec![0.0f32; 6];
+    // seq ends in 4; bigrams (4, 5) and (4, 2) were seen: 5 and 2 are banned.
+    ban_repeated_ngrams(&[0, 4, 5, 3, 4, 2, 4], 2, &mut row);
+    let banned: Vec<usize> = (0..6).filter(|&i| row[i] == f32::NEG_INFINITY).collect();
+    assert_eq!(banned, vec![2, 5]);
+    // Trigrams: the last two tokens (3, 4) were followed by 2 once.
+    let mut row = vec![0.0f32; 6];
+    ban_repeated_ngrams(&[0, 3, 4, 2, 3, 4], 3, &mut row);
+    assert_eq!(row.iter().filter(|x| x.is_infinite()).count(), 1);
+    assert!(row[2].is_infinite());
+    // Greedy with bigrams banned never repeats one (while some continuation is left: with 4
+    // tokens a token followed by all 4 leaves only -inf, where argmax takes 0, as torch's).
+    let s = Settings {
+        no_repeat_ngram_size: 2,
+        eos: vec![],
+        ..settings(10, 1, 1.0, EarlyStopping::False)
+    };
+    let mut toy = Toy {
+        vocab: 4,
+        prefixes: vec![],
+        steps: 0,
+    };
+    let got = pollster::block_on(greedy_search(&mut toy, 1, &s)).unwrap();
+    let pairs: Vec<_> = got[0].windows(2).collect();
+    let mut uniq = pairs.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), pairs.len(), "{got:?}");
 }
