@@ -12,6 +12,7 @@ pub mod clip;
 pub mod config;
 pub mod download_plan;
 pub mod error;
+pub mod generation;
 pub mod gpu;
 pub mod image_io;
 pub mod kernels;

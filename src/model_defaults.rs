@@ -16,6 +16,10 @@ pub struct ModelDefaults {
     pub guidance_high: Option<GuidanceHigh>,
     pub steps: Option<usize>,
     pub prompt_upsampling: Option<PromptUpsampling>,
+    /// `true`: the T5 text encoder gets the tokenizer's attention mask (padding masked out of
+    /// its self-attention), as DeepFloyd IF's and PixArt's pipelines pass it; diffusers'
+    /// Stable Diffusion pipelines (and hoa by default) do not.
+    pub text_encoder_attention_mask: Option<bool>,
 }
 
 impl ModelDefaults {

@@ -250,3 +250,64 @@ fn t5_encoder_gated_gelu_matches_transformers() {
 fn t5_encoder_relu_matches_transformers() {
     t5_case("t5_encoder_relu");
 }
+
+/// A padded batch (rows of 64, 41 and 17 tokens) with transformers' `attention_mask`: every
+/// position of every row, padded ones included, matches `T5EncoderModel(input_ids,
+/// attention_mask)`; without the mask the short rows are visibly off (the test can fail).
+fn t5_masked_case(name: &str) {
+    use hoa::config::T5Config;
+    use hoa::models::t5::T5EncoderModel;
+    let Some(c) = ctx() else { return };
+    let dir = fixture(name);
+    let cfg = T5Config::from_json(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let w = Weights::from_bytes(
+        "model.safetensors",
+        std::fs::read(dir.join("model.safetensors")).unwrap(),
+    )
+    .unwrap();
+    let io = Io::load(name);
+    let (ids, shape) = io.ids("masked.input_ids");
+    let (mask, _) = io.ids("masked.attention_mask");
+    let last = format!("masked.hidden_states.{}", cfg.num_layers + 1);
+    for dt in dtypes(c) {
+        let rel = if dt == DType::F32 { 1e-5 } else { 1e-2 };
+        let model = T5EncoderModel::load(&Loader::new(c, &w, dt), &cfg).unwrap();
+        let out = model
+            .forward_masked(c, &ids, shape[0], Some(&mask))
+            .unwrap();
+        for (i, h) in out.hidden_states.iter().enumerate() {
+            let key = format!("masked.hidden_states.{i}");
+            close_rel(&format!("{name} {dt:?} {key}"), h, &io.f32(&key), rel, c).unwrap();
+        }
+        assert!(!io.has(&last), "the fixture has more layers");
+        let unmasked = model.forward(c, &ids, shape[0]).unwrap();
+        let key = format!("masked.hidden_states.{}", cfg.num_layers);
+        assert!(
+            close_rel(
+                "unmasked",
+                &unmasked.last_hidden_state,
+                &io.f32(&key),
+                1e-2,
+                c
+            )
+            .is_err(),
+            "the mask made no difference: the fixture does not exercise it"
+        );
+    }
+    let model = T5EncoderModel::load(&Loader::new(c, &w, DType::F32), &cfg).unwrap();
+    let e = model
+        .forward_masked(c, &ids, shape[0], Some(&mask[1..]))
+        .err()
+        .expect("a short mask is refused")
+        .to_string();
+    assert!(
+        e.contains("mask values for 3 sequences of 64 tokens"),
+        "{e}"
+    );
+}
+
+#[test]
+fn t5_encoder_attention_mask_matches_transformers() {
+    t5_masked_case("t5_encoder");
+    t5_masked_case("t5_encoder_relu");
+}

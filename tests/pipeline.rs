@@ -583,3 +583,29 @@ fn a_raised_cancel_flag_stops_after_the_current_step() {
     };
     assert_eq!(run(c, &p, &opts).0.len(), 2);
 }
+
+/// `hoa.json`'s `text_encoder_attention_mask` reaches the text encoder: a T5 encoder gets the
+/// padding mask (tests/models_text.rs checks its numbers), a CLIP one refuses it by name.
+#[test]
+fn hoa_json_attention_mask_reaches_the_text_encoder() {
+    let Some(c) = ctx() else { return };
+    let d = std::env::temp_dir().join(format!("hoa-te-mask-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    copy_dir(&dir(NAME), &d);
+    std::fs::write(
+        d.join("hoa.json"),
+        r#"{"text_encoder_attention_mask": true}"#,
+    )
+    .unwrap();
+    let p = Pipeline::load(c, &DirFiles::open(&d).unwrap(), DType::F32).unwrap();
+    let _ = std::fs::remove_dir_all(&d);
+    let io = Io::load(NAME);
+    let Err(e) = pollster::block_on(p.generate(c, &base(&io), &mut |_| {})) else {
+        panic!("CLIP must refuse the mask")
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("hoa.json: `text_encoder_attention_mask` applies to a T5EncoderModel"),
+        "{e}"
+    );
+}

@@ -1,4 +1,5 @@
-//! transformers' `T5Config` (the encoder half, what `T5EncoderModel` reads).
+//! transformers' `T5Config`: the encoder half `T5EncoderModel` reads, and the decoder, head and
+//! special tokens `T5ForConditionalGeneration` adds.
 
 use super::activation;
 use super::parse::{parse_valid, Class, Source, MAX_DIM, MAX_LAYERS, MAX_VOCAB};
@@ -20,6 +21,32 @@ pub struct T5Config {
     pub relative_attention_max_distance: usize,
     pub layer_norm_epsilon: f64,
     pub feed_forward_proj: String,
+    /// Decoder layers; `null` / absent = `num_layers` (transformers' "symmetry").
+    pub num_decoder_layers: Option<usize>,
+    pub decoder_start_token_id: Option<u32>,
+    pub pad_token_id: Option<u32>,
+    /// One id or a list (transformers accepts both).
+    pub eos_token_id: Option<TokenIds>,
+    /// transformers 5 writes it; older configs leave it out and mean `tie_word_embeddings`.
+    pub scale_decoder_outputs: Option<bool>,
+    pub tie_word_embeddings: Option<bool>,
+}
+
+/// `eos_token_id`: `1` or `[1, 5]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            TokenIds::One(i) => vec![*i],
+            TokenIds::Many(v) => v.clone(),
+        }
+    }
 }
 
 impl Default for T5Config {
@@ -35,6 +62,12 @@ impl Default for T5Config {
             relative_attention_max_distance: 128,
             layer_norm_epsilon: 1e-6,
             feed_forward_proj: "relu".into(),
+            num_decoder_layers: None,
+            decoder_start_token_id: None,
+            pad_token_id: Some(0),
+            eos_token_id: Some(TokenIds::One(1)),
+            scale_decoder_outputs: None,
+            tie_word_embeddings: None,
         }
     }
 }
@@ -69,6 +102,9 @@ impl T5Config {
             src.positive(field, v, MAX_DIM)?;
         }
         src.positive("num_layers", self.num_layers, MAX_LAYERS)?;
+        if let Some(n) = self.num_decoder_layers {
+            src.positive("num_decoder_layers", n, MAX_LAYERS)?;
+        }
         src.eps("layer_norm_epsilon", self.layer_norm_epsilon)?;
         // Bidirectional bucketing: half the buckets per direction, half of those exact, the
         // rest logarithmic up to max_distance.
@@ -91,6 +127,19 @@ impl T5Config {
             ));
         }
         Ok(())
+    }
+
+    /// The decoder's layer count.
+    pub fn decoder_layers(&self) -> usize {
+        self.num_decoder_layers.unwrap_or(self.num_layers)
+    }
+
+    /// Whether the decoder output is scaled by `d_model^-0.5` before the LM head: transformers
+    /// 5 reads `scale_decoder_outputs`, which it derives from `tie_word_embeddings` (default
+    /// true; T5 v1.1 / flan-T5 configs say false) when a config predates it.
+    pub fn scale_decoder_outputs(&self) -> bool {
+        self.scale_decoder_outputs
+            .unwrap_or(self.tie_word_embeddings != Some(false))
     }
 
     /// (activation, gated) as transformers derives them: "gated-gelu" means gelu_new (tanh).

@@ -10,6 +10,7 @@ pub mod consistency_decoder;
 pub mod nn;
 pub mod resnet;
 pub mod t5;
+pub mod t5_decoder;
 pub mod unet_2d;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;

@@ -1,9 +1,9 @@
 //! Stage 1: the prompt to embeddings (diffusers' `encode_prompt`): tokenize the prompt and the
 //! negative prompt, stack them `[negative × batch, prompt × batch]` when guiding, and run the
-//! text encoder named by `model_index.json`.
+//! text encoder named by `model_index.json` (with the padding mask when `hoa.json` asks for it).
 
 use super::{Event, GenerateOptions, Pipeline};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{Context, Tensor};
 use crate::models::clip::ClipTextModel;
 use crate::models::t5::T5EncoderModel;
@@ -16,11 +16,28 @@ pub enum TextEncoder {
 }
 
 impl TextEncoder {
-    /// `last_hidden_state` [batch, L, D] for `batch` sequences of token ids.
-    pub fn encode(&self, ctx: &Context, ids: &[u32], batch: usize) -> Result<Tensor> {
-        Ok(match self {
-            TextEncoder::Clip(m) => m.forward(ctx, ids, batch)?.last_hidden_state,
-            TextEncoder::T5(m) => m.forward(ctx, ids, batch)?.last_hidden_state,
+    /// `last_hidden_state` [batch, L, D] for `batch` sequences of token ids, with T5's
+    /// `attention_mask` (1 = token, 0 = padding) when given.
+    pub fn encode(
+        &self,
+        ctx: &Context,
+        ids: &[u32],
+        batch: usize,
+        attention_mask: Option<&[u32]>,
+    ) -> Result<Tensor> {
+        Ok(match (self, attention_mask) {
+            (TextEncoder::Clip(m), None) => m.forward(ctx, ids, batch)?.last_hidden_state,
+            (TextEncoder::Clip(_), Some(_)) => {
+                return Err(Error::config(
+                    "hoa.json",
+                    "text_encoder_attention_mask",
+                    "applies to a T5EncoderModel text encoder; this folder's is CLIPTextModel \
+                     (remove the key)",
+                ))
+            }
+            (TextEncoder::T5(m), mask) => {
+                m.forward_masked(ctx, ids, batch, mask)?.last_hidden_state
+            }
         })
     }
 }
@@ -80,6 +97,13 @@ impl Pipeline {
             ids.extend_from_slice(&pos);
         }
         let n = if cfg { 2 * opts.batch } else { opts.batch };
-        self.text_encoder.encode(ctx, &ids, n)
+        // The tokenizer's attention mask: its pad token only ever pads (T5's `<pad>` is a
+        // special token no text produces).
+        let mask: Option<Vec<u32>> = (self.info.defaults.text_encoder_attention_mask == Some(true))
+            .then(|| {
+                let pad = self.tokenizer.pad_id();
+                ids.iter().map(|&i| u32::from(i != pad)).collect()
+            });
+        self.text_encoder.encode(ctx, &ids, n, mask.as_deref())
     }
 }
