@@ -1,10 +1,11 @@
 //! The `hoa` command line: `generate` (prompt to PNG), `info` (which adapter and what it
 //! allows), `bench` (kernel microbenchmarks against the adapter's own ceilings) and `serve`
-//! (OpenAI's Images API over HTTP).
+//! (OpenAI's Images API over HTTP) and `worker` (runs `serve --queue nats://...`'s jobs).
 
 mod bench;
 mod generate;
 mod serve;
+mod worker;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -36,6 +37,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve OpenAI's Images API (POST /v1/images/generations) on the given models.
     Serve(Box<serve::ServeArgs>),
+    /// Run the jobs `hoa serve --queue nats://...` publishes to NATS JetStream.
+    Worker(Box<worker::WorkerArgs>),
 }
 
 fn main() {
@@ -61,6 +64,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info => info(&ctx),
         Command::Bench(args) => bench::run(&ctx, &args)?,
         Command::Serve(args) => serve::run(ctx, *args)?,
+        Command::Worker(args) => worker::run(ctx, *args)?,
     }
     Ok(())
 }

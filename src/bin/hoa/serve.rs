@@ -1,10 +1,13 @@
 //! `hoa serve`: OpenAI's Images API (`POST /v1/images/generations`, `GET /v1/models`) and
 //! `/healthz`, `/readyz` over HTTP, single-process mode. A thin front end: the body becomes a
 //! `hoa::request::Request`, `hoa::resolve` decides and checks everything (before the job is
-//! queued), and one thread that owns the GPU runs the jobs one at a time (`serve/worker.rs`).
+//! queued), and one thread that owns the GPU runs the jobs one at a time (`serve/worker.rs`),
+//! or, with `--queue nats://...`, `hoa worker`s on any number of machines do (`serve/nats.rs`).
 
 mod api;
-mod worker;
+pub mod nats;
+mod queue;
+pub mod worker;
 
 use anyhow::{bail, Context as _, Result};
 use api::{from_hoa, parse, to_request, ApiError};
@@ -17,8 +20,10 @@ use base64::Engine as _;
 use clap::Args;
 use hoa::model_files::DirFiles;
 use hoa::model_info::ModelInfo;
+use hoa::request::Request;
 use hoa::resolve::{resolve, DeviceLimits};
 use hoa::{Context, DType};
+use queue::{queue_arg, Jobs, QueueArg};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,9 +44,12 @@ pub struct ServeArgs {
     /// Address to listen on (port 0: any free port; the address is printed on stdout).
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub bind: SocketAddr,
-    /// Requests that may wait while one generates; past that, 429 with Retry-After.
-    #[arg(long, default_value_t = 8)]
-    pub queue: usize,
+    /// Requests that may wait while one generates; past that, 429 with Retry-After. Or
+    /// `nats://HOST:PORT`: publish jobs to NATS JetStream for `hoa worker`s (scale-out).
+    #[arg(long, value_parser = queue_arg, default_value = "8")]
+    pub queue: QueueArg,
+    #[command(flatten)]
+    pub nats: nats::FrontArgs,
     /// Store weights and activations in f16 (needs the adapter's shader-f16).
     #[arg(long)]
     pub f16: bool,
@@ -51,7 +59,7 @@ pub struct ServeArgs {
     pub timeout_s: u64,
 }
 
-fn model_arg(s: &str) -> Result<(String, PathBuf), String> {
+pub(crate) fn model_arg(s: &str) -> Result<(String, PathBuf), String> {
     match s.split_once('=') {
         Some((n, d)) if !n.is_empty() && !d.is_empty() => Ok((n.to_string(), PathBuf::from(d))),
         _ => Err(format!("expected NAME=DIR, got {s:?}")),
@@ -67,7 +75,7 @@ struct Model {
 struct Shared {
     models: Vec<Model>,
     limits: DeviceLimits,
-    jobs: mpsc::Sender<worker::Job>,
+    jobs: Jobs,
     created: u64,
     timeout: std::time::Duration,
 }
@@ -79,9 +87,6 @@ fn now() -> u64 {
 }
 
 pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
-    if a.queue == 0 {
-        bail!("--queue must be at least 1");
-    }
     let mut models = Vec::new();
     for (name, dir) in &a.models {
         if models.iter().any(|m: &Model| &m.name == name) {
@@ -104,7 +109,21 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         std::net::TcpListener::bind(a.bind).with_context(|| format!("--bind {}", a.bind))?;
     listener.set_nonblocking(true)?;
     eprintln!("adapter: {}", ctx.describe());
-    let (jobs, thread) = worker::start(ctx, a.models.clone(), dtype, a.queue)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (jobs, thread) = match &a.queue {
+        QueueArg::Local(n) => {
+            let (tx, thread) = worker::start(ctx, a.models.clone(), dtype, *n)?;
+            (Jobs::Local(tx), Some(thread))
+        }
+        QueueArg::Nats(url) => {
+            let names = models.iter().map(|m| m.name.clone()).collect();
+            let front = rt.block_on(nats::Front::connect(url, names, &a.nats))?;
+            (Jobs::Nats(Arc::new(front)), None)
+        }
+    };
     let shared = Arc::new(Shared {
         models,
         limits,
@@ -112,14 +131,10 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         created: now(),
         timeout: std::time::Duration::from_secs(a.timeout_s),
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let served = rt.block_on(serve(listener, shared));
     // Every sender is gone with the runtime's tasks: the thread finishes and drops the GPU.
     drop(rt);
-    if thread.join().is_err() {
+    if thread.is_some_and(|t| t.join().is_err()) {
         bail!("the generation thread panicked");
     }
     served
@@ -142,7 +157,7 @@ async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> Result<(
 }
 
 /// Ctrl-C or SIGTERM: stop accepting; the requests in flight still get their images.
-async fn shutdown() {
+pub(crate) async fn shutdown() {
     let term = async {
         #[cfg(unix)]
         if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -159,13 +174,18 @@ async fn shutdown() {
     eprintln!("shutting down: finishing the requests in flight");
 }
 
-/// Ready while the generation thread takes jobs (the models load before the server listens).
+/// Ready while the generation thread takes jobs (the models load before the server listens),
+/// or, with a NATS queue, while NATS is connected.
 async fn ready(State(s): State<Arc<Shared>>) -> (axum::http::StatusCode, &'static str) {
-    match s.jobs.is_closed() {
-        false => (axum::http::StatusCode::OK, "ready"),
-        true => (
+    match (s.jobs.is_closed(), &s.jobs) {
+        (false, _) => (axum::http::StatusCode::OK, "ready"),
+        (true, Jobs::Local(_)) => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "the generation thread stopped",
+        ),
+        (true, Jobs::Nats(_)) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "NATS is unreachable",
         ),
     }
 }
@@ -204,9 +224,14 @@ fn pick_model(s: &Shared, name: Option<&str>) -> Result<usize, ApiError> {
     }
 }
 
-/// Queues `job`, or answers 429 when the queue is full.
-fn enqueue(s: &Shared, job: worker::Job) -> Result<(), ApiError> {
-    s.jobs.try_send(job).map_err(|e| match e {
+/// Queues `job`, or answers 429 when the queue is full. With `--queue nats://...` it goes to
+/// JetStream instead, as `req` (which a worker resolves again).
+async fn enqueue(s: &Shared, job: worker::Job, req: &Request) -> Result<(), ApiError> {
+    let jobs = match &s.jobs {
+        Jobs::Local(tx) => tx,
+        Jobs::Nats(front) => return front.submit(job, req).await,
+    };
+    jobs.try_send(job).map_err(|e| match e {
         mpsc::error::TrySendError::Full(_) => ApiError {
             status: axum::http::StatusCode::TOO_MANY_REQUESTS,
             code: Some("queue_full"),
@@ -272,7 +297,7 @@ async fn generations(
         .unwrap_or_else(|| resolved.prompt.clone());
     let deadline = std::time::Instant::now() + s.timeout;
     let (job, mut events) = worker::Job::new(model, resolved, Some(deadline));
-    enqueue(&s, job)?;
+    enqueue(&s, job, &req).await?;
     let last = tokio::time::timeout_at(deadline.into(), finished(&mut events))
         .await
         .map_err(|_| timed_out(s.timeout))?;
