@@ -228,18 +228,26 @@ pub async fn connect(url: &str, queue_max: i64) -> Result<Stores> {
         .with_context(|| {
             format!("--queue {url}: the JetStream stream {STREAM} (is nats-server run with -js?)")
         })?;
-    let results = match js.get_key_value(RESULTS).await {
-        Ok(kv) => kv,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: RESULTS.into(),
-                history: 1,
-                max_age: RESULT_TTL,
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("--queue {url}: the key-value bucket {RESULTS}"))?,
+    // async-nats' create_key_value reads the account info in a shape Debian's nats-server 2.9
+    // does not send (no `reserved_memory`), so the bucket's stream is made here as the KV
+    // convention has it (what create_key_value would make), then opened as a bucket.
+    let kv_stream = stream::Config {
+        name: format!("KV_{RESULTS}"),
+        subjects: vec![format!("$KV.{RESULTS}.>")],
+        max_messages_per_subject: 1,
+        max_age: RESULT_TTL,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
     };
+    let bucket = async {
+        js.get_or_create_stream(kv_stream).await?;
+        anyhow::Ok(js.get_key_value(RESULTS).await?)
+    };
+    let results =
+        (bucket.await).with_context(|| format!("--queue {url}: the key-value bucket {RESULTS}"))?;
     let images = match js.get_object_store(IMAGES).await {
         Ok(o) => o,
         Err(_) => js
