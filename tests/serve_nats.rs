@@ -228,6 +228,11 @@ fn scale_out_answers_every_request_and_survives_a_killed_worker() {
         .strip_prefix("listening on http://")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
+    // A bad request is answered by the front at once, before any worker exists.
+    let bad = json!({"prompt": "a red circle", "model": model, "size": "65x64"}).to_string();
+    let (status, _, b) = http(&addr, bad.as_bytes());
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!((status, &v["error"]["param"]), (400, &json!("size")), "{v}");
     let (log_tx, log) = mpsc::channel();
     let mut workers = [
         Some(worker(&url, &model, 0, &log_tx)),
