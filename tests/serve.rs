@@ -17,12 +17,17 @@ use std::process::{Child, Command, Stdio};
 struct Server {
     child: Child,
     addr: String,
+    /// Its `url` images' folder (a killed server cannot remove its own).
+    data: Option<std::path::PathBuf>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(d) = &self.data {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 
@@ -33,8 +38,16 @@ fn xdg() -> String {
 /// Starts `hoa serve` on a free loopback port with `extra` flags; returns once it listens.
 fn start(extra: &[&str]) -> Server {
     let model = format!("pipeline_tiny={}", dir("pipeline_tiny").display());
+    static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let data = (!extra.contains(&"--data-dir"))
+        .then(|| std::env::temp_dir().join(format!("hoa-serve-test-{}-{n}", std::process::id())));
     let mut child = Command::new(env!("CARGO_BIN_EXE_hoa"))
         .args(["serve", "--model", &model, "--bind", "127.0.0.1:0"])
+        .args(
+            data.iter()
+                .flat_map(|d| [std::ffi::OsStr::new("--data-dir"), d.as_os_str()]),
+        )
         .args(extra)
         .env("XDG_RUNTIME_DIR", xdg())
         .stdout(Stdio::piped())
@@ -44,6 +57,7 @@ fn start(extra: &[&str]) -> Server {
     let mut server = Server {
         child,
         addr: String::new(),
+        data,
     };
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
@@ -57,22 +71,58 @@ fn start(extra: &[&str]) -> Server {
 
 /// One request; returns (status, headers lowercased, body).
 fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
-    let mut c = TcpStream::connect(addr).unwrap();
-    write!(
-        c,
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
+    request(
         addr,
-        body.len()
+        method,
+        path,
+        &[("Content-Type", "application/json")],
+        body,
     )
-    .unwrap();
-    c.write_all(body).unwrap();
+}
+
+/// One request with these headers (a chunked answer is put back together).
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += &format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) before it reads the whole body.
+    let _ = c.write_all(body);
     let mut raw = Vec::new();
-    c.read_to_end(&mut raw).unwrap();
+    let _ = c.read_to_end(&mut raw);
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head, raw[end + 4..].to_vec())
+    let mut body = raw[end + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (status, head, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..line]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[line + 2..line + 2 + n]);
+        b = &b[line + 4 + n..];
+    }
 }
 
 fn post(s: &Server, body: &Value) -> (u16, Value) {
@@ -159,9 +209,16 @@ fn bad_requests_get_openai_errors_and_the_server_stays_up() {
     assert_eq!((status, error_param(&v)), (400, json!("steps")));
     let (status, v) = post(&s, &json!({"prompt": "a", "n": 11}));
     assert_eq!((status, error_param(&v)), (400, json!("n")));
+    let (status, v) = post(&s, &json!({"prompt": "a", "n": 1_000_000_000_000i64}));
+    assert_eq!((status, error_param(&v)), (400, json!("n")));
+    // Past the device's memory, and past any side hoa takes.
+    let (status, v) = post(&s, &json!({"prompt": "a", "size": "16384x16384"}));
+    assert_eq!((status, error_param(&v)), (400, json!("size")));
+    let (status, v) = post(&s, &json!({"prompt": "a", "size": "99999999999x8"}));
+    assert_eq!((status, error_param(&v)), (400, json!("size")));
     let (status, v) = post(&s, &json!({"prompt": "a", "stpes": 2}));
     assert_eq!((status, error_param(&v)), (400, json!("stpes")));
-    let (status, v) = post(&s, &json!({"prompt": "a", "response_format": "url"}));
+    let (status, v) = post(&s, &json!({"prompt": "a", "response_format": "jpeg"}));
     assert_eq!((status, error_param(&v)), (400, json!("response_format")));
     let (status, v) = post(&s, &json!({"size": "32x24"}));
     assert_eq!((status, error_param(&v)), (400, json!("prompt")));
@@ -277,4 +334,581 @@ fn a_client_that_hangs_up_stops_its_generation() {
         "waited {:?} behind an abandoned generation",
         t.elapsed()
     );
+}
+
+/// A PNG of `w`x`h` RGB pixels.
+fn rgb_png(w: usize, h: usize) -> Vec<u8> {
+    let data = (0..w * h * 3).map(|i| (i * 37 % 251) as u8).collect();
+    let img = hoa::image_io::RgbImage {
+        width: w,
+        height: h,
+        data,
+    };
+    hoa::image_io::encode_png(&img, None).unwrap()
+}
+
+/// An OpenAI mask: transparent (alpha 0) on the left half, the area to edit.
+fn alpha_mask(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbaImage::from_fn(w, h, |x, _| {
+        image::Rgba([0, 0, 0, if x < w / 2 { 0 } else { 255 }])
+    });
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    png
+}
+
+/// A multipart/form-data body of text fields and files; returns (content type, body).
+fn form(texts: &[(&str, &str)], files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let b = "hoa-test-boundary-7d1f";
+    let mut body = Vec::new();
+    for (k, v) in texts {
+        body.extend(
+            format!("--{b}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").bytes(),
+        );
+    }
+    for (k, v) in files {
+        body.extend(
+            format!(
+                "--{b}\r\nContent-Disposition: form-data; name=\"{k}\"; filename=\"{k}.png\"\r\n\
+                 Content-Type: image/png\r\n\r\n"
+            )
+            .bytes(),
+        );
+        body.extend_from_slice(v);
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{b}--\r\n").bytes());
+    (format!("multipart/form-data; boundary={b}"), body)
+}
+
+fn post_form(
+    s: &Server,
+    path: &str,
+    texts: &[(&str, &str)],
+    files: &[(&str, &[u8])],
+) -> (u16, Value) {
+    let (kind, body) = form(texts, files);
+    let (status, _, b) = request(&s.addr, "POST", path, &[("Content-Type", &kind)], &body);
+    (
+        status,
+        serde_json::from_slice(&b)
+            .unwrap_or_else(|_| panic!("{status}: {}", String::from_utf8_lossy(&b))),
+    )
+}
+
+fn png_size(png: &[u8]) -> (u32, u32) {
+    let img = image::load_from_memory(png).unwrap();
+    (img.width(), img.height())
+}
+
+fn unb64(v: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().expect("a base64 string"))
+        .unwrap()
+}
+
+#[test]
+fn a_stream_sends_partial_images_then_the_completed_image() {
+    let s = start(&[]);
+    let req = json!({"prompt": "a", "size": "32x24", "steps": 6, "seed": 3, "stream": true,
+                     "partial_images": 2});
+    let (status, head, body) = http(
+        &s.addr,
+        "POST",
+        "/v1/images/generations",
+        req.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    let text = String::from_utf8(body).unwrap();
+    let events: Vec<(String, Value)> = text
+        .split("\n\n")
+        .filter(|e| e.contains("data:"))
+        .map(|e| {
+            let field = |k: &str| {
+                e.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            };
+            (
+                field("event:"),
+                serde_json::from_str(&field("data:")).unwrap(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "image_generation.partial_image",
+            "image_generation.partial_image",
+            "image_generation.completed"
+        ]
+    );
+    for (k, (name, v)) in events.iter().enumerate() {
+        assert_eq!(v["type"], name.as_str());
+        assert_eq!(png_size(&unb64(&v["b64_json"])), (32, 24));
+        assert_eq!(v["size"], "32x24");
+        assert_eq!(v["output_format"], "png");
+        assert!(v["created_at"].as_u64().is_some(), "{v}");
+        if k < 2 {
+            assert_eq!(v["partial_image_index"], k);
+        } else {
+            assert!(v["usage"].is_object(), "{v}");
+        }
+    }
+    // The completed image is the one the same request gives without streaming.
+    let (status, v) = post(
+        &s,
+        &json!({"prompt": "a", "size": "32x24", "steps": 6, "seed": 3}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        unb64(&v["data"][0]["b64_json"]),
+        unb64(&events[2].1["b64_json"])
+    );
+}
+
+#[test]
+fn url_images_are_served_for_their_time_and_no_other_path_is() {
+    let dir = std::env::temp_dir().join(format!("hoa-serve-urls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let s = start(&["--url-ttl-s", "6", "--data-dir", dir.to_str().unwrap()]);
+    let req = json!({"prompt": "a", "size": "32x24", "steps": 2, "seed": 5, "n": 2});
+    let mut by_url = req.clone();
+    by_url["response_format"] = json!("url");
+    let (status, v) = post(&s, &by_url);
+    assert_eq!(status, 200, "{v}");
+    let (_, b64) = post(&s, &req);
+    let prefix = format!("http://{}/v1/files/images/", s.addr);
+    let mut names = Vec::new();
+    for (k, d) in v["data"].as_array().unwrap().iter().enumerate() {
+        let url = d["url"].as_str().unwrap();
+        let name = url.strip_prefix(&prefix).unwrap_or_else(|| panic!("{url}"));
+        let (status, head, png) = http(&s.addr, "GET", &format!("/v1/files/images/{name}"), b"");
+        assert_eq!(status, 200);
+        assert!(head.contains("content-type: image/png"), "{head}");
+        assert_eq!(
+            png,
+            unb64(&b64["data"][k]["b64_json"]),
+            "the url serves the same PNG"
+        );
+        names.push(name.to_string());
+    }
+    assert_ne!(names[0], names[1]);
+    // output_format jpeg: a .jpg link served as image/jpeg; inline, the same JPEG.
+    let mut jpeg = by_url.clone();
+    jpeg["output_format"] = json!("jpeg");
+    jpeg["output_compression"] = json!(90);
+    jpeg["n"] = json!(1);
+    let (status, v) = post(&s, &jpeg);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["output_format"], "jpeg");
+    let url = v["data"][0]["url"].as_str().unwrap();
+    assert!(url.ends_with(".jpg"), "{url}");
+    let (status, head, jpg) = http(
+        &s.addr,
+        "GET",
+        url.strip_prefix(&format!("http://{}", s.addr)).unwrap(),
+        b"",
+    );
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: image/jpeg"), "{head}");
+    assert_eq!(&jpg[..3], b"\xff\xd8\xff");
+    assert_eq!(png_size(&jpg), (32, 24));
+    jpeg["response_format"] = json!("b64_json");
+    let (_, v) = post(&s, &jpeg);
+    assert_eq!(unb64(&v["data"][0]["b64_json"]), jpg);
+    std::fs::write(dir.join("secret.txt"), b"not an image").unwrap();
+    for path in [
+        "/v1/files/images/secret.txt",
+        "/v1/files/images/..%2fsecret.txt",
+        "/v1/files/images/%2e%2e",
+        "/v1/files/images/..",
+        "/v1/files/images/../../etc/passwd",
+        "/v1/files/images/%2Fetc%2Fpasswd",
+        "/v1/files/images//etc/passwd",
+        "/v1/files/images/0123456789abcdef0123456789abcdef.png",
+    ] {
+        let (status, _, body) = http(&s.addr, "GET", path, b"");
+        assert_eq!(status, 404, "{path}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"]["message"].is_string(), "{path}: {v}");
+    }
+    // Past the time to live: not served, and swept from the folder.
+    std::thread::sleep(std::time::Duration::from_millis(7500));
+    let (status, _, _) = http(
+        &s.addr,
+        "GET",
+        &format!("/v1/files/images/{}", names[0]),
+        b"",
+    );
+    assert_eq!(status, 404);
+    assert!(!dir.join(&names[0]).exists(), "expired images are deleted");
+    assert!(
+        dir.join("secret.txt").exists(),
+        "only hoa's images are swept"
+    );
+    healthy(&s);
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn edits_and_variations_take_a_multipart_image_and_an_alpha_mask() {
+    let s = start(&[]);
+    let image = rgb_png(32, 24);
+    let mask = alpha_mask(32, 24);
+    let texts = [("prompt", "a red circle"), ("steps", "2"), ("seed", "4")];
+    let (status, img2img) = post_form(&s, "/v1/images/edits", &texts, &[("image", &image)]);
+    assert_eq!(status, 200, "{img2img}");
+    let plain = unb64(&img2img["data"][0]["b64_json"]);
+    assert_eq!(png_size(&plain), (32, 24));
+    let files: [(&str, &[u8]); 2] = [("image[]", &image), ("mask", &mask)];
+    let (status, v) = post_form(&s, "/v1/images/edits", &texts, &files);
+    assert_eq!(status, 200, "{v}");
+    let inpainted = unb64(&v["data"][0]["b64_json"]);
+    assert_eq!(png_size(&inpainted), (32, 24));
+    assert_ne!(inpainted, plain, "the mask changes the result");
+    let (status, v) = post_form(
+        &s,
+        "/v1/images/variations",
+        &[("steps", "2"), ("n", "2")],
+        &[("image", &image)],
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+
+    let small_mask = alpha_mask(16, 16);
+    let opaque = rgb_png(32, 24);
+    for (path, texts, files, param) in [
+        (
+            "/v1/images/edits",
+            &texts[..],
+            vec![("mask", &mask[..])],
+            "image",
+        ),
+        (
+            "/v1/images/edits",
+            &texts[..],
+            vec![("image", &b"not a png"[..])],
+            "image",
+        ),
+        (
+            "/v1/images/edits",
+            &texts[..],
+            vec![("image", &image[..]), ("image", &image[..])],
+            "image",
+        ),
+        (
+            "/v1/images/edits",
+            &texts[..],
+            vec![("image", &image[..]), ("mask", &small_mask[..])],
+            "mask",
+        ),
+        (
+            "/v1/images/edits",
+            &texts[..],
+            vec![("image", &image[..]), ("mask", &opaque[..])],
+            "mask",
+        ),
+        (
+            "/v1/images/edits",
+            &[("prompt", "a"), ("size", "64x64")][..],
+            vec![("image", &image[..])],
+            "size",
+        ),
+        (
+            "/v1/images/edits",
+            &[("prompt", "a"), ("n", "many")][..],
+            vec![("image", &image[..])],
+            "n",
+        ),
+        (
+            "/v1/images/edits",
+            &[("prompt", "a"), ("colour", "red")][..],
+            vec![("image", &image[..])],
+            "colour",
+        ),
+        (
+            "/v1/images/variations",
+            &[("prompt", "a")][..],
+            vec![("image", &image[..])],
+            "prompt",
+        ),
+    ] {
+        let (status, v) = post_form(&s, path, texts, &files);
+        assert_eq!(
+            (status, error_param(&v)),
+            (400, json!(param)),
+            "{path} {texts:?}: {v}"
+        );
+    }
+    // An edit streams as image_edit.* events.
+    let stream = [
+        ("prompt", "a"),
+        ("steps", "4"),
+        ("stream", "true"),
+        ("partial_images", "1"),
+    ];
+    let (kind, body) = form(&stream, &[("image", &image)]);
+    let (status, _, b) = request(
+        &s.addr,
+        "POST",
+        "/v1/images/edits",
+        &[("Content-Type", &kind)],
+        &body,
+    );
+    let text = String::from_utf8_lossy(&b);
+    assert_eq!(status, 200, "{text}");
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(
+        names,
+        ["image_edit.partial_image", "image_edit.completed"],
+        "{text}"
+    );
+    // Not a form at all, and a form cut short.
+    let (status, _, body) = http(&s.addr, "POST", "/v1/images/edits", b"{}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, error_param(&v)), (400, Value::Null));
+    let (kind, body) = form(&texts, &[("image", &image)]);
+    let cut = &body[..body.len() / 2];
+    let (status, _, body) = request(
+        &s.addr,
+        "POST",
+        "/v1/images/edits",
+        &[("Content-Type", &kind)],
+        cut,
+    );
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    healthy(&s);
+}
+
+#[test]
+fn uploads_have_their_own_body_limit() {
+    let s = start(&[]);
+    // A 2 MB image part passes the 1 MiB JSON limit (it fails as an image, not as a body).
+    let junk = vec![7u8; 2 << 20];
+    let (status, v) = post_form(
+        &s,
+        "/v1/images/edits",
+        &[("prompt", "a")],
+        &[("image", &junk)],
+    );
+    assert_eq!((status, error_param(&v)), (400, json!("image")), "{v}");
+    let huge = vec![7u8; 17 << 20];
+    let (kind, body) = form(&[("prompt", "a")], &[("image", &huge)]);
+    let (status, _, _) = request(
+        &s.addr,
+        "POST",
+        "/v1/images/edits",
+        &[("Content-Type", &kind)],
+        &body,
+    );
+    assert_eq!(status, 413);
+    healthy(&s);
+}
+
+#[test]
+fn api_keys_cors_and_metrics() {
+    let keys = std::env::temp_dir().join(format!("hoa-serve-keys-{}", std::process::id()));
+    std::fs::write(&keys, "# keys\nsk-first\n\nsk-second\n").unwrap();
+    let s = start(&[
+        "--api-key-file",
+        keys.to_str().unwrap(),
+        "--cors-origin",
+        "https://app.example",
+    ]);
+    let body = json!({"prompt": "a", "size": "32x24", "steps": 2}).to_string();
+    let json_type = ("Content-Type", "application/json");
+    for auth in [
+        None,
+        Some("Bearer sk-third"),
+        Some("Bearer sk-firs"),
+        Some("sk-first"),
+    ] {
+        let mut h = vec![json_type];
+        h.extend(auth.map(|a| ("Authorization", a)));
+        for (method, path) in [
+            ("POST", "/v1/images/generations"),
+            ("GET", "/v1/models"),
+            ("GET", "/metrics"),
+        ] {
+            let (status, _, b) = request(&s.addr, method, path, &h, body.as_bytes());
+            let v: Value = serde_json::from_slice(&b).unwrap();
+            assert_eq!(status, 401, "{auth:?} {path}");
+            assert_eq!(v["error"]["code"], "invalid_api_key", "{v}");
+        }
+    }
+    healthy(&s);
+    let ok = [json_type, ("Authorization", "Bearer sk-second")];
+    let (status, _, b) = request(
+        &s.addr,
+        "POST",
+        "/v1/images/generations",
+        &ok,
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&b));
+    let (status, _, _) = request(
+        &s.addr,
+        "POST",
+        "/v1/images/generations",
+        &ok,
+        b"{\"size\": 1}",
+    );
+    assert_eq!(status, 400);
+
+    // A browser's preflight from the allowed origin, and one from another.
+    let pre = |origin: &str| {
+        let h = [
+            ("Origin", origin),
+            ("Access-Control-Request-Method", "POST"),
+            (
+                "Access-Control-Request-Headers",
+                "authorization,content-type",
+            ),
+        ];
+        request(&s.addr, "OPTIONS", "/v1/images/generations", &h, b"").1
+    };
+    assert!(pre("https://app.example").contains("access-control-allow-origin: https://app.example"));
+    assert!(!pre("https://evil.example").contains("access-control-allow-origin"));
+
+    let (status, head, text) = request(&s.addr, "GET", "/metrics", &ok, b"");
+    let text = String::from_utf8(text).unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        head.contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    let value = |line: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .unwrap_or_else(|| panic!("no {line} in\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("hoa_images_total "), 1.0);
+    assert_eq!(value("hoa_step_seconds_count "), 2.0);
+    assert!(value("hoa_step_seconds_sum ") > 0.0);
+    assert_eq!(value("hoa_queue_depth "), 0.0);
+    assert_eq!(value("hoa_requests_in_flight "), 0.0);
+    assert_eq!(
+        value("hoa_http_errors_total{type=\"invalid_request_error\",status=\"401\"} "),
+        12.0
+    );
+    assert_eq!(
+        value("hoa_http_errors_total{type=\"invalid_request_error\",status=\"400\"} "),
+        1.0
+    );
+    let _ = std::fs::remove_file(&keys);
+}
+
+/// `quality` scales the model's default steps (low: half, hd: twice); `steps` wins over it.
+#[test]
+fn quality_sets_the_number_of_steps() {
+    let s = start(&[]);
+    let steps = |extra: Value| -> usize {
+        let mut req = json!({"prompt": "a", "size": "32x24"});
+        req.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, v) = post(&s, &req);
+        assert_eq!(status, 200, "{v}");
+        let params = read_png_parameters(&unb64(&v["data"][0]["b64_json"]))
+            .unwrap()
+            .unwrap();
+        let at = params.find("Steps: ").unwrap() + 7;
+        params[at..].split(',').next().unwrap().parse().unwrap()
+    };
+    let default = steps(json!({"quality": "auto"}));
+    assert_eq!(
+        steps(json!({"quality": "low"})),
+        (default as f64 / 2.0).round() as usize
+    );
+    assert_eq!(steps(json!({"quality": "hd"})), default * 2);
+    assert_eq!(steps(json!({"quality": "high", "steps": 3})), 3);
+    let (status, v) = post(&s, &json!({"prompt": "a", "quality": "ultra"}));
+    assert_eq!((status, error_param(&v)), (400, json!("quality")));
+}
+
+/// A streaming client that hangs up stops its generation too.
+#[test]
+fn a_stream_that_hangs_up_stops_its_generation() {
+    let s = start(&[]);
+    let _ = post(&s, &json!({"prompt": "a", "size": "32x24", "steps": 1}));
+    let body = json!({"prompt": "a", "size": "32x24", "steps": 999, "stream": true,
+                      "partial_images": 3})
+    .to_string();
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    write!(
+        c,
+        "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // The 200 and the stream's headers come at once.
+    let mut first = [0u8; 12];
+    c.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    drop(c);
+    let t = std::time::Instant::now();
+    let (status, v) = post(&s, &json!({"prompt": "a", "size": "32x24", "steps": 2}));
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        t.elapsed().as_secs_f64() < 30.0,
+        "waited {:?} behind an abandoned stream",
+        t.elapsed()
+    );
+}
+
+/// Forms are read a bounded number at a time (--queue + 1): a client that stalls mid-upload
+/// holds a slot, one more is a 429, and the slot comes back at the time limit (408).
+#[test]
+fn stalled_uploads_are_bounded() {
+    let s = start(&["--queue", "1", "--timeout-s", "4"]);
+    // The first run compiles the shaders, which alone may take the time limit.
+    let _ = post(&s, &json!({"prompt": "a", "size": "32x24", "steps": 1}));
+    let (kind, body) = form(
+        &[("prompt", "a"), ("steps", "1")],
+        &[("image", &rgb_png(32, 24))],
+    );
+    let stall = || {
+        let mut c = TcpStream::connect(&s.addr).unwrap();
+        write!(
+            c,
+            "POST /v1/images/edits HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        c.write_all(&body[..40]).unwrap();
+        c
+    };
+    let mut stalled = [stall(), stall()];
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let headers = [("Content-Type", kind.as_str())];
+    let (status, head, _) = request(&s.addr, "POST", "/v1/images/edits", &headers, &body);
+    assert_eq!(status, 429);
+    assert!(head.contains("\r\nretry-after: "), "{head}");
+    // Past --timeout-s a stalled upload is answered 408 and its slot freed.
+    stalled[0]
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = [0u8; 12];
+    stalled[0].read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 408");
+    drop(stalled);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (status, _, b) = request(&s.addr, "POST", "/v1/images/edits", &headers, &body);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&b));
+    healthy(&s);
 }

@@ -1,27 +1,34 @@
-//! `hoa serve`: OpenAI's Images API (`POST /v1/images/generations`, `GET /v1/models`) and
-//! `/healthz`, `/readyz` over HTTP, single-process mode. A thin front end: the body becomes a
-//! `hoa::request::Request`, `hoa::resolve` decides and checks everything (before the job is
-//! queued), and one thread that owns the GPU runs the jobs one at a time (`serve/worker.rs`),
-//! or, with `--queue nats://...`, `hoa worker`s on any number of machines do (`serve/nats.rs`).
+//! `hoa serve`: OpenAI's Images API (`POST /v1/images/generations`, `/edits`, `/variations`,
+//! `GET /v1/models`, `url` images) plus `/healthz`, `/readyz` and `/metrics` over HTTP,
+//! single-process mode. A thin front end: the body becomes a `hoa::request::Request`,
+//! `hoa::resolve` decides and checks everything (before the job is queued), and one thread that
+//! owns the GPU runs the jobs one at a time (`serve/worker.rs`), or, with `--queue nats://...`,
+//! `hoa worker`s on any number of machines do (`serve/nats.rs`).
 
 mod api;
+mod auth;
+mod files;
+mod form;
+mod images;
+mod metrics;
 pub mod nats;
 mod queue;
+mod stream;
 pub mod worker;
 
 use anyhow::{bail, Context as _, Result};
-use api::{from_hoa, parse, to_request, ApiError};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use api::{from_hoa, ApiError};
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
 use clap::Args;
 use hoa::model_files::DirFiles;
 use hoa::model_info::ModelInfo;
 use hoa::request::Request;
-use hoa::resolve::{resolve, DeviceLimits};
+use hoa::resolve::DeviceLimits;
 use hoa::{Context, DType};
 use queue::{queue_arg, Jobs, QueueArg};
 use serde_json::{json, Value};
@@ -32,6 +39,10 @@ use tokio::sync::mpsc;
 
 /// Largest request body: a generation request is a few hundred bytes of JSON.
 const BODY_LIMIT: usize = 1 << 20;
+/// Largest edits or variations form: an image and a mask of a few MB each.
+const UPLOAD_LIMIT: usize = 16 << 20;
+/// Most jobs that may wait (each holds its resolved request, init image included).
+const MAX_QUEUE: usize = 4096;
 /// What a client told "queue full" waits before it retries, in seconds.
 const RETRY_AFTER_S: u32 = 2;
 
@@ -57,6 +68,24 @@ pub struct ServeArgs {
     /// stops after its current step and the client gets a 504 `timeout` error.
     #[arg(long = "timeout-s", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout_s: u64,
+    /// Folder for `response_format: "url"` images (default: a new private temp folder, removed
+    /// at exit).
+    #[arg(long = "data-dir")]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds a `url` image is served before it is deleted.
+    #[arg(long = "url-ttl-s", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=30 * 86_400))]
+    pub url_ttl_s: u64,
+    /// Base of the returned `url`s (e.g. https://images.example.com); default: http:// and the
+    /// request's Host header.
+    #[arg(long = "public-url")]
+    pub public_url: Option<String>,
+    /// Require `Authorization: Bearer KEY` with a KEY from this file (one per line) on every
+    /// route but /healthz, /readyz and the url images.
+    #[arg(long = "api-key-file")]
+    pub api_key_file: Option<PathBuf>,
+    /// Let web pages from ORIGIN call the API (CORS); repeatable; `*` for any.
+    #[arg(long = "cors-origin")]
+    pub cors_origins: Vec<String>,
 }
 
 pub(crate) fn model_arg(s: &str) -> Result<(String, PathBuf), String> {
@@ -78,6 +107,14 @@ struct Shared {
     jobs: Jobs,
     created: u64,
     timeout: std::time::Duration,
+    files: Arc<files::Store>,
+    public_url: Option<String>,
+    /// The address the server listens on (links' last resort).
+    addr: SocketAddr,
+    metrics: metrics::Metrics,
+    keys: Option<auth::Keys>,
+    /// Forms being read and decoded at once (each up to UPLOAD_LIMIT): memory stays bounded.
+    uploads: tokio::sync::Semaphore,
 }
 
 fn now() -> u64 {
@@ -86,9 +123,10 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
+/// Each `--model`'s configs, read before the slow load so requests can be checked without it.
+fn read_models(args: &[(String, PathBuf)]) -> Result<Vec<Model>> {
     let mut models = Vec::new();
-    for (name, dir) in &a.models {
+    for (name, dir) in args {
         if models.iter().any(|m: &Model| &m.name == name) {
             bail!("--model {name}: given twice");
         }
@@ -99,6 +137,19 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
             info,
         });
     }
+    Ok(models)
+}
+
+pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
+    // With NATS the stream bounds the jobs (--queue-max); forms are bounded as by default.
+    let queue = match a.queue {
+        QueueArg::Local(n) => n,
+        QueueArg::Nats(_) => 8,
+    };
+    if !(1..=MAX_QUEUE).contains(&queue) {
+        bail!("--queue must be from 1 to {MAX_QUEUE}, got {queue}");
+    }
+    let models = read_models(&a.models)?;
     let dtype = if a.f16 { DType::F16 } else { DType::F32 };
     let limits = DeviceLimits {
         max_binding_bytes: ctx.max_binding_bytes(),
@@ -108,6 +159,20 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
     let listener =
         std::net::TcpListener::bind(a.bind).with_context(|| format!("--bind {}", a.bind))?;
     listener.set_nonblocking(true)?;
+    let keys = a
+        .api_key_file
+        .as_deref()
+        .map(auth::Keys::read)
+        .transpose()?;
+    let ttl = std::time::Duration::from_secs(a.url_ttl_s);
+    let files = Arc::new(files::Store::open(a.data_dir.as_deref(), ttl)?);
+    let public_url = a.public_url.as_deref().map(public_url).transpose()?;
+    let cors = cors(&a.cors_origins)?;
+    eprintln!(
+        "url images: {} (kept {} s)",
+        files.dir().display(),
+        a.url_ttl_s
+    );
     eprintln!("adapter: {}", ctx.describe());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -130,8 +195,14 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         jobs,
         created: now(),
         timeout: std::time::Duration::from_secs(a.timeout_s),
+        files,
+        public_url,
+        addr: listener.local_addr()?,
+        metrics: metrics::Metrics::new(),
+        keys,
+        uploads: tokio::sync::Semaphore::new(queue + 1),
     });
-    let served = rt.block_on(serve(listener, shared));
+    let served = rt.block_on(serve(listener, shared, cors));
     // Every sender is gone with the runtime's tasks: the thread finishes and drops the GPU.
     drop(rt);
     if thread.is_some_and(|t| t.join().is_err()) {
@@ -140,20 +211,97 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
     served
 }
 
-async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) -> Result<()> {
+/// `--public-url` without a trailing slash; it must be http(s).
+fn public_url(u: &str) -> Result<String> {
+    let u = u.trim_end_matches('/');
+    if !(u.starts_with("http://") || u.starts_with("https://")) || u.contains(char::is_whitespace) {
+        bail!("--public-url {u}: expected http://HOST[:PORT][/PATH] or https://...");
+    }
+    Ok(u.to_string())
+}
+
+/// The CORS layer for `--cors-origin` (none without it).
+fn cors(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| o.parse().with_context(|| format!("--cors-origin {o}")))
+            .collect::<Result<Vec<_>>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([header::RETRY_AFTER]),
+    ))
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    cors: Option<tower_http::cors::CorsLayer>,
+) -> Result<()> {
+    let upload = || DefaultBodyLimit::max(UPLOAD_LIMIT);
     let app = Router::new()
-        .route("/v1/images/generations", post(generations))
+        .route("/v1/images/generations", post(images::generations))
+        .route("/v1/images/edits", post(images::edits).layer(upload()))
+        .route(
+            "/v1/images/variations",
+            post(images::variations).layer(upload()),
+        )
+        .route("/v1/files/images/{name}", get(images::file))
         .route("/v1/models", get(list_models))
+        .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .fallback(|| async { ApiError::not_found(None, "no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(shared);
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), guard))
+        .with_state(shared.clone());
+    let app = match cors {
+        Some(c) => app.layer(c),
+        None => app,
+    };
+    let sweeper = tokio::spawn(shared.files.clone().sweeper());
     let listener = tokio::net::TcpListener::from_std(listener)?;
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await?;
+    sweeper.abort();
     Ok(())
+}
+
+/// Every request: the API key (when keys are set), then the error count by type.
+async fn guard(State(s): State<Arc<Shared>>, req: axum::extract::Request, next: Next) -> Response {
+    let r = match &s.keys {
+        Some(k) if !auth::open(req.uri().path()) => k.check(req.headers()),
+        _ => Ok(()),
+    };
+    let r = match r {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    };
+    let status = r.status();
+    if status.is_client_error() || status.is_server_error() {
+        s.metrics.error(api::error_type(status), status.as_u16());
+    }
+    r
+}
+
+async fn render_metrics(State(s): State<Arc<Shared>>) -> Response {
+    let depth = s.jobs.depth();
+    let text = s.metrics.render(depth);
+    let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, kind)], text).into_response()
 }
 
 /// Ctrl-C or SIGTERM: stop accepting; the requests in flight still get their images.
@@ -174,19 +322,16 @@ pub(crate) async fn shutdown() {
     eprintln!("shutting down: finishing the requests in flight");
 }
 
-/// Ready while the generation thread takes jobs (the models load before the server listens),
-/// or, with a NATS queue, while NATS is connected.
-async fn ready(State(s): State<Arc<Shared>>) -> (axum::http::StatusCode, &'static str) {
+/// Ready while the generation thread takes jobs (the models load before the server listens).
+/// With a NATS queue: while NATS is connected.
+async fn ready(State(s): State<Arc<Shared>>) -> (StatusCode, &'static str) {
     match (s.jobs.is_closed(), &s.jobs) {
-        (false, _) => (axum::http::StatusCode::OK, "ready"),
+        (false, _) => (StatusCode::OK, "ready"),
         (true, Jobs::Local(_)) => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::SERVICE_UNAVAILABLE,
             "the generation thread stopped",
         ),
-        (true, Jobs::Nats(_)) => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "NATS is unreachable",
-        ),
+        (true, Jobs::Nats(_)) => (StatusCode::SERVICE_UNAVAILABLE, "NATS is unreachable"),
     }
 }
 
@@ -212,7 +357,7 @@ fn pick_model(s: &Shared, name: Option<&str>) -> Result<usize, ApiError> {
             .iter()
             .position(|m| m.name == n)
             .ok_or_else(|| ApiError {
-                status: axum::http::StatusCode::NOT_FOUND,
+                status: StatusCode::NOT_FOUND,
                 code: Some("model_not_found"),
                 ..ApiError::bad(
                     Some("model"),
@@ -232,20 +377,25 @@ async fn enqueue(s: &Shared, job: worker::Job, req: &Request) -> Result<(), ApiE
         Jobs::Nats(front) => return front.submit(job, req).await,
     };
     jobs.try_send(job).map_err(|e| match e {
-        mpsc::error::TrySendError::Full(_) => ApiError {
-            status: axum::http::StatusCode::TOO_MANY_REQUESTS,
-            code: Some("queue_full"),
-            retry_after: Some(RETRY_AFTER_S),
-            ..ApiError::bad(None, "the generation queue is full; retry later")
-        },
+        mpsc::error::TrySendError::Full(_) => busy("the generation queue is full; retry later"),
         mpsc::error::TrySendError::Closed(_) => ApiError::internal("the generation thread stopped"),
     })
+}
+
+/// 429 with `Retry-After` (the official client retries on it).
+fn busy(message: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: Some("queue_full"),
+        retry_after: Some(RETRY_AFTER_S),
+        ..ApiError::bad(None, message)
+    }
 }
 
 /// The request's time limit passed.
 fn timed_out(limit: std::time::Duration) -> ApiError {
     ApiError {
-        status: axum::http::StatusCode::GATEWAY_TIMEOUT,
+        status: StatusCode::GATEWAY_TIMEOUT,
         code: Some("timeout"),
         ..ApiError::internal(format!(
             "the request took longer than the server's limit of {} s (--timeout-s); try fewer \
@@ -269,43 +419,18 @@ fn outcome(
     }
 }
 
-/// Waits for the job's last event, skipping progress and previews.
-async fn finished(events: &mut mpsc::Receiver<worker::JobEvent>) -> Option<worker::JobEvent> {
+/// Waits for the job's last event, timing its steps and skipping previews.
+async fn finished(
+    s: &Shared,
+    events: &mut mpsc::Receiver<worker::JobEvent>,
+) -> Option<worker::JobEvent> {
     loop {
         match events.recv().await {
-            Some(worker::JobEvent::Progress { .. } | worker::JobEvent::Partial { .. }) => {}
+            Some(worker::JobEvent::Progress { seconds, .. }) => {
+                s.metrics.step_seconds.observe(seconds)
+            }
+            Some(worker::JobEvent::Partial { .. }) => {}
             last => return last,
         }
     }
-}
-
-async fn generations(
-    State(s): State<Arc<Shared>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let body = body.map_err(|e| ApiError {
-        status: e.status(),
-        ..ApiError::bad(None, e.body_text())
-    })?;
-    let r = parse(&body)?;
-    let model = pick_model(&s, r.model.as_deref())?;
-    let req = to_request(&r)?;
-    let resolved = resolve(&req, &s.models[model].info, s.limits).map_err(from_hoa)?;
-    let revised = resolved
-        .upsampled
-        .clone()
-        .unwrap_or_else(|| resolved.prompt.clone());
-    let deadline = std::time::Instant::now() + s.timeout;
-    let (job, mut events) = worker::Job::new(model, resolved, Some(deadline));
-    enqueue(&s, job, &req).await?;
-    let last = tokio::time::timeout_at(deadline.into(), finished(&mut events))
-        .await
-        .map_err(|_| timed_out(s.timeout))?;
-    let pngs = outcome(last, s.timeout)?;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let data: Vec<Value> = pngs
-        .iter()
-        .map(|png| json!({"b64_json": b64.encode(png), "revised_prompt": revised}))
-        .collect();
-    Ok(Json(json!({"created": now(), "data": data})))
 }

@@ -1,5 +1,6 @@
-//! OpenAI's Images API shapes (`POST /v1/images/generations`, its error object) and their
-//! mapping onto hoa's [`Request`]; every default and check stays in `hoa::resolve`.
+//! OpenAI's Images API shapes (the fields of generations, edits and variations, the error
+//! object) and their mapping onto hoa's [`Request`]; every default and check stays in
+//! `hoa::resolve`.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,9 +11,11 @@ use serde_json::{json, Value};
 
 /// Most images one request may ask for (OpenAI's own bound on `n`).
 pub const MAX_N: i64 = 10;
+/// Most previews a streamed request may ask for (OpenAI's bound on `partial_images`).
+pub const MAX_PARTIAL_IMAGES: i64 = 3;
 
-/// The body of `POST /v1/images/generations`: OpenAI's fields, then hoa's own (sent with the
-/// client's `extra_body`).
+/// The fields of `POST /v1/images/generations` (JSON) and of the edits and variations forms:
+/// OpenAI's, then hoa's own (sent with the client's `extra_body`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct ImagesRequest {
@@ -20,43 +23,93 @@ pub struct ImagesRequest {
     pub model: Option<String>,
     pub n: Option<i64>,
     pub size: Option<String>,
+    pub quality: Option<String>,
     pub response_format: Option<String>,
     pub output_format: Option<String>,
+    pub output_compression: Option<i64>,
     pub stream: Option<bool>,
+    pub partial_images: Option<i64>,
     pub negative_prompt: Option<String>,
     pub seed: Option<u64>,
     pub steps: Option<i64>,
     pub guidance: Option<f64>,
     pub scheduler: Option<String>,
+    pub decoder: Option<String>,
+    pub strength: Option<f64>,
 }
 
 /// Fields [`ImagesRequest`] reads.
-const KNOWN: [&str; 12] = [
+pub const KNOWN: [&str; 17] = [
     "prompt",
     "model",
     "n",
     "size",
+    "quality",
     "response_format",
     "output_format",
+    "output_compression",
     "stream",
+    "partial_images",
     "negative_prompt",
     "seed",
     "steps",
     "guidance",
     "scheduler",
+    "decoder",
+    "strength",
 ];
 
-/// OpenAI's documented fields hoa accepts and does not act on yet, so that clients that send
-/// them by default keep working.
-const IGNORED: [&str; 7] = [
-    "quality",
+/// OpenAI's documented fields hoa accepts and does not act on, so that clients that send them
+/// by default keep working (`style`: hoa's models have no style control).
+pub const IGNORED: [&str; 7] = [
     "style",
     "user",
     "background",
     "moderation",
-    "output_compression",
-    "partial_images",
+    "safety_identifier",
+    "input_fidelity",
+    "idempotency_key",
 ];
+
+/// How the images come back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    B64Json,
+    Url,
+}
+
+/// The image file format of the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Png,
+    /// JPEG at this quality (1-100), from `output_compression`.
+    Jpeg(u8),
+}
+
+impl Output {
+    pub fn name(self) -> &'static str {
+        match self {
+            Output::Png => "png",
+            Output::Jpeg(_) => "jpeg",
+        }
+    }
+}
+
+/// One images call as hoa runs it: the hoa request plus what only the HTTP side acts on.
+#[derive(Debug)]
+pub struct Call {
+    pub model: Option<String>,
+    pub req: Request,
+    pub format: Format,
+    pub output: Output,
+    pub stream: bool,
+    /// Previews to stream (0 without `stream`).
+    pub partial_images: usize,
+    /// `quality` as a factor on the model's default steps, when `steps` is not given.
+    pub steps_factor: Option<f64>,
+    /// `quality` as the client gave it (echoed in the response).
+    pub quality: String,
+}
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug)]
@@ -86,12 +139,20 @@ impl ApiError {
         }
     }
 
-    fn kind(&self) -> &'static str {
-        match self.status.as_u16() {
-            429 => "rate_limit_error",
-            s if s >= 500 => "server_error",
-            _ => "invalid_request_error",
+    pub fn not_found(param: Option<&str>, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            ..ApiError::bad(param, message)
         }
+    }
+}
+
+/// OpenAI's error `type` for a status (also the label of the error counter in /metrics).
+pub fn error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        429 => "rate_limit_error",
+        s if s >= 500 => "server_error",
+        _ => "invalid_request_error",
     }
 }
 
@@ -99,7 +160,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {
             "message": self.message,
-            "type": self.kind(),
+            "type": error_type(self.status),
             "param": self.param,
             "code": self.code,
         }});
@@ -115,8 +176,12 @@ impl IntoResponse for ApiError {
 /// The OpenAI field a hoa request field was given as.
 fn param_of(field: &str) -> Option<&str> {
     match field {
-        "width" | "height" => Some("size"),
+        // resolve's memory check names all three: the size is what to change.
+        "width" | "height" | "width/height" | "width/height/batch" => Some("size"),
         "batch" => Some("n"),
+        "init_image" => Some("image"),
+        "mask" => Some("mask"),
+        "preview_every" => Some("partial_images"),
         f if KNOWN.contains(&f) => Some(f),
         _ => None,
     }
@@ -136,9 +201,15 @@ pub fn from_hoa(e: hoa::Error) -> ApiError {
 pub fn parse(body: &[u8]) -> Result<ImagesRequest, ApiError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad(None, format!("the body is not valid JSON: {e}")))?;
-    let Value::Object(mut map) = v else {
+    let Value::Object(map) = v else {
         return Err(ApiError::bad(None, "the body must be a JSON object"));
     };
+    parse_map(map)
+}
+
+/// The fields of a JSON object or a form: an unknown one, or a value of the wrong type, is a
+/// 400 naming it.
+pub fn parse_map(mut map: serde_json::Map<String, Value>) -> Result<ImagesRequest, ApiError> {
     if let Some(k) = map
         .keys()
         .find(|k| !KNOWN.contains(&k.as_str()) && !IGNORED.contains(&k.as_str()))
@@ -174,54 +245,102 @@ fn size(s: Option<&str>) -> Result<(Option<i64>, Option<i64>), ApiError> {
     Ok((Some(w), Some(h)))
 }
 
-/// The hoa request these fields make; what they leave out takes the model's default.
-pub fn to_request(r: &ImagesRequest) -> Result<Request, ApiError> {
-    match r.response_format.as_deref() {
-        None | Some("b64_json") => {}
-        Some("url") => {
+/// `quality` as a factor on the model's default number of steps (documented in the README):
+/// fewer steps are faster and rougher, more are slower and cleaner.
+fn steps_factor(q: Option<&str>) -> Result<Option<f64>, ApiError> {
+    Ok(match q {
+        None | Some("auto") | Some("medium") | Some("standard") => None,
+        Some("low") => Some(0.5),
+        Some("high") | Some("hd") => Some(2.0),
+        Some(q) => {
             return Err(ApiError::bad(
-                Some("response_format"),
-                "response_format: url is not supported yet; use b64_json",
+                Some("quality"),
+                format!("quality: expected low, medium, high, standard, hd or auto, got {q:?}"),
             ))
         }
+    })
+}
+
+fn bad_if(cond: bool, param: &str, message: String) -> Result<(), ApiError> {
+    match cond {
+        true => Err(ApiError::bad(Some(param), message)),
+        false => Ok(()),
+    }
+}
+
+/// The call these fields make; what they leave out takes the model's default in `resolve`.
+pub fn to_call(r: &ImagesRequest) -> Result<Call, ApiError> {
+    let format = match r.response_format.as_deref() {
+        None | Some("b64_json") => Format::B64Json,
+        Some("url") => Format::Url,
         Some(f) => {
             return Err(ApiError::bad(
                 Some("response_format"),
                 format!("response_format: expected b64_json or url, got {f:?}"),
             ))
         }
-    }
-    if let Some(f) = r.output_format.as_deref().filter(|f| *f != "png") {
-        return Err(ApiError::bad(
-            Some("output_format"),
-            format!("output_format: hoa writes png only, got {f:?}"),
-        ));
-    }
-    if r.stream == Some(true) {
-        return Err(ApiError::bad(
-            Some("stream"),
-            "stream: streaming is not supported yet",
-        ));
-    }
-    if let Some(n) = r.n.filter(|n| !(1..=MAX_N).contains(n)) {
-        return Err(ApiError::bad(
-            Some("n"),
+    };
+    let compression = r.output_compression.unwrap_or(100);
+    bad_if(
+        !(0..=100).contains(&compression),
+        "output_compression",
+        format!("output_compression: must be between 0 and 100, got {compression}"),
+    )?;
+    let output = match r.output_format.as_deref() {
+        None | Some("png") => Output::Png,
+        Some("jpeg") => Output::Jpeg(compression.max(1) as u8),
+        Some(f) => {
+            return Err(ApiError::bad(
+                Some("output_format"),
+                format!("output_format: hoa writes png or jpeg, got {f:?}"),
+            ))
+        }
+    };
+    let stream = r.stream == Some(true);
+    bad_if(
+        stream && format == Format::Url,
+        "response_format",
+        "response_format: a stream sends b64_json; leave response_format out".into(),
+    )?;
+    let partial = r.partial_images.unwrap_or(0);
+    bad_if(
+        !(0..=MAX_PARTIAL_IMAGES).contains(&partial),
+        "partial_images",
+        format!("partial_images: must be between 0 and {MAX_PARTIAL_IMAGES}, got {partial}"),
+    )?;
+    if let Some(n) = r.n {
+        bad_if(
+            !(1..=MAX_N).contains(&n),
+            "n",
             format!("n: must be between 1 and {MAX_N}, got {n}"),
-        ));
+        )?;
     }
+    let steps_factor = steps_factor(r.quality.as_deref())?;
     let (width, height) = size(r.size.as_deref())?;
-    Ok(Request {
+    let req = Request {
         prompt: r.prompt.clone(),
         negative_prompt: r.negative_prompt.clone(),
         steps: r.steps,
         guidance: r.guidance,
         scheduler: r.scheduler.clone(),
+        decoder: r.decoder.clone(),
+        strength: r.strength,
         seed: r.seed,
         width,
         height,
         batch: r.n,
         origin: Origin::Json,
         ..Default::default()
+    };
+    Ok(Call {
+        model: r.model.clone(),
+        req,
+        format,
+        output,
+        stream,
+        partial_images: if stream { partial as usize } else { 0 },
+        steps_factor,
+        quality: r.quality.clone().unwrap_or_else(|| "auto".into()),
     })
 }
 
@@ -247,18 +366,68 @@ mod tests {
         assert_eq!(param_of("width"), Some("size"));
         assert_eq!(param_of("height"), Some("size"));
         assert_eq!(param_of("batch"), Some("n"));
+        assert_eq!(param_of("width/height/batch"), Some("size"));
+        assert_eq!(param_of("width/height"), Some("size"));
+        assert_eq!(param_of("init_image"), Some("image"));
         assert_eq!(param_of("steps"), Some("steps"));
         assert_eq!(param_of("the request"), None);
     }
 
     #[test]
     fn openai_fields_hoa_does_not_act_on_are_accepted_others_refused() {
-        let ok = parse(br#"{"prompt": "a", "quality": "hd", "style": "vivid", "user": "u"}"#);
+        let ok = parse(br#"{"prompt": "a", "style": "vivid", "user": "u"}"#);
         assert_eq!(ok.unwrap().prompt.as_deref(), Some("a"));
         let e = parse(br#"{"prompt": "a", "stpes": 2}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("stpes"));
         let e = parse(br#"{"prompt": "a", "seed": -1}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("seed"));
         assert_eq!(parse(b"[1]").unwrap_err().status, StatusCode::BAD_REQUEST);
+    }
+
+    fn call(json: &str) -> Result<Call, ApiError> {
+        to_call(&parse(json.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn quality_scales_the_default_steps_and_bad_values_name_their_field() {
+        assert_eq!(
+            call(r#"{"quality": "low"}"#).unwrap().steps_factor,
+            Some(0.5)
+        );
+        assert_eq!(
+            call(r#"{"quality": "hd"}"#).unwrap().steps_factor,
+            Some(2.0)
+        );
+        assert_eq!(
+            call(r#"{"quality": "standard"}"#).unwrap().steps_factor,
+            None
+        );
+        for (json, param) in [
+            (r#"{"quality": "ultra"}"#, "quality"),
+            (r#"{"partial_images": 4, "stream": true}"#, "partial_images"),
+            (r#"{"partial_images": -1}"#, "partial_images"),
+            (
+                r#"{"stream": true, "response_format": "url"}"#,
+                "response_format",
+            ),
+            (r#"{"response_format": "jpeg"}"#, "response_format"),
+            (r#"{"output_format": "webp"}"#, "output_format"),
+            (
+                r#"{"output_format": "jpeg", "output_compression": 101}"#,
+                "output_compression",
+            ),
+            (r#"{"n": 0}"#, "n"),
+        ] {
+            let e = call(json).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{json}: {}", e.message);
+        }
+        let c = call(r#"{"stream": true, "partial_images": 2, "response_format": "b64_json"}"#);
+        assert_eq!(c.unwrap().partial_images, 2);
+        // Previews are for streams only.
+        assert_eq!(call(r#"{"partial_images": 2}"#).unwrap().partial_images, 0);
+        assert_eq!(
+            call(r#"{"response_format": "url"}"#).unwrap().format,
+            Format::Url
+        );
     }
 }

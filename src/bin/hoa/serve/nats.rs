@@ -8,7 +8,6 @@
 //! worker sends the job's progress and previews on the core subject `hoa.progress.<id>`.
 
 use super::api::ApiError;
-use super::queue::queue_full;
 use super::worker::{Job, JobEvent};
 use anyhow::{bail, Context as _, Result};
 use async_nats::jetstream::{self, kv, object_store, stream};
@@ -17,7 +16,7 @@ use clap::Args;
 use futures_util::StreamExt;
 use hoa::request::Request;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncReadExt;
@@ -276,6 +275,8 @@ pub struct Front {
     /// This front's unique prefix for job ids, then a counter.
     prefix: String,
     next: AtomicU64,
+    /// Jobs published and not yet answered.
+    pending: Arc<AtomicUsize>,
 }
 
 impl Front {
@@ -310,7 +311,12 @@ impl Front {
             models,
             prefix,
             next: AtomicU64::new(0),
+            pending: Arc::default(),
         })
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
     }
 
     pub fn connected(&self) -> bool {
@@ -323,6 +329,13 @@ impl Front {
         let failed = |e: &dyn std::fmt::Display| {
             ApiError::internal(format!("the job queue (NATS JetStream) failed: {e}"))
         };
+        if req.init_image.is_some() || req.mask.is_some() || req.latents.is_some() {
+            return Err(ApiError::bad(
+                Some("image"),
+                "edits and variations are not available with a NATS queue yet \
+                 (hoa serve --queue nats://...)",
+            ));
+        }
         let id = format!(
             "{}.{}",
             self.prefix,
@@ -355,13 +368,13 @@ impl Front {
             .await
             .map_err(|e| failed(&e))?;
         if let Err(e) = ack.await {
-            return Err(if is_full(&e) {
-                queue_full()
-            } else {
-                failed(&e)
+            return Err(match is_full(&e) {
+                true => super::busy("the generation queue is full; retry later"),
+                false => failed(&e),
             });
         }
         let front = self.clone();
+        front.pending.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let wait = front.wait(&id, watch, progress, &job.events);
             let result = match job.deadline {
@@ -374,6 +387,7 @@ impl Front {
                 Err(e) => JobEvent::Failed(e),
             };
             let _ = job.events.send(last).await;
+            front.pending.fetch_sub(1, Ordering::Relaxed);
             front.forget(&id).await;
         });
         Ok(())

@@ -1,10 +1,8 @@
 //! Where a resolved job goes: the local generation thread's bounded queue (`--queue N`), or a
 //! NATS JetStream work queue shared by any number of `hoa worker`s (`--queue nats://...`).
 
-use super::api::ApiError;
 use super::nats::Front;
 use super::worker::Job;
-use super::RETRY_AFTER_S;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -19,12 +17,10 @@ pub fn queue_arg(s: &str) -> Result<QueueArg, String> {
     if s.starts_with("nats://") || s.starts_with("tls://") {
         return Ok(QueueArg::Nats(s.to_string()));
     }
-    match s.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(QueueArg::Local(n)),
-        _ => Err(format!(
-            "expected a queue length of at least 1 or a nats://HOST:PORT address, got {s:?}"
-        )),
-    }
+    // The length's range is checked where the local queue is made.
+    s.parse::<usize>()
+        .map(QueueArg::Local)
+        .map_err(|_| format!("expected a queue length or a nats://HOST:PORT address, got {s:?}"))
 }
 
 pub enum Jobs {
@@ -40,14 +36,12 @@ impl Jobs {
             Jobs::Nats(front) => !front.connected(),
         }
     }
-}
 
-/// The answer to a job that finds the queue full.
-pub fn queue_full() -> ApiError {
-    ApiError {
-        status: axum::http::StatusCode::TOO_MANY_REQUESTS,
-        code: Some("queue_full"),
-        retry_after: Some(RETRY_AFTER_S),
-        ..ApiError::bad(None, "the generation queue is full; retry later")
+    /// Jobs queued or running here; with NATS, those this front waits for.
+    pub fn depth(&self) -> usize {
+        match self {
+            Jobs::Local(tx) => tx.max_capacity() - tx.capacity(),
+            Jobs::Nats(front) => front.pending(),
+        }
     }
 }

@@ -20,11 +20,13 @@ pub const EVENTS: usize = 8;
 /// What a running job reports, in order: any number of `Progress` and `Partial`, then exactly
 /// one `Done` or `Failed` (none when the receiver was dropped).
 #[derive(Debug)]
-#[allow(dead_code)] // Progress and Partial: read by streaming and /metrics, next.
 pub enum JobEvent {
     /// Denoising step `step` (1-based) of `total` finished, taking `seconds`.
     Progress {
+        // For progress reports (the NATS worker's acks); the HTTP side reads `seconds`.
+        #[allow(dead_code)]
         step: usize,
+        #[allow(dead_code)]
         total: usize,
         seconds: f64,
     },
