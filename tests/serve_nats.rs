@@ -1,7 +1,8 @@
 //! `hoa serve --queue nats://...` with two `hoa worker`s on the shipped model, everything on
 //! loopback against a `nats-server -js`: a bounded load test (200 requests from 16 clients)
 //! answers every request with an image or a 429 and loses none, and a worker killed mid-job
-//! (SIGKILL) leaves its job to the other one, which completes it.
+//! (SIGKILL) leaves its job to the other one, which completes it; a streamed request gets the
+//! worker's previews as partial images.
 //!
 //! The server is `HOA_NATS_URL` when set (`.ci/run` starts one), else a `nats-server` this test
 //! starts itself; with neither the test fails when `HOA_REQUIRE_NATS=1` (CI) and skips
@@ -330,6 +331,27 @@ fn scale_out_answers_every_request_and_survives_a_killed_worker() {
         "serve_nats kill: job {id} completed on worker {survivor} {:.1} s after worker {victim} \
          took it and was killed",
         t.elapsed().as_secs_f64()
+    );
+
+    // Streaming: the worker's previews come back over NATS as partial images, then the image.
+    let req = json!({"prompt": "a red circle", "model": model, "size": "64x64", "steps": 6,
+                     "seed": 3, "stream": true, "partial_images": 2});
+    let (status, head, body) = http(&addr, req.to_string().as_bytes());
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    let text = String::from_utf8(body).unwrap();
+    let names: Vec<&str> = (text.lines())
+        .filter_map(|l| l.strip_prefix("event:"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "image_generation.partial_image",
+            "image_generation.partial_image",
+            "image_generation.completed"
+        ],
+        "{text}"
     );
     assert!(started.elapsed() < DEADLINE * 2);
 }

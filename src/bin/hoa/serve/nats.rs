@@ -407,12 +407,8 @@ impl Front {
         };
         let entry = loop {
             tokio::select! {
-                e = watch.next() => match e {
-                    Some(Ok(e)) if e.operation == kv::Operation::Put => break e,
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(lost(&e)),
-                    None => return Err(lost(&"the result watch ended")),
-                },
+                // Progress first: what the worker sent before its outcome is passed on before it.
+                biased;
                 Some(m) = progress.next() => {
                     let ev = serde_json::from_slice::<ProgressMsg>(&m.payload).ok();
                     // As on one machine: progress never waits for a slow client.
@@ -420,6 +416,12 @@ impl Front {
                         let _ = events.try_send(ev);
                     }
                 }
+                e = watch.next() => match e {
+                    Some(Ok(e)) if e.operation == kv::Operation::Put => break e,
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(lost(&e)),
+                    None => return Err(lost(&"the result watch ended")),
+                },
                 _ = events.closed() => return Err(hoa::Error::Cancelled),
             }
         };
