@@ -2,7 +2,7 @@
 //! loopback against a `nats-server -js`: a bounded load test (200 requests from 16 clients)
 //! answers every request with an image or a 429 and loses none, and a worker killed mid-job
 //! (SIGKILL) leaves its job to the other one, which completes it; a streamed request gets the
-//! worker's previews as partial images.
+//! worker's previews as partial images; a job three workers died on is answered with an error.
 //!
 //! The server is `HOA_NATS_URL` when set (`.ci/run` starts one), else a `nats-server` this test
 //! starts itself; with neither the test fails when `HOA_REQUIRE_NATS=1` (CI) and skips
@@ -353,6 +353,33 @@ fn scale_out_answers_every_request_and_survives_a_killed_worker() {
         ],
         "{text}"
     );
+
+    // A job every worker dies on (the survivor stopped first): after MAX_DELIVER - 1 = 3
+    // deaths the next worker answers it with an error instead of running it again.
+    drop(workers);
+    let req = json!({"prompt": "a red star", "model": model, "size": "64x64", "steps": 25,
+                     "seed": 8})
+    .to_string();
+    let a = addr.clone();
+    let client = std::thread::spawn(move || http(&a, req.as_bytes()));
+    for delivery in 1..=3 {
+        let w = worker(&url, &model, 10 + delivery, &log_tx);
+        let want = format!("started (delivery {delivery})");
+        loop {
+            let (t, l) = log.recv_timeout(DEADLINE).expect("a worker took the job");
+            if t == 10 + delivery && l.contains(&want) {
+                break;
+            }
+        }
+        drop(w); // SIGKILL
+    }
+    let last = worker(&url, &model, 14, &log_tx);
+    let (status, _, body) = client.join().unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 500, "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("3 workers and none finished it"), "{v}");
+    drop(last);
     assert!(started.elapsed() < DEADLINE * 2);
 }
 
