@@ -5,7 +5,7 @@
 //! options against the model's defaults.
 
 use crate::image_io::RgbImage;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where a request came from, so an error names the value as the user wrote it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,8 +45,10 @@ pub struct Latents {
 }
 
 /// One generation request. JSON keys are the field names; unknown keys are refused, so a typo
-/// (`"stpes"`) is an error rather than a silent default.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// (`"stpes"`) is an error rather than a silent default. It serializes to the same JSON (the
+/// skipped fields, images and latents, excepted), which is how `hoa serve --queue nats://...`
+/// hands a job to a worker that resolves it again.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Request {
     pub prompt: Option<String>,

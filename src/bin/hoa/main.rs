@@ -1,11 +1,13 @@
 //! The `hoa` command line: `generate` (prompt to PNG), `info` (which adapter and what it
 //! allows), `bench` (kernel microbenchmarks against the adapter's own ceilings), `serve`
-//! (OpenAI's Images API over HTTP) and `clip` (CLIP's image-text tasks).
+//! (OpenAI's Images API over HTTP), `worker` (runs `serve --queue nats://...`'s jobs) and
+//! `clip` (CLIP's image-text tasks).
 
 mod bench;
 mod clip;
 mod generate;
 mod serve;
+mod worker;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -39,6 +41,8 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// CLIP: zero-shot classification, image index and search, CLIP score.
     Clip(clip::ClipArgs),
+    /// Run the jobs `hoa serve --queue nats://...` publishes to NATS JetStream.
+    Worker(Box<worker::WorkerArgs>),
 }
 
 fn main() {
@@ -65,6 +69,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(&ctx, &args)?,
         Command::Serve(args) => serve::run(ctx, *args)?,
         Command::Clip(args) => clip::run(&ctx, args)?,
+        Command::Worker(args) => worker::run(ctx, *args)?,
     }
     Ok(())
 }

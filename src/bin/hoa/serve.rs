@@ -2,7 +2,8 @@
 //! `GET /v1/models`, `url` images) plus `/healthz`, `/readyz` and `/metrics` over HTTP,
 //! single-process mode. A thin front end: the body becomes a `hoa::request::Request`,
 //! `hoa::resolve` decides and checks everything (before the job is queued), and one thread that
-//! owns the GPU runs the jobs one at a time (`serve/worker.rs`).
+//! owns the GPU runs the jobs one at a time (`serve/worker.rs`), or, with `--queue nats://...`,
+//! `hoa worker`s on any number of machines do (`serve/nats.rs`).
 
 mod api;
 mod auth;
@@ -10,8 +11,10 @@ mod files;
 mod form;
 mod images;
 mod metrics;
+pub mod nats;
+mod queue;
 mod stream;
-mod worker;
+pub mod worker;
 
 use anyhow::{bail, Context as _, Result};
 use api::{from_hoa, ApiError};
@@ -24,8 +27,10 @@ use axum::{Json, Router};
 use clap::Args;
 use hoa::model_files::DirFiles;
 use hoa::model_info::ModelInfo;
+use hoa::request::Request;
 use hoa::resolve::DeviceLimits;
 use hoa::{Context, DType};
+use queue::{queue_arg, Jobs, QueueArg};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,9 +55,12 @@ pub struct ServeArgs {
     /// Address to listen on (port 0: any free port; the address is printed on stdout).
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub bind: SocketAddr,
-    /// Requests that may wait while one generates; past that, 429 with Retry-After.
-    #[arg(long, default_value_t = 8)]
-    pub queue: usize,
+    /// Requests that may wait while one generates; past that, 429 with Retry-After. Or
+    /// `nats://HOST:PORT`: publish jobs to NATS JetStream for `hoa worker`s (scale-out).
+    #[arg(long, value_parser = queue_arg, default_value = "8")]
+    pub queue: QueueArg,
+    #[command(flatten)]
+    pub nats: nats::FrontArgs,
     /// Store weights and activations in f16 (needs the adapter's shader-f16).
     #[arg(long)]
     pub f16: bool,
@@ -80,7 +88,7 @@ pub struct ServeArgs {
     pub cors_origins: Vec<String>,
 }
 
-fn model_arg(s: &str) -> Result<(String, PathBuf), String> {
+pub(crate) fn model_arg(s: &str) -> Result<(String, PathBuf), String> {
     match s.split_once('=') {
         Some((n, d)) if !n.is_empty() && !d.is_empty() => Ok((n.to_string(), PathBuf::from(d))),
         _ => Err(format!("expected NAME=DIR, got {s:?}")),
@@ -96,7 +104,7 @@ struct Model {
 struct Shared {
     models: Vec<Model>,
     limits: DeviceLimits,
-    jobs: mpsc::Sender<worker::Job>,
+    jobs: Jobs,
     created: u64,
     timeout: std::time::Duration,
     files: Arc<files::Store>,
@@ -133,8 +141,13 @@ fn read_models(args: &[(String, PathBuf)]) -> Result<Vec<Model>> {
 }
 
 pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
-    if !(1..=MAX_QUEUE).contains(&a.queue) {
-        bail!("--queue must be from 1 to {MAX_QUEUE}, got {}", a.queue);
+    // With NATS the stream bounds the jobs (--queue-max); forms are bounded as by default.
+    let queue = match a.queue {
+        QueueArg::Local(n) => n,
+        QueueArg::Nats(_) => 8,
+    };
+    if !(1..=MAX_QUEUE).contains(&queue) {
+        bail!("--queue must be from 1 to {MAX_QUEUE}, got {queue}");
     }
     let models = read_models(&a.models)?;
     let dtype = if a.f16 { DType::F16 } else { DType::F32 };
@@ -161,7 +174,21 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         a.url_ttl_s
     );
     eprintln!("adapter: {}", ctx.describe());
-    let (jobs, thread) = worker::start(ctx, a.models.clone(), dtype, a.queue)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (jobs, thread) = match &a.queue {
+        QueueArg::Local(n) => {
+            let (tx, thread) = worker::start(ctx, a.models.clone(), dtype, *n)?;
+            (Jobs::Local(tx), Some(thread))
+        }
+        QueueArg::Nats(url) => {
+            let names = models.iter().map(|m| m.name.clone()).collect();
+            let front = rt.block_on(nats::Front::connect(url, names, &a.nats))?;
+            (Jobs::Nats(Arc::new(front)), None)
+        }
+    };
     let shared = Arc::new(Shared {
         models,
         limits,
@@ -173,16 +200,12 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         addr: listener.local_addr()?,
         metrics: metrics::Metrics::new(),
         keys,
-        uploads: tokio::sync::Semaphore::new(a.queue + 1),
+        uploads: tokio::sync::Semaphore::new(queue + 1),
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let served = rt.block_on(serve(listener, shared, cors));
     // Every sender is gone with the runtime's tasks: the thread finishes and drops the GPU.
     drop(rt);
-    if thread.join().is_err() {
+    if thread.is_some_and(|t| t.join().is_err()) {
         bail!("the generation thread panicked");
     }
     served
@@ -275,14 +298,14 @@ async fn guard(State(s): State<Arc<Shared>>, req: axum::extract::Request, next: 
 }
 
 async fn render_metrics(State(s): State<Arc<Shared>>) -> Response {
-    let depth = s.jobs.max_capacity() - s.jobs.capacity();
+    let depth = s.jobs.depth();
     let text = s.metrics.render(depth);
     let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, kind)], text).into_response()
 }
 
 /// Ctrl-C or SIGTERM: stop accepting; the requests in flight still get their images.
-async fn shutdown() {
+pub(crate) async fn shutdown() {
     let term = async {
         #[cfg(unix)]
         if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -300,13 +323,15 @@ async fn shutdown() {
 }
 
 /// Ready while the generation thread takes jobs (the models load before the server listens).
+/// With a NATS queue: while NATS is connected.
 async fn ready(State(s): State<Arc<Shared>>) -> (StatusCode, &'static str) {
-    match s.jobs.is_closed() {
-        false => (StatusCode::OK, "ready"),
-        true => (
+    match (s.jobs.is_closed(), &s.jobs) {
+        (false, _) => (StatusCode::OK, "ready"),
+        (true, Jobs::Local(_)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "the generation thread stopped",
         ),
+        (true, Jobs::Nats(_)) => (StatusCode::SERVICE_UNAVAILABLE, "NATS is unreachable"),
     }
 }
 
@@ -344,9 +369,14 @@ fn pick_model(s: &Shared, name: Option<&str>) -> Result<usize, ApiError> {
     }
 }
 
-/// Queues `job`, or answers 429 when the queue is full.
-fn enqueue(s: &Shared, job: worker::Job) -> Result<(), ApiError> {
-    s.jobs.try_send(job).map_err(|e| match e {
+/// Queues `job`, or answers 429 when the queue is full. With `--queue nats://...` it goes to
+/// JetStream instead, as `req` (which a worker resolves again).
+async fn enqueue(s: &Shared, job: worker::Job, req: &Request) -> Result<(), ApiError> {
+    let jobs = match &s.jobs {
+        Jobs::Local(tx) => tx,
+        Jobs::Nats(front) => return front.submit(job, req).await,
+    };
+    jobs.try_send(job).map_err(|e| match e {
         mpsc::error::TrySendError::Full(_) => busy("the generation queue is full; retry later"),
         mpsc::error::TrySendError::Closed(_) => ApiError::internal("the generation thread stopped"),
     })

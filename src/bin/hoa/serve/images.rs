@@ -159,7 +159,7 @@ async fn submit(
     let deadline = Instant::now() + s.timeout;
     let (job, mut events) = worker::Job::new(model, resolved, Some(deadline));
     let in_flight = s.metrics.in_flight();
-    enqueue(&s, job)?;
+    enqueue(&s, job, &call.req).await?;
     let meta = Meta {
         kind,
         size,

@@ -1,0 +1,270 @@
+//! `hoa worker`: the GPU half of `hoa serve --queue nats://...`. It pulls jobs of its models
+//! from the JetStream work queue, one at a time for its adapter, resolves each again through
+//! `hoa::resolve`, runs it on `serve/worker.rs`'s generation thread while telling JetStream it
+//! is still working (`+WPI` progress acks), stores the result (`serve/nats.rs`) and only then
+//! acks. A worker that dies leaves its job unacked: JetStream delivers it again after
+//! `--ack-wait` to another worker.
+
+use crate::serve::model_arg;
+use crate::serve::nats::{
+    self, image_name, JobMsg, Outcome, ProgressMsg, Stores, WireError, MAX_DELIVER,
+};
+use crate::serve::worker::{self, Job, JobEvent};
+use anyhow::{bail, Context as _, Result};
+use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer};
+use async_nats::jetstream::{AckKind, Message};
+use clap::Args;
+use futures_util::StreamExt;
+use hoa::model_files::DirFiles;
+use hoa::model_info::ModelInfo;
+use hoa::resolve::{resolve, DeviceLimits};
+use hoa::{Context, DType};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::MissedTickBehavior;
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The NATS server, nats://HOST:PORT (the one `hoa serve --queue` publishes to).
+    #[arg(long)]
+    pub queue: String,
+    /// A model to work for as NAME=DIR; repeatable. NAME is the one the fronts serve.
+    #[arg(long = "model", value_parser = model_arg, required = true)]
+    pub models: Vec<(String, PathBuf)>,
+    /// Seconds without an ack after which JetStream gives a job to another worker (progress
+    /// acks go every third of it). Set when the consumer is first made.
+    #[arg(long, default_value_t = 30)]
+    pub ack_wait: u64,
+    /// Store weights and activations in f16 (needs the adapter's shader-f16).
+    #[arg(long)]
+    pub f16: bool,
+}
+
+/// What every model's loop shares.
+struct Shared {
+    stores: Stores,
+    infos: Vec<(String, ModelInfo)>,
+    limits: DeviceLimits,
+    gpu_jobs: mpsc::Sender<Job>,
+    /// One job in flight on the adapter, whichever model it is for.
+    gpu: Semaphore,
+    ack_every: Duration,
+    stop: AtomicBool,
+}
+
+pub fn run(ctx: Context, a: WorkerArgs) -> Result<()> {
+    if a.ack_wait < 3 {
+        bail!("--ack-wait must be at least 3 seconds");
+    }
+    let mut infos = Vec::new();
+    for (name, dir) in &a.models {
+        nats::check_model_name(name)?;
+        if infos.iter().any(|(n, _)| n == name) {
+            bail!("--model {name}: given twice");
+        }
+        let files = DirFiles::open(dir).with_context(|| format!("--model {name}"))?;
+        let info = ModelInfo::read(&files).with_context(|| format!("--model {name}"))?;
+        infos.push((name.clone(), info));
+    }
+    let dtype = if a.f16 { DType::F16 } else { DType::F32 };
+    let limits = DeviceLimits {
+        max_binding_bytes: ctx.max_binding_bytes(),
+        dtype_size: dtype.size(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // NATS first: an unreachable server fails before the slow load.
+    let stores = rt.block_on(nats::connect(&a.queue, nats::DEFAULT_QUEUE_MAX))?;
+    eprintln!("adapter: {}", ctx.describe());
+    let (gpu_jobs, thread) = worker::start(ctx, a.models.clone(), dtype, 1)?;
+    let shared = Arc::new(Shared {
+        stores,
+        infos,
+        limits,
+        gpu_jobs,
+        gpu: Semaphore::new(1),
+        ack_every: Duration::from_secs(a.ack_wait / 3),
+        stop: AtomicBool::new(false),
+    });
+    let worked = rt.block_on(work(shared, Duration::from_secs(a.ack_wait)));
+    // The last sender goes with `shared`: the thread finishes and drops the GPU.
+    drop(rt);
+    if thread.join().is_err() {
+        bail!("the generation thread panicked");
+    }
+    worked
+}
+
+async fn work(shared: Arc<Shared>, ack_wait: Duration) -> Result<()> {
+    let mut loops = Vec::new();
+    for (name, _) in &shared.infos {
+        let consumer: Consumer<pull::Config> = shared
+            .stores
+            .stream
+            .get_or_create_consumer(
+                &format!("hoa-worker-{name}"),
+                pull::Config {
+                    durable_name: Some(format!("hoa-worker-{name}")),
+                    filter_subject: nats::subject(name),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait,
+                    max_deliver: MAX_DELIVER,
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("the JetStream consumer for model {name}"))?;
+        loops.push(tokio::spawn(pull_loop(shared.clone(), consumer)));
+    }
+    let names: Vec<&str> = shared.infos.iter().map(|(n, _)| n.as_str()).collect();
+    println!("worker ready: {}", names.join(", "));
+    let s = shared.clone();
+    tokio::spawn(async move {
+        crate::serve::shutdown().await;
+        s.stop.store(true, Ordering::SeqCst);
+    });
+    for l in loops {
+        l.await??;
+    }
+    Ok(())
+}
+
+/// Takes the adapter, then at most one job of this model; until told to stop.
+async fn pull_loop(shared: Arc<Shared>, consumer: Consumer<pull::Config>) -> Result<()> {
+    while !shared.stop.load(Ordering::SeqCst) {
+        let _gpu = shared.gpu.acquire().await?;
+        let fetched = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await;
+        let mut batch = match fetched {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("worker: fetching a job failed: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(msg) = batch.next().await {
+            match msg {
+                Ok(msg) => handle(&shared, msg).await,
+                Err(e) => eprintln!("worker: receiving a job failed: {e}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn handle(shared: &Shared, msg: Message) {
+    let delivered = msg.info().map_or(1, |i| i.delivered);
+    let job: JobMsg = match serde_json::from_slice(&msg.payload) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("worker: dropping a malformed job: {e}");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    eprintln!("job {}: started (delivery {delivered})", job.id);
+    let t = std::time::Instant::now();
+    let outcome = if delivered >= MAX_DELIVER {
+        Err(hoa::Error::Checkpoint(format!(
+            "the job was given to {} workers and none finished it (each stopped or died)",
+            delivered - 1
+        )))
+    } else {
+        generate(shared, &msg, &job).await
+    };
+    match store(&shared.stores, &job.id, outcome).await {
+        // Acked only once stored: a worker that dies before this leaves the job to another.
+        Ok(ok) => {
+            let _ = msg.double_ack().await;
+            eprintln!(
+                "job {}: {} in {:.2} s",
+                job.id,
+                if ok { "done" } else { "failed" },
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Err(e) => eprintln!("job {}: storing the result failed: {e:#}", job.id),
+    }
+}
+
+/// Resolves the job again and runs it, acking progress (each step, and every third of the ack
+/// wait during a slow one) and passing steps and previews on to the front.
+async fn generate(shared: &Shared, msg: &Message, job: &JobMsg) -> hoa::Result<Vec<Vec<u8>>> {
+    let Some(model) = shared.infos.iter().position(|(n, _)| *n == job.model) else {
+        return Err(hoa::Error::invalid(
+            "model",
+            format!("this worker does not serve `{}`", job.model),
+        ));
+    };
+    let resolved = resolve(&job.request, &shared.infos[model].1, shared.limits)?;
+    let deadline = job.deadline_ms.map(nats::deadline_instant);
+    let (gpu_job, mut events) = Job::new(model, resolved, deadline);
+    let stopped = || hoa::Error::Checkpoint("the generation thread stopped".into());
+    if shared.gpu_jobs.send(gpu_job).await.is_err() {
+        return Err(stopped());
+    }
+    let progress = nats::progress_subject(&job.id);
+    let mut tick = tokio::time::interval(shared.ack_every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => e,
+            _ = tick.tick() => {
+                let _ = msg.ack_with(AckKind::Progress).await;
+                continue;
+            }
+        };
+        match event {
+            Some(JobEvent::Done(pngs)) => return Ok(pngs),
+            Some(JobEvent::Failed(e)) => return Err(e),
+            Some(e) => {
+                let _ = msg.ack_with(AckKind::Progress).await;
+                if let Some(p) = ProgressMsg::from_event(&e) {
+                    if let Ok(body) = serde_json::to_vec(&p) {
+                        let _ = shared
+                            .stores
+                            .client
+                            .publish(progress.clone(), body.into())
+                            .await;
+                    }
+                }
+            }
+            None => return Err(stopped()),
+        }
+    }
+}
+
+/// Puts the PNGs, then the outcome the front watches for; true when it was images.
+async fn store(stores: &Stores, id: &str, outcome: hoa::Result<Vec<Vec<u8>>>) -> Result<bool> {
+    let value = match outcome {
+        Ok(pngs) => {
+            for (k, png) in pngs.iter().enumerate() {
+                stores
+                    .images
+                    .put(image_name(id, k).as_str(), &mut png.as_slice())
+                    .await
+                    .context("the object store")?;
+            }
+            Outcome::Images { count: pngs.len() }
+        }
+        Err(e) => Outcome::Failed(WireError::from(&e)),
+    };
+    let ok = matches!(value, Outcome::Images { .. });
+    stores
+        .results
+        .put(id, serde_json::to_vec(&value)?.into())
+        .await
+        .context("the key-value bucket")?;
+    Ok(ok)
+}
