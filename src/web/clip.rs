@@ -8,7 +8,7 @@
 //! const e = await clip.embed_images([png1, png2]);   // Float32Array [n * clip.dim()]
 //! ```
 
-use super::{js_err, memory_files, Hoa};
+use super::{js_err, Hoa, JsFiles};
 use crate::clip::{decode_image, prompts, Clip};
 use crate::gpu::{Context, DType};
 use crate::image_io::RgbImage;
@@ -30,7 +30,7 @@ impl Hoa {
     pub fn clip(&self, files: Map) -> js_sys::Promise {
         let ctx = self.ctx.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let files = memory_files("clip", &files)?;
+            let files = JsFiles::new("clip", &files)?;
             let clip = Clip::load(&ctx, &files, DType::F32).map_err(js_err)?;
             Ok(HoaClip {
                 ctx,
