@@ -8,6 +8,7 @@
 
 pub mod activation;
 pub mod bench;
+pub mod clip_vocab;
 pub mod config;
 pub mod error;
 pub mod gpu;
