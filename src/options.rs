@@ -79,6 +79,18 @@ impl GuidanceHigh {
 }
 
 impl GenerateOptions {
+    /// The model's scheduler config with `prediction_type` overridden when asked.
+    pub fn scheduler_config(
+        &self,
+        model: &crate::schedulers::SchedulerConfig,
+    ) -> crate::schedulers::SchedulerConfig {
+        let mut c = model.clone();
+        if let Some(p) = &self.prediction_type {
+            c.prediction_type = Some(p.clone());
+        }
+        c
+    }
+
     /// The guidance scale of a step at timestep `t`.
     pub fn guidance_at(&self, t: f32) -> f32 {
         match self.guidance_high {
@@ -118,6 +130,9 @@ pub struct GenerateOptions {
     /// Every this many steps (and never after the last), decode the current latents with the
     /// VAE and report them as [`Event::Preview`], for a live preview; 0 = off.
     pub preview_every: usize,
+    /// What the U-Net predicts (`epsilon` | `v_prediction`) when it is not what the model's
+    /// scheduler config says (a single file whose type was guessed); `None`: the config's.
+    pub prediction_type: Option<String>,
 }
 
 impl Default for GenerateOptions {
@@ -139,6 +154,7 @@ impl Default for GenerateOptions {
             init: None,
             split_guidance: false,
             preview_every: 0,
+            prediction_type: None,
         }
     }
 }

@@ -71,6 +71,9 @@ pub struct Request {
     pub strength: Option<f64>,
     /// Decode a preview every this many steps (0 = never).
     pub preview_every: Option<i64>,
+    /// What the U-Net predicts, `epsilon` or `v_prediction`, overriding the model's scheduler
+    /// config (a single-file checkpoint's type is detected by a rule that can be wrong).
+    pub prediction: Option<String>,
     #[serde(skip)]
     pub init_image: Option<RgbImage>,
     #[serde(skip)]
