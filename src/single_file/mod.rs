@@ -165,6 +165,9 @@ pub struct SingleFile {
     configs: HashMap<String, Vec<u8>>,
     /// `--config DIR`: its configs and tokenizer apply instead.
     config_dir: Option<Box<dyn ModelFiles>>,
+    /// The memory map, to hand its pages back between components.
+    #[cfg(unix)]
+    map: Option<std::sync::Arc<memmap2::Mmap>>,
 }
 
 fn has_prefix(w: &Weights, prefix: &str) -> bool {
@@ -298,6 +301,8 @@ impl SingleFile {
             layout,
             configs,
             config_dir,
+            #[cfg(unix)]
+            map: None,
         })
     }
 
@@ -314,8 +319,27 @@ impl SingleFile {
         // doing, as with every memory-mapped loader (safetensors' own, candle's).
         let map = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| Error::Checkpoint(format!("{name}: cannot be mapped ({e})")))?;
-        let weights = Weights::from_shared(&name, std::sync::Arc::new(map))?;
-        SingleFile::from_weights(weights, config_dir)
+        let map = std::sync::Arc::new(map);
+        let weights = Weights::from_shared(&name, map.clone())?;
+        let file = SingleFile::from_weights(weights, config_dir)?;
+        #[cfg(unix)]
+        let file = SingleFile {
+            map: Some(map),
+            ..file
+        };
+        Ok(file)
+    }
+
+    /// Drops the pages earlier components touched from this process (they stay in the page
+    /// cache and fault back in if read again), so a model loads with one component's bytes
+    /// resident at a time rather than the whole file.
+    fn release_pages(&self) {
+        #[cfg(unix)]
+        if let Some(map) = &self.map {
+            // Safety: a read-only shared file mapping: DONTNEED discards no data, later reads
+            // see the file's bytes again.
+            let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
     }
 
     pub fn detected(&self) -> &Detected {
@@ -382,6 +406,7 @@ impl SingleFile {
         let Some(entries) = self.entries(dir)? else {
             return Ok(None);
         };
+        self.release_pages();
         let mut seen = std::collections::HashSet::new();
         if let Some((name, src, _)) = entries.iter().find(|(n, ..)| !seen.insert(n.clone())) {
             return Err(Error::Checkpoint(format!(

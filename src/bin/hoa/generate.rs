@@ -360,6 +360,8 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     eprintln!("adapter: {}", ctx.describe());
     let t0 = std::time::Instant::now();
     let pipe = Pipeline::load_with(ctx, files.as_ref(), info, dtype)?;
+    // A single file's memory map is not needed once the weights are on the device.
+    drop(files);
     eprintln!(
         "loaded {} in {:.1} s",
         model_dir.display(),
