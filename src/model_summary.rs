@@ -1,7 +1,6 @@
 //! What `hoa info --model` prints about a model without loading it on a device: its family,
 //! what its U-Net predicts, and each component's parameter count and stored dtypes.
 
-use crate::config::UNet2DConditionModelConfig;
 use crate::error::Result;
 use crate::model_files::{component_weights, ModelFiles};
 use crate::single_file::Detected;
@@ -46,18 +45,24 @@ pub fn count(name: &str, w: &Weights, filter: impl Fn(&str) -> bool) -> Componen
     c
 }
 
-/// The family a diffusers U-Net config implies (its cross-attention width and input channels).
-fn family_of(unet: &UNet2DConditionModelConfig) -> String {
-    let width = match &unet.cross_attention_dim {
-        crate::config::PerBlock::One(w) => *w,
-        crate::config::PerBlock::Each(v) => v.first().copied().unwrap_or(0),
+/// The family a diffusers U-Net config implies (its cross-attention width, `text_time`
+/// conditioning and input channels). Read as plain JSON: describing a model hoa cannot run yet
+/// (SDXL) is no error.
+fn family_of(unet: &serde_json::Value) -> String {
+    let width = match &unet["cross_attention_dim"] {
+        serde_json::Value::Array(v) => v.first().and_then(|w| w.as_u64()),
+        w => w.as_u64(),
+    }
+    .unwrap_or(0);
+    let xl = unet["addition_embed_type"] == "text_time";
+    let f = match (xl, width) {
+        (true, 1280) => "SDXL refiner".to_string(),
+        (true, _) => "SDXL".to_string(),
+        (false, 768) => "SD 1.x".to_string(),
+        (false, 1024) => "SD 2.x".to_string(),
+        (false, w) => format!("SD-shaped (cross-attention {w} wide)"),
     };
-    let f = match width {
-        768 => "SD 1.x".to_string(),
-        1024 => "SD 2.x".to_string(),
-        w => format!("SD-shaped (cross-attention {w} wide)"),
-    };
-    let inpaint = if unet.in_channels == 9 {
+    let inpaint = if unet["in_channels"] == 9 {
         " inpainting"
     } else {
         ""
@@ -67,7 +72,8 @@ fn family_of(unet: &UNet2DConditionModelConfig) -> String {
 
 /// Summarizes a model folder, or a single file when `detected` is its detection.
 pub fn summarize(files: &dyn ModelFiles, detected: Option<&Detected>) -> Result<ModelSummary> {
-    let unet = UNet2DConditionModelConfig::from_json(&files.require("unet/config.json")?)?;
+    let unet: serde_json::Value = serde_json::from_slice(&files.require("unet/config.json")?)
+        .map_err(|e| crate::Error::Checkpoint(format!("unet/config.json: {e}")))?;
     let sched: serde_json::Value =
         serde_json::from_slice(&files.require("scheduler/scheduler_config.json")?)
             .unwrap_or_default();

@@ -285,6 +285,16 @@ fn hoa_info_names_family_prediction_and_dtypes() {
     }
     let out = hoa(&["info", "--model", folder("sd1_inpaint").to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("inpainting"));
+    let (f, c) = (file("sdxl"), folder("sdxl"));
+    let out = hoa(&[
+        "info",
+        "--model",
+        f.to_str().unwrap(),
+        "--config",
+        c.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("SDXL") && text.contains("text_encoder_2:"));
     let ckpt = tmp("info.ckpt", b"PK");
     let out = hoa(&["info", "--model", ckpt.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
