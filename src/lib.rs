@@ -9,6 +9,7 @@
 pub mod activation;
 pub mod bench;
 pub mod clip;
+pub mod clip_vocab;
 pub mod config;
 pub mod download_plan;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod kernels;
 pub mod model_defaults;
 pub mod model_files;
 pub mod model_info;
+pub mod model_summary;
 pub mod models;
 pub mod noise;
 pub mod options;
@@ -27,6 +29,7 @@ pub mod prompt_upsampling;
 pub mod request;
 pub mod resolve;
 pub mod schedulers;
+pub mod single_file;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

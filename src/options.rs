@@ -128,6 +128,18 @@ impl MicroConditioning {
 }
 
 impl GenerateOptions {
+    /// The model's scheduler config with `prediction_type` overridden when asked.
+    pub fn scheduler_config(
+        &self,
+        model: &crate::schedulers::SchedulerConfig,
+    ) -> crate::schedulers::SchedulerConfig {
+        let mut c = model.clone();
+        if let Some(p) = &self.prediction_type {
+            c.prediction_type = Some(p.clone());
+        }
+        c
+    }
+
     /// The guidance scale of a step at timestep `t`.
     pub fn guidance_at(&self, t: f32) -> f32 {
         match self.guidance_high {
@@ -172,6 +184,9 @@ pub struct GenerateOptions {
     pub cancel: Option<Cancel>,
     /// SDXL's size and crop conditioning (ignored by models without it).
     pub micro: MicroConditioning,
+    /// What the U-Net predicts (`epsilon` | `v_prediction`) when it is not what the model's
+    /// scheduler config says (a single file whose type was guessed); `None`: the config's.
+    pub prediction_type: Option<String>,
 }
 
 /// A flag that stops a generation between denoising steps: a server whose client went away or
@@ -210,6 +225,7 @@ impl Default for GenerateOptions {
             preview_every: 0,
             cancel: None,
             micro: MicroConditioning::default(),
+            prediction_type: None,
         }
     }
 }

@@ -82,6 +82,9 @@ pub struct Request {
     pub negative_original_size: Option<[i64; 2]>,
     pub negative_crops_coords_top_left: Option<[i64; 2]>,
     pub negative_target_size: Option<[i64; 2]>,
+    /// What the U-Net predicts, `epsilon` or `v_prediction`, overriding the model's scheduler
+    /// config (a single-file checkpoint's type is detected by a rule that can be wrong).
+    pub prediction: Option<String>,
     #[serde(skip)]
     pub init_image: Option<RgbImage>,
     #[serde(skip)]

@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Args;
-use hoa::model_files::DirFiles;
+use hoa::model_files::open_model;
 use hoa::model_info::ModelInfo;
 use hoa::request::Request;
 use hoa::resolve::DeviceLimits;
@@ -130,8 +130,8 @@ fn read_models(args: &[(String, PathBuf)]) -> Result<Vec<Model>> {
         if models.iter().any(|m: &Model| &m.name == name) {
             bail!("--model {name}: given twice");
         }
-        let files = DirFiles::open(dir).with_context(|| format!("--model {name}"))?;
-        let info = ModelInfo::read(&files).with_context(|| format!("--model {name}"))?;
+        let files = open_model(dir, None).with_context(|| format!("--model {name}"))?;
+        let info = ModelInfo::read(files.as_ref()).with_context(|| format!("--model {name}"))?;
         models.push(Model {
             name: name.clone(),
             info,

@@ -15,7 +15,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer};
 use async_nats::jetstream::{AckKind, Message};
 use clap::Args;
 use futures_util::StreamExt;
-use hoa::model_files::DirFiles;
+use hoa::model_files::open_model;
 use hoa::model_info::ModelInfo;
 use hoa::resolve::{resolve, DeviceLimits};
 use hoa::{Context, DType};
@@ -65,8 +65,8 @@ pub fn run(ctx: Context, a: WorkerArgs) -> Result<()> {
         if infos.iter().any(|(n, _)| n == name) {
             bail!("--model {name}: given twice");
         }
-        let files = DirFiles::open(dir).with_context(|| format!("--model {name}"))?;
-        let info = ModelInfo::read(&files).with_context(|| format!("--model {name}"))?;
+        let files = open_model(dir, None).with_context(|| format!("--model {name}"))?;
+        let info = ModelInfo::read(files.as_ref()).with_context(|| format!("--model {name}"))?;
         infos.push((name.clone(), info));
     }
     let dtype = if a.f16 { DType::F16 } else { DType::F32 };

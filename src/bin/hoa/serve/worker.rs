@@ -4,7 +4,7 @@
 //! passing the job's deadline stops the run after the current denoising step.
 
 use hoa::image_io::encode_png;
-use hoa::model_files::DirFiles;
+use hoa::model_files::open_model;
 use hoa::options::Cancel;
 use hoa::pipeline::{Event, Pipeline};
 use hoa::resolve::Resolved;
@@ -88,7 +88,8 @@ pub fn start(
             let mut pipes = Vec::new();
             for (name, dir) in &models {
                 let t = Instant::now();
-                let loaded = DirFiles::open(dir).and_then(|f| Pipeline::load(&ctx, &f, dtype));
+                let loaded =
+                    open_model(dir, None).and_then(|f| Pipeline::load(&ctx, f.as_ref(), dtype));
                 match loaded {
                     Ok(p) => pipes.push((name.clone(), p)),
                     Err(e) => {
