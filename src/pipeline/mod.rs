@@ -20,6 +20,7 @@ use crate::config::{ClipTextConfig, ConsistencyDecoderVAEConfig, T5Config};
 use crate::error::{Error, Result};
 use crate::gpu::{Context, DType};
 use crate::image_io::RgbImage;
+use crate::lora::{keys::Component as LoraPart, LoraSet};
 use crate::model_files::{component_weights, ModelFiles};
 use crate::model_info::ModelInfo;
 use crate::models::autoencoder_kl::AutoencoderKL;
@@ -85,6 +86,18 @@ impl Pipeline {
         info: ModelInfo,
         dtype: DType,
     ) -> Result<Pipeline> {
+        Pipeline::load_with_loras(ctx, files, info, dtype, &LoraSet::default())
+    }
+
+    /// [`Pipeline::load_with`] with `loras` merged into the text encoder's and the U-Net's
+    /// weights as they load (diffusers' `load_lora_weights` + `fuse_lora`).
+    pub fn load_with_loras(
+        ctx: &Context,
+        files: &dyn ModelFiles,
+        info: ModelInfo,
+        dtype: DType,
+        loras: &LoraSet,
+    ) -> Result<Pipeline> {
         if dtype == DType::F16 && !ctx.has_f16() {
             return Err(Error::MissingFeature {
                 op: OP,
@@ -92,10 +105,14 @@ impl Pipeline {
                 hint: "load the model in f32 instead",
             });
         }
-        let (text_encoder, context_len) = load_text_encoder(ctx, files, &info, dtype)?;
+        loras.check_components(&[LoraPart::TextEncoder, LoraPart::Unet])?;
+        let (text_encoder, context_len) = load_text_encoder(ctx, files, &info, dtype, loras)?;
         let tokenizer = load_tokenizer(files, &text_encoder, context_len)?;
         let unet_weights = component_weights(files, "unet")?;
-        let unet = UNet2DConditionModel::load(&Loader::new(ctx, &unet_weights, dtype), &info.unet)?;
+        let patches = loras.patches(LoraPart::Unet, &unet_weights)?;
+        let loader = Loader::new(ctx, &unet_weights, dtype).with_patches(&patches);
+        let unet = UNet2DConditionModel::load(&loader, &info.unet)?;
+        patches.finish()?;
         drop(unet_weights);
         let vae_weights = component_weights(files, "vae")?;
         let vae = AutoencoderKL::load(&Loader::new(ctx, &vae_weights, dtype), &info.vae)?;
@@ -336,11 +353,13 @@ fn load_text_encoder(
     files: &dyn ModelFiles,
     info: &ModelInfo,
     dtype: DType,
+    loras: &LoraSet,
 ) -> Result<(TextEncoder, usize)> {
     let weights = component_weights(files, "text_encoder")?;
     let json = files.require("text_encoder/config.json")?;
-    let loader = Loader::new(ctx, &weights, dtype);
-    Ok(match info.text_encoder_class.as_str() {
+    let patches = loras.patches(LoraPart::TextEncoder, &weights)?;
+    let loader = Loader::new(ctx, &weights, dtype).with_patches(&patches);
+    let loaded = match info.text_encoder_class.as_str() {
         "CLIPTextModel" => {
             let cfg = ClipTextConfig::from_json(&json)?;
             let n = cfg.max_position_embeddings;
@@ -357,7 +376,9 @@ fn load_text_encoder(
                 format!("is a {other}; hoa runs CLIPTextModel and T5EncoderModel"),
             ))
         }
-    })
+    };
+    patches.finish()?;
+    Ok(loaded)
 }
 
 /// The folder's `tokenizer.json`, or one built from CLIP's `vocab.json` + `merges.txt` (what

@@ -1,0 +1,364 @@
+//! LoRA merges against diffusers' `load_lora_weights` + `fuse_lora` on the tiny pipeline
+//! (tests/fixtures/lora_tiny, written by tools/fixtures/lora.py): the merged tensors in both
+//! formats and with two LoRAs at once, the image, diffusers' older key names, and the errors.
+
+mod common;
+#[path = "common/fixture.rs"]
+mod fixture;
+
+use common::{ctx, dtypes, round_to};
+use fixture::{dir, Io};
+use hoa::lora::keys::Component;
+use hoa::lora::{LoraFile, LoraSet};
+use hoa::model_files::DirFiles;
+use hoa::model_info::ModelInfo;
+use hoa::pipeline::{GenerateOptions, Pipeline};
+use hoa::schedulers::SchedulerKind;
+use hoa::weights::{Loader, Weights};
+use hoa::DType;
+use safetensors::tensor::{Dtype, TensorView};
+
+const LORA: &str = "lora_tiny";
+const PIPE: &str = "pipeline_tiny";
+
+fn lora(file: &str) -> LoraFile {
+    LoraFile::from_bytes(file, std::fs::read(dir(LORA).join(file)).unwrap()).unwrap()
+}
+
+fn set(files: &[(&str, f64)]) -> LoraSet {
+    LoraSet {
+        loras: files.iter().map(|(f, s)| (lora(f), *s)).collect(),
+    }
+}
+
+fn component_weights(c: Component) -> Weights {
+    let file = match c {
+        Component::Unet => "unet/diffusion_pytorch_model.safetensors",
+        _ => "text_encoder/model.safetensors",
+    };
+    Weights::from_bytes(file, std::fs::read(dir(PIPE).join(file)).unwrap()).unwrap()
+}
+
+/// Merges `loras` and compares every tensor the reference `case` holds (and only those
+/// change): max |err| <= 1e-6 x max |ref| per tensor in f32; f16 stores the f32 sum rounded.
+fn check_merge(case: &str, loras: &LoraSet) {
+    let Some(c) = ctx() else { return };
+    let io = Io::load(LORA);
+    let st = std::fs::read(dir(LORA).join("io.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    for comp in [Component::Unet, Component::TextEncoder] {
+        let prefix = format!("{case}.{}.", comp.name());
+        let keys: Vec<String> = st
+            .names()
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&prefix).map(String::from))
+            .collect();
+        let weights = component_weights(comp);
+        let patches = loras.patches(comp, &weights).unwrap();
+        assert_eq!(
+            patches.len(),
+            keys.len(),
+            "{case} {}: tensors changed",
+            comp.name()
+        );
+        for dt in dtypes(c) {
+            let loader = Loader::new(c, &weights, dt).with_patches(&patches);
+            for k in &keys {
+                let (want, shape) = io.f32(&format!("{prefix}{k}"));
+                let got = loader.get(k, &shape).unwrap().to_vec(c).unwrap();
+                let want = round_to(dt, &want);
+                let scale = want.iter().fold(0f64, |m, &x| m.max(x.abs() as f64));
+                let rel = if dt == DType::F32 { 1e-6 } else { 1e-3 };
+                let (i, err) =
+                    got.iter()
+                        .zip(&want)
+                        .enumerate()
+                        .fold((0, 0f64), |m, (i, (g, w))| {
+                            let e = if g.is_nan() {
+                                f64::INFINITY
+                            } else {
+                                (*g as f64 - *w as f64).abs()
+                            };
+                            if e > m.1 {
+                                (i, e)
+                            } else {
+                                m
+                            }
+                        });
+                assert!(
+                    err <= rel * scale,
+                    "{case} {k} {dt:?}: error {err:.2e} at [{i}] (got {} want {}) > {rel} x {scale:.2e}",
+                    got[i],
+                    want[i]
+                );
+            }
+        }
+        patches.finish().unwrap();
+    }
+}
+
+#[test]
+fn peft_and_kohya_files_merge_to_diffusers_fused_weights() {
+    check_merge("b", &set(&[("b_peft.safetensors", 1.0)]));
+    check_merge("b", &set(&[("b_kohya.safetensors", 1.0)]));
+}
+
+#[test]
+fn two_loras_at_their_scales_merge_like_two_fuse_lora_calls() {
+    check_merge(
+        "ab",
+        &set(&[("a_peft.safetensors", 0.7), ("b_peft.safetensors", 0.4)]),
+    );
+    check_merge(
+        "ab",
+        &set(&[("a_peft.safetensors", 0.7), ("b_kohya.safetensors", 0.4)]),
+    );
+}
+
+/// A safetensors file of f32 tensors.
+fn write(tensors: &[(String, Vec<f32>, Vec<usize>)]) -> Vec<u8> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, v, _)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((k, _, s), b)| {
+            (
+                k.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, None).unwrap()
+}
+
+/// b_peft's tensors under other names (its alpha, 3, from the metadata it loses, as
+/// diffusers' network-alpha keys `<module>.alpha`).
+fn renamed(rename: impl Fn(&str, &str, bool) -> String) -> Vec<u8> {
+    let w = Weights::from_bytes(
+        "b",
+        std::fs::read(dir(LORA).join("b_peft.safetensors")).unwrap(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for k in w.names() {
+        let (module, ab) = k.rsplit_once(".lora_").unwrap();
+        let down = ab.starts_with('A');
+        out.push((
+            rename(module, k, down),
+            w.read_f32(k).unwrap(),
+            w.shape(k).unwrap().to_vec(),
+        ));
+        if down {
+            out.push((format!("{module}.alpha"), vec![3.0], vec![]));
+        }
+    }
+    write(&out)
+}
+
+#[test]
+fn diffusers_older_key_names_merge_the_same() {
+    let old = |module: &str, _: &str, down: bool| {
+        let d = if down { "down" } else { "up" };
+        let unet_attn = ["to_q", "to_k", "to_v", "to_out.0"]
+            .iter()
+            .find_map(|p| module.strip_suffix(&format!(".{p}")).map(|m| (m, *p)));
+        match unet_attn {
+            // `<attn>.processor.to_q_lora.down.weight`
+            Some((attn, p)) if module.starts_with("unet.") => {
+                let p = if p == "to_out.0" { "to_out" } else { p };
+                format!("{attn}.processor.{p}_lora.{d}.weight")
+            }
+            _ if module.starts_with("text_encoder.") && module.contains("self_attn") => {
+                let (m, proj) = module.rsplit_once('.').unwrap();
+                let p = &proj[..1];
+                format!(
+                    "text_encoder.text_model.{}.to_{p}_lora.{d}.weight",
+                    &m["text_encoder.".len()..]
+                )
+            }
+            _ if module.starts_with("text_encoder.") => {
+                format!("{module}.lora_linear_layer.{d}.weight")
+            }
+            _ => format!("{module}.lora.{d}.weight"),
+        }
+    };
+    let file = LoraFile::from_bytes("old.safetensors", renamed(old)).unwrap();
+    check_merge(
+        "b",
+        &LoraSet {
+            loras: vec![(file, 1.0)],
+        },
+    );
+}
+
+#[test]
+fn image_matches_diffusers_with_two_loras_fused() {
+    let Some(c) = ctx() else { return };
+    let files = DirFiles::open(dir(PIPE)).unwrap();
+    let info = ModelInfo::read(&files).unwrap();
+    let loras = set(&[("a_peft.safetensors", 0.7), ("b_kohya.safetensors", 0.4)]);
+    let p = Pipeline::load_with_loras(c, &files, info, DType::F32, &loras).unwrap();
+    let latents = Io::load(PIPE).f32("latents").0;
+    let opts = GenerateOptions {
+        prompt: "a red circle left of a blue square".into(),
+        negative_prompt: "green".into(),
+        width: 32,
+        height: 24,
+        steps: 5,
+        guidance: 4.0,
+        batch: 2,
+        latents: Some(latents),
+        scheduler: Some(SchedulerKind::Ddim),
+        ..Default::default()
+    };
+    let images = pollster::block_on(p.generate(c, &opts, &mut |_| {})).unwrap();
+    let (want, shape) = Io::load(LORA).f32("ab.image");
+    assert_eq!(shape, [2, 24, 32, 3]);
+    let got: Vec<u8> = images.iter().flat_map(|im| im.data.clone()).collect();
+    // The pipeline test's tolerance: off by one only where diffusers sits on a rounding edge.
+    let mut off_by_one = 0;
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        let d = (g as f32 - (w * 255.0).round()).abs();
+        assert!(d <= 1.0, "pixel {i}: {g} vs diffusers {}", w * 255.0);
+        off_by_one += (d > 0.0) as usize;
+    }
+    assert!(off_by_one * 100 <= got.len(), "{off_by_one} pixels differ");
+    // And the LoRAs changed it: the image without them is another.
+    let plain = Io::load(PIPE).f32("ddim.image").0;
+    let moved = plain
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| (*a - *b).abs() > 2.0 / 255.0)
+        .count();
+    assert!(moved * 10 > want.len(), "only {moved} pixels moved");
+}
+
+fn err(files: Vec<(&str, Vec<u8>)>, comp: Component) -> String {
+    let mut loras = Vec::new();
+    for (name, bytes) in files {
+        match LoraFile::from_bytes(name, bytes) {
+            Ok(f) => loras.push((f, 1.0)),
+            Err(e) => return e.to_string(),
+        }
+    }
+    let set = LoraSet { loras };
+    let e = match set.check_components(&[Component::Unet, Component::TextEncoder]) {
+        Err(e) => e.to_string(),
+        Ok(()) => match set.patches(comp, &component_weights(comp)) {
+            Ok(_) => "no error".into(),
+            Err(e) => e.to_string(),
+        },
+    };
+    assert!(!e.contains('\n'), "{e}");
+    e
+}
+
+#[test]
+fn bad_loras_are_clear_one_line_errors() {
+    let t = |k: &str, shape: Vec<usize>| {
+        let n = shape.iter().product();
+        (k.to_string(), vec![0.5f32; n], shape)
+    };
+    let attn = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1";
+    // Modules the model lacks: every one listed, sorted.
+    let e = err(
+        vec![(
+            "x.safetensors",
+            write(&[
+                t("lora_unet_zz_proj.lora_down.weight", vec![2, 16]),
+                t("lora_unet_zz_proj.lora_up.weight", vec![16, 2]),
+                t(
+                    "lora_unet_input_blocks_4_1_proj_in.lora_down.weight",
+                    vec![2, 16],
+                ),
+                t(
+                    "lora_unet_input_blocks_4_1_proj_in.lora_up.weight",
+                    vec![16, 2],
+                ),
+                t(&format!("{attn}_to_q.lora_down.weight"), vec![2, 16]),
+                t(&format!("{attn}_to_q.lora_up.weight"), vec![16, 2]),
+            ]),
+        )],
+        Component::Unet,
+    );
+    assert!(
+        e.contains("x.safetensors: 2 LoRA module(s) match no unet tensor")
+            && e.find("input_blocks_4_1_proj_in") < e.find("zz_proj"),
+        "{e}"
+    );
+    // Shapes of another family (an SD 1.x module name with SDXL's widths).
+    let e = err(
+        vec![(
+            "xl.safetensors",
+            write(&[
+                t(&format!("{attn}_to_q.lora_down.weight"), vec![4, 640]),
+                t(&format!("{attn}_to_q.lora_up.weight"), vec![640, 4]),
+            ]),
+        )],
+        Component::Unet,
+    );
+    assert!(
+        e.contains("xl.safetensors: is a LoRA for another model family"),
+        "{e}"
+    );
+    // A second text encoder: SDXL's.
+    let e = err(
+        vec![(
+            "te2.safetensors",
+            write(&[
+                t(
+                    "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
+                    vec![2, 32],
+                ),
+                t(
+                    "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight",
+                    vec![64, 2],
+                ),
+            ]),
+        )],
+        Component::TextEncoder,
+    );
+    assert!(
+        e.contains("te2.safetensors") && e.contains("text_encoder_2"),
+        "{e}"
+    );
+    // LoHa, a down without its up, a model checkpoint, not safetensors at all.
+    let e = err(
+        vec![(
+            "loha.safetensors",
+            write(&[t("lora_unet_x.hada_w1_a", vec![2, 2])]),
+        )],
+        Component::Unet,
+    );
+    assert!(
+        e.contains("loha.safetensors: not LoRA tensors") && e.contains("hada_w1_a"),
+        "{e}"
+    );
+    let e = err(
+        vec![(
+            "half.safetensors",
+            write(&[t(&format!("{attn}_to_q.lora_down.weight"), vec![2, 16])]),
+        )],
+        Component::Unet,
+    );
+    assert!(
+        e.contains("half.safetensors: LoRA modules without both"),
+        "{e}"
+    );
+    let e = err(
+        vec![(
+            "ckpt.safetensors",
+            std::fs::read(dir(PIPE).join("unet/diffusion_pytorch_model.safetensors")).unwrap(),
+        )],
+        Component::Unet,
+    );
+    assert!(e.contains("ckpt.safetensors: not LoRA tensors"), "{e}");
+    let e = err(
+        vec![("l.ckpt", b"PK\x03\x04 not a safetensors file".to_vec())],
+        Component::Unet,
+    );
+    assert!(e.contains("l.ckpt") && e.contains("pickle"), "{e}");
+}
