@@ -118,6 +118,9 @@ pub struct GenerateOptions {
     /// Every this many steps (and never after the last), decode the current latents with the
     /// VAE and report them as [`Event::Preview`], for a live preview; 0 = off.
     pub preview_every: usize,
+    /// The LoRAs (file, scale) the request asks for: they are merged at load, so the pipeline
+    /// must have been loaded with exactly these ([`crate::pipeline::Pipeline::loras`]).
+    pub loras: Vec<(String, f64)>,
 }
 
 impl Default for GenerateOptions {
@@ -139,6 +142,7 @@ impl Default for GenerateOptions {
             init: None,
             split_guidance: false,
             preview_every: 0,
+            loras: Vec::new(),
         }
     }
 }

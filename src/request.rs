@@ -44,6 +44,21 @@ pub struct Latents {
     pub shape: Vec<usize>,
 }
 
+/// A LoRA merged into the model's weights at load (`--lora FILE:SCALE`; JSON
+/// `{"file": "style.safetensors", "scale": 0.8}`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraRequest {
+    /// The file as the front end names it (a path for the CLI).
+    pub file: String,
+    /// Default 1.
+    pub scale: Option<f64>,
+    /// The file's short hash for the PNG's `Lora hashes`, set by a front end that read it
+    /// ([`crate::lora::LoraFile::short_hash`]).
+    #[serde(skip)]
+    pub hash: Option<String>,
+}
+
 /// One generation request. JSON keys are the field names; unknown keys are refused, so a typo
 /// (`"stpes"`) is an error rather than a silent default.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -71,6 +86,8 @@ pub struct Request {
     pub strength: Option<f64>,
     /// Decode a preview every this many steps (0 = never).
     pub preview_every: Option<i64>,
+    /// LoRAs, merged in order; a pipeline must have been loaded with exactly these.
+    pub lora: Option<Vec<LoraRequest>>,
     #[serde(skip)]
     pub init_image: Option<RgbImage>,
     #[serde(skip)]

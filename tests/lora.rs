@@ -214,6 +214,20 @@ fn image_matches_diffusers_with_two_loras_fused() {
         scheduler: Some(SchedulerKind::Ddim),
         ..Default::default()
     };
+    // Options must name the LoRAs the pipeline was loaded with: they cannot change per image.
+    let e = pollster::block_on(p.generate(c, &opts, &mut |_| {})).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("LoRAs are merged into the weights at load"),
+        "{e}"
+    );
+    let opts = GenerateOptions {
+        loras: vec![
+            ("a_peft.safetensors".into(), 0.7),
+            ("b_kohya.safetensors".into(), 0.4),
+        ],
+        ..opts
+    };
     let images = pollster::block_on(p.generate(c, &opts, &mut |_| {})).unwrap();
     let (want, shape) = Io::load(LORA).f32("ab.image");
     assert_eq!(shape, [2, 24, 32, 3]);
@@ -361,4 +375,205 @@ fn bad_loras_are_clear_one_line_errors() {
         Component::Unet,
     );
     assert!(e.contains("l.ckpt") && e.contains("pickle"), "{e}");
+}
+
+fn hoa_cli(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoa"))
+        .args(args)
+        .env(
+            "XDG_RUNTIME_DIR",
+            std::env::var("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()),
+        )
+        .output()
+        .expect("run hoa");
+    eprintln!(
+        "hoa {args:?}: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// kohya's addnet hash: SHA-256 of the bytes after the safetensors header, 12 hex digits.
+fn addnet_hash(path: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let h: String = Sha256::digest(&b[8 + n..])
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect();
+    h[..12].to_string()
+}
+
+#[test]
+fn cli_lora_flags_merge_and_write_a1111_parameters() {
+    if ctx().is_none() {
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("hoa-lora-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let (a, b) = (
+        dir(LORA).join("a_peft.safetensors"),
+        dir(LORA).join("b_kohya.safetensors"),
+    );
+    let model = dir(PIPE).display().to_string();
+    let png = out.join("x.png").display().to_string();
+    let run = |loras: &[String]| {
+        let mut args = vec![
+            "generate",
+            "a red circle",
+            "--model",
+            &model,
+            "--width",
+            "32",
+        ];
+        args.extend(["--height", "24", "--steps", "2", "--out", &png, "--force"]);
+        for l in loras {
+            args.extend(["--lora", l]);
+        }
+        hoa_cli(&args)
+    };
+    let o = run(&[
+        format!("{}:0.7", a.display()),
+        format!("{}:0.4", b.display()),
+    ]);
+    assert!(o.status.success());
+    let with = std::fs::read(&png).unwrap();
+    let params = hoa::image_io::read_png_parameters(&with).unwrap().unwrap();
+    let want = format!(
+        "Lora hashes: \"a_peft: {}, b_kohya: {}\"",
+        addnet_hash(&a),
+        addnet_hash(&b)
+    );
+    assert!(
+        params.starts_with("a red circle <lora:a_peft:0.7> <lora:b_kohya:0.4>\n")
+            && params.contains(&want),
+        "{params}"
+    );
+    // No LoRA, or one at scale 0: the model's own image, and no LoRA in the parameters.
+    assert!(run(&[]).status.success());
+    let plain = std::fs::read(&png).unwrap();
+    assert_ne!(plain, with);
+    assert!(run(&[format!("{}:0", a.display())]).status.success());
+    let zero = hoa::image_io::decode_rgb(&std::fs::read(&png).unwrap(), "png").unwrap();
+    assert_eq!(
+        zero.data,
+        hoa::image_io::decode_rgb(&plain, "png").unwrap().data
+    );
+
+    // Bad flags: one line naming the flag, nothing written.
+    std::fs::remove_file(&png).unwrap();
+    let te2 = out.join("te2.safetensors");
+    std::fs::write(
+        &te2,
+        write(&[
+            (
+                "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight".into(),
+                vec![0.0; 64],
+                vec![2, 32],
+            ),
+            (
+                "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight".into(),
+                vec![0.0; 128],
+                vec![64, 2],
+            ),
+        ]),
+    )
+    .unwrap();
+    let a = a.display().to_string();
+    for (arg, want) in [
+        (format!("{a}:"), "the scale after ':' is missing"),
+        (
+            format!("{a}:x"),
+            "the scale after ':' must be a number, got `x`",
+        ),
+        (
+            format!("{a}:-1"),
+            "the scale must be a number from 0 to 100, got -1",
+        ),
+        (
+            format!("{a}:nan"),
+            "the scale must be a number from 0 to 100, got NaN",
+        ),
+        (
+            format!("{model}/model_index.json"),
+            "starts with text, not a safetensors header",
+        ),
+        (
+            te2.display().to_string(),
+            "te2.safetensors: is a LoRA for another model family",
+        ),
+    ] {
+        let o = run(std::slice::from_ref(&arg));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let last = err.trim_end().lines().last().unwrap_or("");
+        assert!(
+            !o.status.success() && last.contains(want),
+            "--lora {arg}: {err}"
+        );
+        assert!(last.starts_with("error: "), "{err}");
+        assert!(
+            !std::path::Path::new(&png).exists(),
+            "--lora {arg} wrote a file"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn requests_name_loras_and_their_scales_are_checked_in_the_one_policy() {
+    use hoa::request::{LoraRequest, Origin, Request};
+    use hoa::resolve::{resolve, DeviceLimits};
+    let info = ModelInfo::read(&DirFiles::open(dir(PIPE)).unwrap()).unwrap();
+    let limits = DeviceLimits {
+        max_binding_bytes: 128 << 20,
+        dtype_size: 4,
+    };
+    let json = r#"{"prompt": "x", "lora": [{"file": "loras/a.safetensors", "scale": 0.5},
+                                          {"file": "b.safetensors"}]}"#;
+    let r = resolve(&Request::from_json(json).unwrap(), &info, limits).unwrap();
+    assert_eq!(
+        r.options.loras,
+        [
+            ("loras/a.safetensors".to_string(), 0.5),
+            ("b.safetensors".to_string(), 1.0)
+        ]
+    );
+    let text = r.parameters("m", 0).to_text();
+    // Without hashes (a front end that did not read the files), no `Lora hashes`.
+    assert!(
+        text.starts_with("x <lora:a:0.5> <lora:b:1>\n") && !text.contains("Lora hashes"),
+        "{text}"
+    );
+    let e = Request::from_json(r#"{"prompt": "x", "lora": [{"file": "a", "weight": 1}]}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("weight"), "{e}");
+    for (scale, origin, want) in [
+        (
+            -0.5,
+            Origin::Json,
+            "lora a.safetensors: the scale must be a number from 0 to 100, got -0.5",
+        ),
+        (
+            f64::INFINITY,
+            Origin::Cli,
+            "--lora a.safetensors: the scale must be a number from 0 to 100, got inf",
+        ),
+    ] {
+        let req = Request {
+            prompt: Some("x".into()),
+            lora: Some(vec![LoraRequest {
+                file: "a.safetensors".into(),
+                scale: Some(scale),
+                hash: None,
+            }]),
+            origin,
+            ..Default::default()
+        };
+        let e = resolve(&req, &info, limits).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
 }

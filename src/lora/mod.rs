@@ -50,11 +50,17 @@ impl LoraFile {
     /// Reads a `.safetensors` LoRA; `name` is used in errors. Refuses files with tensors of no
     /// format hoa knows, naming them, and files with no LoRA at all.
     pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<LoraFile> {
-        let weights = Weights::from_bytes(name, bytes.clone())?;
-        let (n, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::Safetensors {
-            file: name.to_string(),
-            msg: e.to_string(),
-        })?;
+        let (n, meta) = match SafeTensors::read_metadata(&bytes) {
+            Ok(m) => m,
+            // Weights says what the file is instead (text, a pickle, ...).
+            Err(e) => {
+                Weights::from_bytes(name, bytes)?;
+                return Err(Error::Safetensors {
+                    file: name.to_string(),
+                    msg: e.to_string(),
+                });
+            }
+        };
         let short_hash = hex(&Sha256::digest(&bytes[(8 + n).min(bytes.len())..]))[..12].to_string();
         let peft = match meta
             .metadata()
@@ -64,7 +70,7 @@ impl LoraFile {
             Some(json) => peft_configs(name, json)?,
             None => HashMap::new(),
         };
-        drop(bytes);
+        let weights = Weights::from_bytes(name, bytes)?;
         let mut groups: BTreeMap<(Component, Module), Group> = BTreeMap::new();
         let mut unknown = Vec::new();
         for key in weights.names() {
@@ -252,6 +258,32 @@ pub(crate) fn capped_list(mut v: Vec<String>) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The CLI's `--lora FILE[:SCALE]` as a request entry (the scale is checked by
+/// [`crate::resolve`]); a `:` with no number after it is an error.
+pub fn parse_arg(arg: &str) -> Result<crate::request::LoraRequest> {
+    let (file, scale) = split_arg(arg);
+    let scale = match scale.as_deref().map(str::trim) {
+        None => None,
+        Some("") => {
+            return Err(Error::invalid(
+                format!("--lora {arg}"),
+                "the scale after ':' is missing (write FILE:0.8, or FILE alone for 1)",
+            ))
+        }
+        Some(s) => Some(s.parse::<f64>().map_err(|_| {
+            Error::invalid(
+                format!("--lora {arg}"),
+                format!("the scale after ':' must be a number, got `{s}`"),
+            )
+        })?),
+    };
+    Ok(crate::request::LoraRequest {
+        file,
+        scale,
+        hash: None,
+    })
 }
 
 /// `FILE` or `FILE:SCALE` (the CLI's `--lora`): the scale after the last ':' unless what

@@ -69,6 +69,8 @@ pub struct Pipeline {
     pub vae: AutoencoderKL,
     pub consistency_decoder: Option<ConsistencyDecoderVAE>,
     pub dtype: DType,
+    /// The LoRAs (file, scale) merged into the weights at load, in order.
+    pub loras: Vec<(String, f64)>,
 }
 
 impl Pipeline {
@@ -137,6 +139,11 @@ impl Pipeline {
             vae,
             consistency_decoder,
             dtype,
+            loras: loras
+                .loras
+                .iter()
+                .map(|(f, s)| (f.name.clone(), *s))
+                .collect(),
         })
     }
 
@@ -170,6 +177,16 @@ impl Pipeline {
     /// this guards callers that fill [`GenerateOptions`] by hand.
     pub fn validate(&self, ctx: &Context, opts: &GenerateOptions) -> Result<()> {
         self.validate_size(opts)?;
+        if opts.loras != self.loras {
+            return Err(Error::invalid(
+                "lora",
+                format!(
+                    "the request asks for {:?} but the model was loaded with {:?}; LoRAs are \
+                     merged into the weights at load (hoa generate --lora FILE:SCALE)",
+                    opts.loras, self.loras
+                ),
+            ));
+        }
         if opts.steps == 0 {
             return Err(bad("steps must be at least 1"));
         }

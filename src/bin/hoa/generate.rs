@@ -5,10 +5,11 @@
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
 use hoa::image_io::{decode_mask, decode_rgb, encode_png};
+use hoa::lora::{LoraFile, LoraSet};
 use hoa::model_files::DirFiles;
 use hoa::model_info::ModelInfo;
 use hoa::pipeline::{Event, Pipeline};
-use hoa::request::{Latents, Mask, Origin, Request};
+use hoa::request::{Latents, LoraRequest, Mask, Origin, Request};
 use hoa::resolve::{resolve, DeviceLimits, Resolved};
 use hoa::weights::Weights;
 use hoa::{Context, DType};
@@ -99,6 +100,10 @@ pub struct GenerateArgs {
     /// Store weights and activations in f16 (needs the adapter's shader-f16).
     #[arg(long)]
     pub f16: bool,
+    /// A LoRA merged into the model at load: FILE or FILE:SCALE (default 1), a kohya or
+    /// diffusers/PEFT .safetensors. Repeat for several; they merge in order.
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    pub lora: Vec<String>,
 }
 
 /// weights/default beside the working directory, else the one in this source tree.
@@ -153,6 +158,21 @@ fn read_latents(path: &Path) -> Result<Latents> {
     })
 }
 
+/// The `--lora` files, read and checked (formats, keys) before the model loads, with the
+/// request entries that name them (their hashes go into the PNG).
+fn read_loras(args: &[String]) -> Result<(Vec<LoraRequest>, Vec<LoraFile>)> {
+    let mut reqs = Vec::new();
+    let mut files = Vec::new();
+    for arg in args {
+        let mut r = hoa::lora::parse_arg(arg)?;
+        let f = LoraFile::from_bytes(&r.file, read_file("--lora", Path::new(&r.file))?)?;
+        r.hash = Some(f.short_hash.clone());
+        reqs.push(r);
+        files.push(f);
+    }
+    Ok((reqs, files))
+}
+
 fn read_file(flag: &str, p: &Path) -> Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("{flag} {}", p.display()))
 }
@@ -195,6 +215,7 @@ fn request(a: &GenerateArgs) -> Result<Request> {
         upsample: Some(!a.no_upsample),
         strength: a.strength,
         preview_every: None,
+        lora: None,
         init_image,
         mask,
         latents: a.latents.as_deref().map(read_latents).transpose()?,
@@ -337,6 +358,8 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     let files = DirFiles::open(&model_dir)?;
     let info = ModelInfo::read(&files)?;
     let mut req = request(&a)?;
+    let (lora_reqs, lora_files) = read_loras(&a.lora)?;
+    req.lora = (!lora_reqs.is_empty()).then_some(lora_reqs);
     let dtype = if a.f16 { DType::F16 } else { DType::F32 };
     let limits = DeviceLimits {
         max_binding_bytes: ctx.max_binding_bytes(),
@@ -349,7 +372,15 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
 
     eprintln!("adapter: {}", ctx.describe());
     let t0 = std::time::Instant::now();
-    let pipe = Pipeline::load_with(ctx, &files, info, dtype)?;
+    let scales = first.as_ref().map(|r| r.loras.iter().map(|l| l.scale));
+    let loras = LoraSet {
+        loras: lora_files
+            .into_iter()
+            .zip(scales.into_iter().flatten())
+            .collect(),
+    };
+    let pipe = Pipeline::load_with_loras(ctx, &files, info, dtype, &loras)?;
+    drop(loras);
     eprintln!(
         "loaded {} in {:.1} s",
         model_dir.display(),
