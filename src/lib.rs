@@ -8,6 +8,7 @@
 
 pub mod activation;
 pub mod bench;
+pub mod clip_vocab;
 pub mod config;
 pub mod error;
 pub mod gpu;
@@ -17,6 +18,7 @@ pub mod lora;
 pub mod model_defaults;
 pub mod model_files;
 pub mod model_info;
+pub mod model_summary;
 pub mod models;
 pub mod noise;
 pub mod options;
@@ -25,6 +27,7 @@ pub mod prompt_upsampling;
 pub mod request;
 pub mod resolve;
 pub mod schedulers;
+pub mod single_file;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -1,6 +1,7 @@
 //! Where a diffusers-layout model folder's files come from: a directory on disk (the CLI) or
 //! bytes the browser fetched. The pipeline only ever asks for a file by its relative path, so
-//! both share one loader.
+//! both share one loader. A single-file checkpoint ([`crate::single_file::SingleFile`]) is one
+//! too: its configs are synthesized and its components are views of the one file.
 
 use crate::error::{Error, Result};
 use crate::weights::Weights;
@@ -15,6 +16,13 @@ pub trait ModelFiles {
     fn exists(&self, path: &str) -> bool;
     /// The folder's name for messages.
     fn describe(&self) -> String;
+
+    /// Component `dir`'s weights when this source holds them other than as files (a
+    /// single-file checkpoint's views); `None`: read them from `dir/*.safetensors`.
+    fn component_weights(&self, dir: &str) -> Result<Option<Weights>> {
+        let _ = dir;
+        Ok(None)
+    }
 
     /// Like [`ModelFiles::read`], but a missing file is an error that names it.
     fn require(&self, path: &str) -> Result<Vec<u8>> {
@@ -94,10 +102,54 @@ impl ModelFiles for DirFiles {
     }
 }
 
+/// What `--model PATH` names: a `.safetensors` file opens as a single-file checkpoint (with
+/// `config`, a diffusers folder whose configs and tokenizer apply to it), anything else as a
+/// diffusers folder. Pickle checkpoints are refused with how to convert them.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn open_model(
+    path: &std::path::Path,
+    config: Option<&std::path::Path>,
+) -> Result<Box<dyn ModelFiles>> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("ckpt" | "pt" | "pth" | "bin") => Err(Error::Checkpoint(format!(
+            "{}: a PyTorch pickle checkpoint; hoa never unpickles (it can run code). Convert it \
+             once to safetensors, e.g. `python -c \"import torch, safetensors.torch as s; \
+             sd = torch.load('IN', weights_only=True); s.save_file(sd.get('state_dict', sd), \
+             'OUT.safetensors')\"`, and pass the .safetensors file",
+            path.display()
+        ))),
+        _ if path.is_file() => {
+            let config = match config {
+                Some(c) => Some(Box::new(DirFiles::open(c)?) as Box<dyn ModelFiles>),
+                None => None,
+            };
+            Ok(Box::new(crate::single_file::SingleFile::open(
+                path, config,
+            )?))
+        }
+        _ => {
+            if config.is_some() {
+                return Err(Error::invalid(
+                    "--config",
+                    "applies to a single-file checkpoint (--model FILE.safetensors), not a folder",
+                ));
+            }
+            Ok(Box::new(DirFiles::open(path)?))
+        }
+    }
+}
+
 /// The weights of component `dir` (`unet`, `text_encoder`, ...) in any of the names diffusers
 /// and transformers save: `diffusion_pytorch_model[.fp16].safetensors`,
 /// `model[.fp16].safetensors`, or a sharded `*.safetensors.index.json`.
 pub fn component_weights(files: &dyn ModelFiles, dir: &str) -> Result<Weights> {
+    if let Some(w) = files.component_weights(dir)? {
+        return Ok(w);
+    }
     for stem in ["diffusion_pytorch_model", "model"] {
         for variant in ["", ".fp16"] {
             let single = format!("{dir}/{stem}{variant}.safetensors");

@@ -79,6 +79,18 @@ impl GuidanceHigh {
 }
 
 impl GenerateOptions {
+    /// The model's scheduler config with `prediction_type` overridden when asked.
+    pub fn scheduler_config(
+        &self,
+        model: &crate::schedulers::SchedulerConfig,
+    ) -> crate::schedulers::SchedulerConfig {
+        let mut c = model.clone();
+        if let Some(p) = &self.prediction_type {
+            c.prediction_type = Some(p.clone());
+        }
+        c
+    }
+
     /// The guidance scale of a step at timestep `t`.
     pub fn guidance_at(&self, t: f32) -> f32 {
         match self.guidance_high {
@@ -121,6 +133,9 @@ pub struct GenerateOptions {
     /// The LoRAs (file, scale) the request asks for: they are merged at load, so the pipeline
     /// must have been loaded with exactly these ([`crate::pipeline::Pipeline::loras`]).
     pub loras: Vec<(String, f64)>,
+    /// What the U-Net predicts (`epsilon` | `v_prediction`) when it is not what the model's
+    /// scheduler config says (a single file whose type was guessed); `None`: the config's.
+    pub prediction_type: Option<String>,
 }
 
 impl Default for GenerateOptions {
@@ -143,6 +158,7 @@ impl Default for GenerateOptions {
             split_guidance: false,
             preview_every: 0,
             loras: Vec::new(),
+            prediction_type: None,
         }
     }
 }

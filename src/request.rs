@@ -88,6 +88,9 @@ pub struct Request {
     pub preview_every: Option<i64>,
     /// LoRAs, merged in order; a pipeline must have been loaded with exactly these.
     pub lora: Option<Vec<LoraRequest>>,
+    /// What the U-Net predicts, `epsilon` or `v_prediction`, overriding the model's scheduler
+    /// config (a single-file checkpoint's type is detected by a rule that can be wrong).
+    pub prediction: Option<String>,
     #[serde(skip)]
     pub init_image: Option<RgbImage>,
     #[serde(skip)]

@@ -127,6 +127,7 @@ pub fn resolve(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result
         .ok_or_else(|| Error::invalid(req.name("prompt"), "is required"))?;
     let (upsampled, text) = upsample(req, model, &prompt)?;
     let steps = resolve_steps(req, model)?;
+    let prediction_type = resolve_prediction(req)?;
     let (sampler, note) = resolve_scheduler(req, model, steps)?;
     warnings.extend(note);
     let (guidance, guidance_high) = resolve_guidance(req, model)?;
@@ -158,6 +159,7 @@ pub fn resolve(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result
         split_guidance: false,
         preview_every,
         loras: loras.iter().map(|l| (l.file.clone(), l.scale)).collect(),
+        prediction_type,
     };
     check_memory(model, limits, &options, req)?;
     Ok(Resolved {
@@ -243,7 +245,11 @@ fn resolve_scheduler(
         None => model.scheduler_choice(),
     };
     // Building it checks the config and the timesteps for this many steps.
-    let sched = schedulers::build(kind, &model.scheduler, steps).map_err(|e| match e {
+    let mut config = model.scheduler.clone();
+    if req.prediction.is_some() {
+        config.prediction_type = resolve_prediction(req)?;
+    }
+    let sched = schedulers::build(kind, &config, steps).map_err(|e| match e {
         Error::Config { .. } => e,
         e => {
             let what = match &req.scheduler {
@@ -254,6 +260,19 @@ fn resolve_scheduler(
         }
     })?;
     Ok((kind, note.into_iter().chain(sched.note()).collect()))
+}
+
+/// `prediction`: `epsilon` or `v_prediction` (`v` accepted), or the model's own.
+fn resolve_prediction(req: &Request) -> Result<Option<String>> {
+    match req.prediction.as_deref() {
+        None => Ok(None),
+        Some("epsilon") => Ok(Some("epsilon".into())),
+        Some("v_prediction" | "v") => Ok(Some("v_prediction".into())),
+        Some(other) => Err(Error::invalid(
+            req.name("prediction"),
+            format!("is `{other}`; use epsilon or v_prediction"),
+        )),
+    }
 }
 
 fn check_scale(v: f64, src: &Source) -> Result<()> {

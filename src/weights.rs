@@ -2,7 +2,8 @@
 //! `*.safetensors.index.json`) to device tensors, looked up by the checkpoint's own key names.
 //! The core takes bytes, never paths, so the CLI and the browser share it. A [`Loader`]
 //! collects every missing, unexpected, wrongly shaped or unsupported tensor and reports them
-//! all at once in [`Loader::finish`].
+//! all at once in [`Loader::finish`]. A [`Weights::view`] renames and reshapes another
+//! checkpoint's tensors without copying its bytes (single-file checkpoints in foreign layouts).
 
 use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
@@ -11,17 +12,48 @@ use safetensors::SafeTensors;
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
 
+/// A checkpoint's bytes, shared read-only: a `Vec<u8>` (the browser, tests) or a memory map
+/// (native single files), so views of one file never copy it.
+pub type Bytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+#[derive(Clone)]
 struct File {
     name: String,
-    bytes: Vec<u8>,
+    bytes: Bytes,
     data_start: usize,
+    metadata: HashMap<String, String>,
+}
+
+/// How a [`Weights::view`] entry derives its values from the stored tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transform {
+    /// The tensor as stored.
+    Identity,
+    /// Rows `part * n / of .. (part + 1) * n / of` of dimension 0 (a fused q/k/v projection
+    /// split in three).
+    Rows { part: usize, of: usize },
+    /// Trailing size-1 dimensions dropped (a 1x1 conv `[O, I, 1, 1]` read as a linear `[O, I]`).
+    Squeeze,
+    /// A 2-D matrix transposed.
+    Transpose,
+}
+
+#[derive(Clone)]
+struct Entry {
+    file: usize,
+    /// The stored tensor.
+    info: TensorInfo,
+    /// The shape lookups see (after `transform`).
+    shape: Vec<usize>,
+    transform: Transform,
 }
 
 /// The tensors of one checkpoint, possibly spread over shards.
 pub struct Weights {
     files: Vec<File>,
-    index: HashMap<String, (usize, TensorInfo)>,
+    index: HashMap<String, Entry>,
 }
 
 impl Weights {
@@ -30,35 +62,128 @@ impl Weights {
         Weights::from_files(vec![(name.to_string(), bytes)])
     }
 
+    /// One `.safetensors` file held as shared bytes (a memory map natively).
+    pub fn from_shared(name: &str, bytes: Bytes) -> Result<Weights> {
+        Weights::from_shared_files(vec![(name.to_string(), bytes)])
+    }
+
     /// Several shards; a tensor present in two shards is an error.
     pub fn from_files(files: Vec<(String, Vec<u8>)>) -> Result<Weights> {
+        let shared = files
+            .into_iter()
+            .map(|(n, b)| (n, Arc::new(b) as Bytes))
+            .collect();
+        Weights::from_shared_files(shared)
+    }
+
+    /// [`Weights::from_files`] over shared bytes.
+    pub fn from_shared_files(files: Vec<(String, Bytes)>) -> Result<Weights> {
         let mut w = Weights {
             files: Vec::new(),
             index: HashMap::new(),
         };
         for (name, bytes) in files {
-            sniff(&name, &bytes)?;
-            let (n, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::Safetensors {
+            let raw: &[u8] = (*bytes).as_ref();
+            sniff(&name, raw)?;
+            let (n, meta) = SafeTensors::read_metadata(raw).map_err(|e| Error::Safetensors {
                 file: name.clone(),
-                msg: e.to_string(),
+                msg: explain(e),
             })?;
             let fi = w.files.len();
             for (key, info) in meta.tensors() {
-                if let Some((other, _)) = w.index.get(&key) {
+                if let Some(other) = w.index.get(&key) {
                     return Err(Error::Checkpoint(format!(
                         "tensor `{key}` is in both {} and {name}",
-                        w.files[*other].name
+                        w.files[other.file].name
                     )));
                 }
-                w.index.insert(key, (fi, info.clone()));
+                let entry = Entry {
+                    file: fi,
+                    shape: info.shape.clone(),
+                    info: info.clone(),
+                    transform: Transform::Identity,
+                };
+                w.index.insert(key, entry);
             }
+            let metadata = meta.metadata().clone().unwrap_or_default();
             w.files.push(File {
                 name,
                 bytes,
                 data_start: 8 + n,
+                metadata,
             });
         }
         Ok(w)
+    }
+
+    /// A checkpoint whose tensor `name` is `transform` of this one's `source`, for each
+    /// `(name, source, transform)`; it shares this checkpoint's bytes. A missing source or a
+    /// shape the transform does not fit is an error naming the tensor.
+    pub fn view(
+        &self,
+        entries: impl IntoIterator<Item = (String, String, Transform)>,
+    ) -> Result<Weights> {
+        let mut index = HashMap::new();
+        for (name, source, transform) in entries {
+            let src = self.index.get(&source).ok_or_else(|| {
+                Error::Checkpoint(format!("{}: no tensor `{source}`", self.describe()))
+            })?;
+            let bad = |why: &str| {
+                Error::Checkpoint(format!(
+                    "{}: tensor `{source}` {:?} {why}",
+                    self.describe(),
+                    src.shape
+                ))
+            };
+            if src.transform != Transform::Identity {
+                return Err(bad("is itself transformed"));
+            }
+            let shape = match transform {
+                Transform::Identity => src.shape.clone(),
+                Transform::Rows { part, of } => match src.shape.split_first() {
+                    Some((&n, rest)) if of > 0 && part < of && n % of == 0 => {
+                        [&[n / of], rest].concat()
+                    }
+                    _ => return Err(bad(&format!("cannot be split into {of} row blocks"))),
+                },
+                Transform::Squeeze => {
+                    let keep = src.shape.iter().rposition(|&d| d != 1).map_or(0, |i| i + 1);
+                    src.shape[..keep.max(1)].to_vec()
+                }
+                Transform::Transpose => match src.shape[..] {
+                    [a, b] => vec![b, a],
+                    _ => return Err(bad("is not a matrix to transpose")),
+                },
+            };
+            let entry = Entry {
+                shape,
+                transform,
+                ..src.clone()
+            };
+            index.insert(name, entry);
+        }
+        Ok(Weights {
+            files: self.files.clone(),
+            index,
+        })
+    }
+
+    /// The file names, for messages.
+    pub fn describe(&self) -> String {
+        let names: Vec<&str> = self.files.iter().map(|f| f.name.as_str()).collect();
+        names.join(", ")
+    }
+
+    /// A string of the files' `__metadata__` (e.g. `modelspec.prediction_type`).
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.files
+            .iter()
+            .find_map(|f| f.metadata.get(key).map(String::as_str))
+    }
+
+    /// The stored dtype of `name` (`F16`, `F32`, ...).
+    pub fn dtype(&self, name: &str) -> Option<Dtype> {
+        self.index.get(name).map(|e| e.info.dtype)
     }
 
     /// A sharded checkpoint: `index_json` is the `*.safetensors.index.json` text; `read`
@@ -101,20 +226,26 @@ impl Weights {
     }
 
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
-        self.index.get(name).map(|(_, i)| i.shape.as_slice())
+        self.index.get(name).map(|e| e.shape.as_slice())
     }
 
     /// The tensor's values as f32 (from f32, f16, bf16 or f64).
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let (fi, info) = self
+        let e = self
             .index
             .get(name)
             .ok_or_else(|| Error::Checkpoint(format!("no tensor named `{name}`")))?;
-        let f = &self.files[*fi];
-        let (a, b) = info.data_offsets;
-        let bytes = &f.bytes[f.data_start + a..f.data_start + b];
+        let (info, f) = (&e.info, &self.files[e.file]);
+        let (mut a, mut b) = info.data_offsets;
+        if let Transform::Rows { part, of } = e.transform {
+            // Rows are contiguous: the part is a byte range of the stored tensor.
+            let block = (b - a) / of;
+            (a, b) = (a + part * block, a + (part + 1) * block);
+        }
+        let all: &[u8] = (*f.bytes).as_ref();
+        let bytes = &all[f.data_start + a..f.data_start + b];
         let conv = |chunk: usize, g: fn(&[u8]) -> f32| bytes.chunks_exact(chunk).map(g).collect();
-        Ok(match info.dtype {
+        let v: Vec<f32> = match info.dtype {
             Dtype::F32 => conv(4, |c| f32::from_le_bytes(c.try_into().unwrap())),
             Dtype::F16 => conv(2, |c| {
                 half::f16::from_le_bytes(c.try_into().unwrap()).to_f32()
@@ -129,7 +260,25 @@ impl Weights {
                     f.name
                 )))
             }
+        };
+        Ok(match (e.transform, &info.shape[..]) {
+            (Transform::Transpose, &[rows, cols]) => (0..rows * cols)
+                .map(|i| v[(i % rows) * cols + i / rows])
+                .collect(),
+            _ => v,
         })
+    }
+}
+
+/// safetensors' error, with a truncated download said to be one.
+fn explain(e: safetensors::SafeTensorError) -> String {
+    match e {
+        safetensors::SafeTensorError::MetadataIncompleteBuffer => {
+            "the file is truncated: its header describes more data than it holds (download it \
+             again)"
+                .to_string()
+        }
+        e => e.to_string(),
     }
 }
 
@@ -323,10 +472,9 @@ impl<'a> Loader<'a> {
         {
             return Ok(());
         }
-        let files: Vec<&str> = self.weights.files.iter().map(|f| f.name.as_str()).collect();
         let mut msg = format!(
             "checkpoint {} does not match the model's config:",
-            files.join(", ")
+            self.weights.describe()
         );
         let mut section = |title: &str, items: Vec<&str>| {
             if !items.is_empty() {

@@ -332,7 +332,11 @@ impl Pipeline {
         if let Some(n) = note {
             events(Event::Warning(n));
         }
-        let mut sched = schedulers::build(kind, &self.info.scheduler, opts.steps)?;
+        let mut sched = schedulers::build(
+            kind,
+            &opts.scheduler_config(&self.info.scheduler),
+            opts.steps,
+        )?;
         if opts.eta != 0.0 && !sched.set_eta(opts.eta as f64)? {
             events(Event::Warning(format!(
                 "eta {} is ignored: only DDIM takes it (this is {})",

@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
 use hoa::image_io::{decode_mask, decode_rgb, encode_png};
 use hoa::lora::{LoraFile, LoraSet};
-use hoa::model_files::DirFiles;
+use hoa::model_files::open_model;
 use hoa::model_info::ModelInfo;
 use hoa::pipeline::{Event, Pipeline};
 use hoa::request::{Latents, LoraRequest, Mask, Origin, Request};
@@ -30,9 +30,18 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub negative: Option<String>,
     /// A diffusers model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
-    /// scheduler/). Default: the shipped model in weights/default.
+    /// scheduler/), or a single-file SD 1.x/2.x checkpoint (FILE.safetensors in the original
+    /// LDM layout, as A1111 and ComfyUI load). Default: the shipped model in weights/default.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// With a single-file --model: a diffusers folder whose configs, scheduler and tokenizer
+    /// apply to the file (diffusers' `config=`), for checkpoints whose sizes cannot be inferred.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// What the U-Net predicts: epsilon or v_prediction. Default: the model's scheduler config
+    /// (for a single file: detected; SD 2.x 768 models are v_prediction, 2.x-base epsilon).
+    #[arg(long)]
+    pub prediction: Option<String>,
     /// Denoising steps. Default: the model's (hoa.json), else 25.
     #[arg(long, allow_negative_numbers = true)]
     pub steps: Option<i64>,
@@ -216,6 +225,7 @@ fn request(a: &GenerateArgs) -> Result<Request> {
         strength: a.strength,
         preview_every: None,
         lora: None,
+        prediction: a.prediction.clone(),
         init_image,
         mask,
         latents: a.latents.as_deref().map(read_latents).transpose()?,
@@ -355,8 +365,8 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
             model_dir.display()
         );
     }
-    let files = DirFiles::open(&model_dir)?;
-    let info = ModelInfo::read(&files)?;
+    let files = open_model(&model_dir, a.config.as_deref())?;
+    let info = ModelInfo::read(files.as_ref())?;
     let mut req = request(&a)?;
     let (lora_reqs, lora_files) = read_loras(&a.lora)?;
     req.lora = (!lora_reqs.is_empty()).then_some(lora_reqs);
@@ -379,15 +389,16 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
             .zip(scales.into_iter().flatten())
             .collect(),
     };
-    let pipe = Pipeline::load_with_loras(ctx, &files, info, dtype, &loras)?;
+    let pipe = Pipeline::load_with_loras(ctx, files.as_ref(), info, dtype, &loras)?;
     drop(loras);
     eprintln!(
         "loaded {} in {:.1} s",
         model_dir.display(),
         t0.elapsed().as_secs_f64()
     );
+    // A1111 names a checkpoint by its file stem.
     let model_name = model_dir
-        .file_name()
+        .file_stem()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let seed = a.seed.unwrap_or(0);

@@ -4,6 +4,7 @@
 
 mod bench;
 mod generate;
+mod info;
 mod serve;
 
 use anyhow::Result;
@@ -30,8 +31,9 @@ struct Cli {
 enum Command {
     /// Generate images from a prompt and write them as PNGs.
     Generate(Box<generate::GenerateArgs>),
-    /// Print the adapter, backend, features and the limits that matter.
-    Info,
+    /// Print the adapter, backend, features and the limits that matter; with --model, what a
+    /// model is (family, prediction type, parameters and dtypes per component).
+    Info(info::InfoArgs),
     /// Measure the adapter's ceilings, then every kernel on Stable Diffusion-sized shapes.
     Bench(bench::BenchArgs),
     /// Serve OpenAI's Images API (POST /v1/images/generations) on the given models.
@@ -47,6 +49,12 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // A model's summary needs no device.
+    if let Command::Info(a) = &cli.command {
+        if a.model.is_some() {
+            return info::run(a);
+        }
+    }
     let mut opts = ContextOptions::from_env();
     if let Some(b) = &cli.backend {
         opts.backends = Some(wgpu::Backends::from_comma_list(b));
@@ -58,7 +66,7 @@ fn run(cli: Cli) -> Result<()> {
     let ctx = Context::new_blocking(opts)?;
     match cli.command {
         Command::Generate(args) => generate::run(&ctx, *args)?,
-        Command::Info => info(&ctx),
+        Command::Info(_) => info(&ctx),
         Command::Bench(args) => bench::run(&ctx, &args)?,
         Command::Serve(args) => serve::run(ctx, *args)?,
     }

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use clap::Args;
-use hoa::model_files::DirFiles;
+use hoa::model_files::open_model;
 use hoa::model_info::ModelInfo;
 use hoa::resolve::{resolve, DeviceLimits};
 use hoa::{Context, DType};
@@ -82,8 +82,8 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         if models.iter().any(|m: &Model| &m.name == name) {
             bail!("--model {name}: given twice");
         }
-        let files = DirFiles::open(dir).with_context(|| format!("--model {name}"))?;
-        let info = ModelInfo::read(&files).with_context(|| format!("--model {name}"))?;
+        let files = open_model(dir, None).with_context(|| format!("--model {name}"))?;
+        let info = ModelInfo::read(files.as_ref()).with_context(|| format!("--model {name}"))?;
         models.push(Model {
             name: name.clone(),
             info,

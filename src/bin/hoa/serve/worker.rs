@@ -2,7 +2,7 @@
 //! a time, taken from a bounded queue, so the HTTP side never touches the GPU.
 
 use hoa::image_io::encode_png;
-use hoa::model_files::DirFiles;
+use hoa::model_files::open_model;
 use hoa::pipeline::{Event, Pipeline};
 use hoa::resolve::Resolved;
 use hoa::{Context, DType};
@@ -35,7 +35,8 @@ pub fn start(
             let mut pipes = Vec::new();
             for (name, dir) in &models {
                 let t = std::time::Instant::now();
-                let loaded = DirFiles::open(dir).and_then(|f| Pipeline::load(&ctx, &f, dtype));
+                let loaded =
+                    open_model(dir, None).and_then(|f| Pipeline::load(&ctx, f.as_ref(), dtype));
                 match loaded {
                     Ok(p) => pipes.push((name.clone(), p)),
                     Err(e) => {
