@@ -577,3 +577,102 @@ fn requests_name_loras_and_their_scales_are_checked_in_the_one_policy() {
         assert!(e.contains(want), "{e}");
     }
 }
+
+/// A diffusers U-Net module of pipeline_tiny (2 levels, layers_per_block 1) by its name in the
+/// original LDM layout, written out here from the block numbering (independently of the
+/// single-file loader's map the merge uses).
+fn ldm_name(m: &str) -> String {
+    let res = |r: &str| {
+        [
+            ("conv1", "in_layers.2"),
+            ("conv2", "out_layers.3"),
+            ("time_emb_proj", "emb_layers.1"),
+        ]
+        .iter()
+        .find(|(d, _)| *d == r)
+        .map_or(r.to_string(), |(_, l)| l.to_string())
+    };
+    let p: Vec<&str> = m.splitn(5, '.').collect();
+    let n = 1;
+    match p[..] {
+        ["down_blocks", l, kind, j, rest] => {
+            let k = 1 + l.parse::<usize>().unwrap() * (n + 1) + j.parse::<usize>().unwrap();
+            match kind {
+                "resnets" => format!("input_blocks.{k}.0.{}", res(rest)),
+                _ => format!("input_blocks.{k}.1.{rest}"),
+            }
+        }
+        ["up_blocks", l, kind, j, rest] => {
+            let k = l.parse::<usize>().unwrap() * (n + 1) + j.parse::<usize>().unwrap();
+            match kind {
+                "resnets" => format!("output_blocks.{k}.0.{}", res(rest)),
+                _ => format!("output_blocks.{k}.1.{rest}"),
+            }
+        }
+        ["mid_block", "resnets", i, ..] => {
+            let rest = m.splitn(4, '.').nth(3).unwrap();
+            format!(
+                "middle_block.{}.{}",
+                2 * i.parse::<usize>().unwrap(),
+                res(rest)
+            )
+        }
+        ["mid_block", "attentions", "0", ..] => {
+            format!("middle_block.1.{}", m.splitn(4, '.').nth(3).unwrap())
+        }
+        _ => panic!("no LDM name for {m}"),
+    }
+}
+
+#[test]
+fn kohya_names_in_the_ldm_layout_merge_the_same() {
+    // b as kohya names it for SDXL: U-Net modules by LDM blocks, the text encoder as lora_te1_.
+    let sdxl_style = |module: &str, _: &str, down: bool| {
+        let part = if down {
+            "lora_down.weight"
+        } else {
+            "lora_up.weight"
+        };
+        match module.split_once('.').unwrap() {
+            ("unet", m) => format!("lora_unet_{}.{part}", ldm_name(m).replace('.', "_")),
+            (_, m) => format!("lora_te1_text_model_{}.{part}", m.replace('.', "_")),
+        }
+    };
+    let bytes = renamed(sdxl_style);
+    let w = Weights::from_bytes("x", bytes.clone()).unwrap();
+    let names: Vec<&str> = w.names().collect();
+    assert!(
+        names
+            .iter()
+            .any(|k| k.starts_with("lora_unet_input_blocks_1_1_")),
+        "{names:?}"
+    );
+    // renamed() wrote the alphas under the PEFT module names: give them kohya's.
+    let down_keys: Vec<String> = names
+        .iter()
+        .filter(|k| k.ends_with(".lora_down.weight"))
+        .map(|k| k.to_string())
+        .collect();
+    let mut tensors: Vec<(String, Vec<f32>, Vec<usize>)> = names
+        .iter()
+        .filter(|k| !k.ends_with(".alpha"))
+        .map(|k| {
+            (
+                k.to_string(),
+                w.read_f32(k).unwrap(),
+                w.shape(k).unwrap().to_vec(),
+            )
+        })
+        .collect();
+    for k in down_keys {
+        let m = k.strip_suffix(".lora_down.weight").unwrap();
+        tensors.push((format!("{m}.alpha"), vec![3.0], vec![]));
+    }
+    let file = LoraFile::from_bytes("sdxl_style.safetensors", write(&tensors)).unwrap();
+    check_merge(
+        "b",
+        &LoraSet {
+            loras: vec![(file, 1.0)],
+        },
+    );
+}

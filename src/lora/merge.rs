@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
 use crate::kernels::elementwise::axpy;
 use crate::kernels::matmul::{matmul, MatmulOptions};
+use crate::single_file::{self, keys::UNetLayout};
 use crate::weights::{Patch, Weights};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -104,6 +105,8 @@ struct ModuleIndex<'w> {
     dotted: HashMap<String, &'w str>,
     /// `None`: two modules flatten to the same name.
     flat: HashMap<String, Option<&'w str>>,
+    /// The U-Net's `layers_per_block`, for kohya names in the LDM layout.
+    ldm: Option<UNetLayout>,
 }
 
 fn strip_text_model(component: Component, m: &str) -> &str {
@@ -118,6 +121,7 @@ impl<'w> ModuleIndex<'w> {
         let mut ix = ModuleIndex {
             dotted: HashMap::new(),
             flat: HashMap::new(),
+            ldm: None,
         };
         for key in weights.names() {
             let Some(m) = key.strip_suffix(".weight") else {
@@ -133,6 +137,15 @@ impl<'w> ModuleIndex<'w> {
                 .and_modify(|v| *v = None)
                 .or_insert(Some(key));
         }
+        if component == Component::Unet {
+            let layers = (0..)
+                .take_while(|j| {
+                    ix.dotted
+                        .contains_key(&format!("down_blocks.0.resnets.{j}.conv1"))
+                })
+                .count();
+            ix.ldm = (layers > 0).then_some(UNetLayout { layers });
+        }
         ix
     }
 
@@ -141,9 +154,64 @@ impl<'w> ModuleIndex<'w> {
         let m = strip_text_model(component, module.as_str());
         match module {
             Module::Dotted(_) => self.dotted.get(m).copied(),
-            Module::Flat(_) => self.flat.get(m).copied().flatten(),
+            Module::Flat(_) => self.flat.get(m).copied().flatten().or_else(|| {
+                let d = ldm_to_diffusers_flat(m, self.ldm?)?;
+                self.flat.get(&d).copied().flatten()
+            }),
         }
     }
+}
+
+/// A kohya U-Net name in the LDM layout (SDXL's, `input_blocks_4_1_transformer_blocks_0_attn1_to_q`)
+/// as the flattened diffusers name, through the single-file loader's LDM -> diffusers map. The
+/// block indices are numbers, so where they end is clear; inside a block only the ResBlock's
+/// layer names (`in_layers_2`, ...) need their dots back, the transformer's names are flattened
+/// on both sides anyway.
+fn ldm_to_diffusers_flat(flat: &str, layout: UNetLayout) -> Option<String> {
+    const TOP: [(&str, &str); 5] = [
+        ("time_embed_0", "time_embed.0"),
+        ("time_embed_2", "time_embed.2"),
+        ("label_emb_0_0", "label_emb.0.0"),
+        ("label_emb_0_2", "label_emb.0.2"),
+        ("out_2", "out.2"),
+    ];
+    const RES: [(&str, &str); 3] = [
+        ("in_layers_2", "in_layers.2"),
+        ("emb_layers_1", "emb_layers.1"),
+        ("out_layers_3", "out_layers.3"),
+    ];
+    let index = |s: &str| -> Option<(usize, String)> {
+        let (i, rest) = s.split_once('_').unwrap_or((s, ""));
+        Some((i.parse().ok()?, rest.to_string()))
+    };
+    let dotted = if let Some((_, d)) = TOP.iter().find(|(f, _)| *f == flat) {
+        d.to_string()
+    } else {
+        let (block, rest) = ["input_blocks", "output_blocks", "middle_block"]
+            .iter()
+            .find_map(|b| Some((*b, flat.strip_prefix(b)?.strip_prefix('_')?)))?;
+        let (k, rest) = index(rest)?;
+        let (idx, rest) = match block {
+            "middle_block" => (k.to_string(), rest),
+            _ => {
+                let (m, rest) = index(&rest)?;
+                (format!("{k}.{m}"), rest)
+            }
+        };
+        let rest = RES
+            .iter()
+            .find(|(f, _)| *f == rest)
+            .map_or(rest.clone(), |(_, d)| d.to_string());
+        match rest.as_str() {
+            "" => format!("{block}.{idx}"),
+            r => format!("{block}.{idx}.{r}"),
+        }
+    };
+    let (name, _) = single_file::keys::unet(&format!("{dotted}.weight"), layout)
+        .into_iter()
+        .next()?;
+    let m = name.strip_suffix(".weight")?;
+    (m != dotted).then(|| m.replace('.', "_"))
 }
 
 /// Matches every module of every LoRA for `component` against `weights`.
@@ -221,4 +289,60 @@ fn check_shapes(file: &LoraFile, g: &Group, key: &str, target: &[usize]) -> Resu
             file.name
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldm_kohya_names_become_diffusers_names() {
+        // SD 1.5's numbering: 2 resnets per down block.
+        let sd15 = UNetLayout { layers: 2 };
+        for (ldm, diffusers) in [
+            (
+                "input_blocks_4_1_transformer_blocks_0_attn1_to_q",
+                "down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q",
+            ),
+            (
+                "input_blocks_4_1_proj_in",
+                "down_blocks_1_attentions_0_proj_in",
+            ),
+            ("input_blocks_3_0_op", "down_blocks_0_downsamplers_0_conv"),
+            ("input_blocks_0_0", "conv_in"),
+            (
+                "input_blocks_1_0_in_layers_2",
+                "down_blocks_0_resnets_0_conv1",
+            ),
+            ("output_blocks_2_1_conv", "up_blocks_0_upsamplers_0_conv"),
+            (
+                "output_blocks_5_0_skip_connection",
+                "up_blocks_1_resnets_2_conv_shortcut",
+            ),
+            ("output_blocks_8_2_conv", "up_blocks_2_upsamplers_0_conv"),
+            (
+                "middle_block_2_emb_layers_1",
+                "mid_block_resnets_1_time_emb_proj",
+            ),
+            (
+                "middle_block_1_transformer_blocks_0_ff_net_2",
+                "mid_block_attentions_0_transformer_blocks_0_ff_net_2",
+            ),
+            ("time_embed_0", "time_embedding_linear_1"),
+            ("out_2", "conv_out"),
+        ] {
+            assert_eq!(
+                ldm_to_diffusers_flat(ldm, sd15).as_deref(),
+                Some(diffusers),
+                "{ldm}"
+            );
+        }
+        for other in [
+            "down_blocks_0_resnets_0_conv1",
+            "input_blocks_x_1_proj_in",
+            "zz",
+        ] {
+            assert_eq!(ldm_to_diffusers_flat(other, sd15), None, "{other}");
+        }
+    }
 }
