@@ -12,7 +12,7 @@ use hoa::lora::keys::Component;
 use hoa::lora::{LoraFile, LoraSet};
 use hoa::model_files::DirFiles;
 use hoa::model_info::ModelInfo;
-use hoa::pipeline::{GenerateOptions, Pipeline};
+use hoa::pipeline::{Event, GenerateOptions, Pipeline};
 use hoa::schedulers::SchedulerKind;
 use hoa::weights::{Loader, Weights};
 use hoa::DType;
@@ -229,17 +229,7 @@ fn image_matches_diffusers_with_two_loras_fused() {
         ..opts
     };
     let images = pollster::block_on(p.generate(c, &opts, &mut |_| {})).unwrap();
-    let (want, shape) = Io::load(LORA).f32("ab.image");
-    assert_eq!(shape, [2, 24, 32, 3]);
-    let got: Vec<u8> = images.iter().flat_map(|im| im.data.clone()).collect();
-    // The pipeline test's tolerance: off by one only where diffusers sits on a rounding edge.
-    let mut off_by_one = 0;
-    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
-        let d = (g as f32 - (w * 255.0).round()).abs();
-        assert!(d <= 1.0, "pixel {i}: {g} vs diffusers {}", w * 255.0);
-        off_by_one += (d > 0.0) as usize;
-    }
-    assert!(off_by_one * 100 <= got.len(), "{off_by_one} pixels differ");
+    let want = same_image(&images, "ab.image");
     // And the LoRAs changed it: the image without them is another.
     let plain = Io::load(PIPE).f32("ddim.image").0;
     let moved = plain
@@ -248,6 +238,57 @@ fn image_matches_diffusers_with_two_loras_fused() {
         .filter(|(a, b)| (*a - *b).abs() > 2.0 / 255.0)
         .count();
     assert!(moved * 10 > want.len(), "only {moved} pixels moved");
+}
+
+/// `images` against diffusers' `key` with the pipeline test's tolerance: off by one only where
+/// diffusers sits on a rounding edge. Returns diffusers' pixels.
+fn same_image(images: &[hoa::image_io::RgbImage], key: &str) -> Vec<f32> {
+    let (want, shape) = Io::load(LORA).f32(key);
+    assert_eq!(shape, [2, 24, 32, 3]);
+    let got: Vec<u8> = images.iter().flat_map(|im| im.data.clone()).collect();
+    let mut off_by_one = 0;
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        let d = (g as f32 - (w * 255.0).round()).abs();
+        assert!(d <= 1.0, "{key} pixel {i}: {g} vs diffusers {}", w * 255.0);
+        off_by_one += (d > 0.0) as usize;
+    }
+    assert!(
+        off_by_one * 100 <= got.len(),
+        "{key}: {off_by_one} pixels differ"
+    );
+    want
+}
+
+#[test]
+fn lcm_lora_use_matches_diffusers_in_one_step() {
+    let Some(c) = ctx() else { return };
+    let files = DirFiles::open(dir(PIPE)).unwrap();
+    let info = ModelInfo::read(&files).unwrap();
+    let loras = set(&[("b_kohya.safetensors", 1.0)]);
+    let p = Pipeline::load_with_loras(c, &files, info, DType::F32, &loras).unwrap();
+    let opts = GenerateOptions {
+        prompt: "a red circle left of a blue square".into(),
+        width: 32,
+        height: 24,
+        steps: 1,
+        guidance: 1.0,
+        batch: 2,
+        latents: Some(Io::load(PIPE).f32("latents").0),
+        scheduler: Some(SchedulerKind::Lcm),
+        loras: p.loras.clone(),
+        ..Default::default()
+    };
+    let mut last = None;
+    let images = pollster::block_on(p.generate(c, &opts, &mut |ev| {
+        if let Event::Step { latents, .. } = ev {
+            last = Some(latents.clone());
+        }
+    }))
+    .unwrap();
+    let want = Io::load(LORA).f32("lcm.latents");
+    let r = fixture::close_rel("lcm latents", &last.unwrap(), &want, 1e-4, c).unwrap();
+    eprintln!("lcm latents: max err / max |ref| = {r:.2e}");
+    same_image(&images, "lcm.image");
 }
 
 fn err(files: Vec<(&str, Vec<u8>)>, comp: Component) -> String {
