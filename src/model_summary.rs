@@ -90,8 +90,9 @@ pub fn summarize(files: &dyn ModelFiles, detected: Option<&Detected>) -> Result<
             "scheduler/scheduler_config.json".to_string(),
         ),
     };
-    let components = ["unet", "vae", "text_encoder"]
+    let components = ["unet", "vae", "text_encoder", "text_encoder_2"]
         .iter()
+        .filter(|c| files.exists(&format!("{c}/config.json")))
         .map(|c| Ok(count(c, &component_weights(files, c)?, |_| true)))
         .collect::<Result<Vec<_>>>()?;
     Ok(ModelSummary {

@@ -15,7 +15,7 @@ use hoa::weights::Weights;
 use hoa::DType;
 use std::path::PathBuf;
 
-const FAMILIES: [&str; 3] = ["sd1", "sd2", "sd1_inpaint"];
+const FAMILIES: [&str; 4] = ["sd1", "sd2", "sd1_inpaint", "sdxl"];
 
 fn file(kind: &str) -> PathBuf {
     dir("single_file").join(format!("{kind}.safetensors"))
@@ -44,7 +44,9 @@ fn every_family_gives_the_folders_tensors_exactly() {
     for kind in FAMILIES {
         let single = with_config(kind);
         let dirs = DirFiles::open(folder(kind)).unwrap();
-        for comp in ["unet", "vae", "text_encoder"] {
+        let xl = kind == "sdxl";
+        let comps = ["unet", "vae", "text_encoder", "text_encoder_2"];
+        for comp in &comps[..if xl { 4 } else { 3 }] {
             let a = component_weights(&dirs, comp).unwrap();
             let b = component_weights(&single, comp).unwrap();
             // transformers 5 saves CLIPTextModel without the `text_model.` level.
@@ -85,6 +87,9 @@ fn detection_reads_family_inpainting_and_prediction() {
     let d = detect(&raw("sd1_inpaint")).unwrap();
     assert_eq!((d.family, d.inpainting), (Family::Sd1, true));
     assert_eq!(d.family_name(), "SD 1.x inpainting");
+    let d = detect(&raw("sdxl")).unwrap();
+    assert_eq!((d.family, d.text), (Family::Sdxl, Some(TextKind::Clip)));
+    assert_eq!(d.prediction, Prediction::Epsilon);
 }
 
 /// The sizes the shapes tell equal the folder's config (heads and group counts are family
@@ -93,7 +98,12 @@ fn detection_reads_family_inpainting_and_prediction() {
 fn inferred_configs_match_the_folders_sizes() {
     for kind in FAMILIES {
         let w = raw(kind);
-        let got = infer::unet_sizes(&w, 2).unwrap();
+        let keys: Vec<&str> = w
+            .names()
+            .filter_map(|k| k.strip_prefix(hoa::single_file::UNET))
+            .collect();
+        let layout = hoa::single_file::keys::UNetLayout::infer(&keys).unwrap();
+        let got = infer::unet_sizes(&w, layout.layers).unwrap();
         let want: serde_json::Value =
             serde_json::from_slice(&std::fs::read(folder(kind).join("unet/config.json")).unwrap())
                 .unwrap();
@@ -110,7 +120,7 @@ fn inferred_configs_match_the_folders_sizes() {
         ] {
             assert_eq!(got[f], want[f], "{kind} unet {f}");
         }
-        let got = infer::vae(&w).unwrap();
+        let got = infer::vae(&w, kind == "sdxl").unwrap();
         let want: serde_json::Value =
             serde_json::from_slice(&std::fs::read(folder(kind).join("vae/config.json")).unwrap())
                 .unwrap();

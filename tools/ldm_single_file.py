@@ -37,6 +37,10 @@ def unet_key(k, layers, attn_up):
         return "time_embed.0." + k.split(".", 2)[2]
     if k.startswith("time_embedding.linear_2."):
         return "time_embed.2." + k.split(".", 2)[2]
+    if k.startswith("add_embedding.linear_1."):
+        return "label_emb.0.0." + k.split(".", 2)[2]
+    if k.startswith("add_embedding.linear_2."):
+        return "label_emb.0.2." + k.split(".", 2)[2]
     if k.startswith("conv_norm_out."):
         return "out.0." + k[len("conv_norm_out."):]
     if k.startswith("conv_out."):
@@ -83,16 +87,19 @@ def vae_key(k, v, levels):
     return k, v
 
 
-def open_clip(te, layers, hidden, seed):
-    """transformers CLIPTextModel tensors -> OpenCLIP text tower, plus one extra random layer."""
+def open_clip(te, layers, hidden, seed, extra_layer=True):
+    """transformers CLIPTextModel(WithProjection) tensors -> OpenCLIP text tower, plus (SD 2.x)
+    one extra random last layer that the pipeline does not condition on."""
     g = torch.Generator().manual_seed(seed)
     te = {k.removeprefix("text_model."): v for k, v in te.items()}
+    proj = te.get("text_projection.weight")
+    proj = proj.T if proj is not None else torch.randn(hidden, hidden, generator=g).to(
+        te["final_layer_norm.weight"].dtype)
     out = {"token_embedding.weight": te["embeddings.token_embedding.weight"],
            "positional_embedding": te["embeddings.position_embedding.weight"],
            "ln_final.weight": te["final_layer_norm.weight"], "ln_final.bias": te["final_layer_norm.bias"],
-           "text_projection": torch.randn(hidden, hidden, generator=g).to(te["final_layer_norm.weight"].dtype),
-           "logit_scale": torch.tensor(4.6)}
-    for i in range(layers + 1):
+           "text_projection": proj, "logit_scale": torch.tensor(4.6)}
+    for i in range(layers + int(extra_layer)):
         src = f"encoder.layers.{i}."
         get = (lambda n, s=src: te[s + n]) if i < layers else (
             lambda n, s=src: (torch.randn(te["encoder.layers.0." + n].shape, generator=g) * 0.1).to(
@@ -120,7 +127,15 @@ def convert(folder, out_path, open_clip_text=False, seed=0):
         sd["first_stage_model." + k2] = v2
     te = load_file(os.path.join(folder, "text_encoder", "model.safetensors"))
     tcfg = json.load(open(os.path.join(folder, "text_encoder", "config.json")))
-    if open_clip_text:
+    if os.path.isdir(os.path.join(folder, "text_encoder_2")):
+        # SDXL base: CLIP ViT-L as embedder 0, OpenCLIP bigG (with its projection) as embedder 1.
+        for k, v in te.items():
+            sd["conditioner.embedders.0.transformer.text_model." + k.removeprefix("text_model.")] = v
+        te2 = load_file(os.path.join(folder, "text_encoder_2", "model.safetensors"))
+        t2 = json.load(open(os.path.join(folder, "text_encoder_2", "config.json")))
+        for k, v in open_clip(te2, t2["num_hidden_layers"], t2["hidden_size"], seed, False).items():
+            sd["conditioner.embedders.1.model." + k] = v
+    elif open_clip_text:
         for k, v in open_clip(te, tcfg["num_hidden_layers"], tcfg["hidden_size"], seed).items():
             sd["cond_stage_model.model." + k] = v
     else:

@@ -1,4 +1,4 @@
-//! Single-file Stable Diffusion 1.x / 2.x checkpoints (the A1111 / ComfyUI / civitai
+//! Single-file Stable Diffusion 1.x / 2.x / SDXL checkpoints (the A1111 / ComfyUI / civitai
 //! `.safetensors` in the original LDM key layout) read as a diffusers model folder: the family
 //! is detected from keys and shapes, the configs it implies are synthesized (or taken from a
 //! `--config` diffusers folder, diffusers' `config=`), and each component's weights are a
@@ -22,11 +22,80 @@ pub const VAE: &str = "first_stage_model.";
 pub const TEXT_CLIP: &str = "cond_stage_model.transformer.";
 /// SD 2.x's OpenCLIP ViT-H/14 text tower (open_clip's names).
 pub const OPEN_CLIP: &str = "cond_stage_model.model.";
+/// SDXL base's CLIP ViT-L/14 (transformers' names).
+pub const SDXL_CLIP: &str = "conditioner.embedders.0.transformer.";
+/// SDXL base's OpenCLIP ViT-bigG/14.
+pub const SDXL_OPEN_CLIP: &str = "conditioner.embedders.1.model.";
+/// SDXL refiner's only text tower, OpenCLIP ViT-bigG/14.
+pub const SDXL_REFINER_OPEN_CLIP: &str = "conditioner.embedders.0.model.";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     Sd1,
     Sd2,
+    /// SDXL base: two text towers, `text_time` micro-conditioning.
+    Sdxl,
+    /// SDXL refiner: the OpenCLIP tower only, aesthetic-score conditioning.
+    SdxlRefiner,
+}
+
+/// Where one text encoder component lives in the file and how it converts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextTower {
+    /// The diffusers component (`text_encoder`, `text_encoder_2`) and its tokenizer's folder.
+    pub dir: &'static str,
+    pub tokenizer: &'static str,
+    pub prefix: &'static str,
+    pub kind: TextKind,
+    /// SD 2.x conditions on the penultimate OpenCLIP layer: the last one is not loaded.
+    pub drop_last: bool,
+    /// `CLIPTextModelWithProjection` (SDXL's second encoder keeps `text_projection`).
+    pub with_projection: bool,
+}
+
+impl Family {
+    /// The text towers this family's single files hold.
+    pub fn towers(self) -> Vec<TextTower> {
+        let t = |dir, tokenizer, prefix, kind, drop_last, with_projection| TextTower {
+            dir,
+            tokenizer,
+            prefix,
+            kind,
+            drop_last,
+            with_projection,
+        };
+        let (te, te2) = (
+            ("text_encoder", "tokenizer"),
+            ("text_encoder_2", "tokenizer_2"),
+        );
+        match self {
+            Family::Sd1 => vec![t(te.0, te.1, TEXT_CLIP, TextKind::Clip, false, false)],
+            Family::Sd2 => vec![t(te.0, te.1, OPEN_CLIP, TextKind::OpenClip, true, false)],
+            Family::Sdxl => vec![
+                t(te.0, te.1, SDXL_CLIP, TextKind::Clip, false, false),
+                t(
+                    te2.0,
+                    te2.1,
+                    SDXL_OPEN_CLIP,
+                    TextKind::OpenClip,
+                    false,
+                    true,
+                ),
+            ],
+            Family::SdxlRefiner => vec![t(
+                te2.0,
+                te2.1,
+                SDXL_REFINER_OPEN_CLIP,
+                TextKind::OpenClip,
+                false,
+                true,
+            )],
+        }
+    }
+
+    fn is_sdxl(self) -> bool {
+        matches!(self, Family::Sdxl | Family::SdxlRefiner)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,18 +138,21 @@ impl Detected {
         let f = match self.family {
             Family::Sd1 => "SD 1.x",
             Family::Sd2 => "SD 2.x",
+            Family::Sdxl => "SDXL",
+            Family::SdxlRefiner => "SDXL refiner",
         };
         format!("{f}{}", if self.inpainting { " inpainting" } else { "" })
     }
 }
 
 /// Names of a component's config files that `--config DIR` supplies.
-const CONFIG_PARTS: [&str; 6] = [
+const CONFIG_PARTS: [&str; 7] = [
     "model_index.json",
     "hoa.json",
     "unet/config.json",
     "vae/config.json",
     "text_encoder/config.json",
+    "text_encoder_2/config.json",
     "scheduler/scheduler_config.json",
 ];
 
@@ -93,6 +165,10 @@ pub struct SingleFile {
     configs: HashMap<String, Vec<u8>>,
     /// `--config DIR`: its configs and tokenizer apply instead.
     config_dir: Option<Box<dyn ModelFiles>>,
+}
+
+fn has_prefix(w: &Weights, prefix: &str) -> bool {
+    w.names().any(|k| k.starts_with(prefix))
 }
 
 /// A file that is no LDM checkpoint, said as what it looks like.
@@ -110,7 +186,7 @@ fn not_a_checkpoint(w: &Weights) -> Error {
         } else {
             format!(
                 "{file} is no Stable Diffusion checkpoint: it has no `model.diffusion_model.*` \
-             (U-Net) tensors (hoa reads single files in the original LDM layout, SD 1.x and 2.x)"
+             (U-Net) tensors (hoa reads single files in the original LDM layout, SD 1.x, 2.x and SDXL)"
             )
         },
     )
@@ -138,28 +214,33 @@ pub fn detect(w: &Weights) -> Result<Detected> {
     if !w.names().any(|k| k.starts_with(UNET)) {
         return Err(not_a_checkpoint(w));
     }
-    if w.names().any(|k| k.starts_with("conditioner.embedders.")) {
-        return Err(Error::Checkpoint(format!(
-            "{} is an SDXL checkpoint (conditioner.embedders.*); hoa reads SD 1.x and 2.x \
-             single files so far",
-            w.describe()
-        )));
-    }
-    let text = if w.names().any(|k| k.starts_with(OPEN_CLIP)) {
-        Some(TextKind::OpenClip)
-    } else if w.names().any(|k| k.starts_with(TEXT_CLIP)) {
-        Some(TextKind::Clip)
-    } else {
-        None
-    };
+    let has = |prefix: &str| w.names().any(|k| k.starts_with(prefix));
     let context = w
         .names()
         .filter(|k| k.starts_with(UNET) && k.ends_with("attn2.to_k.weight"))
         .find_map(|k| w.shape(k)?.get(1).copied());
-    let family = match (text, context) {
-        (Some(TextKind::OpenClip), _) | (None, Some(1024)) => Family::Sd2,
-        _ => Family::Sd1,
+    // A second embedder (or `label_emb`, SDXL's text_time embedding) = SDXL; OpenCLIP text or
+    // 1024-wide cross-attention = SD 2.x.
+    let family = if has(SDXL_OPEN_CLIP) {
+        Family::Sdxl
+    } else if has(SDXL_REFINER_OPEN_CLIP) {
+        Family::SdxlRefiner
+    } else if has(&format!("{UNET}label_emb.")) {
+        if context == Some(1280) {
+            Family::SdxlRefiner
+        } else {
+            Family::Sdxl
+        }
+    } else if has(OPEN_CLIP) || (!has(TEXT_CLIP) && context == Some(1024)) {
+        Family::Sd2
+    } else {
+        Family::Sd1
     };
+    let text = family
+        .towers()
+        .first()
+        .filter(|t| has(t.prefix))
+        .map(|t| t.kind);
     let in_channels = w
         .shape(&format!("{UNET}input_blocks.0.0.weight"))
         .and_then(|s| s.get(1).copied());
@@ -264,40 +345,36 @@ impl SingleFile {
                 let levels = infer::count(w, &format!("{VAE}encoder.down."), "");
                 add(VAE, &|k| Some(keys::vae(k, levels)))
             }
-            "text_encoder" => match self.detected.text {
-                Some(TextKind::Clip) => add(TEXT_CLIP, &keys::clip),
-                Some(TextKind::OpenClip) => {
-                    let layers = self.text_layers()?;
-                    add(OPEN_CLIP, &|k| keys::open_clip(k, layers, false))
+            dir => {
+                let towers = self.detected.family.towers();
+                let Some(t) = towers
+                    .iter()
+                    .find(|t| t.dir == dir && has_prefix(w, t.prefix))
+                else {
+                    return Ok(None);
+                };
+                match t.kind {
+                    TextKind::Clip => add(t.prefix, &keys::clip),
+                    TextKind::OpenClip => {
+                        let layers = self.text_layers(dir)?;
+                        add(t.prefix, &|k| keys::open_clip(k, layers, t.with_projection))
+                    }
                 }
-                None => return Ok(None),
-            },
-            _ => return Ok(None),
+            }
         }
         Ok(Some(out))
     }
 
-    /// The text encoder's layer count from the config in use (the OpenCLIP tower's layers
-    /// past it are dropped, as diffusers does).
-    fn text_layers(&self) -> Result<usize> {
-        let json = self.require("text_encoder/config.json")?;
-        let v: Value = serde_json::from_slice(&json).map_err(|e| {
-            Error::config(
-                "text_encoder/config.json",
-                "num_hidden_layers",
-                e.to_string(),
-            )
-        })?;
+    /// A text encoder's layer count from the config in use (the OpenCLIP tower's layers past
+    /// it are dropped, as diffusers does).
+    fn text_layers(&self, dir: &str) -> Result<usize> {
+        let file = format!("{dir}/config.json");
+        let v: Value = serde_json::from_slice(&self.require(&file)?)
+            .map_err(|e| Error::Checkpoint(format!("{file}: {e}")))?;
         v.get("num_hidden_layers")
             .and_then(Value::as_u64)
             .map(|n| n as usize)
-            .ok_or_else(|| {
-                Error::config(
-                    "text_encoder/config.json",
-                    "num_hidden_layers",
-                    "is missing",
-                )
-            })
+            .ok_or_else(|| Error::Checkpoint(format!("{file}: `num_hidden_layers` is missing")))
     }
 
     /// Component `dir`'s weights under diffusers names (a view: no copy).
@@ -318,65 +395,91 @@ impl SingleFile {
 
 /// The diffusers folder's config files the detected family implies.
 fn synthesize(w: &Weights, d: &Detected, layout: UNetLayout) -> Result<HashMap<String, Vec<u8>>> {
-    let text = d.text.ok_or_else(|| {
-        Error::Checkpoint(format!(
-            "{} has no text encoder (cond_stage_model.*): pass --config DIR, a diffusers \
-             folder of the same family whose text_encoder/ and tokenizer/ apply",
-            w.describe()
-        ))
-    })?;
-    let pipeline = if d.inpainting {
-        "StableDiffusionInpaintPipeline"
+    let towers: Vec<TextTower> = d
+        .family
+        .towers()
+        .into_iter()
+        .filter(|t| has_prefix(w, t.prefix))
+        .collect();
+    if towers.len() < d.family.towers().len() {
+        return Err(Error::Checkpoint(format!(
+            "{} has no text encoder ({}*): pass --config DIR, a diffusers folder of the same \
+             family whose text encoder and tokenizer configs apply",
+            w.describe(),
+            d.family.towers()[towers.len()].prefix
+        )));
+    }
+    let xl = d.family.is_sdxl();
+    let pipeline = match (d.family, d.inpainting) {
+        (Family::SdxlRefiner, _) => "StableDiffusionXLImg2ImgPipeline",
+        (Family::Sdxl, true) => "StableDiffusionXLInpaintPipeline",
+        (Family::Sdxl, false) => "StableDiffusionXLPipeline",
+        (_, true) => "StableDiffusionInpaintPipeline",
+        (_, false) => "StableDiffusionPipeline",
+    };
+    let scheduler = if xl {
+        "EulerDiscreteScheduler"
     } else {
-        "StableDiffusionPipeline"
+        "DDIMScheduler"
     };
-    let pad = match text {
-        // SD 2.x's tokenizer (OpenCLIP's) pads with "!" (id 0), SD 1.x's with the end token.
-        TextKind::OpenClip => "!",
-        TextKind::Clip => "<|endoftext|>",
-    };
-    let files = [
+    let mut index = json!({
+        "_class_name": pipeline,
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", scheduler],
+    });
+    let mut files = vec![
         (
-            "model_index.json",
-            json!({
-                "_class_name": pipeline,
-                "text_encoder": ["transformers", "CLIPTextModel"],
-                "tokenizer": ["transformers", "CLIPTokenizer"],
-                "unet": ["diffusers", "UNet2DConditionModel"],
-                "vae": ["diffusers", "AutoencoderKL"],
-                "scheduler": ["diffusers", "DDIMScheduler"],
-            }),
+            "unet/config.json".to_string(),
+            infer::unet(w, layout.layers, d, &towers)?,
         ),
+        ("vae/config.json".to_string(), infer::vae(w, xl)?),
         (
-            "unet/config.json",
-            infer::unet(w, layout.layers, d.family, d.prediction)?,
-        ),
-        ("vae/config.json", infer::vae(w)?),
-        ("text_encoder/config.json", infer::text_encoder(w, text)?),
-        (
-            "scheduler/scheduler_config.json",
-            infer::scheduler(d.prediction),
-        ),
-        (
-            "tokenizer/tokenizer_config.json",
-            json!({
-                "model_max_length": 77,
-                "bos_token": "<|startoftext|>",
-                "eos_token": "<|endoftext|>",
-                "unk_token": "<|endoftext|>",
-                "pad_token": pad,
-            }),
+            "scheduler/scheduler_config.json".to_string(),
+            infer::scheduler(d.prediction, xl),
         ),
     ];
+    if d.family == Family::SdxlRefiner {
+        index["text_encoder"] = json!([null, null]);
+        index["tokenizer"] = json!([null, null]);
+        index["requires_aesthetics_score"] = json!(true);
+    }
+    for t in &towers {
+        let class = if t.with_projection {
+            "CLIPTextModelWithProjection"
+        } else {
+            "CLIPTextModel"
+        };
+        index[t.dir] = json!(["transformers", class]);
+        index[t.tokenizer] = json!(["transformers", "CLIPTokenizer"]);
+        files.push((format!("{}/config.json", t.dir), infer::text_encoder(w, t)?));
+        // OpenCLIP's tokenizer as diffusers configures it pads with "!" (id 0); CLIP's with
+        // the end token.
+        let pad = match t.kind {
+            TextKind::OpenClip => "!",
+            TextKind::Clip => "<|endoftext|>",
+        };
+        let tok = json!({
+            "model_max_length": 77,
+            "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+            "pad_token": pad,
+        });
+        files.push((format!("{}/tokenizer_config.json", t.tokenizer), tok));
+    }
+    files.push(("model_index.json".to_string(), index));
     Ok(files
         .into_iter()
-        .map(|(p, v)| (p.to_string(), v.to_string().into_bytes()))
+        .map(|(p, v)| (p, v.to_string().into_bytes()))
         .collect())
 }
 
 /// Whether `--config DIR` supplies `path` (configs and the tokenizer, never weights).
 fn from_config_dir(path: &str) -> bool {
-    CONFIG_PARTS.contains(&path) || path.starts_with("tokenizer/")
+    CONFIG_PARTS.contains(&path)
+        || path.starts_with("tokenizer/")
+        || path.starts_with("tokenizer_2/")
 }
 
 impl ModelFiles for SingleFile {
@@ -388,10 +491,14 @@ impl ModelFiles for SingleFile {
                 Ok(None)
             };
         }
-        if path == "tokenizer/tokenizer.json" {
-            return match self.detected.text {
-                Some(TextKind::OpenClip) => crate::clip_vocab::tokenizer_json_pad_bang(),
-                _ => crate::clip_vocab::tokenizer_json(),
+        let towers = self.detected.family.towers();
+        if let Some(t) = towers
+            .iter()
+            .find(|t| path == format!("{}/tokenizer.json", t.tokenizer))
+        {
+            return match t.kind {
+                TextKind::OpenClip => crate::clip_vocab::tokenizer_json_pad_bang(),
+                TextKind::Clip => crate::clip_vocab::tokenizer_json(),
             }
             .map(Some);
         }
@@ -401,7 +508,13 @@ impl ModelFiles for SingleFile {
     fn exists(&self, path: &str) -> bool {
         match &self.config_dir {
             Some(dir) => from_config_dir(path) && dir.exists(path),
-            None => path == "tokenizer/tokenizer.json" || self.configs.contains_key(path),
+            None => {
+                self.configs.contains_key(path)
+                    || (path.ends_with("/tokenizer.json")
+                        && self
+                            .configs
+                            .contains_key(&path.replace(".json", "_config.json")))
+            }
         }
     }
 
