@@ -410,12 +410,17 @@ fn bad_loras_are_clear_one_line_errors() {
         )],
         Component::Unet,
     );
-    assert!(e.contains("ckpt.safetensors: not LoRA tensors"), "{e}");
+    assert!(
+        e.contains("ckpt.safetensors: has no LoRA tensors (a model checkpoint?"),
+        "{e}"
+    );
     let e = err(
         vec![("l.ckpt", b"PK\x03\x04 not a safetensors file".to_vec())],
         Component::Unet,
     );
     assert!(e.contains("l.ckpt") && e.contains("pickle"), "{e}");
+    let e = err(vec![("empty.safetensors", write(&[]))], Component::Unet);
+    assert!(e.contains("empty.safetensors: holds no tensors"), "{e}");
 }
 
 fn hoa_cli(args: &[&str]) -> std::process::Output {

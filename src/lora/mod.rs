@@ -88,6 +88,16 @@ impl LoraFile {
                 unknown.push(format!("{key} (same module as {other})"));
             }
         }
+        // Nothing LoRA-like at all (LoHa / LoKr names start with kohya's `lora_` too).
+        if unknown.is_empty() && groups.is_empty() {
+            return Err(Error::Checkpoint(format!("{name}: holds no tensors")));
+        }
+        if groups.is_empty() && !unknown.iter().any(|k| k.starts_with("lora_")) {
+            return Err(Error::Checkpoint(format!(
+                "{name}: has no LoRA tensors (a model checkpoint? its tensors are {})",
+                capped_list(unknown)
+            )));
+        }
         if !unknown.is_empty() {
             return Err(Error::Checkpoint(format!(
                 "{name}: not LoRA tensors hoa reads (kohya lora_down/lora_up/alpha or diffusers \
@@ -104,11 +114,6 @@ impl LoraFile {
             return Err(Error::Checkpoint(format!(
                 "{name}: LoRA modules without both a down (lora_A) and an up (lora_B) tensor: {}",
                 capped_list(incomplete)
-            )));
-        }
-        if groups.is_empty() {
-            return Err(Error::Checkpoint(format!(
-                "{name}: has no LoRA tensors (is it a model checkpoint?)"
             )));
         }
         Ok(LoraFile {
