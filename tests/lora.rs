@@ -722,3 +722,88 @@ fn kohya_names_in_the_ldm_layout_merge_the_same() {
         },
     );
 }
+
+/// A single-file checkpoint is a renaming view of one file: the same LoRA merges into it as
+/// into its diffusers folder, pixel for pixel.
+#[test]
+fn a_lora_merges_into_a_single_file_as_into_its_folder() {
+    use hoa::model_files::{component_weights, ModelFiles};
+    use hoa::single_file::SingleFile;
+    let Some(c) = ctx() else { return };
+    let sf = dir("single_file");
+    let folder = DirFiles::open(sf.join("sd1")).unwrap();
+    // A kohya LoRA over every attn1.to_q, resnet conv1 (3x3) and CLIP q_proj of the model.
+    let mut r = common::rng(5);
+    let mut tensors = Vec::new();
+    for (comp, prefix) in [("unet", "lora_unet_"), ("text_encoder", "lora_te_")] {
+        let w = component_weights(&folder, comp).unwrap();
+        let mut names: Vec<&str> = w.names().collect();
+        names.sort();
+        for k in names {
+            let Some(m) = k.strip_suffix(".weight") else {
+                continue;
+            };
+            if !(m.ends_with("attn1.to_q")
+                || m.ends_with("resnets.0.conv1")
+                || m.ends_with("q_proj"))
+            {
+                continue;
+            }
+            let shape = w.shape(k).unwrap().to_vec();
+            let (out, inner) = (shape[0], shape[1..].to_vec());
+            let name = format!("{prefix}{}", m.replace('.', "_"));
+            let kin: usize = inner.iter().product();
+            let mut down_shape = vec![2];
+            down_shape.extend(&inner);
+            let up_shape = if shape.len() == 4 {
+                vec![out, 2, 1, 1]
+            } else {
+                vec![out, 2]
+            };
+            tensors.push((
+                format!("{name}.lora_down.weight"),
+                common::randn(&mut r, 2 * kin, 0.3),
+                down_shape,
+            ));
+            tensors.push((
+                format!("{name}.lora_up.weight"),
+                common::randn(&mut r, 2 * out, 0.3),
+                up_shape,
+            ));
+            tensors.push((format!("{name}.alpha"), vec![1.0], vec![]));
+        }
+    }
+    assert!(tensors.len() >= 9, "{} LoRA tensors", tensors.len());
+    let bytes = write(&tensors);
+    let opts = GenerateOptions {
+        prompt: "a red circle left of a blue square".into(),
+        width: 16,
+        height: 16,
+        steps: 2,
+        guidance: 4.0,
+        seed: 7,
+        ..Default::default()
+    };
+    let run = |files: &dyn ModelFiles, with: bool| {
+        let loras = match with {
+            true => vec![(
+                LoraFile::from_bytes("l.safetensors", bytes.clone()).unwrap(),
+                0.9,
+            )],
+            false => vec![],
+        };
+        let info = ModelInfo::read(files).unwrap();
+        let set = LoraSet { loras };
+        let p = Pipeline::load_with_loras(c, files, info, DType::F32, &set).unwrap();
+        let opts = GenerateOptions {
+            loras: p.loras.clone(),
+            ..opts.clone()
+        };
+        pollster::block_on(p.generate(c, &opts, &mut |_| {})).unwrap()
+    };
+    let cfg = Box::new(DirFiles::open(sf.join("sd1")).unwrap());
+    let file = SingleFile::open(&sf.join("sd1.safetensors"), Some(cfg)).unwrap();
+    let from_folder = run(&folder, true);
+    assert_eq!(run(&file, true)[0].data, from_folder[0].data);
+    assert_ne!(run(&folder, false)[0].data, from_folder[0].data);
+}
