@@ -1,9 +1,10 @@
-// elementwise.wgsl: unary activations/scale, binary add/mul/sub with broadcasting, and the
-// copy of a strided view into a contiguous tensor.
+// elementwise.wgsl: unary activations/scale, binary add/mul/sub with broadcasting, the
+// copy of a strided view into a contiguous tensor, and axpy from f32 into the storage type.
 //
 // Dispatch: 1-D over outputs (vec4 entries: over groups of 4), WG invocations per workgroup,
 // the workgroup count split over x and y (Context::grid_1d); index = gid.x + gid.y * nwg.x * WG.
-// Bindings: 0 = a, 1 = b (binary only), then out, then params (uniform); copy: 0 = x, 1 = out.
+// Bindings: 0 = a, 1 = b (binary only), then out, then params (uniform); copy: 0 = x, 1 = out;
+// axpy: 0 = x (f32), 1 = y (f32), 2 = out (T).
 // Overrides: WG (workgroup size), ACT (activation id, common.wgsl), OP (0 add, 1 mul, 2 sub),
 //            ACT_B (activation applied to b before OP: GEGLU is mul with ACT_B = gelu).
 
@@ -158,4 +159,19 @@ fn copy_strided4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let i = linear_index(gid, nwg);
     if (i >= k4_p.n) { return; }
     k4_out[i] = k4_x[view_index(unravel(4u * i, k4_p.shape), k4_p.a_strides, k4_p.a_offset) / 4u];
+}
+
+// ---- axpy: out = T(x + alpha * y), x and y f32 whatever T is ----------------------------
+// A LoRA merge: W + s·ΔW computed in f32 and stored in the model's dtype. One element per
+// invocation (odd sizes, 2-byte f16 outputs). Uses alpha and n of the params.
+@group(0) @binding(0) var<storage, read> ax_x: array<f32>;
+@group(0) @binding(1) var<storage, read> ax_y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> ax_out: array<T>;
+@group(0) @binding(3) var<uniform> ax_p: Params;
+
+@compute @workgroup_size(WG)
+fn axpy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if (i >= ax_p.n) { return; }
+    ax_out[i] = T(ax_x[i] + ax_p.alpha * ax_y[i]);
 }

@@ -17,6 +17,7 @@ pub mod generation;
 pub mod gpu;
 pub mod image_io;
 pub mod kernels;
+pub mod lora;
 pub mod model_defaults;
 pub mod model_files;
 pub mod model_info;

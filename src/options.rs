@@ -184,6 +184,9 @@ pub struct GenerateOptions {
     pub cancel: Option<Cancel>,
     /// SDXL's size and crop conditioning (ignored by models without it).
     pub micro: MicroConditioning,
+    /// The LoRAs (file, scale) the request asks for: they are merged at load, so the pipeline
+    /// must have been loaded with exactly these ([`crate::pipeline::Pipeline::loras`]).
+    pub loras: Vec<(String, f64)>,
     /// What the U-Net predicts (`epsilon` | `v_prediction`) when it is not what the model's
     /// scheduler config says (a single file whose type was guessed); `None`: the config's.
     pub prediction_type: Option<String>,
@@ -225,6 +228,7 @@ impl Default for GenerateOptions {
             preview_every: 0,
             cancel: None,
             micro: MicroConditioning::default(),
+            loras: Vec::new(),
             prediction_type: None,
         }
     }

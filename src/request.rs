@@ -44,6 +44,21 @@ pub struct Latents {
     pub shape: Vec<usize>,
 }
 
+/// A LoRA merged into the model's weights at load (`--lora FILE:SCALE`; JSON
+/// `{"file": "style.safetensors", "scale": 0.8}`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraRequest {
+    /// The file as the front end names it (a path for the CLI).
+    pub file: String,
+    /// Default 1.
+    pub scale: Option<f64>,
+    /// The file's short hash for the PNG's `Lora hashes`, set by a front end that read it
+    /// ([`crate::lora::LoraFile::short_hash`]).
+    #[serde(skip)]
+    pub hash: Option<String>,
+}
+
 /// One generation request. JSON keys are the field names; unknown keys are refused, so a typo
 /// (`"stpes"`) is an error rather than a silent default. It serializes to the same JSON (the
 /// skipped fields, images and latents, excepted), which is how `hoa serve --queue nats://...`
@@ -82,6 +97,8 @@ pub struct Request {
     pub negative_original_size: Option<[i64; 2]>,
     pub negative_crops_coords_top_left: Option<[i64; 2]>,
     pub negative_target_size: Option<[i64; 2]>,
+    /// LoRAs, merged in order; a pipeline must have been loaded with exactly these.
+    pub lora: Option<Vec<LoraRequest>>,
     /// What the U-Net predicts, `epsilon` or `v_prediction`, overriding the model's scheduler
     /// config (a single-file checkpoint's type is detected by a rule that can be wrong).
     pub prediction: Option<String>,

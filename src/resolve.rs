@@ -21,6 +21,8 @@ pub const DEFAULT_STEPS: usize = 25;
 pub const DEFAULT_GUIDANCE: f64 = 7.5;
 pub const DEFAULT_HIGH_FROM: f64 = 500.0;
 pub const DEFAULT_STRENGTH: f64 = 0.75;
+/// Largest LoRA scale: far past any useful value (1 is full strength).
+pub const MAX_LORA_SCALE: f64 = 100.0;
 /// A preview interval past the steps just never fires; this only bounds the number.
 const MAX_PREVIEW_EVERY: usize = 1 << 20;
 
@@ -39,6 +41,19 @@ pub struct Resolved {
     pub given_latents: bool,
     /// Things the user should know (a fallback scheduler, an unusual size, a soft mask, ...).
     pub warnings: Vec<String>,
+    /// The LoRAs to merge at load, in order.
+    pub loras: Vec<ResolvedLora>,
+}
+
+/// A LoRA with its checked scale.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedLora {
+    /// As the request named it.
+    pub file: String,
+    /// The file's name without folder and `.safetensors` (A1111's `<lora:NAME:SCALE>`).
+    pub name: String,
+    pub scale: f64,
+    pub hash: Option<String>,
 }
 
 /// Where a value came from, for its error message.
@@ -126,6 +141,7 @@ pub fn resolve(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result
     };
     let latents = resolve_latents(req, model, batch, width, height)?;
     let micro = resolve_micro(req, model, &mut warnings)?;
+    let loras = resolve_loras(req)?;
     let options = GenerateOptions {
         prompt: text,
         negative_prompt: req.negative_prompt.clone().unwrap_or_default(),
@@ -145,6 +161,7 @@ pub fn resolve(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result
         preview_every,
         cancel: None,
         micro,
+        loras: loras.iter().map(|l| (l.file.clone(), l.scale)).collect(),
         prediction_type,
     };
     check_memory(model, limits, &options, req)?;
@@ -155,7 +172,35 @@ pub fn resolve(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result
         sampler,
         given_latents: req.latents.is_some(),
         warnings,
+        loras,
     })
+}
+
+/// Each LoRA's scale (default 1): finite, from 0 to [`MAX_LORA_SCALE`].
+fn resolve_loras(req: &Request) -> Result<Vec<ResolvedLora>> {
+    let mut out = Vec::new();
+    for l in req.lora.iter().flatten() {
+        let what = format!("{} {}", req.name("lora"), l.file);
+        if l.file.is_empty() {
+            return Err(Error::invalid(req.name("lora"), "needs a file"));
+        }
+        let scale = l.scale.unwrap_or(1.0);
+        if !(0.0..=MAX_LORA_SCALE).contains(&scale) {
+            return Err(Error::invalid(
+                what,
+                format!("the scale must be a number from 0 to {MAX_LORA_SCALE}, got {scale}"),
+            ));
+        }
+        let base = l.file.rsplit(['/', '\\']).next().unwrap_or(&l.file);
+        let name = base.strip_suffix(".safetensors").unwrap_or(base);
+        out.push(ResolvedLora {
+            file: l.file.clone(),
+            name: name.to_string(),
+            scale,
+            hash: l.hash.clone(),
+        });
+    }
+    Ok(out)
 }
 
 /// The upsampled prompt (when it changed) and the text the encoder reads.
@@ -619,8 +664,21 @@ impl Resolved {
         if self.given_latents {
             extra.push(("Latents".to_string(), "file".to_string()));
         }
+        // A1111 keeps LoRAs in the prompt (`<lora:NAME:SCALE>`) and their addnet hashes in
+        // `Lora hashes: "NAME: HASH, ..."` (names without ':' and ',').
+        let mut prompt = self.prompt.clone();
+        let mut hashes = Vec::new();
+        for l in &self.loras {
+            prompt.push_str(&format!(" <lora:{}:{}>", l.name, l.scale));
+            if let Some(h) = &l.hash {
+                hashes.push(format!("{}: {h}", l.name.replace([':', ','], "")));
+            }
+        }
+        if !hashes.is_empty() {
+            extra.push(("Lora hashes".to_string(), hashes.join(", ")));
+        }
         GenerationParameters {
-            prompt: self.prompt.clone(),
+            prompt,
             negative_prompt: o.negative_prompt.clone(),
             steps: o.steps,
             sampler: self.sampler.name().to_string(),

@@ -290,6 +290,15 @@ struct Report {
     other: Vec<String>,
 }
 
+/// Changes tensors as they load, by key: LoRA merges ([`crate::lora`]), kept out of each
+/// model's load code.
+pub trait Patch {
+    /// Whether the tensor `key` (its full key) is changed.
+    fn patches(&self, key: &str) -> bool;
+    /// The tensor to keep for `key`, in `dtype`, given its checkpoint values on the device as f32.
+    fn apply(&self, ctx: &Context, key: &str, w: Tensor, dtype: DType) -> Result<Tensor>;
+}
+
 /// Loads a model's tensors by key under a prefix (`vb.pp("down_blocks").pp(0)`), in the
 /// compute dtype. Problems are collected, not returned one by one: a lookup that fails
 /// yields a placeholder so that construction goes on, and [`Loader::finish`] reports them all.
@@ -302,6 +311,7 @@ pub struct Loader<'a> {
     report: Rc<RefCell<Report>>,
     /// `Some(state)`: no checkpoint, every lookup returns random values (benchmarks).
     random: Option<Rc<std::cell::Cell<u64>>>,
+    patch: Option<&'a dyn Patch>,
 }
 
 impl<'a> Loader<'a> {
@@ -313,7 +323,14 @@ impl<'a> Loader<'a> {
             prefix: String::new(),
             report: Rc::default(),
             random: None,
+            patch: None,
         }
+    }
+
+    /// This loader with `patch` applied to the tensors it names (see [`Patch`]).
+    pub fn with_patches(mut self, patch: &'a dyn Patch) -> Loader<'a> {
+        self.patch = Some(patch);
+        self
     }
 
     /// A loader without a checkpoint (pass an empty [`Weights`]): every `get` returns values
@@ -403,7 +420,13 @@ impl<'a> Loader<'a> {
             Some(_) => match self.weights.read_f32(&key) {
                 Ok(v) => {
                     drop(r);
-                    return Tensor::from_f32(self.ctx, &v, shape, self.dtype);
+                    return match self.patch.filter(|p| p.patches(&key)) {
+                        Some(p) => {
+                            let w = Tensor::from_f32(self.ctx, &v, shape, DType::F32)?;
+                            p.apply(self.ctx, &key, w, self.dtype)
+                        }
+                        None => Tensor::from_f32(self.ctx, &v, shape, self.dtype),
+                    };
                 }
                 Err(e) => r.other.push(e.to_string()),
             },

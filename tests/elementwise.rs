@@ -167,3 +167,37 @@ fn mismatched_shapes_are_an_error_not_a_panic() {
     let e = elementwise::add(c, &a, &b).unwrap_err().to_string();
     assert!(e.contains("[3, 4]") && e.contains("[5]"), "{e}");
 }
+
+#[test]
+fn axpy_from_f32_into_each_storage_type() {
+    let Some(c) = ctx() else { return };
+    let mut r = rng(4);
+    // Odd sizes and a conv kernel's shape; the outputs start as NaN (the test context poisons
+    // every new buffer), so an element the kernel skips fails.
+    let shapes: [&[usize]; 6] = [&[1], &[7], &[33, 3], &[5, 3, 3, 3], &[1001], &[4099]];
+    for out_dt in dtypes(c) {
+        for (i, shape) in shapes.iter().enumerate() {
+            let n: usize = shape.iter().product();
+            let x = randn(&mut r, n, 2.0);
+            let y = randn(&mut r, n, 0.5);
+            let alpha = [1.0, 0.7, -2.5][i % 3];
+            let tx = Tensor::from_f32(c, &x, shape, hoa::DType::F32).unwrap();
+            let ty = Tensor::from_f32(c, &y, shape, hoa::DType::F32).unwrap();
+            let out = elementwise::axpy(c, &tx, &ty, alpha, out_dt).unwrap();
+            assert_eq!((out.shape(), out.dtype()), (*shape, out_dt));
+            let want = round_to(out_dt, &reference::axpy(&x, &y, alpha));
+            all_close(
+                &format!("axpy {shape:?} -> {out_dt:?}"),
+                &out.to_vec(c).unwrap(),
+                &want,
+                &tol_for(out_dt, false),
+            );
+        }
+    }
+    let a = Tensor::full(c, &[3, 4], 1.0, hoa::DType::F32).unwrap();
+    let b = Tensor::full(c, &[4, 3], 1.0, hoa::DType::F32).unwrap();
+    let e = elementwise::axpy(c, &a, &b, 1.0, hoa::DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[3, 4]") && e.contains("[4, 3]"), "{e}");
+}

@@ -1,11 +1,12 @@
 //! Elementwise kernels (`shaders/elementwise.wgsl`): activations and scaling, and add / mul /
 //! sub with NumPy broadcasting over up to 4 dimensions, on strided views so that
-//! `chunk(2, dim=-1)` (GEGLU) needs no copy; and [`contiguous`], the copy of a view (a crop,
-//! `narrow` or `chunk`) into a tensor of its own.
+//! `chunk(2, dim=-1)` (GEGLU) needs no copy; [`contiguous`], the copy of a view (a crop,
+//! `narrow` or `chunk`) into a tensor of its own; and [`axpy`], `x + alpha * y` from f32 into
+//! either storage type (LoRA merges).
 
 use super::{same_dtype, to_u32, Activation};
 use crate::error::{Error, Result};
-use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
+use crate::gpu::{Context, DType, PipelineKey, ShaderFamily, Tensor};
 
 pub const SHADER: ShaderFamily = ShaderFamily {
     name: "elementwise",
@@ -359,8 +360,44 @@ pub fn contiguous(ctx: &Context, v: View) -> Result<Tensor> {
     Ok(out)
 }
 
+/// `x + alpha * y` elementwise on two f32 tensors of one shape, computed in f32 and stored as
+/// `out_dtype`: a LoRA merge (`W + s·ΔW`) keeps its sum exact before an f16 model rounds it.
+pub fn axpy(ctx: &Context, x: &Tensor, y: &Tensor, alpha: f32, out_dtype: DType) -> Result<Tensor> {
+    const OP: &str = "axpy";
+    if x.dtype() != DType::F32 || y.dtype() != DType::F32 || x.shape() != y.shape() {
+        return Err(Error::shape(
+            OP,
+            format!("x and y must be f32 tensors of one shape, got {x:?} and {y:?}"),
+        ));
+    }
+    let out = Tensor::empty(ctx, x.shape(), out_dtype)?;
+    let n = to_u32(OP, "tensor", x.numel())?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let p = Params {
+        n,
+        alpha,
+        ..Default::default()
+    };
+    let pipe = ctx.pipeline(&SHADER, key("axpy", &out, vec![("WG", WG)]))?;
+    let wg = ctx.grid_1d(n.div_ceil(WG) as u64);
+    ctx.check_grid(OP, wg)?;
+    let bufs = [x.buffer(), y.buffer(), out.buffer()];
+    ctx.launch(&pipe, "axpy", &bufs, bytemuck::bytes_of(&p), wg);
+    Ok(out)
+}
+
 /// CPU references, f64 arithmetic.
 pub mod reference {
+    /// `x + alpha * y`.
+    pub fn axpy(x: &[f32], y: &[f32], alpha: f32) -> Vec<f32> {
+        x.iter()
+            .zip(y)
+            .map(|(&a, &b)| (a as f64 + alpha as f64 * b as f64) as f32)
+            .collect()
+    }
+
     use super::{broadcast_shape, Activation, BinaryOp};
 
     pub fn unary(x: &[f32], act: Activation, alpha: f32, beta: f32) -> Vec<f32> {

@@ -22,6 +22,7 @@ use crate::config::{ClipTextConfig, ConsistencyDecoderVAEConfig, T5Config};
 use crate::error::{Error, Result};
 use crate::gpu::{Context, DType};
 use crate::image_io::RgbImage;
+use crate::lora::{keys::Component as LoraPart, LoraSet};
 use crate::model_files::{component_weights, ModelFiles};
 use crate::model_info::ModelInfo;
 use crate::models::autoencoder_kl::AutoencoderKL;
@@ -74,6 +75,8 @@ pub struct Pipeline {
     pub vae_dtype: DType,
     pub consistency_decoder: Option<ConsistencyDecoderVAE>,
     pub dtype: DType,
+    /// The LoRAs (file, scale) merged into the weights at load, in order.
+    pub loras: Vec<(String, f64)>,
 }
 
 impl Pipeline {
@@ -91,6 +94,18 @@ impl Pipeline {
         info: ModelInfo,
         dtype: DType,
     ) -> Result<Pipeline> {
+        Pipeline::load_with_loras(ctx, files, info, dtype, &LoraSet::default())
+    }
+
+    /// [`Pipeline::load_with`] with `loras` merged into the text encoder's and the U-Net's
+    /// weights as they load (diffusers' `load_lora_weights` + `fuse_lora`).
+    pub fn load_with_loras(
+        ctx: &Context,
+        files: &dyn ModelFiles,
+        info: ModelInfo,
+        dtype: DType,
+        loras: &LoraSet,
+    ) -> Result<Pipeline> {
         if dtype == DType::F16 && !ctx.has_f16() {
             return Err(Error::MissingFeature {
                 op: OP,
@@ -98,12 +113,20 @@ impl Pipeline {
                 hint: "load the model in f32 instead",
             });
         }
-        let (text_encoder, context_len) = load_text_encoder(ctx, files, &info, dtype)?;
+        let mut parts = vec![LoraPart::TextEncoder, LoraPart::Unet];
+        if info.sdxl.is_some() {
+            parts.push(LoraPart::TextEncoder2);
+        }
+        loras.check_components(&parts)?;
+        let (text_encoder, context_len) = load_text_encoder(ctx, files, &info, dtype, loras)?;
         let clip = matches!(text_encoder, TextEncoder::Clip(_));
         let tokenizer = load_tokenizer(files, "tokenizer", clip, context_len)?;
-        let text_encoder_2 = sdxl::load_text_encoder_2(ctx, files, &info, dtype)?;
+        let text_encoder_2 = sdxl::load_text_encoder_2(ctx, files, &info, dtype, loras)?;
         let unet_weights = component_weights(files, "unet")?;
-        let unet = UNet2DConditionModel::load(&Loader::new(ctx, &unet_weights, dtype), &info.unet)?;
+        let patches = loras.patches(LoraPart::Unet, &unet_weights)?;
+        let loader = Loader::new(ctx, &unet_weights, dtype).with_patches(&patches);
+        let unet = UNet2DConditionModel::load(&loader, &info.unet)?;
+        patches.finish()?;
         drop(unet_weights);
         let vae_weights = component_weights(files, "vae")?;
         // diffusers' SDXL pipeline decodes in f32 when an f16 VAE has `force_upcast`.
@@ -135,6 +158,11 @@ impl Pipeline {
             vae_dtype,
             consistency_decoder,
             dtype,
+            loras: loras
+                .loras
+                .iter()
+                .map(|(f, s)| (f.name.clone(), *s))
+                .collect(),
         })
     }
 
@@ -168,6 +196,16 @@ impl Pipeline {
     /// this guards callers that fill [`GenerateOptions`] by hand.
     pub fn validate(&self, ctx: &Context, opts: &GenerateOptions) -> Result<()> {
         self.validate_size(opts)?;
+        if opts.loras != self.loras {
+            return Err(Error::invalid(
+                "lora",
+                format!(
+                    "the request asks for {:?} but the model was loaded with {:?}; LoRAs are \
+                     merged into the weights at load (hoa generate --lora FILE:SCALE)",
+                    opts.loras, self.loras
+                ),
+            ));
+        }
         if opts.steps == 0 {
             return Err(bad("steps must be at least 1"));
         }
@@ -361,11 +399,13 @@ fn load_text_encoder(
     files: &dyn ModelFiles,
     info: &ModelInfo,
     dtype: DType,
+    loras: &LoraSet,
 ) -> Result<(TextEncoder, usize)> {
     let weights = component_weights(files, "text_encoder")?;
     let json = files.require("text_encoder/config.json")?;
-    let loader = Loader::new(ctx, &weights, dtype);
-    Ok(match info.text_encoder_class.as_str() {
+    let patches = loras.patches(LoraPart::TextEncoder, &weights)?;
+    let loader = Loader::new(ctx, &weights, dtype).with_patches(&patches);
+    let loaded = match info.text_encoder_class.as_str() {
         "CLIPTextModel" => {
             let cfg = ClipTextConfig::from_json(&json)?;
             let n = cfg.max_position_embeddings;
@@ -382,7 +422,9 @@ fn load_text_encoder(
                 format!("is a {other}; hoa runs CLIPTextModel and T5EncoderModel"),
             ))
         }
-    })
+    };
+    patches.finish()?;
+    Ok(loaded)
 }
 
 /// The folder's `{dir}/tokenizer.json`, or for a CLIP encoder (`clip`) one built from CLIP's

@@ -9,6 +9,7 @@ use crate::config::ClipTextConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
 use crate::kernels::concat::concat;
+use crate::lora::{keys::Component as LoraPart, LoraSet};
 use crate::model_files::{component_weights, ModelFiles};
 use crate::model_info::ModelInfo;
 use crate::models::clip::ClipTextModelWithProjection;
@@ -32,6 +33,7 @@ pub(super) fn load_text_encoder_2(
     files: &dyn ModelFiles,
     info: &ModelInfo,
     dtype: DType,
+    loras: &LoraSet,
 ) -> Result<Option<TextEncoder2>> {
     let (Some(_), Some((dim, input))) = (&info.sdxl, info.unet.text_time()) else {
         return Ok(None);
@@ -55,7 +57,10 @@ pub(super) fn load_text_encoder_2(
         ));
     }
     let weights = component_weights(files, "text_encoder_2")?;
-    let model = ClipTextModelWithProjection::load(&Loader::new(ctx, &weights, dtype), &cfg)?;
+    let patches = loras.patches(LoraPart::TextEncoder2, &weights)?;
+    let loader = Loader::new(ctx, &weights, dtype).with_patches(&patches);
+    let model = ClipTextModelWithProjection::load(&loader, &cfg)?;
+    patches.finish()?;
     let tokenizer = load_tokenizer(files, "tokenizer_2", true, cfg.max_position_embeddings)?;
     Ok(Some(TextEncoder2 { tokenizer, model }))
 }

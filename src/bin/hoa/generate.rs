@@ -5,10 +5,11 @@
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
 use hoa::image_io::{decode_mask, decode_rgb, encode_png};
+use hoa::lora::{LoraFile, LoraSet};
 use hoa::model_files::open_model;
 use hoa::model_info::ModelInfo;
 use hoa::pipeline::{Event, Pipeline};
-use hoa::request::{Latents, Mask, Origin, Request};
+use hoa::request::{Latents, LoraRequest, Mask, Origin, Request};
 use hoa::resolve::{resolve, DeviceLimits, Resolved};
 use hoa::weights::Weights;
 use hoa::{Context, DType};
@@ -128,6 +129,10 @@ pub struct GenerateArgs {
     /// SDXL: --target-size for the negative prompt.
     #[arg(long, value_parser = width_x_height, allow_hyphen_values = true)]
     pub negative_target_size: Option<[i64; 2]>,
+    /// A LoRA merged into the model at load: FILE or FILE:SCALE (default 1), a kohya or
+    /// diffusers/PEFT .safetensors. Repeat for several; they merge in order.
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    pub lora: Vec<String>,
 }
 
 /// `WIDTHxHEIGHT` as diffusers' (height, width).
@@ -200,6 +205,21 @@ fn read_latents(path: &Path) -> Result<Latents> {
     })
 }
 
+/// The `--lora` files, read and checked (formats, keys) before the model loads, with the
+/// request entries that name them (their hashes go into the PNG).
+fn read_loras(args: &[String]) -> Result<(Vec<LoraRequest>, Vec<LoraFile>)> {
+    let mut reqs = Vec::new();
+    let mut files = Vec::new();
+    for arg in args {
+        let mut r = hoa::lora::parse_arg(arg)?;
+        let f = LoraFile::from_bytes(&r.file, read_file("--lora", Path::new(&r.file))?)?;
+        r.hash = Some(f.short_hash.clone());
+        reqs.push(r);
+        files.push(f);
+    }
+    Ok((reqs, files))
+}
+
 fn read_file(flag: &str, p: &Path) -> Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("{flag} {}", p.display()))
 }
@@ -242,6 +262,7 @@ fn request(a: &GenerateArgs) -> Result<Request> {
         upsample: Some(!a.no_upsample),
         strength: a.strength,
         preview_every: None,
+        lora: None,
         prediction: a.prediction.clone(),
         init_image,
         mask,
@@ -391,6 +412,8 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     let files = open_model(&model_dir, a.config.as_deref())?;
     let info = ModelInfo::read(files.as_ref())?;
     let mut req = request(&a)?;
+    let (lora_reqs, lora_files) = read_loras(&a.lora)?;
+    req.lora = (!lora_reqs.is_empty()).then_some(lora_reqs);
     let dtype = if a.f16 { DType::F16 } else { DType::F32 };
     let limits = DeviceLimits {
         max_binding_bytes: ctx.max_binding_bytes(),
@@ -403,7 +426,15 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
 
     eprintln!("adapter: {}", ctx.describe());
     let t0 = std::time::Instant::now();
-    let pipe = Pipeline::load_with(ctx, files.as_ref(), info, dtype)?;
+    let scales = first.as_ref().map(|r| r.loras.iter().map(|l| l.scale));
+    let loras = LoraSet {
+        loras: lora_files
+            .into_iter()
+            .zip(scales.into_iter().flatten())
+            .collect(),
+    };
+    let pipe = Pipeline::load_with_loras(ctx, files.as_ref(), info, dtype, &loras)?;
+    drop(loras);
     // A single file's memory map is not needed once the weights are on the device.
     drop(files);
     eprintln!(
