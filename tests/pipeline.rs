@@ -417,9 +417,13 @@ fn bad_options_are_clear_errors() {
 }
 
 /// A copy of the fixture folder with `remove` deleted, in a fresh temp dir.
+/// A copy of the fixture without `remove`, in a folder of its own: tests run in parallel and
+/// two may break the same file.
 fn broken_copy(remove: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dst = std::env::temp_dir().join(format!(
-        "hoa-broken-{}-{}",
+        "hoa-broken-{}-{}-{n}",
         remove.replace('/', "_"),
         std::process::id()
     ));
