@@ -2,7 +2,10 @@
 //! seeds reproducible to the byte, no overwriting, and every bad input a clear message with
 //! nothing written.
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
+use cli::hoa;
 #[path = "common/fixture.rs"]
 mod fixture;
 
@@ -16,24 +19,6 @@ fn out_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn hoa(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_hoa"))
-        .args(args)
-        .env(
-            "XDG_RUNTIME_DIR",
-            std::env::var("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()),
-        )
-        .output()
-        .expect("run hoa");
-    eprintln!(
-        "hoa {args:?}: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn model() -> String {

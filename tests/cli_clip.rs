@@ -2,31 +2,16 @@
 //! printed probabilities, cosines and CLIP scores against the numbers transformers computed
 //! for the same images and prompts (io.safetensors), and each bad input a clear message.
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
+use cli::hoa;
 #[path = "common/fixture.rs"]
 mod fixture;
 
 use fixture::{dir, Io};
 use std::path::PathBuf;
-use std::process::{Command, Output};
-
-fn hoa(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_hoa"))
-        .args(args)
-        .env(
-            "XDG_RUNTIME_DIR",
-            std::env::var("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()),
-        )
-        .output()
-        .expect("run hoa");
-    eprintln!(
-        "hoa {args:?}: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use std::process::Output;
 
 fn stdout(o: &Output) -> String {
     assert!(o.status.success(), "hoa failed");

@@ -2,7 +2,10 @@
 //! (tests/fixtures/lora_tiny, written by tools/fixtures/lora.py): the merged tensors in both
 //! formats and with two LoRAs at once, the image, diffusers' older key names, and the errors.
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
+use cli::hoa as hoa_cli;
 #[path = "common/fixture.rs"]
 mod fixture;
 
@@ -421,23 +424,6 @@ fn bad_loras_are_clear_one_line_errors() {
     assert!(e.contains("l.ckpt") && e.contains("pickle"), "{e}");
     let e = err(vec![("empty.safetensors", write(&[]))], Component::Unet);
     assert!(e.contains("empty.safetensors: holds no tensors"), "{e}");
-}
-
-fn hoa_cli(args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoa"))
-        .args(args)
-        .env(
-            "XDG_RUNTIME_DIR",
-            std::env::var("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()),
-        )
-        .output()
-        .expect("run hoa");
-    eprintln!(
-        "hoa {args:?}: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// kohya's addnet hash: SHA-256 of the bytes after the safetensors header, 12 hex digits.

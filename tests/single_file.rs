@@ -3,7 +3,10 @@
 //! diffusers' `from_single_file`): each family's file gives the diffusers folder's tensors,
 //! sizes and images; detection, the built-in CLIP tokenizer, and each bad input's message.
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
+use cli::hoa;
 #[path = "common/fixture.rs"]
 mod fixture;
 
@@ -244,20 +247,6 @@ fn single_file_images_equal_the_folders() {
         let b = run(&with_config(kind));
         assert_eq!(a[0].data, b[0].data, "{kind}: images differ");
     }
-}
-
-fn hoa(args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hoa"))
-        .args(args)
-        .output()
-        .expect("run hoa");
-    eprintln!(
-        "hoa {args:?}: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 #[test]

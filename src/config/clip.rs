@@ -87,16 +87,7 @@ impl ClipTextConfig {
         )?;
         src.eps("layer_norm_eps", self.layer_norm_eps)?;
         src.positive("projection_dim", self.projection_dim, MAX_DIM)?;
-        if self.hidden_size % self.num_attention_heads != 0 {
-            return Err(src.err(
-                "hidden_size",
-                format!(
-                    "{} is not divisible by `num_attention_heads` {}",
-                    self.hidden_size, self.num_attention_heads
-                ),
-            ));
-        }
-        Ok(())
+        heads_divide(src, self.hidden_size, self.num_attention_heads)
     }
 
     pub fn act(&self) -> Result<Activation> {
@@ -175,16 +166,7 @@ impl ClipVisionConfig {
                 format!("= {} (hoa feeds RGB images, 3 channels)", self.num_channels),
             ));
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
-            return Err(src.err(
-                "hidden_size",
-                format!(
-                    "{} is not divisible by `num_attention_heads` {}",
-                    self.hidden_size, self.num_attention_heads
-                ),
-            ));
-        }
-        Ok(())
+        heads_divide(src, self.hidden_size, self.num_attention_heads)
     }
 
     pub fn act(&self) -> Result<Activation> {
@@ -242,4 +224,15 @@ impl ClipConfig {
         self.vision_config
             .validate_in(src.prefixed("vision_config."))
     }
+}
+
+/// Attention splits `hidden_size` evenly over the heads (both towers' rule).
+fn heads_divide(src: Source, hidden_size: usize, heads: usize) -> Result<()> {
+    if hidden_size % heads != 0 {
+        return Err(src.err(
+            "hidden_size",
+            format!("{hidden_size} is not divisible by `num_attention_heads` {heads}"),
+        ));
+    }
+    Ok(())
 }
