@@ -8,6 +8,8 @@ greedy exact match on a fixed 200-pair slice of the dev set.
     OMP_NUM_THREADS=1 nohup nice -n 19 /tmp/fxenv/bin/python -m tools.rewriter.train --out weights/default/rewriter \\
         --steps 12000 > /tmp/rewriter_train.log 2>&1 &
     python -m tools.rewriter.train --out /tmp/rw --steps 20 --bench   # steps/s of a config
+    python -m tools.rewriter.train --init weights/default/rewriter --out /tmp/rw2 --seed 1 --steps 1500 --lr 5e-4 \
+        --warmup 100 --batch 32                                       # continue a folder (fresh optimizer)
 """
 
 import argparse
@@ -86,6 +88,8 @@ def main():
     ap.add_argument("--every", type=int, default=1000)
     ap.add_argument("--minutes", type=float, default=0, help="also stop (and save) after this long")
     ap.add_argument("--bench", action="store_true", help="time --steps steps, save nothing")
+    ap.add_argument("--init", default=None, help="continue from this rewriter folder (its tokenizer and config; a fresh "
+                    "optimizer and schedule)")
     a = ap.parse_args()
     torch.manual_seed(a.seed)
     torch.set_num_threads(1)
@@ -97,13 +101,19 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(a.out)) or ".", exist_ok=True)
     tok_path = os.path.join(tempfile.gettempdir(), f"rewriter-tokenizer-{os.getpid()}.json")
     corpus = list(itertools.islice(data.train_stream(10_000 + a.seed, exclude), 20000))
-    tok = train_tokenizer([p["input"] for p in corpus] + [p["target"] for p in corpus], a.vocab)
-    tok.save(tok_path)
+    if a.init:
+        shutil.copy(os.path.join(a.init, "tokenizer.json"), tok_path)
+    else:
+        tok = train_tokenizer([p["input"] for p in corpus] + [p["target"] for p in corpus], a.vocab)
+        tok.save(tok_path)
     check(tok_path, [p["input"] for p in corpus[:500]] + [p["target"] for p in corpus[:500]])
     ft = fast_tokenizer(tok_path)
     max_len = max(len(ft(p["target"])["input_ids"]) for p in corpus) + 16
 
-    model = T5ForConditionalGeneration(model_config(a, len(ft)))
+    if a.init:
+        model = T5ForConditionalGeneration.from_pretrained(a.init)
+    else:
+        model = T5ForConditionalGeneration(model_config(a, len(ft)))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params:,} vocab {len(ft)} max target tokens {max_len - 16}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
