@@ -81,7 +81,8 @@ pub fn run(ctx: Context, a: WorkerArgs) -> Result<()> {
     // NATS first: an unreachable server fails before the slow load.
     let stores = rt.block_on(nats::connect(&a.queue, nats::DEFAULT_QUEUE_MAX))?;
     eprintln!("adapter: {}", ctx.describe());
-    let (gpu_jobs, thread) = worker::start(ctx, a.models.clone(), dtype, 1)?;
+    let (gpu_jobs, thread) =
+        worker::start(ctx, a.models.clone(), dtype, 1, worker::Loading::eager())?;
     let shared = Arc::new(Shared {
         stores,
         infos,
