@@ -927,7 +927,11 @@ fn lazy_models_load_on_first_use_and_the_least_recently_used_is_dropped() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["pipeline_tiny", "default"], "all listed, none loaded yet");
+    assert_eq!(
+        ids,
+        ["pipeline_tiny", "default"],
+        "all listed, none loaded yet"
+    );
     let loads = |s: &Server| {
         let (_, _, m) = http(&s.addr, "GET", "/metrics", b"");
         let m = String::from_utf8(m).unwrap();
@@ -952,6 +956,9 @@ fn lazy_models_load_on_first_use_and_the_least_recently_used_is_dropped() {
     }
     // Loaded: tiny, default (tiny dropped), tiny again (default dropped), then tiny reused.
     assert_eq!(loads(&s), 3);
-    assert!(pngs[0] == pngs[2] && pngs[2] == pngs[3], "a reloaded model gives the same PNG");
+    assert!(
+        pngs[0] == pngs[2] && pngs[2] == pngs[3],
+        "a reloaded model gives the same PNG"
+    );
     healthy(&s);
 }

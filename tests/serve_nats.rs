@@ -446,3 +446,118 @@ fn load(addr: &str, body: &str) -> (Vec<Vec<u8>>, usize, f64, Vec<f64>) {
     }
     (ok, full, t.elapsed().as_secs_f64(), lat)
 }
+
+/// A POST of `body` as `kind` to `path`; returns (status, body).
+fn post_to(addr: &str, path: &str, kind: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        c,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {kind}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    c.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).unwrap();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    (
+        head.split(' ').nth(1).unwrap().parse().unwrap(),
+        raw[end + 4..].to_vec(),
+    )
+}
+
+/// A multipart/form-data body of text fields and PNG files; returns (content type, body).
+fn form(texts: &[(&str, &str)], files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let b = "hoa-test-boundary-7d1f";
+    let mut body = Vec::new();
+    for (k, v) in texts {
+        body.extend(
+            format!("--{b}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").bytes(),
+        );
+    }
+    for (k, v) in files {
+        body.extend(
+            format!(
+                "--{b}\r\nContent-Disposition: form-data; name=\"{k}\"; filename=\"{k}.png\"\r\n\
+                 Content-Type: image/png\r\n\r\n"
+            )
+            .bytes(),
+        );
+        body.extend_from_slice(v);
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{b}--\r\n").bytes());
+    (format!("multipart/form-data; boundary={b}"), body)
+}
+
+fn png_of_image(img: image::DynamicImage) -> Vec<u8> {
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    png
+}
+
+#[test]
+fn edits_and_variations_over_nats_give_the_single_process_pngs() {
+    let Some((url, _server)) = nats() else {
+        return;
+    };
+    let model = format!("edit-{}", std::process::id());
+    let m = format!("{model}={}", model_dir().display());
+    let addr = |line: String| {
+        line.strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string()
+    };
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--model", &m, "--bind", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let (p, line) = spawn_ready(hoa(&args));
+        (p, addr(line))
+    };
+    let (_front, nats_addr) = serve(&["--queue", &url]);
+    let (_local, local_addr) = serve(&[]);
+    let (log, _) = mpsc::channel();
+    let _worker = worker(&url, &model, 0, &log);
+
+    let (w, h) = (64u32, 48u32);
+    let image = png_of_image(image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(
+        w,
+        h,
+        |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x * y) % 251) as u8]),
+    )));
+    // Transparent on the left (repaint), a soft edge of partial alpha in the middle.
+    let mask = png_of_image(image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(
+        w,
+        h,
+        |x, _| image::Rgba([0, 0, 0, (x.saturating_sub(24) * 16).min(255) as u8]),
+    )));
+    let texts = [("prompt", "a red circle"), ("steps", "3"), ("seed", "11")];
+    let calls: [(&str, Vec<(&str, &[u8])>); 3] = [
+        ("/v1/images/edits", vec![("image", &image), ("mask", &mask)]),
+        ("/v1/images/edits", vec![("image[]", &image)]),
+        ("/v1/images/variations", vec![("image", &image)]),
+    ];
+    for (path, files) in calls {
+        let texts = if path.ends_with("variations") {
+            &texts[1..]
+        } else {
+            &texts[..]
+        };
+        let (kind, body) = form(texts, &files);
+        let answers = [&nats_addr, &local_addr].map(|a| {
+            let (status, b) = post_to(a, path, &kind, &body);
+            assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&b));
+            png_of(&b)
+        });
+        assert_eq!(png_size(&answers[0]), (w, h));
+        assert!(
+            answers[0] == answers[1],
+            "{path} with {:?}: NATS and one process differ",
+            files.iter().map(|f| f.0).collect::<Vec<_>>()
+        );
+    }
+}

@@ -207,7 +207,11 @@ async fn generate(shared: &Shared, msg: &Message, job: &JobMsg) -> hoa::Result<V
             format!("this worker does not serve `{}`", job.model),
         ));
     };
-    let resolved = resolve(&job.request, &shared.infos[model].1, shared.limits)?;
+    let mut request = job.request.clone();
+    nats::get_inputs(&shared.stores, &job.id, job.inputs, &mut request)
+        .await
+        .map_err(|e| hoa::Error::Checkpoint(format!("reading the job's images: {e:#}")))?;
+    let resolved = resolve(&request, &shared.infos[model].1, shared.limits)?;
     let deadline = job.deadline_ms.map(nats::deadline_instant);
     let (gpu_job, mut events) = Job::new(model, resolved, deadline);
     let stopped = || hoa::Error::Checkpoint("the generation thread stopped".into());
