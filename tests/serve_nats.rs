@@ -536,7 +536,8 @@ fn edits_and_variations_over_nats_give_the_single_process_pngs() {
         |x, _| image::Rgba([0, 0, 0, (x.saturating_sub(24) * 16).min(255) as u8]),
     )));
     let texts = [("prompt", "a red circle"), ("steps", "3"), ("seed", "11")];
-    let calls: [(&str, Vec<(&str, &[u8])>); 3] = [
+    type Files<'a> = Vec<(&'a str, &'a [u8])>;
+    let calls: [(&str, Files); 3] = [
         ("/v1/images/edits", vec![("image", &image), ("mask", &mask)]),
         ("/v1/images/edits", vec![("image[]", &image)]),
         ("/v1/images/variations", vec![("image", &image)]),
