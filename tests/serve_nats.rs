@@ -70,7 +70,8 @@ fn nats() -> Option<(String, Option<Proc>)> {
         .local_addr()
         .unwrap()
         .port();
-    let dir = std::env::temp_dir().join(format!("hoa-nats-{}", std::process::id()));
+    // One store per server: tests run at once, each with its own.
+    let dir = std::env::temp_dir().join(format!("hoa-nats-{}-{port}", std::process::id()));
     let child = Command::new("nats-server")
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(&dir)
@@ -561,4 +562,78 @@ fn edits_and_variations_over_nats_give_the_single_process_pngs() {
             files.iter().map(|f| f.0).collect::<Vec<_>>()
         );
     }
+}
+
+#[test]
+fn a_client_that_hangs_up_cancels_its_job_on_the_worker() {
+    let Some((url, _server)) = nats() else {
+        return;
+    };
+    let model = format!("cancel-{}", std::process::id());
+    let m = format!("{model}={}", model_dir().display());
+    let (_front, line) = spawn_ready(hoa(&[
+        "serve",
+        "--model",
+        &m,
+        "--bind",
+        "127.0.0.1:0",
+        "--queue",
+        &url,
+    ]));
+    let addr = line
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let (log_tx, log) = mpsc::channel();
+    let _worker = worker(&url, &model, 0, &log_tx);
+    // Far more steps than the test waits for: only a cancel ends it in time.
+    let body = json!({"prompt": "a red circle", "model": model, "size": "64x64", "steps": 1000,
+                      "seed": 1})
+    .to_string();
+    let next = |what: &str| loop {
+        let (_, l) = log
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the worker never logged `{what}`"));
+        if l.contains(what) {
+            return (Instant::now(), l);
+        }
+    };
+    let mut ids = Vec::new();
+    // At once (the cancel may come before the worker listens for it), then mid-run.
+    for wait in [0, 2] {
+        // (A kept-alive connection: hyper watches it for the hang-up.)
+        let mut c = TcpStream::connect(&addr).unwrap();
+        write!(
+            c,
+            "POST /v1/images/generations HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let (_, started) = next(": started (delivery 1)");
+        let id = started.strip_prefix("job ").unwrap().split(':').next();
+        let id = id.unwrap().to_string();
+        std::thread::sleep(Duration::from_secs(wait));
+        let _ = c.shutdown(std::net::Shutdown::Both); // the client hangs up
+        drop(c);
+        let hung_up = Instant::now();
+        let (at, _) = next(&format!("job {id}: cancelled by its front"));
+        eprintln!(
+            "serve_nats cancel: the worker dropped job {id} {:.2} s after its client hung up \
+             ({wait} s into the run)",
+            (at - hung_up).as_secs_f64()
+        );
+        ids.push(id);
+    }
+    // Acked: not delivered again after the ack wait, and the worker takes the next job.
+    let small = json!({"prompt": "a", "model": model, "size": "64x64", "steps": 2}).to_string();
+    let (status, _, b) = http(&addr, small.as_bytes());
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&b));
+    std::thread::sleep(Duration::from_secs(ACK_WAIT.parse::<u64>().unwrap() + 2));
+    let again: Vec<String> = log
+        .try_iter()
+        .map(|(_, l)| l)
+        .filter(|l| ids.iter().any(|id| l.starts_with(&format!("job {id}:"))))
+        .collect();
+    assert!(again.is_empty(), "a cancelled job came back: {again:?}");
 }

@@ -40,6 +40,12 @@ pub fn progress_subject(id: &str) -> String {
     format!("hoa.progress.{id}")
 }
 
+/// The core subject on which a front tells the worker to stop job `id` (its client went away or
+/// its time is up).
+pub fn cancel_subject(id: &str) -> String {
+    format!("hoa.cancel.{id}")
+}
+
 /// The subject of model `name`'s jobs.
 pub fn subject(model: &str) -> String {
     format!("hoa.jobs.{model}")
@@ -441,9 +447,6 @@ impl Front {
     /// Publishes `req` as `job` (429 when the stream is full); a task then forwards the
     /// worker's progress and outcome to `job.events`, until the job's deadline.
     pub async fn submit(self: &Arc<Self>, job: Job, req: &Request) -> Result<(), ApiError> {
-        let failed = |e: &dyn std::fmt::Display| {
-            ApiError::internal(format!("the job queue (NATS JetStream) failed: {e}"))
-        };
         if req.latents.is_some() {
             return Err(ApiError::bad(
                 Some("latents"),
@@ -459,41 +462,83 @@ impl Front {
         let deadline_ms = job
             .deadline
             .map(|d| unix_ms(SystemTime::now() + d.saturating_duration_since(Instant::now())));
-        // The images first: a worker may take the job as soon as it is published.
-        let inputs = put_inputs(&self.stores, &id, req)
-            .await
-            .map_err(|e| failed(&format!("{e:#}")))?;
         let msg = JobMsg {
-            id: id.clone(),
-            model: model.clone(),
+            id,
+            model,
             request: req.clone(),
             deadline_ms,
-            inputs,
+            inputs: Inputs::default(),
         };
-        let published = self.publish(&id, &model, &msg).await;
-        if published.is_err() {
-            delete_inputs(&self.stores, &id, inputs).await;
+        // A task of its own from here: a client that hangs up while the job is being published
+        // (a worker may already run it) drops only `told`, and the task still cancels the job.
+        let (told, published) = tokio::sync::oneshot::channel();
+        tokio::spawn(self.clone().run(msg, job, told));
+        published
+            .await
+            .unwrap_or_else(|_| Err(ApiError::internal("the job queue's task stopped")))
+    }
+
+    /// Puts the job's images, publishes it, says how that went on `told`, then forwards the
+    /// worker's progress and outcome to `job.events` until the job's deadline.
+    async fn run(
+        self: Arc<Self>,
+        mut msg: JobMsg,
+        job: Job,
+        told: tokio::sync::oneshot::Sender<Result<(), ApiError>>,
+    ) {
+        let failed = |e: &dyn std::fmt::Display| {
+            ApiError::internal(format!("the job queue (NATS JetStream) failed: {e}"))
+        };
+        let id = msg.id.clone();
+        // The images first: a worker may take the job as soon as it is published.
+        let inputs = match put_inputs(&self.stores, &id, &msg.request).await {
+            Ok(i) => i,
+            Err(e) => {
+                // Whichever of the two was put.
+                delete_inputs(
+                    &self.stores,
+                    &id,
+                    Inputs {
+                        init_image: Some([0; 2]),
+                        mask: Some([0; 2]),
+                    },
+                )
+                .await;
+                let _ = told.send(Err(failed(&format!("{e:#}"))));
+                return;
+            }
+        };
+        msg.inputs = inputs;
+        let (watch, progress) = match self.publish(&id, &msg.model, &msg).await {
+            Ok(p) => p,
+            Err(e) => {
+                delete_inputs(&self.stores, &id, inputs).await;
+                let _ = told.send(Err(e));
+                return;
+            }
+        };
+        let _ = told.send(Ok(()));
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        let wait = self.wait(&id, watch, progress, &job.events);
+        let result = match job.deadline {
+            Some(d) => (tokio::time::timeout_at(d.into(), wait).await)
+                .unwrap_or(Err(hoa::Error::Cancelled)),
+            None => wait.await,
+        };
+        let cancelled = matches!(result, Err(hoa::Error::Cancelled));
+        if cancelled {
+            self.cancel(&id).await;
         }
-        let (watch, progress) = published?;
-        let front = self.clone();
-        front.pending.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            let wait = front.wait(&id, watch, progress, &job.events);
-            let result = match job.deadline {
-                Some(d) => (tokio::time::timeout_at(d.into(), wait).await)
-                    .unwrap_or(Err(hoa::Error::Cancelled)),
-                None => wait.await,
-            };
-            let last = match result {
-                Ok(pngs) => JobEvent::Done(pngs),
-                Err(e) => JobEvent::Failed(e),
-            };
-            let _ = job.events.send(last).await;
-            front.pending.fetch_sub(1, Ordering::Relaxed);
-            delete_inputs(&front.stores, &id, inputs).await;
-            front.forget(&id).await;
-        });
-        Ok(())
+        let last = match result {
+            Ok(pngs) => JobEvent::Done(pngs),
+            Err(e) => JobEvent::Failed(e),
+        };
+        let _ = job.events.send(last).await;
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        delete_inputs(&self.stores, &id, inputs).await;
+        if !cancelled {
+            self.forget(&id).await;
+        }
     }
 
     /// Watches job `id`'s outcome and progress, then publishes it (429 when the stream is
@@ -580,6 +625,22 @@ impl Front {
             pngs.push(png);
         }
         Ok(pngs)
+    }
+
+    /// Tells the workers to drop job `id` (its client went away or its time is up): first an
+    /// outcome under its id, which a worker that takes the job later finds (kept until it
+    /// expires), then a message on `cancel_subject` for the worker running it, which stops
+    /// after its current step. A worker subscribes before it looks for the outcome, so it
+    /// misses neither.
+    async fn cancel(&self, id: &str) {
+        eprintln!("job {id}: cancelled (the client went away or its time is up)");
+        let gone = Outcome::Failed(WireError::Cancelled);
+        if let Ok(v) = serde_json::to_vec(&gone) {
+            let _ = self.stores.results.put(id, v.into()).await;
+        }
+        let _ = (self.stores.client)
+            .publish(cancel_subject(id), "".into())
+            .await;
     }
 
     /// Drops a job's outcome and images once answered (they would expire anyway).

@@ -45,6 +45,8 @@ pub struct Job {
     pub events: mpsc::Sender<JobEvent>,
     /// Past this instant the run stops (between steps) with `Failed(Cancelled)`.
     pub deadline: Option<Instant>,
+    /// Raised from outside (a NATS cancel), the run stops the same way.
+    pub cancel: Cancel,
 }
 
 impl Job {
@@ -60,13 +62,16 @@ impl Job {
             resolved,
             events,
             deadline,
+            cancel: Cancel::default(),
         };
         (job, rx)
     }
 
     /// Nobody waits for the result any more, or its time is up.
     fn abandoned(&self) -> bool {
-        self.events.is_closed() || self.deadline.is_some_and(|d| Instant::now() >= d)
+        self.events.is_closed()
+            || self.deadline.is_some_and(|d| Instant::now() >= d)
+            || self.cancel.is_cancelled()
     }
 }
 
@@ -212,7 +217,7 @@ fn generate(
     job: &mut Job,
 ) -> hoa::Result<Vec<Vec<u8>>> {
     let t = Instant::now();
-    let cancel = Cancel::default();
+    let cancel = job.cancel.clone();
     job.resolved.options.cancel = Some(cancel.clone());
     let r = &job.resolved;
     // OpenAI's response has no place for warnings: they go to the server's log.
@@ -255,7 +260,7 @@ fn generate(
                 t.elapsed().as_secs_f64(),
                 match job.deadline.is_some_and(|d| Instant::now() >= d) {
                     true => "past the time limit",
-                    false => "the client went away",
+                    false => "the client went away or it was cancelled",
                 }
             );
             return Err(hoa::Error::Cancelled);
