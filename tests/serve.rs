@@ -961,4 +961,34 @@ fn lazy_models_load_on_first_use_and_the_least_recently_used_is_dropped() {
         "a reloaded model gives the same PNG"
     );
     healthy(&s);
+
+    // Eager with too small a bound, or lazy with a NATS front (which loads nothing): refused.
+    let model = format!("tiny={}", dir("pipeline_tiny").display());
+    for (flags, named) in [
+        (&["--max-loaded", "1"][..], "--max-loaded 1"),
+        (
+            &["--load", "lazy", "--queue", "nats://127.0.0.1:9"][..],
+            "--load lazy",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hoa"))
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--model",
+                &model,
+                "--model",
+                &other,
+            ])
+            .args(flags)
+            .env("XDG_RUNTIME_DIR", xdg())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(named),
+            "{flags:?}: {err}"
+        );
+    }
 }

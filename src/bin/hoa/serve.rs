@@ -163,6 +163,9 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
     if !(1..=MAX_QUEUE).contains(&queue) {
         bail!("--queue must be from 1 to {MAX_QUEUE}, got {queue}");
     }
+    if matches!(a.queue, QueueArg::Nats(_)) && (a.load == LoadArg::Lazy || a.max_loaded.is_some()) {
+        bail!("--load lazy and --max-loaded are for the single-process mode: with --queue nats://... the front loads no models (each hoa worker loads its own)");
+    }
     let models = read_models(&a.models)?;
     let dtype = if a.f16 { DType::F16 } else { DType::F32 };
     let limits = DeviceLimits {
