@@ -912,3 +912,83 @@ fn stalled_uploads_are_bounded() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&b));
     healthy(&s);
 }
+
+#[test]
+fn lazy_models_load_on_first_use_and_the_least_recently_used_is_dropped() {
+    let default = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/default");
+    let other = format!("default={}", default.display());
+    let s = start(&["--model", &other, "--load", "lazy", "--max-loaded", "1"]);
+    healthy(&s);
+    let (_, _, models) = http(&s.addr, "GET", "/v1/models", b"");
+    let models: Value = serde_json::from_slice(&models).unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["pipeline_tiny", "default"],
+        "all listed, none loaded yet"
+    );
+    let loads = |s: &Server| {
+        let (_, _, m) = http(&s.addr, "GET", "/metrics", b"");
+        let m = String::from_utf8(m).unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("hoa_model_loads_total "))
+            .unwrap_or_else(|| panic!("no hoa_model_loads_total in {m}"))
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!(loads(&s), 0, "lazy: nothing loaded before a request");
+    let mut pngs = Vec::new();
+    for (k, model) in ["pipeline_tiny", "default", "pipeline_tiny", "pipeline_tiny"]
+        .iter()
+        .enumerate()
+    {
+        let (status, v) = post(
+            &s,
+            &json!({"prompt": "a", "model": model, "size": "32x32", "steps": 1, "seed": 3}),
+        );
+        assert_eq!(status, 200, "request {k} ({model}): {v}");
+        pngs.push(unb64(&v["data"][0]["b64_json"]));
+    }
+    // Loaded: tiny, default (tiny dropped), tiny again (default dropped), then tiny reused.
+    assert_eq!(loads(&s), 3);
+    assert!(
+        pngs[0] == pngs[2] && pngs[2] == pngs[3],
+        "a reloaded model gives the same PNG"
+    );
+    healthy(&s);
+
+    // Eager with too small a bound, or lazy with a NATS front (which loads nothing): refused.
+    let model = format!("tiny={}", dir("pipeline_tiny").display());
+    for (flags, named) in [
+        (&["--max-loaded", "1"][..], "--max-loaded 1"),
+        (
+            &["--load", "lazy", "--queue", "nats://127.0.0.1:9"][..],
+            "--load lazy",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hoa"))
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--model",
+                &model,
+                "--model",
+                &other,
+            ])
+            .args(flags)
+            .env("XDG_RUNTIME_DIR", xdg())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(named),
+            "{flags:?}: {err}"
+        );
+    }
+}

@@ -70,7 +70,8 @@ fn nats() -> Option<(String, Option<Proc>)> {
         .local_addr()
         .unwrap()
         .port();
-    let dir = std::env::temp_dir().join(format!("hoa-nats-{}", std::process::id()));
+    // One store per server: tests run at once, each with its own.
+    let dir = std::env::temp_dir().join(format!("hoa-nats-{}-{port}", std::process::id()));
     let child = Command::new("nats-server")
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(&dir)
@@ -445,4 +446,194 @@ fn load(addr: &str, body: &str) -> (Vec<Vec<u8>>, usize, f64, Vec<f64>) {
         lat.extend(l);
     }
     (ok, full, t.elapsed().as_secs_f64(), lat)
+}
+
+/// A POST of `body` as `kind` to `path`; returns (status, body).
+fn post_to(addr: &str, path: &str, kind: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        c,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {kind}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    c.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).unwrap();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    (
+        head.split(' ').nth(1).unwrap().parse().unwrap(),
+        raw[end + 4..].to_vec(),
+    )
+}
+
+/// A multipart/form-data body of text fields and PNG files; returns (content type, body).
+fn form(texts: &[(&str, &str)], files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let b = "hoa-test-boundary-7d1f";
+    let mut body = Vec::new();
+    for (k, v) in texts {
+        body.extend(
+            format!("--{b}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").bytes(),
+        );
+    }
+    for (k, v) in files {
+        body.extend(
+            format!(
+                "--{b}\r\nContent-Disposition: form-data; name=\"{k}\"; filename=\"{k}.png\"\r\n\
+                 Content-Type: image/png\r\n\r\n"
+            )
+            .bytes(),
+        );
+        body.extend_from_slice(v);
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{b}--\r\n").bytes());
+    (format!("multipart/form-data; boundary={b}"), body)
+}
+
+fn png_of_image(img: image::DynamicImage) -> Vec<u8> {
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    png
+}
+
+#[test]
+fn edits_and_variations_over_nats_give_the_single_process_pngs() {
+    let Some((url, _server)) = nats() else {
+        return;
+    };
+    let model = format!("edit-{}", std::process::id());
+    let m = format!("{model}={}", model_dir().display());
+    let addr = |line: String| {
+        line.strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string()
+    };
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--model", &m, "--bind", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let (p, line) = spawn_ready(hoa(&args));
+        (p, addr(line))
+    };
+    let (_front, nats_addr) = serve(&["--queue", &url]);
+    let (_local, local_addr) = serve(&[]);
+    let (log, _) = mpsc::channel();
+    let _worker = worker(&url, &model, 0, &log);
+
+    let (w, h) = (64u32, 48u32);
+    let image = png_of_image(image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(
+        w,
+        h,
+        |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x * y) % 251) as u8]),
+    )));
+    // Transparent on the left (repaint), a soft edge of partial alpha in the middle.
+    let mask = png_of_image(image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(
+        w,
+        h,
+        |x, _| image::Rgba([0, 0, 0, (x.saturating_sub(24) * 16).min(255) as u8]),
+    )));
+    let texts = [("prompt", "a red circle"), ("steps", "3"), ("seed", "11")];
+    type Files<'a> = Vec<(&'a str, &'a [u8])>;
+    let calls: [(&str, Files); 3] = [
+        ("/v1/images/edits", vec![("image", &image), ("mask", &mask)]),
+        ("/v1/images/edits", vec![("image[]", &image)]),
+        ("/v1/images/variations", vec![("image", &image)]),
+    ];
+    for (path, files) in calls {
+        let texts = if path.ends_with("variations") {
+            &texts[1..]
+        } else {
+            &texts[..]
+        };
+        let (kind, body) = form(texts, &files);
+        let answers = [&nats_addr, &local_addr].map(|a| {
+            let (status, b) = post_to(a, path, &kind, &body);
+            assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&b));
+            png_of(&b)
+        });
+        assert_eq!(png_size(&answers[0]), (w, h));
+        assert!(
+            answers[0] == answers[1],
+            "{path} with {:?}: NATS and one process differ",
+            files.iter().map(|f| f.0).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn a_client_that_hangs_up_cancels_its_job_on_the_worker() {
+    let Some((url, _server)) = nats() else {
+        return;
+    };
+    let model = format!("cancel-{}", std::process::id());
+    let m = format!("{model}={}", model_dir().display());
+    let (_front, line) = spawn_ready(hoa(&[
+        "serve",
+        "--model",
+        &m,
+        "--bind",
+        "127.0.0.1:0",
+        "--queue",
+        &url,
+    ]));
+    let addr = line
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let (log_tx, log) = mpsc::channel();
+    let _worker = worker(&url, &model, 0, &log_tx);
+    // Far more steps than the test waits for: only a cancel ends it in time.
+    let body = json!({"prompt": "a red circle", "model": model, "size": "64x64", "steps": 1000,
+                      "seed": 1})
+    .to_string();
+    let next = |what: &str| loop {
+        let (_, l) = log
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the worker never logged `{what}`"));
+        if l.contains(what) {
+            return (Instant::now(), l);
+        }
+    };
+    let mut ids = Vec::new();
+    // At once (the cancel may come before the worker listens for it), then mid-run.
+    for wait in [0, 2] {
+        // (A kept-alive connection: hyper watches it for the hang-up.)
+        let mut c = TcpStream::connect(&addr).unwrap();
+        write!(
+            c,
+            "POST /v1/images/generations HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let (_, started) = next(": started (delivery 1)");
+        let id = started.strip_prefix("job ").unwrap().split(':').next();
+        let id = id.unwrap().to_string();
+        std::thread::sleep(Duration::from_secs(wait));
+        let _ = c.shutdown(std::net::Shutdown::Both); // the client hangs up
+        drop(c);
+        let hung_up = Instant::now();
+        let (at, _) = next(&format!("job {id}: cancelled by its front"));
+        eprintln!(
+            "serve_nats cancel: the worker dropped job {id} {:.2} s after its client hung up \
+             ({wait} s into the run)",
+            (at - hung_up).as_secs_f64()
+        );
+        ids.push(id);
+    }
+    // Acked: not delivered again after the ack wait, and the worker takes the next job.
+    let small = json!({"prompt": "a", "model": model, "size": "64x64", "steps": 2}).to_string();
+    let (status, _, b) = http(&addr, small.as_bytes());
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&b));
+    std::thread::sleep(Duration::from_secs(ACK_WAIT.parse::<u64>().unwrap() + 2));
+    let again: Vec<String> = log
+        .try_iter()
+        .map(|(_, l)| l)
+        .filter(|l| ids.iter().any(|id| l.starts_with(&format!("job {id}:"))))
+        .collect();
+    assert!(again.is_empty(), "a cancelled job came back: {again:?}");
 }

@@ -64,6 +64,14 @@ pub struct ServeArgs {
     /// Store weights and activations in f16 (needs the adapter's shader-f16).
     #[arg(long)]
     pub f16: bool,
+    /// When models load: `eager` (all before the server listens) or `lazy` (each on its first
+    /// request; /v1/models still lists them all).
+    #[arg(long, value_enum, default_value = "eager")]
+    pub load: LoadArg,
+    /// Most models kept loaded at once (with --load lazy): loading another drops the least
+    /// recently used one.
+    #[arg(long = "max-loaded", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_loaded: Option<u64>,
     /// Seconds one request may take, waiting in the queue included; past it the generation
     /// stops after its current step and the client gets a 504 `timeout` error.
     #[arg(long = "timeout-s", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -86,6 +94,12 @@ pub struct ServeArgs {
     /// Let web pages from ORIGIN call the API (CORS); repeatable; `*` for any.
     #[arg(long = "cors-origin")]
     pub cors_origins: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum LoadArg {
+    Eager,
+    Lazy,
 }
 
 pub(crate) fn model_arg(s: &str) -> Result<(String, PathBuf), String> {
@@ -149,6 +163,9 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
     if !(1..=MAX_QUEUE).contains(&queue) {
         bail!("--queue must be from 1 to {MAX_QUEUE}, got {queue}");
     }
+    if matches!(a.queue, QueueArg::Nats(_)) && (a.load == LoadArg::Lazy || a.max_loaded.is_some()) {
+        bail!("--load lazy and --max-loaded are for the single-process mode: with --queue nats://... the front loads no models (each hoa worker loads its own)");
+    }
     let models = read_models(&a.models)?;
     let dtype = if a.f16 { DType::F16 } else { DType::F32 };
     let limits = DeviceLimits {
@@ -178,9 +195,15 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let metrics = metrics::Metrics::new();
     let (jobs, thread) = match &a.queue {
         QueueArg::Local(n) => {
-            let (tx, thread) = worker::start(ctx, a.models.clone(), dtype, *n)?;
+            let loading = worker::Loading {
+                lazy: a.load == LoadArg::Lazy,
+                max_loaded: a.max_loaded.map_or(usize::MAX, |m| m as usize),
+                loads: metrics.model_loads.clone(),
+            };
+            let (tx, thread) = worker::start(ctx, a.models.clone(), dtype, *n, loading)?;
             (Jobs::Local(tx), Some(thread))
         }
         QueueArg::Nats(url) => {
@@ -198,7 +221,7 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         files,
         public_url,
         addr: listener.local_addr()?,
-        metrics: metrics::Metrics::new(),
+        metrics,
         keys,
         uploads: tokio::sync::Semaphore::new(queue + 1),
     });
@@ -322,7 +345,8 @@ pub(crate) async fn shutdown() {
     eprintln!("shutting down: finishing the requests in flight");
 }
 
-/// Ready while the generation thread takes jobs (the models load before the server listens).
+/// Ready while the generation thread takes jobs (with `--load eager` the models load before the
+/// server listens; lazily loaded ones load with their first job).
 /// With a NATS queue: while NATS is connected.
 async fn ready(State(s): State<Arc<Shared>>) -> (StatusCode, &'static str) {
     match (s.jobs.is_closed(), &s.jobs) {

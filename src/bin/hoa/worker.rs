@@ -81,7 +81,8 @@ pub fn run(ctx: Context, a: WorkerArgs) -> Result<()> {
     // NATS first: an unreachable server fails before the slow load.
     let stores = rt.block_on(nats::connect(&a.queue, nats::DEFAULT_QUEUE_MAX))?;
     eprintln!("adapter: {}", ctx.describe());
-    let (gpu_jobs, thread) = worker::start(ctx, a.models.clone(), dtype, 1)?;
+    let (gpu_jobs, thread) =
+        worker::start(ctx, a.models.clone(), dtype, 1, worker::Loading::eager())?;
     let shared = Arc::new(Shared {
         stores,
         infos,
@@ -174,14 +175,26 @@ async fn handle(shared: &Shared, msg: Message) {
     };
     eprintln!("job {}: started (delivery {delivered})", job.id);
     let t = std::time::Instant::now();
+    let mut cancelled = false;
     let outcome = if delivered >= MAX_DELIVER {
         Err(hoa::Error::Checkpoint(format!(
             "the job was given to {} workers and none finished it (each stopped or died)",
             delivered - 1
         )))
     } else {
-        generate(shared, &msg, &job).await
+        generate(shared, &msg, &job, &mut cancelled).await
     };
+    if cancelled {
+        // Nobody waits for it (or it was answered before): no result to store, and acked so it
+        // is not delivered again.
+        let _ = msg.double_ack().await;
+        eprintln!(
+            "job {}: cancelled by its front (or answered already), acked after {:.2} s",
+            job.id,
+            t.elapsed().as_secs_f64()
+        );
+        return;
+    }
     match store(&shared.stores, &job.id, outcome).await {
         // Acked only once stored: a worker that dies before this leaves the job to another.
         Ok(ok) => {
@@ -198,17 +211,39 @@ async fn handle(shared: &Shared, msg: Message) {
 }
 
 /// Resolves the job again and runs it, acking progress (each step, and every third of the ack
-/// wait during a slow one) and passing steps and previews on to the front.
-async fn generate(shared: &Shared, msg: &Message, job: &JobMsg) -> hoa::Result<Vec<Vec<u8>>> {
+/// wait during a slow one) and passing steps and previews on to the front; a message on the
+/// job's cancel subject stops the run after its current step and sets `cancelled`.
+async fn generate(
+    shared: &Shared,
+    msg: &Message,
+    job: &JobMsg,
+    cancelled: &mut bool,
+) -> hoa::Result<Vec<Vec<u8>>> {
     let Some(model) = shared.infos.iter().position(|(n, _)| *n == job.model) else {
         return Err(hoa::Error::invalid(
             "model",
             format!("this worker does not serve `{}`", job.model),
         ));
     };
-    let resolved = resolve(&job.request, &shared.infos[model].1, shared.limits)?;
+    // Subscribed before anything else: a cancel sent while the job runs is never missed, and
+    // one sent before (an outcome already under its id) is seen just below.
+    let lost = |e: &dyn std::fmt::Display| hoa::Error::Checkpoint(format!("NATS: {e}"));
+    let mut cancels = (shared.stores.client)
+        .subscribe(nats::cancel_subject(&job.id))
+        .await
+        .map_err(|e| lost(&e))?;
+    if let Ok(Some(_)) = shared.stores.results.get(&job.id).await {
+        *cancelled = true;
+        return Err(hoa::Error::Cancelled);
+    }
+    let mut request = job.request.clone();
+    nats::get_inputs(&shared.stores, &job.id, job.inputs, &mut request)
+        .await
+        .map_err(|e| hoa::Error::Checkpoint(format!("reading the job's images: {e:#}")))?;
+    let resolved = resolve(&request, &shared.infos[model].1, shared.limits)?;
     let deadline = job.deadline_ms.map(nats::deadline_instant);
     let (gpu_job, mut events) = Job::new(model, resolved, deadline);
+    let cancel = gpu_job.cancel.clone();
     let stopped = || hoa::Error::Checkpoint("the generation thread stopped".into());
     if shared.gpu_jobs.send(gpu_job).await.is_err() {
         return Err(stopped());
@@ -220,6 +255,11 @@ async fn generate(shared: &Shared, msg: &Message, job: &JobMsg) -> hoa::Result<V
     loop {
         let event = tokio::select! {
             e = events.recv() => e,
+            Some(_) = cancels.next(), if !*cancelled => {
+                cancel.cancel();
+                *cancelled = true;
+                continue;
+            }
             _ = tick.tick() => {
                 let _ = msg.ack_with(AckKind::Progress).await;
                 continue;

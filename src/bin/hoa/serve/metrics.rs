@@ -1,5 +1,6 @@
 //! `GET /metrics` in Prometheus' text format (the `prometheus-client` crate): queue depth,
-//! requests in flight, images made, seconds per denoising step, errors by OpenAI type.
+//! requests in flight, images made, seconds per denoising step, model loads, errors by OpenAI
+//! type.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -16,6 +17,8 @@ pub struct Metrics {
     in_flight: Gauge,
     pub images: Counter,
     pub step_seconds: Histogram,
+    /// Pipelines loaded (at start, or on first use with `--load lazy`).
+    pub model_loads: Counter,
     errors: Family<Labels, Counter>,
 }
 
@@ -28,6 +31,12 @@ impl Metrics {
         // 10 ms .. ~330 s: a step on a large GPU up to a large image on a software adapter.
         let step_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 16));
         let errors = Family::<Labels, Counter>::default();
+        let model_loads = Counter::default();
+        registry.register(
+            "hoa_model_loads",
+            "Model pipelines loaded onto the adapter",
+            model_loads.clone(),
+        );
         registry.register(
             "hoa_queue_depth",
             "Jobs waiting for the generation thread",
@@ -55,6 +64,7 @@ impl Metrics {
             in_flight,
             images,
             step_seconds,
+            model_loads,
             errors,
         }
     }

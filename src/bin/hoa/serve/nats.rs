@@ -6,6 +6,9 @@
 //! key-value bucket `hoa_results` under `<id>`, which the front watches. Both stores expire
 //! entries after `RESULT_TTL`, so they stay bounded when a front is gone. While it works, the
 //! worker sends the job's progress and previews on the core subject `hoa.progress.<id>`.
+//! An edit's or variation's images (too large for a message) go to the object store before the
+//! job, as `<id>.init.png` (lossless) and `<id>.mask.f32` (the mask's values, exact), and the
+//! worker puts them back into the `Request` before it resolves it.
 
 use super::api::ApiError;
 use super::worker::{Job, JobEvent};
@@ -35,6 +38,12 @@ pub const DEFAULT_QUEUE_MAX: i64 = 64;
 /// The core subject of job `id`'s progress and previews.
 pub fn progress_subject(id: &str) -> String {
     format!("hoa.progress.{id}")
+}
+
+/// The core subject on which a front tells the worker to stop job `id` (its client went away or
+/// its time is up).
+pub fn cancel_subject(id: &str) -> String {
+    format!("hoa.cancel.{id}")
 }
 
 /// The subject of model `name`'s jobs.
@@ -70,6 +79,118 @@ pub struct JobMsg {
     /// When the front stops waiting (`--timeout-s`), in milliseconds since the Unix epoch: a
     /// worker stops the run then.
     pub deadline_ms: Option<u64>,
+    /// The request's images, in the object store (absent: none).
+    #[serde(default)]
+    pub inputs: Inputs,
+}
+
+/// Which of the request's images the object store holds for the job, with their sizes.
+#[derive(Serialize, Deserialize, Debug, Default, Clone, Copy)]
+pub struct Inputs {
+    pub init_image: Option<[usize; 2]>,
+    pub mask: Option<[usize; 2]>,
+}
+
+fn init_name(id: &str) -> String {
+    format!("{id}.init.png")
+}
+
+fn mask_name(id: &str) -> String {
+    format!("{id}.mask.f32")
+}
+
+/// Puts `req`'s init image and mask into the object store for job `id`.
+async fn put_inputs(stores: &Stores, id: &str, req: &Request) -> Result<Inputs> {
+    let mut inputs = Inputs::default();
+    if let Some(img) = &req.init_image {
+        let png = encode_rgb_png(img)?;
+        let mut bytes = png.as_slice();
+        stores
+            .images
+            .put(init_name(id).as_str(), &mut bytes)
+            .await?;
+        inputs.init_image = Some([img.width, img.height]);
+    }
+    if let Some(m) = &req.mask {
+        let raw: Vec<u8> = m.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        stores
+            .images
+            .put(mask_name(id).as_str(), &mut raw.as_slice())
+            .await?;
+        inputs.mask = Some([m.width, m.height]);
+    }
+    Ok(inputs)
+}
+
+fn encode_rgb_png(img: &hoa::image_io::RgbImage) -> Result<Vec<u8>> {
+    let (w, h) = (u32::try_from(img.width)?, u32::try_from(img.height)?);
+    let buf = image::RgbImage::from_raw(w, h, img.data.clone())
+        .context("the init image's size does not match its pixels")?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    buf.write_to(&mut png, image::ImageFormat::Png)?;
+    Ok(png.into_inner())
+}
+
+async fn get_object(stores: &Stores, name: &str) -> Result<Vec<u8>> {
+    let mut obj = stores.images.get(name).await?;
+    let mut bytes = Vec::new();
+    obj.read_to_end(&mut bytes).await?;
+    Ok(bytes)
+}
+
+/// The worker's side: puts job `id`'s images from the object store back into `req`.
+pub async fn get_inputs(
+    stores: &Stores,
+    id: &str,
+    inputs: Inputs,
+    req: &mut Request,
+) -> Result<()> {
+    if let Some([w, h]) = inputs.init_image {
+        let png = get_object(stores, &init_name(id))
+            .await
+            .context("the init image")?;
+        let img = image::load_from_memory_with_format(&png, image::ImageFormat::Png)?.to_rgb8();
+        if (img.width() as usize, img.height() as usize) != (w, h) {
+            bail!(
+                "the init image is {}x{}, the job says {w}x{h}",
+                img.width(),
+                img.height()
+            );
+        }
+        req.init_image = Some(hoa::image_io::RgbImage {
+            width: w,
+            height: h,
+            data: img.into_raw(),
+        });
+    }
+    if let Some([w, h]) = inputs.mask {
+        let raw = get_object(stores, &mask_name(id))
+            .await
+            .context("the mask")?;
+        if Some(raw.len()) != w.checked_mul(h).and_then(|n| n.checked_mul(4)) {
+            bail!("the mask holds {} bytes, not {w}x{h} f32 values", raw.len());
+        }
+        let values = raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        req.mask = Some(hoa::request::Mask {
+            width: w,
+            height: h,
+            values,
+        });
+    }
+    Ok(())
+}
+
+/// Deletes job `id`'s images (they would expire anyway).
+async fn delete_inputs(stores: &Stores, id: &str, inputs: Inputs) {
+    if inputs.init_image.is_some() {
+        let _ = stores.images.delete(init_name(id)).await;
+    }
+    if inputs.mask.is_some() {
+        let _ = stores.images.delete(mask_name(id)).await;
+    }
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
@@ -326,14 +447,10 @@ impl Front {
     /// Publishes `req` as `job` (429 when the stream is full); a task then forwards the
     /// worker's progress and outcome to `job.events`, until the job's deadline.
     pub async fn submit(self: &Arc<Self>, job: Job, req: &Request) -> Result<(), ApiError> {
-        let failed = |e: &dyn std::fmt::Display| {
-            ApiError::internal(format!("the job queue (NATS JetStream) failed: {e}"))
-        };
-        if req.init_image.is_some() || req.mask.is_some() || req.latents.is_some() {
+        if req.latents.is_some() {
             return Err(ApiError::bad(
-                Some("image"),
-                "edits and variations are not available with a NATS queue yet \
-                 (hoa serve --queue nats://...)",
+                Some("latents"),
+                "latents: not available with a NATS queue (hoa serve --queue nats://...)",
             ));
         }
         let id = format!(
@@ -346,25 +463,109 @@ impl Front {
             .deadline
             .map(|d| unix_ms(SystemTime::now() + d.saturating_duration_since(Instant::now())));
         let msg = JobMsg {
-            id: id.clone(),
-            model: model.clone(),
+            id,
+            model,
             request: req.clone(),
             deadline_ms,
+            inputs: Inputs::default(),
         };
-        let body = serde_json::to_vec(&msg).map_err(|e| failed(&e))?;
+        // A task of its own from here: a client that hangs up while the job is being published
+        // (a worker may already run it) drops only `told`, and the task still cancels the job.
+        let (told, published) = tokio::sync::oneshot::channel();
+        tokio::spawn(self.clone().run(msg, job, told));
+        published
+            .await
+            .unwrap_or_else(|_| Err(ApiError::internal("the job queue's task stopped")))
+    }
+
+    /// Puts the job's images, publishes it, says how that went on `told`, then forwards the
+    /// worker's progress and outcome to `job.events` until the job's deadline.
+    async fn run(
+        self: Arc<Self>,
+        mut msg: JobMsg,
+        job: Job,
+        told: tokio::sync::oneshot::Sender<Result<(), ApiError>>,
+    ) {
+        let failed = |e: &dyn std::fmt::Display| {
+            ApiError::internal(format!("the job queue (NATS JetStream) failed: {e}"))
+        };
+        let id = msg.id.clone();
+        // The images first: a worker may take the job as soon as it is published.
+        let inputs = match put_inputs(&self.stores, &id, &msg.request).await {
+            Ok(i) => i,
+            Err(e) => {
+                // Whichever of the two was put.
+                delete_inputs(
+                    &self.stores,
+                    &id,
+                    Inputs {
+                        init_image: Some([0; 2]),
+                        mask: Some([0; 2]),
+                    },
+                )
+                .await;
+                let _ = told.send(Err(failed(&format!("{e:#}"))));
+                return;
+            }
+        };
+        msg.inputs = inputs;
+        let (watch, progress) = match self.publish(&id, &msg.model, &msg).await {
+            Ok(p) => p,
+            Err(e) => {
+                delete_inputs(&self.stores, &id, inputs).await;
+                let _ = told.send(Err(e));
+                return;
+            }
+        };
+        let _ = told.send(Ok(()));
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        let wait = self.wait(&id, watch, progress, &job.events);
+        let result = match job.deadline {
+            Some(d) => (tokio::time::timeout_at(d.into(), wait).await)
+                .unwrap_or(Err(hoa::Error::Cancelled)),
+            None => wait.await,
+        };
+        let cancelled = matches!(result, Err(hoa::Error::Cancelled));
+        if cancelled {
+            self.cancel(&id).await;
+        }
+        let last = match result {
+            Ok(pngs) => JobEvent::Done(pngs),
+            Err(e) => JobEvent::Failed(e),
+        };
+        let _ = job.events.send(last).await;
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        delete_inputs(&self.stores, &id, inputs).await;
+        if !cancelled {
+            self.forget(&id).await;
+        }
+    }
+
+    /// Watches job `id`'s outcome and progress, then publishes it (429 when the stream is
+    /// full).
+    async fn publish(
+        &self,
+        id: &str,
+        model: &str,
+        msg: &JobMsg,
+    ) -> Result<(kv::Watch, async_nats::Subscriber), ApiError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            ApiError::internal(format!("the job queue (NATS JetStream) failed: {e}"))
+        };
+        let body = serde_json::to_vec(msg).map_err(|e| failed(&e))?;
         // Listening before publishing: nothing the worker says can come first.
         let watch = self
             .stores
             .results
-            .watch(&id)
+            .watch(id)
             .await
             .map_err(|e| failed(&e))?;
         let progress = (self.stores.client)
-            .subscribe(progress_subject(&id))
+            .subscribe(progress_subject(id))
             .await
             .map_err(|e| failed(&e))?;
         let ack = (self.stores.js)
-            .publish(subject(&model), body.into())
+            .publish(subject(model), body.into())
             .await
             .map_err(|e| failed(&e))?;
         if let Err(e) = ack.await {
@@ -373,24 +574,7 @@ impl Front {
                 false => failed(&e),
             });
         }
-        let front = self.clone();
-        front.pending.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            let wait = front.wait(&id, watch, progress, &job.events);
-            let result = match job.deadline {
-                Some(d) => (tokio::time::timeout_at(d.into(), wait).await)
-                    .unwrap_or(Err(hoa::Error::Cancelled)),
-                None => wait.await,
-            };
-            let last = match result {
-                Ok(pngs) => JobEvent::Done(pngs),
-                Err(e) => JobEvent::Failed(e),
-            };
-            let _ = job.events.send(last).await;
-            front.pending.fetch_sub(1, Ordering::Relaxed);
-            front.forget(&id).await;
-        });
-        Ok(())
+        Ok((watch, progress))
     }
 
     /// Forwards progress until the outcome arrives (or the client goes away), then reads the
@@ -441,6 +625,22 @@ impl Front {
             pngs.push(png);
         }
         Ok(pngs)
+    }
+
+    /// Tells the workers to drop job `id` (its client went away or its time is up): first an
+    /// outcome under its id, which a worker that takes the job later finds (kept until it
+    /// expires), then a message on `cancel_subject` for the worker running it, which stops
+    /// after its current step. A worker subscribes before it looks for the outcome, so it
+    /// misses neither.
+    async fn cancel(&self, id: &str) {
+        eprintln!("job {id}: cancelled (the client went away or its time is up)");
+        let gone = Outcome::Failed(WireError::Cancelled);
+        if let Ok(v) = serde_json::to_vec(&gone) {
+            let _ = self.stores.results.put(id, v.into()).await;
+        }
+        let _ = (self.stores.client)
+            .publish(cancel_subject(id), "".into())
+            .await;
     }
 
     /// Drops a job's outcome and images once answered (they would expire anyway).

@@ -45,6 +45,8 @@ pub struct Job {
     pub events: mpsc::Sender<JobEvent>,
     /// Past this instant the run stops (between steps) with `Failed(Cancelled)`.
     pub deadline: Option<Instant>,
+    /// Raised from outside (a NATS cancel), the run stops the same way.
+    pub cancel: Cancel,
 }
 
 impl Job {
@@ -60,47 +62,128 @@ impl Job {
             resolved,
             events,
             deadline,
+            cancel: Cancel::default(),
         };
         (job, rx)
     }
 
     /// Nobody waits for the result any more, or its time is up.
     fn abandoned(&self) -> bool {
-        self.events.is_closed() || self.deadline.is_some_and(|d| Instant::now() >= d)
+        self.events.is_closed()
+            || self.deadline.is_some_and(|d| Instant::now() >= d)
+            || self.cancel.is_cancelled()
     }
 }
 
-/// Loads every model on a new thread that keeps `ctx`; returns once they are loaded (or one
-/// failed), with the queue's sending end and the thread, which ends when every sender is
-/// dropped. Join it before the process exits: the GPU context must be dropped by its own
-/// thread (wgpu's GL backend corrupts the heap at exit otherwise).
+/// When the generation thread loads its models (`--load`, `--max-loaded`).
+#[derive(Clone, Debug)]
+pub struct Loading {
+    /// Load each model on its first job instead of before the server listens.
+    pub lazy: bool,
+    /// Most pipelines loaded at once; past it the least recently used one is dropped.
+    pub max_loaded: usize,
+    /// Counts pipeline loads (`hoa_model_loads_total`).
+    pub loads: prometheus_client::metrics::counter::Counter,
+}
+
+impl Loading {
+    /// Every model loaded before the first job, and kept.
+    pub fn eager() -> Loading {
+        Loading {
+            lazy: false,
+            max_loaded: usize::MAX,
+            loads: Default::default(),
+        }
+    }
+}
+
+/// The served models' pipelines, each loaded or not, with when each was last used.
+struct Pipes {
+    models: Vec<(String, PathBuf)>,
+    loaded: Vec<Option<Pipeline>>,
+    used: Vec<u64>,
+    clock: u64,
+    dtype: DType,
+    loading: Loading,
+}
+
+impl Pipes {
+    fn new(models: Vec<(String, PathBuf)>, dtype: DType, loading: Loading) -> Pipes {
+        let n = models.len();
+        Pipes {
+            models,
+            loaded: (0..n).map(|_| None).collect(),
+            used: vec![0; n],
+            clock: 0,
+            dtype,
+            loading,
+        }
+    }
+
+    /// Model `i`'s pipeline, loaded now if it is not, after dropping the least recently used
+    /// ones that would exceed `max_loaded`.
+    fn get(&mut self, ctx: &Context, i: usize) -> hoa::Result<(&str, &Pipeline)> {
+        self.clock += 1;
+        self.used[i] = self.clock;
+        if self.loaded[i].is_none() {
+            while self.loaded.iter().flatten().count() >= self.loading.max_loaded.max(1) {
+                let lru = (0..self.loaded.len())
+                    .filter(|&k| self.loaded[k].is_some())
+                    .min_by_key(|&k| self.used[k]);
+                let Some(k) = lru else { break };
+                self.loaded[k] = None;
+                eprintln!("unloaded {} (--max-loaded)", self.models[k].0);
+            }
+            let (name, dir) = &self.models[i];
+            let t = Instant::now();
+            let p =
+                open_model(dir, None).and_then(|f| Pipeline::load(ctx, f.as_ref(), self.dtype))?;
+            self.loading.loads.inc();
+            eprintln!("loaded {name} in {:.1} s", t.elapsed().as_secs_f64());
+            self.loaded[i] = Some(p);
+        }
+        match &self.loaded[i] {
+            Some(p) => Ok((&self.models[i].0, p)),
+            None => unreachable!("loaded just above"),
+        }
+    }
+}
+
+/// Starts the generation thread, which keeps `ctx`; with eager loading it returns once every
+/// model is loaded (or one failed). Returns the queue's sending end and the thread, which ends
+/// when every sender is dropped. Join it before the process exits: the GPU context must be
+/// dropped by its own thread (wgpu's GL backend corrupts the heap at exit otherwise).
 pub fn start(
     ctx: Context,
     models: Vec<(String, PathBuf)>,
     dtype: DType,
     queue: usize,
+    loading: Loading,
 ) -> anyhow::Result<(mpsc::Sender<Job>, std::thread::JoinHandle<()>)> {
+    if !loading.lazy && loading.max_loaded < models.len() {
+        anyhow::bail!(
+            "--max-loaded {} is less than the {} models: with it, use --load lazy",
+            loading.max_loaded,
+            models.len()
+        );
+    }
     let (tx, rx) = mpsc::channel::<Job>(queue);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("hoa-generate".into())
         .spawn(move || {
-            let mut pipes = Vec::new();
-            for (name, dir) in &models {
-                let t = Instant::now();
-                let loaded =
-                    open_model(dir, None).and_then(|f| Pipeline::load(&ctx, f.as_ref(), dtype));
-                match loaded {
-                    Ok(p) => pipes.push((name.clone(), p)),
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(anyhow::anyhow!("{name}: {e}")));
-                        return;
-                    }
+            let lazy = loading.lazy;
+            let mut pipes = Pipes::new(models, dtype, loading);
+            let eager = if lazy { 0 } else { pipes.models.len() };
+            for i in 0..eager {
+                if let Err(e) = pipes.get(&ctx, i) {
+                    let name = &pipes.models[i].0;
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("{name}: {e}")));
+                    return;
                 }
-                eprintln!("loaded {name} in {:.1} s", t.elapsed().as_secs_f64());
             }
             let _ = ready_tx.send(Ok(()));
-            run(&ctx, &pipes, rx);
+            run(&ctx, &mut pipes, rx);
         })?;
     ready_rx
         .recv()
@@ -108,7 +191,7 @@ pub fn start(
     Ok((tx, thread))
 }
 
-fn run(ctx: &Context, pipes: &[(String, Pipeline)], mut rx: mpsc::Receiver<Job>) {
+fn run(ctx: &Context, pipes: &mut Pipes, mut rx: mpsc::Receiver<Job>) {
     while let Some(mut job) = rx.blocking_recv() {
         if job.abandoned() {
             // The client went away (or gave up) while it waited: nothing to do. A receiver
@@ -116,8 +199,10 @@ fn run(ctx: &Context, pipes: &[(String, Pipeline)], mut rx: mpsc::Receiver<Job>)
             let _ = job.events.try_send(JobEvent::Failed(hoa::Error::Cancelled));
             continue;
         }
-        let (name, pipe) = &pipes[job.model];
-        let event = match generate(ctx, name, pipe, &mut job) {
+        let event = match pipes
+            .get(ctx, job.model)
+            .and_then(|(name, pipe)| generate(ctx, name, pipe, &mut job))
+        {
             Ok(pngs) => JobEvent::Done(pngs),
             Err(e) => JobEvent::Failed(e),
         };
@@ -132,7 +217,7 @@ fn generate(
     job: &mut Job,
 ) -> hoa::Result<Vec<Vec<u8>>> {
     let t = Instant::now();
-    let cancel = Cancel::default();
+    let cancel = job.cancel.clone();
     job.resolved.options.cancel = Some(cancel.clone());
     let r = &job.resolved;
     // OpenAI's response has no place for warnings: they go to the server's log.
@@ -175,7 +260,7 @@ fn generate(
                 t.elapsed().as_secs_f64(),
                 match job.deadline.is_some_and(|d| Instant::now() >= d) {
                     true => "past the time limit",
-                    false => "the client went away",
+                    false => "the client went away or it was cancelled",
                 }
             );
             return Err(hoa::Error::Cancelled);
