@@ -29,7 +29,7 @@ use hoa::model_files::open_model;
 use hoa::model_info::ModelInfo;
 use hoa::request::Request;
 use hoa::resolve::DeviceLimits;
-use hoa::{Context, DType};
+use hoa::Context;
 use queue::{queue_arg, Jobs, QueueArg};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -61,9 +61,8 @@ pub struct ServeArgs {
     pub queue: QueueArg,
     #[command(flatten)]
     pub nats: nats::FrontArgs,
-    /// Store weights and activations in f16 (needs the adapter's shader-f16).
-    #[arg(long)]
-    pub f16: bool,
+    #[command(flatten)]
+    pub dtype: crate::dtype::DTypeArgs,
     /// Seconds one request may take, waiting in the queue included; past it the generation
     /// stops after its current step and the client gets a 504 `timeout` error.
     #[arg(long = "timeout-s", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -150,7 +149,9 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         bail!("--queue must be from 1 to {MAX_QUEUE}, got {queue}");
     }
     let models = read_models(&a.models)?;
-    let dtype = if a.f16 { DType::F16 } else { DType::F32 };
+    let dtype = a
+        .dtype
+        .pick(&ctx, a.models.iter().map(|(_, d)| d.as_path()))?;
     let limits = DeviceLimits {
         max_binding_bytes: ctx.max_binding_bytes(),
         dtype_size: dtype.size(),
