@@ -103,6 +103,23 @@ impl ModelFiles for DirFiles {
     }
 }
 
+/// The bytes of safetensors weights at `path`: the file itself, or every `.safetensors` file in
+/// a folder's component folders; 0 where nothing can be read (the load reports why).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn weight_bytes(path: &std::path::Path) -> u64 {
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    if path.is_file() {
+        return size(path);
+    }
+    let entries = |p: &std::path::Path| std::fs::read_dir(p).into_iter().flatten().flatten();
+    let components = entries(path).filter(|e| e.path().is_dir());
+    let files = components.flat_map(|c| entries(&c.path()).collect::<Vec<_>>());
+    files
+        .filter(|f| f.path().extension().is_some_and(|x| x == "safetensors"))
+        .map(|f| size(&f.path()))
+        .sum()
+}
+
 /// What `--model PATH` names: a `.safetensors` file opens as a single-file checkpoint (with
 /// `config`, a diffusers folder whose configs and tokenizer apply to it), anything else as a
 /// diffusers folder. Pickle checkpoints are refused with how to convert them.

@@ -289,6 +289,14 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     if common::ctx().is_none() {
         return;
     }
+    fails("f16_and_f32", &["--f16", "--f32"], "cannot be used with");
+    if !common::ctx().unwrap().has_f16() {
+        fails(
+            "f16_without_f16",
+            &["--f16"],
+            "--f16: this adapter has no shader-f16",
+        );
+    }
     fails(
         "ghigh_from_alone",
         &["--guidance-high-from", "400"],

@@ -171,3 +171,27 @@ fn mismatched_checkpoint_lists_every_offending_tensor() {
         assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
     }
 }
+
+/// What the CLI sizes a model by when it picks f16 or f32: weights only, in component folders.
+#[test]
+fn weight_bytes_counts_the_components_safetensors_only() {
+    let d = std::env::temp_dir().join(format!("hoa-weight-bytes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    for (path, n) in [
+        ("unet/diffusion_pytorch_model.safetensors", 300),
+        ("unet/config.json", 1000),
+        ("vae/diffusion_pytorch_model.safetensors", 20),
+        ("top.safetensors", 5000),
+    ] {
+        let p = d.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, vec![0u8; n]).unwrap();
+    }
+    assert_eq!(hoa::model_files::weight_bytes(&d), 320);
+    assert_eq!(
+        hoa::model_files::weight_bytes(&d.join("top.safetensors")),
+        5000
+    );
+    assert_eq!(hoa::model_files::weight_bytes(&d.join("missing")), 0);
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -12,7 +12,7 @@ use hoa::pipeline::{Event, Pipeline};
 use hoa::request::{Latents, LoraRequest, Mask, Origin, Request};
 use hoa::resolve::{resolve, DeviceLimits, Resolved};
 use hoa::weights::Weights;
-use hoa::{Context, DType};
+use hoa::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
@@ -106,9 +106,8 @@ pub struct GenerateArgs {
     /// Inpainting: white = repaint, black = keep (needs --init-image; same size).
     #[arg(long)]
     pub mask: Option<PathBuf>,
-    /// Store weights and activations in f16 (needs the adapter's shader-f16).
-    #[arg(long)]
-    pub f16: bool,
+    #[command(flatten)]
+    pub dtype: crate::dtype::DTypeArgs,
     /// SDXL: the size the U-Net is told the training image had, WIDTHxHEIGHT (diffusers'
     /// `original_size`). Default: the output size.
     #[arg(long, value_parser = width_x_height, allow_hyphen_values = true)]
@@ -414,7 +413,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     let mut req = request(&a)?;
     let (lora_reqs, lora_files) = read_loras(&a.lora)?;
     req.lora = (!lora_reqs.is_empty()).then_some(lora_reqs);
-    let dtype = if a.f16 { DType::F16 } else { DType::F32 };
+    let dtype = a.dtype.pick(ctx, [model_dir.as_path()])?;
     let limits = DeviceLimits {
         max_binding_bytes: ctx.max_binding_bytes(),
         dtype_size: dtype.size(),

@@ -5,6 +5,7 @@
 
 mod bench;
 mod clip;
+mod dtype;
 mod generate;
 mod info;
 mod serve;

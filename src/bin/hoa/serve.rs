@@ -29,7 +29,7 @@ use hoa::model_files::open_model;
 use hoa::model_info::ModelInfo;
 use hoa::request::Request;
 use hoa::resolve::DeviceLimits;
-use hoa::{Context, DType};
+use hoa::Context;
 use queue::{queue_arg, Jobs, QueueArg};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -61,9 +61,8 @@ pub struct ServeArgs {
     pub queue: QueueArg,
     #[command(flatten)]
     pub nats: nats::FrontArgs,
-    /// Store weights and activations in f16 (needs the adapter's shader-f16).
-    #[arg(long)]
-    pub f16: bool,
+    #[command(flatten)]
+    pub dtype: crate::dtype::DTypeArgs,
     /// When models load: `eager` (all before the server listens) or `lazy` (each on its first
     /// request; /v1/models still lists them all).
     #[arg(long, value_enum, default_value = "eager")]
@@ -167,7 +166,9 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         bail!("--load lazy and --max-loaded are for the single-process mode: with --queue nats://... the front loads no models (each hoa worker loads its own)");
     }
     let models = read_models(&a.models)?;
-    let dtype = if a.f16 { DType::F16 } else { DType::F32 };
+    let dtype = a
+        .dtype
+        .pick(&ctx, a.models.iter().map(|(_, d)| d.as_path()))?;
     let limits = DeviceLimits {
         max_binding_bytes: ctx.max_binding_bytes(),
         dtype_size: dtype.size(),

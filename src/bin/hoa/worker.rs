@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use hoa::model_files::open_model;
 use hoa::model_info::ModelInfo;
 use hoa::resolve::{resolve, DeviceLimits};
-use hoa::{Context, DType};
+use hoa::Context;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,9 +38,8 @@ pub struct WorkerArgs {
     /// acks go every third of it). Set when the consumer is first made.
     #[arg(long, default_value_t = 30)]
     pub ack_wait: u64,
-    /// Store weights and activations in f16 (needs the adapter's shader-f16).
-    #[arg(long)]
-    pub f16: bool,
+    #[command(flatten)]
+    pub dtype: crate::dtype::DTypeArgs,
 }
 
 /// What every model's loop shares.
@@ -69,7 +68,9 @@ pub fn run(ctx: Context, a: WorkerArgs) -> Result<()> {
         let info = ModelInfo::read(files.as_ref()).with_context(|| format!("--model {name}"))?;
         infos.push((name.clone(), info));
     }
-    let dtype = if a.f16 { DType::F16 } else { DType::F32 };
+    let dtype = a
+        .dtype
+        .pick(&ctx, a.models.iter().map(|(_, d)| d.as_path()))?;
     let limits = DeviceLimits {
         max_binding_bytes: ctx.max_binding_bytes(),
         dtype_size: dtype.size(),
