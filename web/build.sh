@@ -21,7 +21,14 @@ manifest() {
   [ -f "$dir/model_index.json" ] || { echo "$dir has no model_index.json: not a diffusers folder" >&2; return 1; }
   (cd "$dir" && { echo model_index.json; if [ -f hoa.json ]; then echo hoa.json; fi; find . -mindepth 2 -type f ! -name '.*' | sed 's|^\./||'; } \
     | LC_ALL=C sort | node -e '
-      const lines = require("fs").readFileSync(0, "utf8").split("\n").filter(Boolean);
+      // Only the components model_index.json lists (and hoa'"'"'s consistency_decoder), as the
+      // download plan fetches them: a folder may hold more (a rewriter not used yet, a safety checker).
+      const fs = require("fs");
+      const index = JSON.parse(fs.readFileSync("model_index.json", "utf8"));
+      const listed = (v) => Array.isArray(v) && v.length === 2 && v.every((x) => typeof x === "string");
+      const keep = new Set(["consistency_decoder", ...Object.keys(index).filter((k) => listed(index[k]))]);
+      const lines = fs.readFileSync(0, "utf8").split("\n").filter(Boolean)
+        .filter((p) => !p.includes("/") || keep.has(p.split("/")[0]));
       process.stdout.write(JSON.stringify(lines, null, 1) + "\n");' > files.json)
   echo "wrote $dir/files.json ($(grep -c '"' "$dir/files.json") files)"
 }
