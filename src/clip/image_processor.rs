@@ -86,6 +86,61 @@ pub struct ClipImageProcessor {
 /// Sizes a preprocessor may ask for (released CLIPs use 224 to 448).
 const MAX_SIDE: usize = 1 << 13;
 
+/// `do_resize`, `size` and `resample`: how the image is resized, if it is.
+fn resize_of(src: &Source, c: &RawConfig) -> Result<Option<(Resize, Filter)>> {
+    Ok(if c.do_resize {
+        let filter = Filter::from_pil(c.resample).ok_or_else(|| {
+            src.refuse(
+                "resample",
+                format!("= {} (hoa runs 2 = BILINEAR and 3 = BICUBIC)", c.resample),
+            )
+        })?;
+        let r = match c.size {
+            SizeField::Number(n) => Resize::ShortestEdge(n),
+            SizeField::Dict {
+                shortest_edge: Some(n),
+                ..
+            } => Resize::ShortestEdge(n),
+            SizeField::Dict {
+                height: Some(h),
+                width: Some(w),
+                ..
+            } => Resize::Exact(h, w),
+            _ => return Err(src.err("size", "needs `shortest_edge` or `height` and `width`")),
+        };
+        match r {
+            Resize::ShortestEdge(n) => src.positive("size", n, MAX_SIDE)?,
+            Resize::Exact(h, w) => {
+                src.positive("size", h, MAX_SIDE)?;
+                src.positive("size", w, MAX_SIDE)?;
+            }
+        }
+        Some((r, filter))
+    } else {
+        None
+    })
+}
+
+/// `do_center_crop` and `crop_size`: the (height, width) of the center crop, if any.
+fn crop_of(src: &Source, c: &RawConfig) -> Result<Option<(usize, usize)>> {
+    Ok(if c.do_center_crop {
+        let (h, w) = match c.crop_size {
+            SizeField::Number(n) => (n, n),
+            SizeField::Dict {
+                height: Some(h),
+                width: Some(w),
+                ..
+            } => (h, w),
+            _ => return Err(src.err("crop_size", "needs `height` and `width`")),
+        };
+        src.positive("crop_size", h, MAX_SIDE)?;
+        src.positive("crop_size", w, MAX_SIDE)?;
+        Some((h, w))
+    } else {
+        None
+    })
+}
+
 impl ClipImageProcessor {
     pub fn from_json(json: &[u8]) -> Result<Self> {
         const KNOWN: &[&str] = &[
@@ -102,57 +157,13 @@ impl ClipImageProcessor {
         let src = Source::new(FILE);
         if let Some(k) = c
             .feature_extractor_type
+            .as_ref()
             .filter(|k| !KNOWN.contains(&k.as_str()))
         {
             return Err(src.refuse("feature_extractor_type", format!("= {k:?}")));
         }
-        let resize = if c.do_resize {
-            let filter = Filter::from_pil(c.resample).ok_or_else(|| {
-                src.refuse(
-                    "resample",
-                    format!("= {} (hoa runs 2 = BILINEAR and 3 = BICUBIC)", c.resample),
-                )
-            })?;
-            let r = match c.size {
-                SizeField::Number(n) => Resize::ShortestEdge(n),
-                SizeField::Dict {
-                    shortest_edge: Some(n),
-                    ..
-                } => Resize::ShortestEdge(n),
-                SizeField::Dict {
-                    height: Some(h),
-                    width: Some(w),
-                    ..
-                } => Resize::Exact(h, w),
-                _ => return Err(src.err("size", "needs `shortest_edge` or `height` and `width`")),
-            };
-            match r {
-                Resize::ShortestEdge(n) => src.positive("size", n, MAX_SIDE)?,
-                Resize::Exact(h, w) => {
-                    src.positive("size", h, MAX_SIDE)?;
-                    src.positive("size", w, MAX_SIDE)?;
-                }
-            }
-            Some((r, filter))
-        } else {
-            None
-        };
-        let crop = if c.do_center_crop {
-            let (h, w) = match c.crop_size {
-                SizeField::Number(n) => (n, n),
-                SizeField::Dict {
-                    height: Some(h),
-                    width: Some(w),
-                    ..
-                } => (h, w),
-                _ => return Err(src.err("crop_size", "needs `height` and `width`")),
-            };
-            src.positive("crop_size", h, MAX_SIDE)?;
-            src.positive("crop_size", w, MAX_SIDE)?;
-            Some((h, w))
-        } else {
-            None
-        };
+        let resize = resize_of(&src, &c)?;
+        let crop = crop_of(&src, &c)?;
         let three = |field: &str, v: &[f64]| -> Result<[f32; 3]> {
             match v {
                 [a, b, c] => Ok([*a as f32, *b as f32, *c as f32]),

@@ -153,7 +153,8 @@ fn read_models(args: &[(String, PathBuf)]) -> Result<Vec<Model>> {
     Ok(models)
 }
 
-pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
+/// The local queue's length, once the flags that go together are checked.
+fn check_flags(a: &ServeArgs) -> Result<usize> {
     // With NATS the stream bounds the jobs (--queue-max); forms are bounded as by default.
     let queue = match a.queue {
         QueueArg::Local(n) => n,
@@ -165,6 +166,11 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
     if matches!(a.queue, QueueArg::Nats(_)) && (a.load == LoadArg::Lazy || a.max_loaded.is_some()) {
         bail!("--load lazy and --max-loaded are for the single-process mode: with --queue nats://... the front loads no models (each hoa worker loads its own)");
     }
+    Ok(queue)
+}
+
+pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
+    let queue = check_flags(&a)?;
     let models = read_models(&a.models)?;
     let dtype = a
         .dtype
