@@ -54,7 +54,8 @@ struct Shared {
     limits: DeviceLimits,
     gpu_jobs: mpsc::Sender<Job>,
     /// One job in flight per adapter, whichever model it is for.
-    gpu: Semaphore,
+    gpu: Arc<Semaphore>,
+    adapters: u32,
     ack_every: Duration,
     stop: AtomicBool,
 }
@@ -90,7 +91,8 @@ pub fn run(opts: ContextOptions, a: WorkerArgs) -> Result<()> {
         infos,
         limits,
         gpu_jobs,
-        gpu: Semaphore::new(n),
+        gpu: Arc::new(Semaphore::new(n)),
+        adapters: n as u32,
         ack_every: Duration::from_secs(a.ack_wait / 3),
         stop: AtomicBool::new(false),
     });
@@ -132,13 +134,20 @@ async fn work(shared: Arc<Shared>, ack_wait: Duration) -> Result<()> {
     for l in loops {
         l.await??;
     }
+    // The jobs in flight finish (and are acked) before the worker exits.
+    let _all = shared.gpu.acquire_many(shared.adapters).await?;
     Ok(())
 }
 
-/// Takes a free adapter, then at most one job of this model; until told to stop.
+/// Takes a free adapter, then at most one job of this model, which runs on its own task
+/// holding the adapter while the loop waits for the next free one; until told to stop.
 async fn pull_loop(shared: Arc<Shared>, consumer: Consumer<pull::Config>) -> Result<()> {
     while !shared.stop.load(Ordering::SeqCst) {
-        let _gpu = shared.gpu.acquire().await?;
+        let gpu = shared.gpu.clone().acquire_owned().await?;
+        // Told to stop while waiting for the adapter: take no new job.
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
         let fetched = consumer
             .fetch()
             .max_messages(1)
@@ -153,10 +162,19 @@ async fn pull_loop(shared: Arc<Shared>, consumer: Consumer<pull::Config>) -> Res
                 continue;
             }
         };
-        while let Some(msg) = batch.next().await {
-            match msg {
-                Ok(msg) => handle(&shared, msg).await,
-                Err(e) => eprintln!("worker: receiving a job failed: {e}"),
+        // At most one message (max_messages(1)).
+        loop {
+            match batch.next().await {
+                Some(Ok(msg)) => {
+                    let s = shared.clone();
+                    tokio::spawn(async move {
+                        handle(&s, msg).await;
+                        drop(gpu);
+                    });
+                    break;
+                }
+                Some(Err(e)) => eprintln!("worker: receiving a job failed: {e}"),
+                None => break,
             }
         }
     }
