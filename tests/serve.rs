@@ -1016,12 +1016,12 @@ fn adapter_jobs(s: &Server) -> std::collections::BTreeMap<String, u64> {
 /// One process on two adapters (this machine's lavapipe through Vulkan, index 0, and Mesa's
 /// llvmpipe through GL, index 1): concurrent requests spread over both, one job each at a time,
 /// and every image is bit for bit the one a server on the adapter that made it gives for that
-/// seed. The two backends differ by at most 1 in an 8-bit channel (GL has no subgroups, so its
+/// seed; SIGTERM ends both threads cleanly. The two backends differ by at most 1 in an 8-bit channel (GL has no subgroups, so its
 /// reductions add in another order).
 #[test]
 fn two_adapters_share_one_queue_and_each_makes_its_own_image() {
     let both = ("HOA_BACKEND", "vulkan,gl");
-    let multi = start_env(&["--adapters", "0,1"], &[both]);
+    let mut multi = start_env(&["--adapters", "0,1"], &[both]);
     healthy(&multi);
     let seeds: Vec<u64> = (1..=6).collect();
     let req =
@@ -1048,6 +1048,14 @@ fn two_adapters_share_one_queue_and_each_makes_its_own_image() {
     );
     assert_eq!(jobs.values().sum::<u64>(), 6, "each job ran once: {jobs:?}");
     healthy(&multi);
+    // SIGTERM: both generation threads finish and drop their contexts; a clean exit.
+    let pid = multi.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(multi.child.wait().unwrap().success());
     drop(multi);
 
     // The same seeds on each adapter alone (HOA_ADAPTER_INDEX picks it).
