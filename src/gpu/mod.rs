@@ -567,8 +567,8 @@ pub async fn list_adapters(opts: &ContextOptions) -> Vec<wgpu::AdapterInfo> {
 
 /// Why "every adapter" (`hoa serve --adapters all`) leaves out adapter `i` of `list`, or None
 /// when it takes it. Left out: a GL adapter when another backend has one (GL shows the same
-/// chips, slower, and binds its context to a thread), a software (CPU) adapter when there is a
-/// real one, and a chip already taken through another backend (DX12 and Vulkan on Windows).
+/// chips, slower, without f16 or subgroups), a software (CPU) adapter when there is a hardware
+/// one, and a chip already taken through another backend (DX12 and Vulkan on Windows).
 pub fn left_out_of_all(list: &[wgpu::AdapterInfo], i: usize) -> Option<&'static str> {
     let a = &list[i];
     if a.backend == wgpu::Backend::Gl && list.iter().any(|b| b.backend != wgpu::Backend::Gl) {
