@@ -37,6 +37,11 @@ fn xdg() -> String {
 
 /// Starts `hoa serve` on a free loopback port with `extra` flags; returns once it listens.
 fn start(extra: &[&str]) -> Server {
+    start_env(extra, &[])
+}
+
+/// [`start`] with these environment variables set for the server.
+fn start_env(extra: &[&str], envs: &[(&str, &str)]) -> Server {
     let model = format!("pipeline_tiny={}", dir("pipeline_tiny").display());
     static SERVERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -50,6 +55,7 @@ fn start(extra: &[&str]) -> Server {
         )
         .args(extra)
         .env("XDG_RUNTIME_DIR", xdg())
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .expect("run hoa serve");
@@ -988,6 +994,135 @@ fn lazy_models_load_on_first_use_and_the_least_recently_used_is_dropped() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success() && err.contains(named),
+            "{flags:?}: {err}"
+        );
+    }
+}
+
+/// `/metrics`' `hoa_adapter_jobs_total` per `adapter` label.
+fn adapter_jobs(s: &Server) -> std::collections::BTreeMap<String, u64> {
+    let (_, _, m) = http(&s.addr, "GET", "/metrics", b"");
+    String::from_utf8(m)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("hoa_adapter_jobs_total{adapter=\""))
+        .map(|l| {
+            let (label, n) = l.split_once("\"} ").unwrap();
+            (label.to_string(), n.parse().unwrap())
+        })
+        .collect()
+}
+
+/// One process on two adapters (this machine's lavapipe through Vulkan, index 0, and Mesa's
+/// llvmpipe through GL, index 1): concurrent requests spread over both, one job each at a time,
+/// and every image is bit for bit the one a server on the adapter that made it gives for that
+/// seed; SIGTERM ends both threads cleanly. The two backends differ by at most 1 in an 8-bit channel (GL has no subgroups, so its
+/// reductions add in another order).
+#[test]
+fn two_adapters_share_one_queue_and_each_makes_its_own_image() {
+    let both = ("HOA_BACKEND", "vulkan,gl");
+    let mut multi = start_env(&["--adapters", "0,1"], &[both]);
+    healthy(&multi);
+    let seeds: Vec<u64> = (1..=6).collect();
+    let req =
+        |seed: u64| json!({"prompt": "a red circle", "size": "32x24", "steps": 2, "seed": seed});
+    let got: Vec<Vec<u8>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = seeds
+            .iter()
+            .map(|&seed| {
+                let (multi, req) = (&multi, &req);
+                sc.spawn(move || {
+                    let (status, v) = post(multi, &req(seed));
+                    assert_eq!(status, 200, "seed {seed}: {v}");
+                    unb64(&v["data"][0]["b64_json"])
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let jobs = adapter_jobs(&multi);
+    assert_eq!(jobs.keys().collect::<Vec<_>>(), ["0", "1"], "{jobs:?}");
+    assert!(
+        jobs.values().all(|&n| n >= 1),
+        "both adapters took jobs: {jobs:?}"
+    );
+    assert_eq!(jobs.values().sum::<u64>(), 6, "each job ran once: {jobs:?}");
+    healthy(&multi);
+    // SIGTERM: both generation threads finish and drop their contexts; a clean exit.
+    let pid = multi.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(multi.child.wait().unwrap().success());
+    drop(multi);
+
+    // The same seeds on each adapter alone (HOA_ADAPTER_INDEX picks it).
+    let alone: Vec<Vec<Vec<u8>>> = ["0", "1"]
+        .iter()
+        .map(|i| {
+            let s = start_env(&[], &[both, ("HOA_ADAPTER_INDEX", i)]);
+            let pngs = seeds
+                .iter()
+                .map(|&seed| {
+                    let (status, v) = post(&s, &req(seed));
+                    assert_eq!(status, 200, "adapter {i}, seed {seed}: {v}");
+                    unb64(&v["data"][0]["b64_json"])
+                })
+                .collect();
+            assert_eq!(adapter_jobs(&s).keys().collect::<Vec<_>>(), ["default"]);
+            pngs
+        })
+        .collect();
+    for (k, seed) in seeds.iter().enumerate() {
+        assert!(
+            got[k] == alone[0][k] || got[k] == alone[1][k],
+            "seed {seed}: the image of neither adapter alone"
+        );
+        let [a, b] =
+            [&alone[0][k], &alone[1][k]].map(|p| image::load_from_memory(p).unwrap().to_rgb8());
+        let most = a.iter().zip(b.iter()).map(|(x, y)| x.abs_diff(*y)).max();
+        assert!(
+            most <= Some(1),
+            "seed {seed}: Vulkan and GL differ by {most:?}"
+        );
+    }
+}
+
+/// `--adapters` names indices `hoa info` lists, once each, and is for the single-process mode.
+#[test]
+fn bad_adapter_choices_are_clear_errors() {
+    let model = format!("tiny={}", dir("pipeline_tiny").display());
+    for (flags, env, want) in [
+        (
+            &["--adapters", "0,7"][..],
+            None,
+            "--adapters: there is no adapter 7; there are 2",
+        ),
+        (&["--adapters", "0,0"][..], None, "twice"),
+        (&["--adapters", "2"][..], None, "only 1 of the 2 adapters"),
+        (&["--adapters", "x"][..], None, "--adapters"),
+        (&["--adapters", "0,1"][..], Some("1"), "HOA_ADAPTER_INDEX"),
+        (&[][..], Some("9"), "adapter index 9"),
+        (
+            &["--adapters", "2", "--queue", "nats://127.0.0.1:9"][..],
+            None,
+            "--adapters is for",
+        ),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoa"));
+        cmd.args(["serve", "--bind", "127.0.0.1:0", "--model", &model])
+            .args(flags)
+            .env("XDG_RUNTIME_DIR", xdg())
+            .env("HOA_BACKEND", "vulkan,gl");
+        if let Some(i) = env {
+            cmd.env("HOA_ADAPTER_INDEX", i);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
             "{flags:?}: {err}"
         );
     }

@@ -113,6 +113,18 @@ fn spawn_ready(mut c: Command) -> (Proc, String) {
 
 /// A worker whose stderr lines arrive on `log` tagged with `tag`.
 fn worker(url: &str, model: &str, tag: usize, log: &mpsc::Sender<(usize, String)>) -> Proc {
+    worker_with(url, model, tag, log, &[], &[])
+}
+
+/// [`worker`] with `extra` flags and `envs` set.
+fn worker_with(
+    url: &str,
+    model: &str,
+    tag: usize,
+    log: &mpsc::Sender<(usize, String)>,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Proc {
     let m = format!("{model}={}", model_dir().display());
     let mut c = hoa(&[
         "worker",
@@ -123,6 +135,7 @@ fn worker(url: &str, model: &str, tag: usize, log: &mpsc::Sender<(usize, String)
         "--ack-wait",
         ACK_WAIT,
     ]);
+    c.args(extra).envs(envs.iter().copied());
     c.stderr(Stdio::piped());
     let mut child = c.stdout(Stdio::piped()).spawn().expect("run hoa worker");
     let stderr = child.stderr.take().unwrap();
@@ -636,4 +649,55 @@ fn a_client_that_hangs_up_cancels_its_job_on_the_worker() {
         .filter(|l| ids.iter().any(|id| l.starts_with(&format!("job {id}:"))))
         .collect();
     assert!(again.is_empty(), "a cancelled job came back: {again:?}");
+}
+
+/// One `hoa worker --adapters 0,1` (lavapipe through Vulkan and llvmpipe through GL) takes a job
+/// per adapter at once: concurrent requests are all answered and both adapters ran some.
+#[test]
+fn one_worker_drives_two_adapters() {
+    let Some((url, _server)) = nats() else {
+        return;
+    };
+    let model = format!("adapters-{}", std::process::id());
+    let m = format!("{model}={}", model_dir().display());
+    let (_front, line) = spawn_ready(hoa(&[
+        "serve",
+        "--model",
+        &m,
+        "--bind",
+        "127.0.0.1:0",
+        "--queue",
+        &url,
+    ]));
+    let addr = line
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let (log_tx, log) = mpsc::channel();
+    let both = [("HOA_BACKEND", "vulkan,gl")];
+    let _w = worker_with(&url, &model, 0, &log_tx, &["--adapters", "0,1"], &both);
+    let statuses: Vec<u16> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (1..=4)
+            .map(|seed| {
+                let (addr, model) = (&addr, &model);
+                sc.spawn(move || {
+                    let body = json!({"prompt": "a red circle", "model": model, "size": "32x32",
+                                      "steps": 2, "seed": seed});
+                    http(addr, body.to_string().as_bytes()).0
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses, [200; 4]);
+    let mut on = [0; 2];
+    while on.iter().sum::<usize>() < 4 {
+        let (_, l) = log
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a generation line per job");
+        for (a, n) in on.iter_mut().enumerate() {
+            *n += l.ends_with(&format!(" on adapter {a}")) as usize;
+        }
+    }
+    assert!(on.iter().all(|&n| n >= 1), "jobs per adapter: {on:?}");
 }

@@ -26,6 +26,9 @@ pub struct ContextOptions {
     pub backends: Option<wgpu::Backends>,
     /// Case-insensitive substring of the adapter name (`HOA_ADAPTER`), e.g. "llvmpipe" or "nvidia".
     pub adapter_name: Option<String>,
+    /// The adapter at this index of [`list_adapters`] (`HOA_ADAPTER_INDEX`; `hoa info` prints
+    /// the list); without it wgpu picks the high-performance one.
+    pub adapter_index: Option<usize>,
     /// Refuse f16 even when the adapter has it (`HOA_NO_F16=1`).
     pub disable_f16: bool,
     /// Fill every new tensor with NaN (all-ones bytes, a NaN in f32 and f16) so that an
@@ -41,12 +44,16 @@ pub struct ContextOptions {
 }
 
 impl ContextOptions {
-    /// Reads `HOA_BACKEND`, `HOA_ADAPTER` and `HOA_NO_F16`.
+    /// Reads `HOA_BACKEND`, `HOA_ADAPTER`, `HOA_ADAPTER_INDEX`, `HOA_NO_F16`, `HOA_POISON`,
+    /// `HOA_PROFILE` and `HOA_WEBGPU_LIMITS`.
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         ContextOptions {
             backends: var("HOA_BACKEND").map(|s| wgpu::Backends::from_comma_list(&s)),
             adapter_name: var("HOA_ADAPTER"),
+            // Not a number: an index no list has, so that Context::new says what is wrong.
+            adapter_index: var("HOA_ADAPTER_INDEX")
+                .map(|v| v.trim().parse().unwrap_or(NOT_AN_INDEX)),
             disable_f16: var("HOA_NO_F16").is_some_and(|v| v != "0"),
             poison: var("HOA_POISON").is_some_and(|v| v != "0"),
             profile: var("HOA_PROFILE").is_some_and(|v| v != "0"),
@@ -109,11 +116,7 @@ impl Context {
     // natively is only an Rc in the browser.
     #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub async fn new(opts: ContextOptions) -> Result<Context> {
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-        if let Some(b) = opts.backends {
-            desc.backends = b;
-        }
-        let instance = wgpu::Instance::new(desc);
+        let instance = instance(&opts);
         let adapter = select_adapter(&instance, &opts).await?;
         let info = adapter.get_info();
         let available = adapter.features();
@@ -188,11 +191,7 @@ impl Context {
     /// One line naming the adapter, its backend and driver: always print it, because without a
     /// Vulkan driver wgpu silently falls back to GL.
     pub fn describe(&self) -> String {
-        let i = &self.info;
-        format!(
-            "{} ({:?}, {:?}, driver: {} {})",
-            i.name, i.backend, i.device_type, i.driver, i.driver_info
-        )
+        describe_adapter(&self.info)
     }
 
     /// The largest buffer a kernel may bind as one storage binding.
@@ -542,7 +541,102 @@ impl Timestamps {
     }
 }
 
+/// `HOA_ADAPTER_INDEX` that is not a number.
+const NOT_AN_INDEX: usize = usize::MAX;
+
+/// One line naming an adapter, its backend and driver (what [`Context::describe`] prints).
+pub fn describe_adapter(i: &wgpu::AdapterInfo) -> String {
+    format!(
+        "{} ({:?}, {:?}, driver: {} {})",
+        i.name, i.backend, i.device_type, i.driver, i.driver_info
+    )
+}
+
+/// The adapters that [`ContextOptions::adapter_index`] indexes, in wgpu's order (by backend:
+/// Vulkan, Metal, DX12, GL): those of `opts.backends` whose name contains `opts.adapter_name`.
+/// The same chip may appear once per backend.
+#[cfg(not(target_arch = "wasm32"))]
+pub async fn list_adapters(opts: &ContextOptions) -> Vec<wgpu::AdapterInfo> {
+    let instance = instance(opts);
+    enumerate(&instance, opts)
+        .await
+        .iter()
+        .map(|a| a.get_info())
+        .collect()
+}
+
+/// Why "every adapter" (`hoa serve --adapters all`) leaves out adapter `i` of `list`, or None
+/// when it takes it. Left out: a GL adapter when another backend has one (GL shows the same
+/// chips, slower, without f16 or subgroups), a software (CPU) adapter when there is a hardware
+/// one, and a chip already taken through another backend (DX12 and Vulkan on Windows).
+pub fn left_out_of_all(list: &[wgpu::AdapterInfo], i: usize) -> Option<&'static str> {
+    let a = &list[i];
+    if a.backend == wgpu::Backend::Gl && list.iter().any(|b| b.backend != wgpu::Backend::Gl) {
+        return Some("a GL adapter, and another backend has adapters");
+    }
+    let cpu = |b: &wgpu::AdapterInfo| b.device_type == wgpu::DeviceType::Cpu;
+    if cpu(a) && list.iter().any(|b| !cpu(b)) {
+        return Some("a software adapter, and there is a hardware one");
+    }
+    let same = |b: &wgpu::AdapterInfo| {
+        b.backend != a.backend
+            && (b.name.as_str(), b.vendor, b.device) == (a.name.as_str(), a.vendor, a.device)
+    };
+    if list[..i]
+        .iter()
+        .enumerate()
+        .any(|(k, b)| same(b) && left_out_of_all(list, k).is_none())
+    {
+        return Some("the same chip as an earlier adapter, through another backend");
+    }
+    None
+}
+
+fn instance(opts: &ContextOptions) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    if let Some(b) = opts.backends {
+        desc.backends = b;
+    }
+    wgpu::Instance::new(desc)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+async fn enumerate(instance: &wgpu::Instance, opts: &ContextOptions) -> Vec<wgpu::Adapter> {
+    let backends = opts.backends.unwrap_or(wgpu::Backends::all());
+    let mut all = instance.enumerate_adapters(backends).await;
+    if let Some(name) = &opts.adapter_name {
+        let needle = name.to_lowercase();
+        all.retain(|a| a.get_info().name.to_lowercase().contains(&needle));
+    }
+    all
+}
+
 async fn select_adapter(instance: &wgpu::Instance, opts: &ContextOptions) -> Result<wgpu::Adapter> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(i) = opts.adapter_index {
+        let mut all = enumerate(instance, opts).await;
+        let n = all.len();
+        if i < n {
+            return Ok(all.swap_remove(i));
+        }
+        let found: Vec<String> = all
+            .iter()
+            .enumerate()
+            .map(|(k, a)| format!("{k}: {} ({:?})", a.get_info().name, a.get_info().backend))
+            .collect();
+        let what = match i {
+            NOT_AN_INDEX => "HOA_ADAPTER_INDEX is not a number".to_string(),
+            _ => format!("adapter index {i} (--adapters or HOA_ADAPTER_INDEX) is out of range"),
+        };
+        return Err(Error::NoAdapter {
+            detail: format!(
+                "{what}: there {} {n} adapter{} [{}], numbered from 0 as `hoa info` lists them",
+                if n == 1 { "is" } else { "are" },
+                if n == 1 { "" } else { "s" },
+                found.join(", ")
+            ),
+        });
+    }
     #[cfg(not(target_arch = "wasm32"))]
     if let Some(name) = &opts.adapter_name {
         let backends = opts.backends.unwrap_or(wgpu::Backends::all());

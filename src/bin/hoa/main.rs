@@ -71,14 +71,22 @@ fn run(cli: Cli) -> Result<()> {
         opts.adapter_name = Some(a.clone());
     }
     opts.disable_f16 |= cli.no_f16;
-    let ctx = Context::new_blocking(opts)?;
-    match cli.command {
+    // serve and worker may drive several adapters (--adapters): they make their contexts.
+    let command = match cli.command {
+        Command::Serve(args) => return serve::run(opts, *args),
+        Command::Worker(args) => return worker::run(opts, *args),
+        c => c,
+    };
+    let ctx = Context::new_blocking(opts.clone())?;
+    match command {
         Command::Generate(args) => generate::run(&ctx, *args)?,
-        Command::Info(_) => info(&ctx),
+        Command::Info(_) => {
+            info(&ctx);
+            list_adapters(&opts);
+        }
         Command::Bench(args) => bench::run(&ctx, &args)?,
-        Command::Serve(args) => serve::run(ctx, *args)?,
         Command::Clip(args) => clip::run(&ctx, args)?,
-        Command::Worker(args) => worker::run(ctx, *args)?,
+        Command::Serve(_) | Command::Worker(_) => unreachable!("run above"),
     }
     Ok(())
 }
@@ -122,4 +130,17 @@ fn info(ctx: &Context) {
         "max_storage_buffers_per_shader_stage:  {}",
         l.max_storage_buffers_per_shader_stage
     );
+}
+
+/// Every adapter the backends offer, numbered as `hoa serve --adapters` and HOA_ADAPTER_INDEX
+/// take them.
+fn list_adapters(opts: &ContextOptions) {
+    use hoa::gpu::{describe_adapter, left_out_of_all};
+    let list = pollster::block_on(hoa::gpu::list_adapters(opts));
+    println!("adapters (serve --adapters I,J,... or HOA_ADAPTER_INDEX=I picks by index):");
+    for (i, a) in list.iter().enumerate() {
+        let note = left_out_of_all(&list, i)
+            .map_or(String::new(), |w| format!(" [not in --adapters all: {w}]"));
+        println!("  {i}: {}{note}", describe_adapter(a));
+    }
 }

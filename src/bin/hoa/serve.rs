@@ -1,10 +1,12 @@
 //! `hoa serve`: OpenAI's Images API (`POST /v1/images/generations`, `/edits`, `/variations`,
 //! `GET /v1/models`, `url` images) plus `/healthz`, `/readyz` and `/metrics` over HTTP,
 //! single-process mode. A thin front end: the body becomes a `hoa::request::Request`,
-//! `hoa::resolve` decides and checks everything (before the job is queued), and one thread that
-//! owns the GPU runs the jobs one at a time (`serve/worker.rs`), or, with `--queue nats://...`,
+//! `hoa::resolve` decides and checks everything (before the job is queued), and a thread per
+//! adapter (`--adapters`) takes the jobs from one bounded queue, one at a time each
+//! (`serve/worker.rs`), or, with `--queue nats://...`,
 //! `hoa worker`s on any number of machines do (`serve/nats.rs`).
 
+pub mod adapters;
 mod api;
 mod auth;
 mod files;
@@ -29,7 +31,7 @@ use hoa::model_files::open_model;
 use hoa::model_info::ModelInfo;
 use hoa::request::Request;
 use hoa::resolve::DeviceLimits;
-use hoa::Context;
+use hoa::ContextOptions;
 use queue::{queue_arg, Jobs, QueueArg};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -61,6 +63,11 @@ pub struct ServeArgs {
     pub queue: QueueArg,
     #[command(flatten)]
     pub nats: nats::FrontArgs,
+    /// The GPU adapters to generate on, one job on each at a time: `all`, the first N of
+    /// those, or indices I,J,... of `hoa info`'s list. Default: the one adapter every command
+    /// picks (--adapter, HOA_ADAPTER_INDEX).
+    #[arg(long, value_parser = adapters::adapters_arg)]
+    pub adapters: Option<adapters::AdaptersArg>,
     #[command(flatten)]
     pub dtype: crate::dtype::DTypeArgs,
     /// When models load: `eager` (all before the server listens) or `lazy` (each on its first
@@ -166,19 +173,18 @@ fn check_flags(a: &ServeArgs) -> Result<usize> {
     if matches!(a.queue, QueueArg::Nats(_)) && (a.load == LoadArg::Lazy || a.max_loaded.is_some()) {
         bail!("--load lazy and --max-loaded are for the single-process mode: with --queue nats://... the front loads no models (each hoa worker loads its own)");
     }
+    if matches!(a.queue, QueueArg::Nats(_)) && a.adapters.is_some() {
+        bail!("--adapters is for the single-process mode: with --queue nats://... give it to each hoa worker");
+    }
     Ok(queue)
 }
 
-pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
+pub fn run(opts: ContextOptions, a: ServeArgs) -> Result<()> {
     let queue = check_flags(&a)?;
     let models = read_models(&a.models)?;
-    let dtype = a
-        .dtype
-        .pick(&ctx, a.models.iter().map(|(_, d)| d.as_path()))?;
-    let limits = DeviceLimits {
-        max_binding_bytes: ctx.max_binding_bytes(),
-        dtype_size: dtype.size(),
-    };
+    let mut gpus = adapters::open(opts, a.adapters.as_ref())?;
+    let dtype = adapters::dtype(&gpus, &a.dtype, a.models.iter().map(|(_, d)| d.as_path()))?;
+    let limits = adapters::limits(&gpus, dtype);
     // A taken port fails now, not after the slow load; connections wait until it is done.
     let listener =
         std::net::TcpListener::bind(a.bind).with_context(|| format!("--bind {}", a.bind))?;
@@ -197,21 +203,23 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         files.dir().display(),
         a.url_ttl_s
     );
-    eprintln!("adapter: {}", ctx.describe());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let metrics = metrics::Metrics::new();
-    let (jobs, thread) = match &a.queue {
+    for g in &mut gpus {
+        (g.running, g.jobs) = metrics.adapter(&g.label);
+    }
+    let (jobs, threads) = match &a.queue {
         QueueArg::Local(n) => {
             let loading = worker::Loading {
                 lazy: a.load == LoadArg::Lazy,
                 max_loaded: a.max_loaded.map_or(usize::MAX, |m| m as usize),
                 loads: metrics.model_loads.clone(),
             };
-            let (tx, thread) = worker::start(ctx, a.models.clone(), dtype, *n, loading)?;
-            (Jobs::Local(tx), Some(thread))
+            let (tx, threads) = worker::start(gpus, a.models.clone(), dtype, *n, loading)?;
+            (Jobs::Local(tx), Some(threads))
         }
         QueueArg::Nats(url) => {
             let names = models.iter().map(|m| m.name.clone()).collect();
@@ -233,10 +241,10 @@ pub fn run(ctx: Context, a: ServeArgs) -> Result<()> {
         uploads: tokio::sync::Semaphore::new(queue + 1),
     });
     let served = rt.block_on(serve(listener, shared, cors));
-    // Every sender is gone with the runtime's tasks: the thread finishes and drops the GPU.
+    // Every sender is gone with the runtime's tasks: the threads finish and drop the GPUs.
     drop(rt);
-    if thread.is_some_and(|t| t.join().is_err()) {
-        bail!("the generation thread panicked");
+    if let Some(t) = threads {
+        t.join()?;
     }
     served
 }
@@ -352,8 +360,9 @@ pub(crate) async fn shutdown() {
     eprintln!("shutting down: finishing the requests in flight");
 }
 
-/// Ready while the generation thread takes jobs (with `--load eager` the models load before the
-/// server listens; lazily loaded ones load with their first job).
+/// Ready while a generation thread takes jobs (with `--load eager` every adapter loads every
+/// model before the server listens; lazily loaded ones load with their first job there; an
+/// adapter whose thread stopped leaves the others to take the jobs).
 /// With a NATS queue: while NATS is connected.
 async fn ready(State(s): State<Arc<Shared>>) -> (StatusCode, &'static str) {
     match (s.jobs.is_closed(), &s.jobs) {

@@ -1,10 +1,11 @@
 //! `hoa worker`: the GPU half of `hoa serve --queue nats://...`. It pulls jobs of its models
-//! from the JetStream work queue, one at a time for its adapter, resolves each again through
+//! from the JetStream work queue, one at a time for each of its adapters (`--adapters`), resolves each again through
 //! `hoa::resolve`, runs it on `serve/worker.rs`'s generation thread while telling JetStream it
 //! is still working (`+WPI` progress acks), stores the result (`serve/nats.rs`) and only then
 //! acks. A worker that dies leaves its job unacked: JetStream delivers it again after
 //! `--ack-wait` to another worker.
 
+use crate::serve::adapters;
 use crate::serve::model_arg;
 use crate::serve::nats::{
     self, image_name, JobMsg, Outcome, ProgressMsg, Stores, WireError, MAX_DELIVER,
@@ -18,7 +19,7 @@ use futures_util::StreamExt;
 use hoa::model_files::open_model;
 use hoa::model_info::ModelInfo;
 use hoa::resolve::{resolve, DeviceLimits};
-use hoa::Context;
+use hoa::ContextOptions;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,6 +39,10 @@ pub struct WorkerArgs {
     /// acks go every third of it). Set when the consumer is first made.
     #[arg(long, default_value_t = 30)]
     pub ack_wait: u64,
+    /// The GPU adapters to work on, one job on each at a time: `all`, the first N of those, or
+    /// indices I,J,... of `hoa info`'s list. Default: the one adapter every command picks.
+    #[arg(long, value_parser = crate::serve::adapters::adapters_arg)]
+    pub adapters: Option<crate::serve::adapters::AdaptersArg>,
     #[command(flatten)]
     pub dtype: crate::dtype::DTypeArgs,
 }
@@ -48,13 +53,14 @@ struct Shared {
     infos: Vec<(String, ModelInfo)>,
     limits: DeviceLimits,
     gpu_jobs: mpsc::Sender<Job>,
-    /// One job in flight on the adapter, whichever model it is for.
-    gpu: Semaphore,
+    /// One job in flight per adapter, whichever model it is for.
+    gpu: Arc<Semaphore>,
+    adapters: u32,
     ack_every: Duration,
     stop: AtomicBool,
 }
 
-pub fn run(ctx: Context, a: WorkerArgs) -> Result<()> {
+pub fn run(opts: ContextOptions, a: WorkerArgs) -> Result<()> {
     if a.ack_wait < 3 {
         bail!("--ack-wait must be at least 3 seconds");
     }
@@ -68,37 +74,32 @@ pub fn run(ctx: Context, a: WorkerArgs) -> Result<()> {
         let info = ModelInfo::read(files.as_ref()).with_context(|| format!("--model {name}"))?;
         infos.push((name.clone(), info));
     }
-    let dtype = a
-        .dtype
-        .pick(&ctx, a.models.iter().map(|(_, d)| d.as_path()))?;
-    let limits = DeviceLimits {
-        max_binding_bytes: ctx.max_binding_bytes(),
-        dtype_size: dtype.size(),
-    };
+    let gpus = adapters::open(opts, a.adapters.as_ref())?;
+    let dtype = adapters::dtype(&gpus, &a.dtype, a.models.iter().map(|(_, d)| d.as_path()))?;
+    let limits = adapters::limits(&gpus, dtype);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     // NATS first: an unreachable server fails before the slow load.
     let stores = rt.block_on(nats::connect(&a.queue, nats::DEFAULT_QUEUE_MAX))?;
-    eprintln!("adapter: {}", ctx.describe());
-    let (gpu_jobs, thread) =
-        worker::start(ctx, a.models.clone(), dtype, 1, worker::Loading::eager())?;
+    let n = gpus.len();
+    let (gpu_jobs, threads) =
+        worker::start(gpus, a.models.clone(), dtype, n, worker::Loading::eager())?;
     let shared = Arc::new(Shared {
         stores,
         infos,
         limits,
         gpu_jobs,
-        gpu: Semaphore::new(1),
+        gpu: Arc::new(Semaphore::new(n)),
+        adapters: n as u32,
         ack_every: Duration::from_secs(a.ack_wait / 3),
         stop: AtomicBool::new(false),
     });
     let worked = rt.block_on(work(shared, Duration::from_secs(a.ack_wait)));
-    // The last sender goes with `shared`: the thread finishes and drops the GPU.
+    // The last sender goes with `shared`: the threads finish and drop the GPUs.
     drop(rt);
-    if thread.join().is_err() {
-        bail!("the generation thread panicked");
-    }
+    threads.join()?;
     worked
 }
 
@@ -133,13 +134,20 @@ async fn work(shared: Arc<Shared>, ack_wait: Duration) -> Result<()> {
     for l in loops {
         l.await??;
     }
+    // The jobs in flight finish (and are acked) before the worker exits.
+    let _all = shared.gpu.acquire_many(shared.adapters).await?;
     Ok(())
 }
 
-/// Takes the adapter, then at most one job of this model; until told to stop.
+/// Takes a free adapter, then at most one job of this model, which runs on its own task
+/// holding the adapter while the loop waits for the next free one; until told to stop.
 async fn pull_loop(shared: Arc<Shared>, consumer: Consumer<pull::Config>) -> Result<()> {
     while !shared.stop.load(Ordering::SeqCst) {
-        let _gpu = shared.gpu.acquire().await?;
+        let gpu = shared.gpu.clone().acquire_owned().await?;
+        // Told to stop while waiting for the adapter: take no new job.
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
         let fetched = consumer
             .fetch()
             .max_messages(1)
@@ -154,10 +162,19 @@ async fn pull_loop(shared: Arc<Shared>, consumer: Consumer<pull::Config>) -> Res
                 continue;
             }
         };
-        while let Some(msg) = batch.next().await {
-            match msg {
-                Ok(msg) => handle(&shared, msg).await,
-                Err(e) => eprintln!("worker: receiving a job failed: {e}"),
+        // At most one message (max_messages(1)).
+        loop {
+            match batch.next().await {
+                Some(Ok(msg)) => {
+                    let s = shared.clone();
+                    tokio::spawn(async move {
+                        handle(&s, msg).await;
+                        drop(gpu);
+                    });
+                    break;
+                }
+                Some(Err(e)) => eprintln!("worker: receiving a job failed: {e}"),
+                None => break,
             }
         }
     }

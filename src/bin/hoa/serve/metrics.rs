@@ -1,5 +1,5 @@
 //! `GET /metrics` in Prometheus' text format (the `prometheus-client` crate): queue depth,
-//! requests in flight, images made, seconds per denoising step, model loads, errors by OpenAI
+//! requests in flight, jobs per adapter, images made, seconds per denoising step, model loads, errors by OpenAI
 //! type.
 
 use prometheus_client::encoding::text::encode;
@@ -20,6 +20,8 @@ pub struct Metrics {
     /// Pipelines loaded (at start, or on first use with `--load lazy`).
     pub model_loads: Counter,
     errors: Family<Labels, Counter>,
+    adapter_running: Family<Labels, Gauge>,
+    adapter_jobs: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -58,8 +60,22 @@ impl Metrics {
             "Error answers by OpenAI error type and HTTP status",
             errors.clone(),
         );
+        let adapter_running = Family::<Labels, Gauge>::default();
+        let adapter_jobs = Family::<Labels, Counter>::default();
+        registry.register(
+            "hoa_adapter_jobs_running",
+            "Jobs generating on each adapter now (at most one)",
+            adapter_running.clone(),
+        );
+        registry.register(
+            "hoa_adapter_jobs",
+            "Jobs each adapter took from the queue",
+            adapter_jobs.clone(),
+        );
         Metrics {
             registry,
+            adapter_running,
+            adapter_jobs,
             queue_depth,
             in_flight,
             images,
@@ -77,6 +93,15 @@ impl Metrics {
                 ("status".to_string(), status.to_string()),
             ])
             .inc();
+    }
+
+    /// Adapter `label`'s running-jobs gauge and jobs counter.
+    pub fn adapter(&self, label: &str) -> (Gauge, Counter) {
+        let l = vec![("adapter".to_string(), label.to_string())];
+        (
+            self.adapter_running.get_or_create(&l).clone(),
+            self.adapter_jobs.get_or_create(&l).clone(),
+        )
     }
 
     /// One more request in flight until the guard is dropped (answered or abandoned).

@@ -1,8 +1,9 @@
-//! The generation thread: it owns the GPU context and the loaded pipelines and runs one job at
-//! a time, taken from a bounded queue, so the HTTP side never touches the GPU. A job reports
+//! The generation threads, one per adapter: each owns its GPU context and loaded pipelines and
+//! runs one job at a time, taken from one bounded queue, so the HTTP side never touches the GPU. A job reports
 //! through a bounded channel of [`JobEvent`]s; dropping the receiver (the client went away) or
 //! passing the job's deadline stops the run after the current denoising step.
 
+use super::adapters::Gpu;
 use hoa::image_io::encode_png;
 use hoa::model_files::open_model;
 use hoa::options::Cancel;
@@ -10,6 +11,7 @@ use hoa::pipeline::{Event, Pipeline};
 use hoa::resolve::Resolved;
 use hoa::{Context, DType};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use tokio::sync::mpsc;
 
@@ -149,17 +151,39 @@ impl Pipes {
     }
 }
 
-/// Starts the generation thread, which keeps `ctx`; with eager loading it returns once every
-/// model is loaded (or one failed). Returns the queue's sending end and the thread, which ends
-/// when every sender is dropped. Join it before the process exits: the GPU context must be
-/// dropped by its own thread (wgpu's GL backend corrupts the heap at exit otherwise).
+/// The generation threads, one per adapter; join them all before the process exits.
+pub struct Threads(Vec<std::thread::JoinHandle<()>>);
+
+impl Threads {
+    /// Waits for every thread; an error when one panicked.
+    pub fn join(self) -> anyhow::Result<()> {
+        // Every thread is joined, even after one that panicked.
+        let panicked = self
+            .0
+            .into_iter()
+            .map(|t| t.join())
+            .filter(Result::is_err)
+            .count();
+        if panicked > 0 {
+            anyhow::bail!("{panicked} generation thread(s) panicked");
+        }
+        Ok(())
+    }
+}
+
+/// Starts a generation thread per adapter, each keeping its context and its own pipelines
+/// (loaded as `loading` says, per adapter) and taking jobs from one bounded queue, so each
+/// adapter runs one job at a time. With eager loading it returns once every adapter has every
+/// model (or one failed). Returns the queue's sending end and the threads, which end when every
+/// sender is dropped. Join them before the process exits: a GPU context must be dropped by its
+/// own thread (wgpu's GL backend corrupts the heap at exit otherwise).
 pub fn start(
-    ctx: Context,
+    gpus: Vec<Gpu>,
     models: Vec<(String, PathBuf)>,
     dtype: DType,
     queue: usize,
     loading: Loading,
-) -> anyhow::Result<(mpsc::Sender<Job>, std::thread::JoinHandle<()>)> {
+) -> anyhow::Result<(mpsc::Sender<Job>, Threads)> {
     if !loading.lazy && loading.max_loaded < models.len() {
         anyhow::bail!(
             "--max-loaded {} is less than the {} models: with it, use --load lazy",
@@ -168,55 +192,76 @@ pub fn start(
         );
     }
     let (tx, rx) = mpsc::channel::<Job>(queue);
+    // Idle threads take turns waiting on the queue: a job goes to whichever adapter is free.
+    let rx = Arc::new(Mutex::new(rx));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name("hoa-generate".into())
-        .spawn(move || {
-            let lazy = loading.lazy;
-            let mut pipes = Pipes::new(models, dtype, loading);
-            let eager = if lazy { 0 } else { pipes.models.len() };
-            for i in 0..eager {
-                if let Err(e) = pipes.get(&ctx, i) {
-                    let name = &pipes.models[i].0;
-                    let _ = ready_tx.send(Err(anyhow::anyhow!("{name}: {e}")));
-                    return;
+    let mut threads = Vec::new();
+    let n = gpus.len();
+    for gpu in gpus {
+        let (rx, ready_tx) = (rx.clone(), ready_tx.clone());
+        let mut pipes = Pipes::new(models.clone(), dtype, loading.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("hoa-generate-{}", gpu.label))
+            .spawn(move || {
+                let eager = if pipes.loading.lazy {
+                    0
+                } else {
+                    pipes.models.len()
+                };
+                for i in 0..eager {
+                    if let Err(e) = pipes.get(&gpu.ctx, i) {
+                        let name = &pipes.models[i].0;
+                        let at = format!("adapter {}: {name}: {e}", gpu.label);
+                        let _ = ready_tx.send(Err(anyhow::anyhow!(at)));
+                        return;
+                    }
                 }
-            }
-            let _ = ready_tx.send(Ok(()));
-            run(&ctx, &mut pipes, rx);
-        })?;
-    ready_rx
-        .recv()
-        .map_err(|_| anyhow::anyhow!("the generation thread died while loading"))??;
-    Ok((tx, thread))
+                let _ = ready_tx.send(Ok(()));
+                run(&gpu, &mut pipes, &rx);
+            })?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    for _ in 0..n {
+        ready_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("a generation thread died while loading"))??;
+    }
+    Ok((tx, Threads(threads)))
 }
 
-fn run(ctx: &Context, pipes: &mut Pipes, mut rx: mpsc::Receiver<Job>) {
-    while let Some(mut job) = rx.blocking_recv() {
+fn run(gpu: &Gpu, pipes: &mut Pipes, rx: &Mutex<mpsc::Receiver<Job>>) {
+    let ctx = &gpu.ctx;
+    loop {
+        // The lock is held while waiting: one idle thread waits on the queue, the others on it.
+        let job = rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .blocking_recv();
+        let Some(mut job) = job else { break };
         if job.abandoned() {
             // The client went away (or gave up) while it waited: nothing to do. A receiver
             // still there learns why.
             let _ = job.events.try_send(JobEvent::Failed(hoa::Error::Cancelled));
             continue;
         }
+        gpu.jobs.inc();
+        gpu.running.inc();
         let event = match pipes
             .get(ctx, job.model)
-            .and_then(|(name, pipe)| generate(ctx, name, pipe, &mut job))
+            .and_then(|(name, pipe)| generate(gpu, name, pipe, &mut job))
         {
             Ok(pngs) => JobEvent::Done(pngs),
             Err(e) => JobEvent::Failed(e),
         };
+        gpu.running.dec();
         let _ = job.events.blocking_send(event);
     }
 }
 
-fn generate(
-    ctx: &Context,
-    name: &str,
-    pipe: &Pipeline,
-    job: &mut Job,
-) -> hoa::Result<Vec<Vec<u8>>> {
+fn generate(gpu: &Gpu, name: &str, pipe: &Pipeline, job: &mut Job) -> hoa::Result<Vec<Vec<u8>>> {
     let t = Instant::now();
+    let ctx = &gpu.ctx;
     let cancel = job.cancel.clone();
     job.resolved.options.cancel = Some(cancel.clone());
     let r = &job.resolved;
@@ -268,12 +313,16 @@ fn generate(
         r => r?,
     };
     eprintln!(
-        "{name}: {} image(s) {}x{}, {} steps in {:.1} s",
+        "{name}: {} image(s) {}x{}, {} steps in {:.1} s{}",
         images.len(),
         r.options.width,
         r.options.height,
         r.options.steps,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        match gpu.label.as_str() {
+            "default" => String::new(),
+            l => format!(" on adapter {l}"),
+        }
     );
     images
         .iter()
