@@ -22,6 +22,7 @@ As a second evaluator of the default model (beside tools/eval/detector.py): gene
 own prompt) against `--prompts` of a derangement of the same prompts (mismatched).
 """
 
+import copy
 import json
 import os
 import shutil
@@ -74,8 +75,8 @@ class CaptionStream:
     reused for `repeats` shuffled passes with a fresh caption per pass (the caption varies, the render
     does not), so rendering does not dominate a 2-core CPU. Its position is part of the checkpoint."""
 
-    def __init__(self, make_dataset, caption, seed_base, chunk, repeats, batch):
-        self.make_dataset, self.caption = make_dataset, caption
+    def __init__(self, make_dataset, caption, seed_base, chunk, repeats, batch, inverse=None):
+        self.make_dataset, self.caption, self.inverse = make_dataset, caption, inverse
         self.seed_base, self.chunk, self.repeats, self.batch = seed_base, chunk, repeats, batch
         self.chunk_idx, self.rep, self.pos = 0, 0, 0
         self.images = self.scenes = None
@@ -96,7 +97,15 @@ class CaptionStream:
         idx = order[self.pos:self.pos + self.batch]
         rng = np.random.default_rng([self.seed_base, self.chunk_idx, self.rep, self.pos])
         self.pos += self.batch
-        return self.images[idx], [self.caption(self.scenes[i], rng) for i in idx]
+        texts, negatives = [], []
+        for i in idx:
+            twin = copy.deepcopy(rng)
+            texts.append(self.caption(self.scenes[i], rng))
+            if self.inverse is not None:
+                neg = self.caption(swap_relations(self.scenes[i], self.inverse), twin)
+                if neg != texts[-1]:
+                    negatives.append(neg)
+        return self.images[idx], texts, negatives
 
     def state_dict(self):
         return {"chunk_idx": self.chunk_idx, "rep": self.rep, "pos": self.pos}
@@ -104,6 +113,25 @@ class CaptionStream:
     def load_state_dict(self, sd):
         self.chunk_idx, self.rep, self.pos = sd["chunk_idx"], sd["rep"], sd["pos"]
         self.images = None
+
+
+def swap_relations(scene, inverse):
+    """The scene with every relation inverted: its caption, drawn with the same random choices, differs
+    from the true one only in the relation words (NegCLIP's hard negatives, Yuksekgonul et al. 2023)."""
+    return {**scene, "relations": [(a, inverse[r], b) for a, r, b in scene["relations"]]}
+
+
+def contrastive_loss(model, tok, dev, images, texts, negatives):
+    """CLIP's symmetric loss; the hard negatives only add columns to the image->text side."""
+    t = tok(texts + negatives, padding=True, truncation=True, return_tensors="pt").to(dev)
+    img = model.get_image_features(pixel_values=pixels(images, dev)).pooler_output
+    txt = model.get_text_features(input_ids=t.input_ids, attention_mask=t.attention_mask).pooler_output
+    img = torch.nn.functional.normalize(img, dim=-1)
+    txt = torch.nn.functional.normalize(txt, dim=-1)
+    logits = model.logit_scale.exp() * img @ txt.T
+    target = torch.arange(len(images), device=dev)
+    f = torch.nn.functional.cross_entropy
+    return 0.5 * (f(logits, target) + f(logits[:, :len(images)].T, target))
 
 
 @torch.no_grad()
@@ -130,13 +158,24 @@ def zero_shot(model, tok, dev, images, scenes, scene_mod):
         "shape": ([f"a {s}" for s in shapes], lambda s: shapes.index(s["objects"][0]["shape"])),
         "texture": ([f"a {t} shape" for t in textures], lambda s: textures.index(s["objects"][0]["texture"])),
     }
+    # CLIP's prompt ensembling: a class is the mean of its captions over the other attributes
+    # ("a red circle", "a red square", ... for red), the grammar the captions were trained on.
+    ensembles = {
+        "color_ensemble": [[f"a {c} {s}" for s in shapes] for c in colors],
+        "shape_ensemble": [[f"a {c} {s}" for c in colors] for s in shapes],
+        "texture_ensemble": [[f"a {t} {c} {s}" for c in colors for s in shapes] for t in textures],
+    }
     res = {}
     if single:
         img = embed(model, tok, dev, images=images[single])
         for name, (labels, truth) in tasks.items():
-            pred = (img @ embed(model, tok, dev, texts=labels).T).argmax(-1).cpu().numpy()
             want = np.array([truth(scenes[i]) for i in single])
+            pred = (img @ embed(model, tok, dev, texts=labels).T).argmax(-1).cpu().numpy()
             res[name] = (float((pred == want).mean()), 1.0 / len(labels), len(single))
+            groups = ensembles[f"{name}_ensemble"]
+            cls = torch.stack([embed(model, tok, dev, texts=g).mean(0) for g in groups])
+            pred = (img @ torch.nn.functional.normalize(cls, dim=-1).T).argmax(-1).cpu().numpy()
+            res[f"{name}_ensemble"] = (float((pred == want).mean()), 1.0 / len(groups), len(single))
     pairs = [i for i, s in enumerate(scenes) if len(s["objects"]) == 2]
     if pairs:
         img = embed(model, tok, dev, images=images[pairs])
@@ -207,6 +246,8 @@ def main():
     p.add_argument("--eval-n", type=int, default=2000, help="renders per evaluation split")
     p.add_argument("--retrieval-n", type=int, default=500)
     p.add_argument("--eval-only", action="store_true")
+    p.add_argument("--hard-negatives", action="store_true",
+                   help="add each caption with its relations inverted as an image->text negative")
     p.set_defaults(lr=5e-4, batch=256, warmup=300)
     args = p.parse_args()
     dev = common.setup(args)
@@ -220,7 +261,8 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, common.lr_lambda(args.warmup))
     stream = CaptionStream(ds.make_dataset, lambda s, r: captions.descriptive_caption(s, r, list_only=0.2),
-                           3_000_000 + 1000 * args.seed, args.chunk, args.repeats, args.batch)
+                           3_000_000 + 1000 * args.seed, args.chunk, args.repeats, args.batch,
+                           common.world(args, "scene").INVERSE if args.hard_negatives else None)
     parts = {"model": model, "ema": ema, "opt": opt, "sched": sched, "stream": stream}
     step = common.resume(args.out, parts, log, lr=args.lr)
     if step is not None:
@@ -232,19 +274,17 @@ def main():
     t_train, n_train = 0.0, 0
     while not budget.done():
         t0 = time.time()
-        images, texts = stream.next()
-        t = tok(texts, padding=True, truncation=True, return_tensors="pt").to(dev)
-        out = model(input_ids=t.input_ids, attention_mask=t.attention_mask, pixel_values=pixels(images, dev),
-                    return_loss=True)
+        images, texts, negatives = stream.next()
+        loss = contrastive_loss(model, tok, dev, images, texts, negatives)
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(); sched.step(); ema.update(model)
         with torch.no_grad():  # CLIP clamps the temperature at 100
             model.logit_scale.clamp_(0, np.log(100.0))
         step += 1
         t_train += time.time() - t0; n_train += len(images)
-        log.step(step, out.loss.item(), len(images), f"scale {model.logit_scale.exp().item():.1f}")
+        log.step(step, loss.item(), len(images), f"scale {model.logit_scale.exp().item():.1f}")
         if budget.ckpt_due():
             common.save_parts(args.out, parts, step)
     if not args.eval_only:
