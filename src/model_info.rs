@@ -12,18 +12,21 @@ use crate::schedulers::{SchedulerConfig, SchedulerKind};
 use serde_json::Value;
 
 /// The pipelines whose folders hoa runs (the img2img and inpainting classes share the
-/// text-to-image components; hoa inpaints by latent blending with the 4-channel U-Net).
-const PIPELINES: [&str; 4] = [
+/// text-to-image components; hoa inpaints by latent blending with the 4-channel U-Net; the SDXL
+/// refiner is an `StableDiffusionXLImg2ImgPipeline` folder without `text_encoder`).
+const PIPELINES: [&str; 5] = [
     "StableDiffusionPipeline",
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",
     "StableDiffusionXLPipeline",
+    "StableDiffusionXLImg2ImgPipeline",
 ];
 
 #[derive(Clone, Debug)]
 pub struct ModelInfo {
     pub defaults: ModelDefaults,
-    /// `model_index.json`'s `text_encoder` class (`CLIPTextModel`, `T5EncoderModel`).
+    /// `model_index.json`'s `text_encoder` class (`CLIPTextModel`, `T5EncoderModel`); empty
+    /// for the SDXL refiner, whose only text encoder is `text_encoder_2`.
     pub text_encoder_class: String,
     pub unet: UNet2DConditionModelConfig,
     pub vae: AutoencoderKLConfig,
@@ -40,6 +43,9 @@ pub struct ModelInfo {
 pub struct SdxlInfo {
     pub text_encoder_2_class: String,
     pub force_zeros_for_empty_prompt: bool,
+    /// The refiner's `requires_aesthetics_score`: its time ids are original size, crop and an
+    /// aesthetic score (5) instead of original size, crop and target size (6).
+    pub requires_aesthetics_score: bool,
 }
 
 /// SDXL's components beyond SD's, when the U-Net takes `text_time` conditioning.
@@ -76,20 +82,34 @@ fn read_sdxl(
             format!("is a {text_encoder_2_class}; hoa runs CLIPTextModelWithProjection"),
         ));
     }
-    let force_zeros = match index.get("force_zeros_for_empty_prompt") {
-        None | Some(Value::Null) => true,
+    Ok(Some(SdxlInfo {
+        text_encoder_2_class,
+        force_zeros_for_empty_prompt: flag(index, "force_zeros_for_empty_prompt", true)?,
+        requires_aesthetics_score: flag(index, "requires_aesthetics_score", false)?,
+    }))
+}
+
+/// A boolean of `model_index.json`, `default` when absent or null.
+fn flag(index: &Value, key: &str, default: bool) -> Result<bool> {
+    match index.get(key) {
+        None | Some(Value::Null) => Ok(default),
         Some(v) => v.as_bool().ok_or_else(|| {
             Error::config(
                 "model_index.json",
-                "force_zeros_for_empty_prompt",
+                key,
                 format!("= {v} must be true or false"),
             )
-        })?,
-    };
-    Ok(Some(SdxlInfo {
-        text_encoder_2_class,
-        force_zeros_for_empty_prompt: force_zeros,
-    }))
+        }),
+    }
+}
+
+/// Whether `model_index.json` leaves `component` out (absent, null or `[null, null]`).
+fn is_null(index: &Value, component: &str) -> bool {
+    match index.get(component) {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(v)) => v.iter().all(Value::is_null),
+        Some(_) => false,
+    }
 }
 
 /// `model_index.json`'s class for `component`, checking that its folder is there.
@@ -151,11 +171,29 @@ fn read_index(files: &dyn ModelFiles) -> Result<Value> {
 }
 
 impl ModelInfo {
+    /// An SDXL refiner: `text_encoder_2` only, aesthetic-score time ids
+    /// (`requires_aesthetics_score`).
+    pub fn is_sdxl_refiner(&self) -> bool {
+        self.sdxl
+            .as_ref()
+            .is_some_and(|s| s.requires_aesthetics_score)
+    }
+
     /// Reads and checks the folder's configs (no weights).
     pub fn read(files: &dyn ModelFiles) -> Result<ModelInfo> {
         let index = read_index(files)?;
-        let text_encoder_class = require_class(files, &index, "text_encoder")?;
-        require_class(files, &index, "tokenizer")?;
+        // The SDXL refiner has no text_encoder (diffusers' `text_encoder=None`).
+        let refiner = index.get("_class_name").and_then(Value::as_str)
+            == Some("StableDiffusionXLImg2ImgPipeline")
+            && is_null(&index, "text_encoder");
+        let text_encoder_class = match refiner {
+            true => String::new(),
+            false => {
+                let class = require_class(files, &index, "text_encoder")?;
+                require_class(files, &index, "tokenizer")?;
+                class
+            }
+        };
         let unet_class = require_class(files, &index, "unet")?;
         let vae_class = require_class(files, &index, "vae")?;
         require_class(files, &index, "scheduler")?;
@@ -191,6 +229,14 @@ impl ModelInfo {
         let scheduler =
             SchedulerConfig::from_json(&files.require("scheduler/scheduler_config.json")?)?;
         let sdxl = read_sdxl(files, &index, &unet)?;
+        if refiner && sdxl.is_none() {
+            return Err(Error::config(
+                "model_index.json",
+                "text_encoder",
+                "is null, which only an SDXL refiner (a text_time U-Net with text_encoder_2) \
+                 may leave out",
+            ));
+        }
         let info = ModelInfo {
             sdxl,
             defaults: ModelDefaults::load(files)?,

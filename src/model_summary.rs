@@ -46,17 +46,19 @@ pub fn count(name: &str, w: &Weights, filter: impl Fn(&str) -> bool) -> Componen
 }
 
 /// The family a diffusers U-Net config implies (its cross-attention width, `text_time`
-/// conditioning and input channels). Read as plain JSON: describing a model hoa cannot run yet
-/// (SDXL) is no error.
-fn family_of(unet: &serde_json::Value) -> String {
+/// conditioning and input channels; `model_index.json`'s `requires_aesthetics_score` marks
+/// the SDXL refiner). Read as plain JSON: describing a model hoa cannot run is no error.
+fn family_of(unet: &serde_json::Value, index: &serde_json::Value) -> String {
     let width = match &unet["cross_attention_dim"] {
         serde_json::Value::Array(v) => v.first().and_then(|w| w.as_u64()),
         w => w.as_u64(),
     }
     .unwrap_or(0);
     let xl = unet["addition_embed_type"] == "text_time";
+    let refiner = index["requires_aesthetics_score"] == true;
     let f = match (xl, width) {
         (true, 1280) => "SDXL refiner".to_string(),
+        (true, _) if refiner => "SDXL refiner".to_string(),
         (true, _) => "SDXL".to_string(),
         (false, 768) => "SD 1.x".to_string(),
         (false, 1024) => "SD 2.x".to_string(),
@@ -92,7 +94,11 @@ pub fn summarize(files: &dyn ModelFiles, detected: Option<&Detected>) -> Result<
             },
         ),
         None => (
-            family_of(&unet),
+            family_of(
+                &unet,
+                &serde_json::from_slice(&files.read("model_index.json")?.unwrap_or_default())
+                    .unwrap_or_default(),
+            ),
             "scheduler/scheduler_config.json".to_string(),
         ),
     };

@@ -127,6 +127,32 @@ impl MicroConditioning {
     }
 }
 
+impl MicroConditioning {
+    /// The SDXL refiner's `add_time_ids` (original size + crop + aesthetic score, 5 numbers) of
+    /// the prompt and the negative prompt, as diffusers' `StableDiffusionXLImg2ImgPipeline`
+    /// with `requires_aesthetics_score` makes them: the negative crop defaults to (0, 0), not
+    /// to the positive crop; target sizes are not used.
+    pub fn refiner_time_ids(
+        &self,
+        width: usize,
+        height: usize,
+        aesthetic_score: f32,
+        negative_aesthetic_score: f32,
+    ) -> ([f32; 5], [f32; 5]) {
+        let orig = self.original_size.unwrap_or((height, width));
+        let crop = self.crops_coords_top_left.unwrap_or((0, 0));
+        let neg_orig = self.negative_original_size.unwrap_or(orig);
+        let neg_crop = self.negative_crops_coords_top_left.unwrap_or((0, 0));
+        let ids = |o: (usize, usize), c: (usize, usize), a: f32| {
+            [o.0 as f32, o.1 as f32, c.0 as f32, c.1 as f32, a]
+        };
+        (
+            ids(orig, crop, aesthetic_score),
+            ids(neg_orig, neg_crop, negative_aesthetic_score),
+        )
+    }
+}
+
 impl GenerateOptions {
     /// The model's scheduler config with `prediction_type` overridden when asked.
     pub fn scheduler_config(
@@ -190,7 +216,23 @@ pub struct GenerateOptions {
     /// What the U-Net predicts (`epsilon` | `v_prediction`) when it is not what the model's
     /// scheduler config says (a single file whose type was guessed); `None`: the config's.
     pub prediction_type: Option<String>,
+    /// diffusers' `denoising_end` (SDXL base + refiner): run only the steps whose timestep is
+    /// at least `round(T - end·T)` and return the still-noisy latents for a second stage
+    /// ([`crate::pipeline::Pipeline::generate_latents`]); `None`: denoise to the end.
+    pub denoising_end: Option<f64>,
+    /// diffusers' `denoising_start`: run only the steps whose timestep is below
+    /// `round(T - start·T)`, from `latents` taken as they are (the first stage's output,
+    /// already noisy: neither scaled nor noised); `strength` is then ignored.
+    pub denoising_start: Option<f64>,
+    /// The SDXL refiner's aesthetic-score time id for the prompt and for the negative prompt
+    /// (diffusers' defaults 6 and 2.5; ignored by models without `requires_aesthetics_score`).
+    pub aesthetic_score: f32,
+    pub negative_aesthetic_score: f32,
 }
+
+/// diffusers' `aesthetic_score` and `negative_aesthetic_score` defaults.
+pub const DEFAULT_AESTHETIC_SCORE: f32 = 6.0;
+pub const DEFAULT_NEGATIVE_AESTHETIC_SCORE: f32 = 2.5;
 
 /// A flag that stops a generation between denoising steps: a server whose client went away or
 /// whose time limit passed raises it. Clones share the flag.
@@ -230,6 +272,10 @@ impl Default for GenerateOptions {
             micro: MicroConditioning::default(),
             loras: Vec::new(),
             prediction_type: None,
+            denoising_end: None,
+            denoising_start: None,
+            aesthetic_score: DEFAULT_AESTHETIC_SCORE,
+            negative_aesthetic_score: DEFAULT_NEGATIVE_AESTHETIC_SCORE,
         }
     }
 }

@@ -102,6 +102,14 @@ pub struct Request {
     /// What the U-Net predicts, `epsilon` or `v_prediction`, overriding the model's scheduler
     /// config (a single-file checkpoint's type is detected by a rule that can be wrong).
     pub prediction: Option<String>,
+    /// SDXL base + refiner: the fraction of the schedule the base runs before the refiner
+    /// takes over (diffusers' `denoising_end` for the base, `denoising_start` for the
+    /// refiner), in (0, 1); default 0.8 with a refiner.
+    pub denoising_end: Option<f64>,
+    /// The SDXL refiner's aesthetic-score conditioning of the prompt and of the negative
+    /// prompt (diffusers' `aesthetic_score` 6, `negative_aesthetic_score` 2.5).
+    pub aesthetic_score: Option<f64>,
+    pub negative_aesthetic_score: Option<f64>,
     #[serde(skip)]
     pub init_image: Option<RgbImage>,
     #[serde(skip)]

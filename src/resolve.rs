@@ -8,7 +8,10 @@
 use crate::error::{Error, Result};
 use crate::image_io::GenerationParameters;
 use crate::model_info::ModelInfo;
-use crate::options::{Decoder, GenerateOptions, GuidanceHigh, InitImage, MicroConditioning};
+use crate::options::{
+    Decoder, GenerateOptions, GuidanceHigh, InitImage, MicroConditioning, DEFAULT_AESTHETIC_SCORE,
+    DEFAULT_NEGATIVE_AESTHETIC_SCORE,
+};
 use crate::request::{Mask, Request};
 use crate::schedulers::{self, SchedulerKind};
 
@@ -21,6 +24,11 @@ pub const DEFAULT_STEPS: usize = 25;
 pub const DEFAULT_GUIDANCE: f64 = 7.5;
 pub const DEFAULT_HIGH_FROM: f64 = 500.0;
 pub const DEFAULT_STRENGTH: f64 = 0.75;
+/// The SDXL refiner's default strength alone (diffusers' `StableDiffusionXLImg2ImgPipeline`).
+pub const DEFAULT_REFINER_STRENGTH: f64 = 0.3;
+/// Where the SDXL base hands over to the refiner by default (diffusers' documented
+/// `high_noise_frac`).
+pub const DEFAULT_DENOISING_END: f64 = 0.8;
 /// Largest LoRA scale: far past any useful value (1 is full strength).
 pub const MAX_LORA_SCALE: f64 = 100.0;
 /// A preview interval past the steps just never fires; this only bounds the number.
@@ -109,6 +117,27 @@ fn int(req: &Request, field: &str, v: i64, min: i64, max: usize) -> Result<usize
 
 /// Resolves `req` for `model` on a device with `limits`.
 pub fn resolve(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result<Resolved> {
+    if model.is_sdxl_refiner() && req.init_image.is_none() {
+        return Err(Error::invalid(
+            req.name("init_image"),
+            format!(
+                "is required: this model is an SDXL refiner, which refines an image; to run \
+                 it after an SDXL base, pass the base as the model and this as {}",
+                req.name("refiner")
+            ),
+        ));
+    }
+    let mut r = resolve_options(req, model, limits)?;
+    if r.options.denoising_end.is_some() {
+        r.warnings.push(format!(
+            "{} without a refiner: the image is decoded before it is fully denoised",
+            req.name("denoising_end")
+        ));
+    }
+    Ok(r)
+}
+
+fn resolve_options(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result<Resolved> {
     let mut warnings = Vec::new();
     if let Some(l) = &req.latents {
         if l.shape.len() != 4 {
@@ -132,7 +161,7 @@ pub fn resolve(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result
     warnings.extend(note);
     let (guidance, guidance_high) = resolve_guidance(req, model)?;
     let eta = resolve_eta(req, sampler, &mut warnings)?;
-    let init = resolve_init(req, &mut warnings)?;
+    let init = resolve_init(req, model, &mut warnings)?;
     let (width, height, batch) = resolve_size(req, model, init.as_ref(), &mut warnings)?;
     let decoder = resolve_decoder(req, model)?;
     let preview_every = match req.preview_every {
@@ -142,6 +171,8 @@ pub fn resolve(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result
     let latents = resolve_latents(req, model, batch, width, height)?;
     let micro = resolve_micro(req, model, &mut warnings)?;
     let loras = resolve_loras(req)?;
+    let denoising_end = resolve_denoising_end(req, model)?;
+    let (aesthetic_score, negative_aesthetic_score) = resolve_aesthetic(req, model, &mut warnings)?;
     let options = GenerateOptions {
         prompt: text,
         negative_prompt: req.negative_prompt.clone().unwrap_or_default(),
@@ -163,6 +194,10 @@ pub fn resolve(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result
         micro,
         loras: loras.iter().map(|l| (l.file.clone(), l.scale)).collect(),
         prediction_type,
+        denoising_end,
+        denoising_start: None,
+        aesthetic_score,
+        negative_aesthetic_score,
     };
     check_memory(model, limits, &options, req)?;
     Ok(Resolved {
@@ -361,7 +396,11 @@ fn resolve_eta(req: &Request, kind: SchedulerKind, warnings: &mut Vec<String>) -
     Ok(eta)
 }
 
-fn resolve_init(req: &Request, warnings: &mut Vec<String>) -> Result<Option<InitImage>> {
+fn resolve_init(
+    req: &Request,
+    model: &ModelInfo,
+    warnings: &mut Vec<String>,
+) -> Result<Option<InitImage>> {
     let Some(image) = &req.init_image else {
         for (field, given) in [
             ("strength", req.strength.is_some()),
@@ -379,7 +418,10 @@ fn resolve_init(req: &Request, warnings: &mut Vec<String>) -> Result<Option<Init
         }
         return Ok(None);
     };
-    let strength = req.strength.unwrap_or(DEFAULT_STRENGTH);
+    let strength = req.strength.unwrap_or(match model.is_sdxl_refiner() {
+        true => DEFAULT_REFINER_STRENGTH,
+        false => DEFAULT_STRENGTH,
+    });
     if !(strength > 0.0 && strength <= 1.0) {
         return Err(Error::invalid(
             req.name("strength"),
@@ -538,6 +580,132 @@ fn resolve_micro(
     Ok(m)
 }
 
+/// `denoising_end`: a fraction in (0, 1), for SDXL base models.
+fn resolve_denoising_end(req: &Request, model: &ModelInfo) -> Result<Option<f64>> {
+    let Some(f) = req.denoising_end else {
+        return Ok(None);
+    };
+    if !(f > 0.0 && f < 1.0) {
+        return Err(Error::invalid(
+            req.name("denoising_end"),
+            format!("must be a fraction of the schedule strictly between 0 and 1, got {f}"),
+        ));
+    }
+    if model.sdxl.is_none() || model.is_sdxl_refiner() {
+        return Err(Error::invalid(
+            req.name("denoising_end"),
+            "stops an SDXL base model early for a refiner; this model is none",
+        ));
+    }
+    Ok(Some(f))
+}
+
+/// The refiner's aesthetic scores: finite, from -100 to 100 (its training scores are 0..10);
+/// ignored with a warning by other models.
+fn resolve_aesthetic(
+    req: &Request,
+    model: &ModelInfo,
+    warnings: &mut Vec<String>,
+) -> Result<(f32, f32)> {
+    let mut out = [DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE];
+    let fields = [
+        ("aesthetic_score", req.aesthetic_score),
+        ("negative_aesthetic_score", req.negative_aesthetic_score),
+    ];
+    for (o, (field, v)) in out.iter_mut().zip(fields) {
+        let Some(v) = v else { continue };
+        if !(v.is_finite() && v.abs() <= 100.0) {
+            return Err(Error::invalid(
+                req.name(field),
+                format!(
+                    "must be a number from -100 to 100 (the refiner's default is {o}), got {v}"
+                ),
+            ));
+        }
+        if !model.is_sdxl_refiner() {
+            warnings.push(format!(
+                "{} is ignored: only an SDXL refiner (requires_aesthetics_score) takes it",
+                req.name(field)
+            ));
+        }
+        *o = v as f32;
+    }
+    Ok((out[0], out[1]))
+}
+
+/// SDXL base + refiner: `req` resolved for the `base` (stopping at `denoising_end`, default
+/// [`DEFAULT_DENOISING_END`]) and for the `refiner` (the same prompt as the base encodes, size,
+/// batch and steps, starting at that fraction; its own scheduler, guidance defaults and
+/// aesthetic scores). LoRAs, latents and the init image apply to the base.
+pub fn resolve_two_stage(
+    req: &Request,
+    base: &ModelInfo,
+    refiner: &ModelInfo,
+    limits: DeviceLimits,
+) -> Result<(Resolved, Resolved)> {
+    let flag = req.name("refiner");
+    if base.sdxl.is_none() || base.is_sdxl_refiner() {
+        return Err(Error::invalid(
+            &flag,
+            "is a second stage for an SDXL base model; the model is not one (SDXL base: \
+             model_index.json StableDiffusionXLPipeline, or an SDXL base single file)",
+        ));
+    }
+    if refiner.sdxl.is_none() {
+        return Err(Error::invalid(
+            &flag,
+            "is not an SDXL model (its U-Net has no text_time conditioning): the refiner stage \
+             runs SDXL refiners (StableDiffusionXLImg2ImgPipeline)",
+        ));
+    }
+    if refiner.unet.in_channels != base.unet.in_channels
+        || refiner.vae_scale_factor()? != base.vae_scale_factor()?
+    {
+        return Err(Error::invalid(
+            &flag,
+            "takes latents of another shape than the base makes (U-Net in_channels or VAE \
+             factor differ)",
+        ));
+    }
+    if req.mask.is_some() {
+        return Err(Error::invalid(
+            req.name("mask"),
+            format!("does not take {flag}"),
+        ));
+    }
+    let f = req.denoising_end.unwrap_or(DEFAULT_DENOISING_END);
+    let base_req = Request {
+        denoising_end: Some(f),
+        aesthetic_score: None,
+        negative_aesthetic_score: None,
+        ..req.clone()
+    };
+    let first = resolve_options(&base_req, base, limits)?;
+    let o = &first.options;
+    let as_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+    let refiner_req = Request {
+        prompt: Some(o.prompt.clone()),
+        upsample: Some(false),
+        steps: Some(as_i64(o.steps)),
+        width: Some(as_i64(o.width)),
+        height: Some(as_i64(o.height)),
+        batch: Some(as_i64(o.batch)),
+        seed: Some(o.seed),
+        denoising_end: None,
+        lora: None,
+        latents: None,
+        init_image: None,
+        strength: None,
+        ..req.clone()
+    };
+    let mut second = resolve_options(&refiner_req, refiner, limits)?;
+    second.options.denoising_start = Some(f);
+    second.prompt = first.prompt.clone();
+    let notes = std::mem::take(&mut second.warnings);
+    second.warnings = notes.into_iter().map(|w| format!("refiner: {w}")).collect();
+    Ok((first, second))
+}
+
 fn resolve_decoder(req: &Request, model: &ModelInfo) -> Result<Decoder> {
     let decoder = match &req.decoder {
         Some(d) => d.parse::<Decoder>().map_err(|_| {
@@ -657,6 +825,9 @@ impl Resolved {
             }
         }
         extra.extend(o.guidance_high.map(|h| h.parameter()));
+        if let Some(f) = o.denoising_end {
+            extra.push(("Refiner switch at".to_string(), f.to_string()));
+        }
         if let Some(u) = &self.upsampled {
             extra.push(("Upsampled prompt".to_string(), u.clone()));
         }

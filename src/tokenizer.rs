@@ -7,6 +7,7 @@ use serde_json::Value;
 use std::collections::HashSet;
 use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, TruncationParams};
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     max_length: usize,

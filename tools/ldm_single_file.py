@@ -3,7 +3,8 @@
 LDM (CompVis / A1111) key layout: model.diffusion_model.* (U-Net), first_stage_model.* (VAE, its
 mid-attention linears as 1x1 convs), cond_stage_model.transformer.text_model.* (SD 1.x CLIP) or
 cond_stage_model.model.* (SD 2.x OpenCLIP: q/k/v fused into in_proj, an extra last resblock that
-SD 2.x does not condition on, text_projection). The inverse of diffusers' single-file loader, for
+SD 2.x does not condition on, text_projection); SDXL base: conditioner.embedders.0.transformer.* +
+conditioner.embedders.1.model.*; SDXL refiner (no text_encoder/): conditioner.embedders.0.model.*. The inverse of diffusers' single-file loader, for
 tests: `from_single_file(out, config=folder)` must load it back to the folder's tensors
 (tools/fixtures/make_single_file.py checks that).
 
@@ -125,9 +126,19 @@ def convert(folder, out_path, open_clip_text=False, seed=0):
     for k, v in load_file(os.path.join(folder, "vae", "diffusion_pytorch_model.safetensors")).items():
         k2, v2 = vae_key(k, v, len(vcfg["block_out_channels"]))
         sd["first_stage_model." + k2] = v2
-    te = load_file(os.path.join(folder, "text_encoder", "model.safetensors"))
-    tcfg = json.load(open(os.path.join(folder, "text_encoder", "config.json")))
-    if os.path.isdir(os.path.join(folder, "text_encoder_2")):
+    if not os.path.isdir(os.path.join(folder, "text_encoder")):
+        # SDXL refiner: OpenCLIP bigG (with its projection) alone, as embedder 0.
+        te2 = load_file(os.path.join(folder, "text_encoder_2", "model.safetensors"))
+        t2 = json.load(open(os.path.join(folder, "text_encoder_2", "config.json")))
+        for k, v in open_clip(te2, t2["num_hidden_layers"], t2["hidden_size"], seed, False).items():
+            sd["conditioner.embedders.0.model." + k] = v
+        te, tcfg = None, None
+    else:
+        te = load_file(os.path.join(folder, "text_encoder", "model.safetensors"))
+        tcfg = json.load(open(os.path.join(folder, "text_encoder", "config.json")))
+    if te is None:
+        pass
+    elif os.path.isdir(os.path.join(folder, "text_encoder_2")):
         # SDXL base: CLIP ViT-L as embedder 0, OpenCLIP bigG (with its projection) as embedder 1.
         for k, v in te.items():
             sd["conditioner.embedders.0.transformer.text_model." + k.removeprefix("text_model.")] = v

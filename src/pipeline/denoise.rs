@@ -128,7 +128,9 @@ impl Pipeline {
         let mut t_row = vec![0.0f32; 2 * opts.batch];
         let mut latents = start.latents;
         let t0 = Instant::now();
-        for (i, &t) in timesteps.iter().enumerate().skip(start.index) {
+        // denoising_start / denoising_end: a stage runs the steps index..end.
+        let end = start.end.min(n);
+        for (i, &t) in timesteps.iter().enumerate().take(end).skip(start.index) {
             let scale = sched.input_scale(i);
             let x = if scale != 1.0 {
                 elementwise::scale(ctx, &latents, scale)?
@@ -156,7 +158,7 @@ impl Pipeline {
             }
             ctx.finish().await?;
             let done = i + 1 - start.index;
-            let total = n - start.index;
+            let total = end - start.index;
             if done == 1 && total > 1 {
                 note_expected_time(t0.elapsed().as_secs_f64(), total, events);
             }
@@ -165,7 +167,7 @@ impl Pipeline {
                 total,
                 latents: &latents,
             });
-            if opts.preview_every > 0 && done % opts.preview_every == 0 && i + 1 < n {
+            if opts.preview_every > 0 && done % opts.preview_every == 0 && i + 1 < end {
                 // The VAE decoder draws no noise, so previews leave the result unchanged.
                 let mut images = self
                     .decode(ctx, &latents, super::Decoder::Vae, &mut [])

@@ -15,6 +15,8 @@ pub(super) struct Start {
     pub latents: Tensor,
     /// The first step to run (0 for text to image).
     pub index: usize,
+    /// One past the last step to run (all of them unless `denoising_end` stops early).
+    pub end: usize,
     pub inpaint: Option<Inpaint>,
 }
 
@@ -55,6 +57,7 @@ impl Pipeline {
             return Ok(Start {
                 latents,
                 index: 0,
+                end: sched.timesteps().len(),
                 inpaint: None,
             });
         };
@@ -81,6 +84,7 @@ impl Pipeline {
         Ok(Start {
             latents,
             index,
+            end: n,
             inpaint,
         })
     }

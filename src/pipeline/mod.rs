@@ -10,6 +10,7 @@
 mod decode;
 mod denoise;
 mod latents;
+mod refiner;
 mod sdxl;
 mod text_encoder;
 
@@ -65,6 +66,7 @@ pub enum Event<'a> {
 pub struct Pipeline {
     /// The folder's configs and `hoa.json` defaults.
     pub info: ModelInfo,
+    /// `tokenizer`; for the SDXL refiner (no `text_encoder`), a copy of `tokenizer_2`.
     pub tokenizer: Tokenizer,
     pub text_encoder: TextEncoder,
     /// SDXL's `tokenizer_2` + `text_encoder_2`.
@@ -113,15 +115,34 @@ impl Pipeline {
                 hint: "load the model in f32 instead",
             });
         }
-        let mut parts = vec![LoraPart::TextEncoder, LoraPart::Unet];
+        // The SDXL refiner has no text_encoder (model_index.json's is null).
+        let no_text_encoder = info.text_encoder_class.is_empty();
+        let mut parts = vec![LoraPart::Unet];
+        if !no_text_encoder {
+            parts.push(LoraPart::TextEncoder);
+        }
         if info.sdxl.is_some() {
             parts.push(LoraPart::TextEncoder2);
         }
         loras.check_components(&parts)?;
-        let (text_encoder, context_len) = load_text_encoder(ctx, files, &info, dtype, loras)?;
-        let clip = matches!(text_encoder, TextEncoder::Clip(_));
-        let tokenizer = load_tokenizer(files, "tokenizer", clip, context_len)?;
+        let (text_encoder, tokenizer) = match no_text_encoder {
+            true => (TextEncoder::None, None),
+            false => {
+                let (te, context_len) = load_text_encoder(ctx, files, &info, dtype, loras)?;
+                let clip = matches!(te, TextEncoder::Clip(_));
+                (
+                    te,
+                    Some(load_tokenizer(files, "tokenizer", clip, context_len)?),
+                )
+            }
+        };
         let text_encoder_2 = sdxl::load_text_encoder_2(ctx, files, &info, dtype, loras)?;
+        // The refiner's one tokenizer is tokenizer_2.
+        let tokenizer = match (tokenizer, &text_encoder_2) {
+            (Some(t), _) => t,
+            (None, Some(te2)) => te2.tokenizer.clone(),
+            (None, None) => return Err(bad("a model without text_encoder needs text_encoder_2")),
+        };
         let unet_weights = component_weights(files, "unet")?;
         let patches = loras.patches(LoraPart::Unet, &unet_weights)?;
         let loader = Loader::new(ctx, &unet_weights, dtype).with_patches(&patches);
@@ -212,6 +233,7 @@ impl Pipeline {
         schedulers::check_eta(opts.eta as f64)?;
         self.validate_guidance(opts)?;
         self.validate_inputs(opts)?;
+        self.validate_denoising(opts)?;
         if opts.decoder == Decoder::Consistency && self.consistency_decoder.is_none() {
             return Err(Error::Checkpoint(
                 "--decoder consistency: this model folder has no consistency_decoder/ (a \
@@ -339,6 +361,46 @@ impl Pipeline {
         opts: &GenerateOptions,
         events: &mut dyn FnMut(Event),
     ) -> Result<Vec<RgbImage>> {
+        self.generate_from(ctx, opts, None, events).await
+    }
+
+    /// [`Self::generate`], from a first stage's latents when `given`.
+    async fn generate_from(
+        &self,
+        ctx: &Context,
+        opts: &GenerateOptions,
+        given: Option<Tensor>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Vec<RgbImage>> {
+        let (latents, mut gens) = self.denoised(ctx, opts, given, events).await?;
+        // 5. Decode.
+        events(Event::Decoding);
+        self.decode(ctx, &latents, opts.decoder, &mut gens)
+            .await
+            .map_err(|e| self.explain_non_finite(e, opts))
+    }
+
+    /// Stages 1-4: the latents [batch, C, h, w] after the denoising loop, not decoded
+    /// (diffusers' `output_type="latent"`; with `opts.denoising_end`, the first stage of SDXL
+    /// base + refiner), checked finite.
+    pub async fn generate_latents(
+        &self,
+        ctx: &Context,
+        opts: &GenerateOptions,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Tensor> {
+        Ok(self.denoised(ctx, opts, None, events).await?.0)
+    }
+
+    /// Stages 1-4 from `given` latents on the device (a first stage's output, for
+    /// `opts.denoising_start`) or from `opts`; returns the noise generators for the decoder.
+    async fn denoised(
+        &self,
+        ctx: &Context,
+        opts: &GenerateOptions,
+        given: Option<Tensor>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<(Tensor, Vec<NoiseGenerator>)> {
         self.validate(ctx, opts)?;
         let mut gens: Vec<NoiseGenerator> = (0..opts.batch as u64)
             .map(|k| NoiseGenerator::new(opts.seed.wrapping_add(k)))
@@ -369,8 +431,9 @@ impl Pipeline {
                 kind.name()
             )));
         }
-        // 3. Latents: noise, or an init image noised to the start step.
-        let start = self.prepare_latents(ctx, opts, sched.as_ref(), &mut gens)?;
+        // 3. Latents: noise, or an init image noised to the start step, or (denoising_start)
+        // a first stage's latents.
+        let start = self.start_latents(ctx, opts, sched.as_ref(), given, &mut gens)?;
         // 4. Denoising loop, all on the device.
         let guidance = self.guidance(ctx, opts, cfg, context, aug_emb)?;
         let latents = self
@@ -384,12 +447,8 @@ impl Pipeline {
                 events,
             )
             .await?;
-        // 5. Decode.
-        events(Event::Decoding);
         self.check_latents(ctx, &latents, opts).await?;
-        self.decode(ctx, &latents, opts.decoder, &mut gens)
-            .await
-            .map_err(|e| self.explain_non_finite(e, opts))
+        Ok((latents, gens))
     }
 }
 

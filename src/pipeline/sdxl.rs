@@ -2,7 +2,9 @@
 //! tokenizer and text encoder (`CLIPTextModelWithProjection`); `encode_prompt`'s penultimate
 //! hidden states of both encoders concatenated, with encoder 2's projected pooled
 //! `text_embeds`; `force_zeros_for_empty_prompt`; and the micro-conditioning `add_time_ids`,
-//! made into the U-Net's added embedding once, before the denoising loop.
+//! made into the U-Net's added embedding once, before the denoising loop. The SDXL refiner
+//! (`StableDiffusionXLImg2ImgPipeline` with `requires_aesthetics_score`) encodes with
+//! `text_encoder_2` alone and conditions on original size, crop and an aesthetic score.
 
 use super::{load_tokenizer, Event, GenerateOptions, Pipeline, TextEncoder};
 use crate::config::ClipTextConfig;
@@ -19,6 +21,8 @@ use crate::weights::Loader;
 
 /// The number of SDXL base's micro-conditioning ids: original size, crop, target size.
 const TIME_IDS: usize = 6;
+/// The refiner's: original size, crop, aesthetic score.
+const REFINER_TIME_IDS: usize = 5;
 
 /// SDXL's `tokenizer_2` and `text_encoder_2`.
 pub struct TextEncoder2 {
@@ -27,7 +31,7 @@ pub struct TextEncoder2 {
 }
 
 /// Loads `text_encoder_2/` and `tokenizer_2/` of an SDXL folder (`info.sdxl`), checking that
-/// the U-Net's `add_embedding` takes its projection plus six time ids.
+/// the U-Net's `add_embedding` takes its projection plus six time ids (five for the refiner).
 pub(super) fn load_text_encoder_2(
     ctx: &Context,
     files: &dyn ModelFiles,
@@ -40,7 +44,17 @@ pub(super) fn load_text_encoder_2(
     };
     const FILE: &str = "text_encoder_2/config.json";
     let cfg = ClipTextConfig::from_json_at(FILE, &files.require(FILE)?)?;
-    let want = TIME_IDS
+    let (n_ids, other) = match info.is_sdxl_refiner() {
+        true => (
+            REFINER_TIME_IDS,
+            "model_index.json's requires_aesthetics_score is true: a refiner's",
+        ),
+        false => (
+            TIME_IDS,
+            "an SDXL refiner takes 5 ids with an aesthetic score: set",
+        ),
+    };
+    let want = n_ids
         .checked_mul(dim)
         .and_then(|n| n.checked_add(cfg.projection_dim));
     if want != Some(input) {
@@ -48,9 +62,9 @@ pub(super) fn load_text_encoder_2(
             "unet/config.json",
             "projection_class_embeddings_input_dim",
             format!(
-                "is {input}, but text_encoder_2's projection_dim {} + {TIME_IDS} time ids x \
-                 addition_time_embed_dim {dim} = {} (an SDXL refiner takes 5 ids with an \
-                 aesthetic score: hoa does not run it yet)",
+                "is {input}, but text_encoder_2's projection_dim {} + {n_ids} time ids x \
+                 addition_time_embed_dim {dim} = {} ({other} model_index.json's \
+                 requires_aesthetics_score to match the U-Net)",
                 cfg.projection_dim,
                 want.map_or("overflow".into(), |w| w.to_string())
             ),
@@ -76,8 +90,9 @@ fn penultimate(hidden_states: &[Tensor]) -> Result<&Tensor> {
 
 impl Pipeline {
     /// One text's SDXL embeddings: `prompt_embeds` [1, L, D1 + D2] (both encoders'
-    /// penultimate hidden states side by side) and the pooled `text_embeds` [1, projection_dim]
-    /// of `text_encoder_2`. Warnings (unknown words, truncation) come from `tokenizer`.
+    /// penultimate hidden states side by side; the refiner's: `text_encoder_2`'s alone) and
+    /// the pooled `text_embeds` [1, projection_dim] of `text_encoder_2`. Warnings (unknown
+    /// words, truncation) come from `tokenizer`.
     pub fn sdxl_prompt_embeds(
         &self,
         ctx: &Context,
@@ -85,6 +100,11 @@ impl Pipeline {
         what: &str,
         events: &mut dyn FnMut(Event),
     ) -> Result<(Tensor, Tensor)> {
+        if let (TextEncoder::None, Some(te2)) = (&self.text_encoder, &self.text_encoder_2) {
+            let ids = self.tokenize_with(&te2.tokenizer, text, what, events)?;
+            let o = te2.model.forward(ctx, &ids, 1)?;
+            return Ok((penultimate(&o.hidden_states)?.clone(), o.text_embeds));
+        }
         let (TextEncoder::Clip(te), Some(te2)) = (&self.text_encoder, &self.text_encoder_2) else {
             return Err(Error::shape(
                 "StableDiffusionXLPipeline",
@@ -144,16 +164,16 @@ impl Pipeline {
                 events,
             )?),
         };
-        let (ids, neg_ids) = opts.micro.time_ids(opts.width, opts.height);
+        let (ids, neg_ids) = self.time_ids(opts);
         let b = opts.batch;
-        let mut rows: Vec<(&Tensor, &Tensor, &[f32; TIME_IDS])> = Vec::new();
+        let mut rows: Vec<(&Tensor, &Tensor, &[f32])> = Vec::new();
         if let Some((n, np)) = &neg {
-            rows.extend(std::iter::repeat_n((n, np, &neg_ids), b));
+            rows.extend(std::iter::repeat_n((n, np, &neg_ids[..]), b));
         }
-        rows.extend(std::iter::repeat_n((&pos, &pos_pooled, &ids), b));
+        rows.extend(std::iter::repeat_n((&pos, &pos_pooled, &ids[..]), b));
         let context = concat(ctx, &rows.iter().map(|r| r.0).collect::<Vec<_>>(), 0)?;
         let pooled = concat(ctx, &rows.iter().map(|r| r.1).collect::<Vec<_>>(), 0)?;
-        let time_ids: Vec<f32> = rows.iter().flat_map(|r| *r.2).collect();
+        let time_ids: Vec<f32> = rows.iter().flat_map(|r| r.2.iter().copied()).collect();
         let aug_emb = self.unet.aug_embed(
             ctx,
             &AddedCondKwargs {
@@ -162,5 +182,18 @@ impl Pipeline {
             },
         )?;
         Ok((context, aug_emb))
+    }
+
+    /// The prompt's and the negative prompt's `add_time_ids`: the base's size conditioning, or
+    /// the refiner's sizes and aesthetic scores.
+    fn time_ids(&self, opts: &GenerateOptions) -> (Vec<f32>, Vec<f32>) {
+        let (w, h) = (opts.width, opts.height);
+        if self.info.is_sdxl_refiner() {
+            let (a, n) = (opts.aesthetic_score, opts.negative_aesthetic_score);
+            let (p, q) = opts.micro.refiner_time_ids(w, h, a, n);
+            return (p.to_vec(), q.to_vec());
+        }
+        let (p, q) = opts.micro.time_ids(w, h);
+        (p.to_vec(), q.to_vec())
     }
 }

@@ -13,6 +13,8 @@ use crate::tokenizer::Tokenizer;
 pub enum TextEncoder {
     Clip(ClipTextModel),
     T5(T5EncoderModel),
+    /// None (the SDXL refiner: diffusers' `text_encoder=None`, only `text_encoder_2`).
+    None,
 }
 
 impl TextEncoder {
@@ -37,6 +39,13 @@ impl TextEncoder {
             }
             (TextEncoder::T5(m), mask) => {
                 m.forward_masked(ctx, ids, batch, mask)?.last_hidden_state
+            }
+            (TextEncoder::None, _) => {
+                return Err(Error::shape(
+                    "pipeline",
+                    "this model has no text_encoder (an SDXL refiner encodes with \
+                     text_encoder_2 only)",
+                ))
             }
         })
     }

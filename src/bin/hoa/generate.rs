@@ -10,7 +10,7 @@ use hoa::model_files::open_model;
 use hoa::model_info::ModelInfo;
 use hoa::pipeline::{Event, Pipeline};
 use hoa::request::{Latents, LoraRequest, Mask, Origin, Request};
-use hoa::resolve::{resolve, DeviceLimits, Resolved};
+use hoa::resolve::{resolve, resolve_two_stage, DeviceLimits, Resolved};
 use hoa::weights::Weights;
 use hoa::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -132,6 +132,23 @@ pub struct GenerateArgs {
     /// diffusers/PEFT .safetensors. Repeat for several; they merge in order.
     #[arg(long, value_name = "FILE[:SCALE]")]
     pub lora: Vec<String>,
+    /// SDXL: a refiner (folder or single file) that runs the last steps after the base, on
+    /// its latents (diffusers' base `denoising_end` -> refiner `denoising_start`).
+    #[arg(long)]
+    pub refiner: Option<PathBuf>,
+    /// With a single-file --refiner: the diffusers folder whose configs apply to it.
+    #[arg(long, requires = "refiner")]
+    pub refiner_config: Option<PathBuf>,
+    /// SDXL: the fraction of the schedule the base runs before the refiner, in (0, 1).
+    /// Default 0.8 with --refiner.
+    #[arg(long, allow_negative_numbers = true)]
+    pub denoising_end: Option<f64>,
+    /// SDXL refiner: the aesthetic score the prompt is conditioned on. Default 6.
+    #[arg(long, allow_negative_numbers = true)]
+    pub aesthetic_score: Option<f64>,
+    /// SDXL refiner: the negative prompt's aesthetic score. Default 2.5.
+    #[arg(long, allow_negative_numbers = true)]
+    pub negative_aesthetic_score: Option<f64>,
 }
 
 /// `WIDTHxHEIGHT` as diffusers' (height, width).
@@ -272,6 +289,9 @@ fn request(a: &GenerateArgs) -> Result<Request> {
         negative_original_size: a.negative_original_size,
         negative_crops_coords_top_left: a.negative_crops_coords_top_left,
         negative_target_size: a.negative_target_size,
+        denoising_end: a.denoising_end,
+        aesthetic_score: a.aesthetic_score,
+        negative_aesthetic_score: a.negative_aesthetic_score,
         origin: Origin::Cli,
     })
 }
@@ -362,21 +382,26 @@ fn progress_bar(steps: usize) -> Result<ProgressBar> {
     Ok(bar)
 }
 
-/// One prompt's images, with a progress bar.
+/// One prompt's images, with a progress bar; `refiner` runs the last steps.
 fn generate_one(
     ctx: &Context,
     pipe: &Pipeline,
     r: &Resolved,
+    refiner: Option<(&Pipeline, &Resolved)>,
 ) -> Result<Vec<hoa::image_io::RgbImage>> {
     if let Some(u) = &r.upsampled {
         eprintln!("upsampled prompt (--no-upsample to use it as typed): {u}");
     }
-    for w in &r.warnings {
+    for w in r
+        .warnings
+        .iter()
+        .chain(refiner.iter().flat_map(|x| &x.1.warnings))
+    {
         eprintln!("warning: {w}");
     }
     let bar = progress_bar(r.options.steps)?;
     let t = std::time::Instant::now();
-    let images = pollster::block_on(pipe.generate(ctx, &r.options, &mut |ev| match ev {
+    let mut events = |ev: Event| match ev {
         Event::Warning(w) => bar.suspend(|| eprintln!("warning: {w}")),
         Event::Step { step, total, .. } => {
             bar.set_length(total as u64);
@@ -384,7 +409,17 @@ fn generate_one(
         }
         Event::Decoding => bar.set_message("decoding"),
         Event::Preview { .. } => {}
-    }))?;
+    };
+    let images = match refiner {
+        None => pollster::block_on(pipe.generate(ctx, &r.options, &mut events)),
+        Some((rp, rr)) => pollster::block_on(pipe.generate_with_refiner(
+            rp,
+            ctx,
+            &r.options,
+            &rr.options,
+            &mut events,
+        )),
+    }?;
     bar.finish_with_message("done");
     let o = &r.options;
     eprintln!(
@@ -413,19 +448,34 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     let mut req = request(&a)?;
     let (lora_reqs, lora_files) = read_loras(&a.lora)?;
     req.lora = (!lora_reqs.is_empty()).then_some(lora_reqs);
-    let dtype = a.dtype.pick(ctx, [model_dir.as_path()])?;
+    let refiner_files = match &a.refiner {
+        Some(p) => Some(open_model(p, a.refiner_config.as_deref())?),
+        None => None,
+    };
+    let refiner_info = match &refiner_files {
+        Some(f) => Some(ModelInfo::read(f.as_ref())?),
+        None => None,
+    };
+    let dtype = a.dtype.pick(
+        ctx,
+        std::iter::once(model_dir.as_path()).chain(a.refiner.as_deref()),
+    )?;
     let limits = DeviceLimits {
         max_binding_bytes: ctx.max_binding_bytes(),
         dtype_size: dtype.size(),
     };
     // Everything the request can get wrong, before the slow load.
     req.prompt = Some(prompts[0].clone());
-    let mut first = Some(resolve(&req, &info, limits)?);
-    let batch = first.as_ref().map_or(1, |r| r.options.batch);
+    let resolve_all = |req: &Request, info: &ModelInfo| match &refiner_info {
+        None => resolve(req, info, limits).map(|r| (r, None)),
+        Some(ri) => resolve_two_stage(req, info, ri, limits).map(|(b, r)| (b, Some(r))),
+    };
+    let mut first = Some(resolve_all(&req, &info)?);
+    let batch = first.as_ref().map_or(1, |r| r.0.options.batch);
 
     eprintln!("adapter: {}", ctx.describe());
     let t0 = std::time::Instant::now();
-    let scales = first.as_ref().map(|r| r.loras.iter().map(|l| l.scale));
+    let scales = first.as_ref().map(|r| r.0.loras.iter().map(|l| l.scale));
     let loras = LoraSet {
         loras: lora_files
             .into_iter()
@@ -441,6 +491,19 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
         model_dir.display(),
         t0.elapsed().as_secs_f64()
     );
+    let refiner = match (refiner_files, refiner_info.clone(), &a.refiner) {
+        (Some(files), Some(info), Some(path)) => {
+            let t0 = std::time::Instant::now();
+            let p = Pipeline::load_with(ctx, files.as_ref(), info, dtype)?;
+            eprintln!(
+                "loaded refiner {} in {:.1} s",
+                path.display(),
+                t0.elapsed().as_secs_f64()
+            );
+            Some(p)
+        }
+        _ => None,
+    };
     // A1111 names a checkpoint by its file stem.
     let model_name = model_dir
         .file_stem()
@@ -450,13 +513,22 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     for (j, prompt) in prompts.iter().enumerate() {
         req.prompt = Some(prompt.clone());
         req.seed = Some(seed.wrapping_add((j as u64).wrapping_mul(batch as u64)));
-        let r = match first.take() {
+        let (r, rr) = match first.take() {
             Some(r) => r,
-            None => resolve(&req, &pipe.info, limits)?,
+            None => resolve_all(&req, &pipe.info)?,
         };
-        let images = generate_one(ctx, &pipe, &r)?;
+        let stage2 = refiner.as_ref().zip(rr.as_ref());
+        let images = generate_one(ctx, &pipe, &r, stage2)?;
         for (k, img) in images.iter().enumerate() {
-            let params = r.parameters(&model_name, k).to_text();
+            let mut params = r.parameters(&model_name, k);
+            if let Some(p) = &a.refiner {
+                // A1111's key; the switch fraction follows it.
+                let name = p.file_stem().map(|n| n.to_string_lossy().into_owned());
+                let at = params.extra.iter().position(|e| e.0 == "Refiner switch at");
+                let entry = ("Refiner".to_string(), name.unwrap_or_default());
+                params.extra.insert(at.unwrap_or(params.extra.len()), entry);
+            }
+            let params = params.to_text();
             let png = encode_png(img, Some(&params))?;
             let name = image_name(&out, prompts.len(), j, images.len(), k);
             println!("{}", write_new(&name, &png, a.force)?.display());
