@@ -13,11 +13,12 @@ use serde_json::Value;
 
 /// The pipelines whose folders hoa runs (the img2img and inpainting classes share the
 /// text-to-image components; hoa inpaints by latent blending with the 4-channel U-Net).
-const PIPELINES: [&str; 4] = [
+const PIPELINES: [&str; 5] = [
     "StableDiffusionPipeline",
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",
     "StableDiffusionXLPipeline",
+    "StableUnCLIPImg2ImgPipeline",
 ];
 
 #[derive(Clone, Debug)]
@@ -33,6 +34,18 @@ pub struct ModelInfo {
     /// (`CLIPTextModelWithProjection`) and its `force_zeros_for_empty_prompt` (diffusers'
     /// default true: an empty negative prompt conditions on zeros).
     pub sdxl: Option<SdxlInfo>,
+    /// Stable unCLIP (a `projection` class-embedding U-Net): image variations.
+    pub unclip: Option<UnclipInfo>,
+}
+
+/// What a stable unCLIP folder (`StableUnCLIPImg2ImgPipeline`) adds to [`ModelInfo`]: the
+/// image encoder's embedding width and the image noising scheduler's number of noise levels.
+#[derive(Clone, Copy, Debug)]
+pub struct UnclipInfo {
+    /// `image_encoder/config.json`'s `projection_dim`.
+    pub image_embed_dim: usize,
+    /// `image_noising_scheduler`'s `num_train_timesteps`: `noise_level` is below it.
+    pub noise_levels: usize,
 }
 
 /// What an SDXL folder adds to [`ModelInfo`].
@@ -89,6 +102,63 @@ fn read_sdxl(
     Ok(Some(SdxlInfo {
         text_encoder_2_class,
         force_zeros_for_empty_prompt: force_zeros,
+    }))
+}
+
+/// Stable unCLIP's components beyond SD's, when the U-Net takes `class_embed_type:
+/// "projection"`: the image encoder (its embedding plus the noise level's, side by side, is the
+/// U-Net's class input), the normalizer, the noising scheduler and the feature extractor.
+fn read_unclip(
+    files: &dyn ModelFiles,
+    index: &Value,
+    unet: &UNet2DConditionModelConfig,
+) -> Result<Option<UnclipInfo>> {
+    let Some(input) = unet.class_projection() else {
+        return Ok(None);
+    };
+    for c in [
+        "image_encoder",
+        "image_normalizer",
+        "image_noising_scheduler",
+    ] {
+        require_class(files, index, c).map_err(|_| {
+            Error::config(
+                "model_index.json",
+                c,
+                format!(
+                    "is missing or its folder `{c}/` is: a stable unCLIP U-Net (class_embed_type \
+                     \"projection\") needs image_encoder, image_normalizer, \
+                     image_noising_scheduler and feature_extractor"
+                ),
+            )
+        })?;
+    }
+    if !files.exists("feature_extractor/preprocessor_config.json") {
+        return Err(Error::Checkpoint(format!(
+            "{}: a stable unCLIP folder needs feature_extractor/preprocessor_config.json (the \
+             CLIPImageProcessor of its image encoder)",
+            files.describe()
+        )));
+    }
+    let enc =
+        crate::config::ClipVisionConfig::from_json(&files.require("image_encoder/config.json")?)?;
+    if enc.projection_dim.checked_mul(2) != Some(input) {
+        return Err(Error::config(
+            "unet/config.json",
+            "projection_class_embeddings_input_dim",
+            format!(
+                "is {input}, but the image embedding and its noise-level embedding give 2 x \
+                 {} (image_encoder/config.json: projection_dim)",
+                enc.projection_dim
+            ),
+        ));
+    }
+    let noising = SchedulerConfig::from_json(
+        &files.require("image_noising_scheduler/scheduler_config.json")?,
+    )?;
+    Ok(Some(UnclipInfo {
+        image_embed_dim: enc.projection_dim,
+        noise_levels: noising.num_train_timesteps.unwrap_or(1000),
     }))
 }
 
@@ -191,8 +261,10 @@ impl ModelInfo {
         let scheduler =
             SchedulerConfig::from_json(&files.require("scheduler/scheduler_config.json")?)?;
         let sdxl = read_sdxl(files, &index, &unet)?;
+        let unclip = read_unclip(files, &index, &unet)?;
         let info = ModelInfo {
             sdxl,
+            unclip,
             defaults: ModelDefaults::load(files)?,
             text_encoder_class,
             unet,

@@ -102,8 +102,14 @@ pub struct Request {
     /// What the U-Net predicts, `epsilon` or `v_prediction`, overriding the model's scheduler
     /// config (a single-file checkpoint's type is detected by a rule that can be wrong).
     pub prediction: Option<String>,
+    /// Image variations (stable unCLIP): the noise level of the image embedding, from 0
+    /// (diffusers' default) to the image noising scheduler's timesteps - 1.
+    pub noise_level: Option<i64>,
     #[serde(skip)]
     pub init_image: Option<RgbImage>,
+    /// The image whose variations a stable unCLIP model makes (`--variation IMAGE`).
+    #[serde(skip)]
+    pub variation: Option<RgbImage>,
     #[serde(skip)]
     pub mask: Option<Mask>,
     #[serde(skip)]
