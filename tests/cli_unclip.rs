@@ -15,7 +15,7 @@ use hoa::image_io::read_png_parameters;
 use hoa::model_files::DirFiles;
 use hoa::pipeline::{GenerateOptions, Pipeline};
 use hoa::DType;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn out_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("hoa-cli-unclip-{name}-{}", std::process::id()));
@@ -24,7 +24,7 @@ fn out_dir(name: &str) -> PathBuf {
     d
 }
 
-fn variation(out: &PathBuf, extra: &[&str]) -> std::process::Output {
+fn variation(out: &Path, extra: &[&str]) -> std::process::Output {
     let model = dir("unclip_tiny");
     let image = model.join("image.png");
     let mut args = vec![
@@ -55,7 +55,8 @@ fn generate_variation_writes_the_librarys_image_with_its_parameters() {
     let Some(c) = common::ctx() else { return };
     let d = out_dir("gen");
     let a = d.join("a.png");
-    assert!(variation(&a, &[]).status.success());
+    let out = variation(&a, &[]);
+    assert!(out.status.success());
     let png = std::fs::read(&a).unwrap();
     let img = image::load_from_memory(&png).unwrap().to_rgb8();
     assert_eq!((img.width(), img.height()), (32, 24));
@@ -63,6 +64,8 @@ fn generate_variation_writes_the_librarys_image_with_its_parameters() {
         .unwrap()
         .expect("parameters chunk");
     assert!(params.contains("Variation noise level: 0"), "{params}");
+    // An empty prompt is a variation's default, not a warning.
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("empty"));
     // The library, given the same options, makes the same pixels.
     let p = Pipeline::load(c, &DirFiles::open(dir("unclip_tiny")).unwrap(), DType::F32).unwrap();
     let bytes = std::fs::read(dir("unclip_tiny").join("image.png")).unwrap();

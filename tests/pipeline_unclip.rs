@@ -7,8 +7,9 @@
 //! `--variation` / `--noise-level`.
 //!
 //! Tolerances (max |err| <= rel x max |ref|): pixel values exact; image embeddings and class
-//! labels 1e-5; the U-Net 1e-4; latents through 2-3 U-Net calls and DDIM steps 1e-4 (as
-//! tests/pipeline.rs); the image within one level of 255 on at most 1% of the values.
+//! labels 1e-5; the U-Net 1e-4 (1e-2 with f16 storage); latents through 2-3 U-Net calls and
+//! DDIM steps 1e-4 (as tests/pipeline.rs); the image within one level of 255 on at most 1% of
+//! the values.
 
 mod common;
 #[path = "common/fixture.rs"]
@@ -17,12 +18,15 @@ mod fixture;
 use common::ctx;
 use fixture::{close_rel, dir, Io};
 use hoa::clip::decode_image;
+use hoa::config::UNet2DConditionModelConfig;
 use hoa::model_files::DirFiles;
 use hoa::model_info::ModelInfo;
+use hoa::models::unet_2d_condition::UNet2DConditionModel;
 use hoa::options::Variation;
 use hoa::pipeline::{Event, GenerateOptions, Pipeline};
 use hoa::request::{Origin, Request};
 use hoa::resolve::{resolve, DeviceLimits};
+use hoa::weights::{Loader, Weights};
 use hoa::{DType, Tensor};
 
 const NAME: &str = "unclip_tiny";
@@ -84,29 +88,57 @@ fn unclip_image_embedding_and_its_noising_match_diffusers() {
 
 #[test]
 fn unclip_unet_with_class_labels_matches_diffusers() {
-    let Some((c, p)) = load() else { return };
+    let Some(c) = ctx() else { return };
     let io = Io::load(NAME);
-    for case in ["cfg", "noised"] {
-        let k = |s: &str| format!("{case}.unet.{s}");
-        let sample = io.tensor(c, &k("sample"), DType::F32);
-        let ehs = io.tensor(c, &k("encoder_hidden_states"), DType::F32);
-        let labels = io.tensor(c, &k("class_labels"), DType::F32);
-        let (t, _) = io.f32(&k("timestep"));
-        let class_emb = p.unet.class_embed(c, &labels).unwrap();
-        let out = p
-            .unet
-            .forward_with(c, &sample, &t, &ehs, Some(&class_emb))
-            .unwrap();
-        let r = close_rel(&k("out"), &out.sample, &io.f32(&k("out")), UNET_REL, c).unwrap();
-        eprintln!("{case} unet: {r:.2e}");
-        // Without its class embedding the U-Net refuses, naming it.
-        let e = p
-            .unet
-            .forward(c, &sample, &t, &ehs)
-            .err()
-            .unwrap()
+    let unet_dir = dir(NAME).join("unet");
+    let cfg = UNet2DConditionModelConfig::from_json(
+        &std::fs::read(unet_dir.join("config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg.class_projection(), Some(32));
+    let f = "diffusion_pytorch_model.safetensors";
+    let w = Weights::from_bytes(f, std::fs::read(unet_dir.join(f)).unwrap()).unwrap();
+    for dt in common::dtypes(c) {
+        // f16 storage rounds every weight and activation: the model tests' 1e-2.
+        let rel = if dt == DType::F32 { UNET_REL } else { 1e-2 };
+        let unet = UNet2DConditionModel::load(&Loader::new(c, &w, dt), &cfg).unwrap();
+        for case in ["cfg", "noised"] {
+            let k = |s: &str| format!("{case}.unet.{s}");
+            let sample = io.tensor(c, &k("sample"), dt);
+            let ehs = io.tensor(c, &k("encoder_hidden_states"), dt);
+            let labels = io.tensor(c, &k("class_labels"), dt);
+            let (t, _) = io.f32(&k("timestep"));
+            let class_emb = unet.class_embed(c, &labels).unwrap();
+            let out = unet
+                .forward_with(c, &sample, &t, &ehs, Some(&class_emb))
+                .unwrap();
+            let r = close_rel(&k("out"), &out.sample, &io.f32(&k("out")), rel, c).unwrap();
+            eprintln!("{case} unet {dt:?}: {r:.2e}");
+            // Without its class embedding the U-Net refuses, naming it.
+            let e = unet
+                .forward(c, &sample, &t, &ehs)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("class_labels"), "{e}");
+        }
+    }
+    // Class types hoa does not run, and a projection without its width, are named.
+    for (json, field) in [
+        (r#"{"class_embed_type": "timestep"}"#, "class_embed_type"),
+        (
+            r#"{"class_embed_type": "projection"}"#,
+            "projection_class_embeddings_input_dim",
+        ),
+        (
+            r#"{"class_embeddings_concat": true}"#,
+            "class_embeddings_concat",
+        ),
+    ] {
+        let e = UNet2DConditionModelConfig::from_json(json.as_bytes())
+            .unwrap_err()
             .to_string();
-        assert!(e.contains("class_labels"), "{e}");
+        assert!(e.contains(&format!("`{field}`")), "{json}: {e}");
     }
 }
 
@@ -180,6 +212,16 @@ fn unclip_variations_match_diffusers_end_to_end() {
         ..Default::default()
     };
     check_case(c, &p, &io, "noised", &opts);
+    // Without an image the unCLIP U-Net has nothing to condition on: refused before any work.
+    let plain = GenerateOptions {
+        variation: None,
+        ..opts
+    };
+    let e = pollster::block_on(p.generate(c, &plain, &mut |_| {}))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("makes variations of an image"), "{e}");
 }
 
 fn limits() -> DeviceLimits {

@@ -313,6 +313,13 @@ impl Pipeline {
                 )));
             }
         }
+        if self.unet.class_embedding.is_some() && opts.variation.is_none() {
+            return Err(Error::invalid(
+                "variation",
+                "this stable unCLIP model makes variations of an image: give one \
+                 (GenerateOptions::variation, hoa generate --variation IMAGE)",
+            ));
+        }
         let Some(init) = &opts.init else {
             return Ok(());
         };
