@@ -14,12 +14,13 @@ use serde_json::Value;
 /// The pipelines whose folders hoa runs (the img2img and inpainting classes share the
 /// text-to-image components; hoa inpaints by latent blending with the 4-channel U-Net; the SDXL
 /// refiner is an `StableDiffusionXLImg2ImgPipeline` folder without `text_encoder`).
-const PIPELINES: [&str; 5] = [
+const PIPELINES: [&str; 6] = [
     "StableDiffusionPipeline",
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",
     "StableDiffusionXLPipeline",
     "StableDiffusionXLImg2ImgPipeline",
+    "StableUnCLIPImg2ImgPipeline",
 ];
 
 #[derive(Clone, Debug)]
@@ -36,6 +37,18 @@ pub struct ModelInfo {
     /// (`CLIPTextModelWithProjection`) and its `force_zeros_for_empty_prompt` (diffusers'
     /// default true: an empty negative prompt conditions on zeros).
     pub sdxl: Option<SdxlInfo>,
+    /// Stable unCLIP (a `projection` class-embedding U-Net): image variations.
+    pub unclip: Option<UnclipInfo>,
+}
+
+/// What a stable unCLIP folder (`StableUnCLIPImg2ImgPipeline`) adds to [`ModelInfo`]: the
+/// image encoder's embedding width and the image noising scheduler's number of noise levels.
+#[derive(Clone, Copy, Debug)]
+pub struct UnclipInfo {
+    /// `image_encoder/config.json`'s `projection_dim`.
+    pub image_embed_dim: usize,
+    /// `image_noising_scheduler`'s `num_train_timesteps`: `noise_level` is below it.
+    pub noise_levels: usize,
 }
 
 /// What an SDXL folder adds to [`ModelInfo`].
@@ -110,6 +123,63 @@ fn is_null(index: &Value, component: &str) -> bool {
         Some(Value::Array(v)) => v.iter().all(Value::is_null),
         Some(_) => false,
     }
+}
+
+/// Stable unCLIP's components beyond SD's, when the U-Net takes `class_embed_type:
+/// "projection"`: the image encoder (its embedding plus the noise level's, side by side, is the
+/// U-Net's class input), the normalizer, the noising scheduler and the feature extractor.
+fn read_unclip(
+    files: &dyn ModelFiles,
+    index: &Value,
+    unet: &UNet2DConditionModelConfig,
+) -> Result<Option<UnclipInfo>> {
+    let Some(input) = unet.class_projection() else {
+        return Ok(None);
+    };
+    for c in [
+        "image_encoder",
+        "image_normalizer",
+        "image_noising_scheduler",
+    ] {
+        require_class(files, index, c).map_err(|_| {
+            Error::config(
+                "model_index.json",
+                c,
+                format!(
+                    "is missing or its folder `{c}/` is: a stable unCLIP U-Net (class_embed_type \
+                     \"projection\") needs image_encoder, image_normalizer, \
+                     image_noising_scheduler and feature_extractor"
+                ),
+            )
+        })?;
+    }
+    if !files.exists("feature_extractor/preprocessor_config.json") {
+        return Err(Error::Checkpoint(format!(
+            "{}: a stable unCLIP folder needs feature_extractor/preprocessor_config.json (the \
+             CLIPImageProcessor of its image encoder)",
+            files.describe()
+        )));
+    }
+    let enc =
+        crate::config::ClipVisionConfig::from_json(&files.require("image_encoder/config.json")?)?;
+    if enc.projection_dim.checked_mul(2) != Some(input) {
+        return Err(Error::config(
+            "unet/config.json",
+            "projection_class_embeddings_input_dim",
+            format!(
+                "is {input}, but the image embedding and its noise-level embedding give 2 x \
+                 {} (image_encoder/config.json: projection_dim)",
+                enc.projection_dim
+            ),
+        ));
+    }
+    let noising = SchedulerConfig::from_json(
+        &files.require("image_noising_scheduler/scheduler_config.json")?,
+    )?;
+    Ok(Some(UnclipInfo {
+        image_embed_dim: enc.projection_dim,
+        noise_levels: noising.num_train_timesteps.unwrap_or(1000),
+    }))
 }
 
 /// `model_index.json`'s class for `component`, checking that its folder is there.
@@ -237,8 +307,10 @@ impl ModelInfo {
                  may leave out",
             ));
         }
+        let unclip = read_unclip(files, &index, &unet)?;
         let info = ModelInfo {
             sdxl,
+            unclip,
             defaults: ModelDefaults::load(files)?,
             text_encoder_class,
             unet,

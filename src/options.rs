@@ -73,6 +73,19 @@ pub struct InitImage {
     pub mask: Option<Vec<f32>>,
 }
 
+/// An image whose variations a stable unCLIP model makes (diffusers'
+/// `StableUnCLIPImg2ImgPipeline`): its CLIP image embedding, noised to `noise_level`,
+/// conditions the U-Net in place of an init image.
+#[derive(Clone, Debug)]
+pub struct Variation {
+    pub image: RgbImage,
+    /// The image noising scheduler's timestep for the embedding (diffusers' default 0).
+    pub noise_level: usize,
+    /// The embedding noise ([image_embed_dim], diffusers' `noise=` of
+    /// `noise_image_embeddings`); `None`: drawn from the seed.
+    pub noise: Option<Vec<f32>>,
+}
+
 /// Guidance `scale` for the steps whose timestep is at least `from_timestep` (of the
 /// scheduler's `num_train_timesteps`, e.g. 1000); the later steps use `guidance`. A timestep
 /// rather than a step index, so the split does not move with the number of steps.
@@ -199,6 +212,8 @@ pub struct GenerateOptions {
     /// them; they are multiplied by the scheduler's `init_noise_sigma` like diffusers does.
     pub latents: Option<Vec<f32>>,
     pub init: Option<InitImage>,
+    /// Image variations (a stable unCLIP model).
+    pub variation: Option<Variation>,
     /// Run the guidance halves as two U-Net batches (half the activation memory). Automatic
     /// when one batch of both would exceed a binding.
     pub split_guidance: bool,
@@ -266,6 +281,7 @@ impl Default for GenerateOptions {
             decoder: Decoder::Vae,
             latents: None,
             init: None,
+            variation: None,
             split_guidance: false,
             preview_every: 0,
             cancel: None,

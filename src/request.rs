@@ -110,8 +110,14 @@ pub struct Request {
     /// prompt (diffusers' `aesthetic_score` 6, `negative_aesthetic_score` 2.5).
     pub aesthetic_score: Option<f64>,
     pub negative_aesthetic_score: Option<f64>,
+    /// Image variations (stable unCLIP): the noise level of the image embedding, from 0
+    /// (diffusers' default) to the image noising scheduler's timesteps - 1.
+    pub noise_level: Option<i64>,
     #[serde(skip)]
     pub init_image: Option<RgbImage>,
+    /// The image whose variations a stable unCLIP model makes (`--variation IMAGE`).
+    #[serde(skip)]
+    pub variation: Option<RgbImage>,
     #[serde(skip)]
     pub mask: Option<Mask>,
     #[serde(skip)]

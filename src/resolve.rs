@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use crate::image_io::GenerationParameters;
 use crate::model_info::ModelInfo;
 use crate::options::{
-    Decoder, GenerateOptions, GuidanceHigh, InitImage, MicroConditioning, DEFAULT_AESTHETIC_SCORE,
-    DEFAULT_NEGATIVE_AESTHETIC_SCORE,
+    Decoder, GenerateOptions, GuidanceHigh, InitImage, MicroConditioning, Variation,
+    DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE,
 };
 use crate::request::{Mask, Request};
 use crate::schedulers::{self, SchedulerKind};
@@ -150,9 +150,10 @@ fn resolve_options(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Re
             ));
         }
     }
-    let prompt = req
-        .prompt
-        .clone()
+    let variation = resolve_variation(req, model)?;
+    // A variation needs no prompt: diffusers' StableUnCLIPImg2ImgPipeline defaults to "".
+    let prompt = (req.prompt.clone())
+        .or_else(|| variation.as_ref().map(|_| String::new()))
         .ok_or_else(|| Error::invalid(req.name("prompt"), "is required"))?;
     let (upsampled, text) = upsample(req, model, &prompt)?;
     let steps = resolve_steps(req, model)?;
@@ -188,6 +189,7 @@ fn resolve_options(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Re
         decoder,
         latents,
         init,
+        variation,
         split_guidance: false,
         preview_every,
         cancel: None,
@@ -436,6 +438,57 @@ fn resolve_init(
         image: image.clone(),
         strength: strength as f32,
         mask,
+    }))
+}
+
+/// `--variation IMAGE` (and `--noise-level`) for a stable unCLIP model, which needs one: its
+/// U-Net is conditioned on an image embedding.
+fn resolve_variation(req: &Request, model: &ModelInfo) -> Result<Option<Variation>> {
+    let (image, unclip) = match (&req.variation, &model.unclip) {
+        (None, None) if req.noise_level.is_some() => {
+            return Err(Error::invalid(
+                req.name("noise_level"),
+                format!("needs {} (an image to vary)", req.name("variation")),
+            ))
+        }
+        (None, None) => return Ok(None),
+        (None, Some(_)) => {
+            return Err(Error::invalid(
+                req.name("variation"),
+                "is required: this is a stable unCLIP model (its U-Net takes an image \
+                 embedding, class_embed_type \"projection\"), which makes variations of an image",
+            ))
+        }
+        (Some(_), None) => {
+            return Err(Error::invalid(
+                req.name("variation"),
+                "needs a stable unCLIP model (e.g. stable-diffusion-2-1-unclip): this folder \
+                 has no image_encoder/ (CLIPVisionModelWithProjection) and its U-Net no \
+                 class_embed_type \"projection\"",
+            ))
+        }
+        (Some(i), Some(u)) => (i, u),
+    };
+    if req.init_image.is_some() {
+        return Err(Error::invalid(
+            req.name("variation"),
+            format!("and {} cannot be combined", req.name("init_image")),
+        ));
+    }
+    let noise_level = match req.noise_level {
+        Some(n) => int(
+            req,
+            "noise_level",
+            n,
+            0,
+            unclip.noise_levels.saturating_sub(1),
+        )?,
+        None => 0,
+    };
+    Ok(Some(Variation {
+        image: image.clone(),
+        noise_level,
+        noise: None,
     }))
 }
 
@@ -823,6 +876,12 @@ impl Resolved {
             if init.mask.is_some() {
                 extra.push(("Mask".to_string(), "yes".to_string()));
             }
+        }
+        if let Some(v) = &o.variation {
+            extra.push((
+                "Variation noise level".to_string(),
+                v.noise_level.to_string(),
+            ));
         }
         extra.extend(o.guidance_high.map(|h| h.parameter()));
         if let Some(f) = o.denoising_end {

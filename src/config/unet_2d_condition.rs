@@ -43,7 +43,11 @@ pub struct UNet2DConditionModelConfig {
     pub num_attention_heads: Option<PerBlock<usize>>,
     pub dual_cross_attention: bool,
     pub use_linear_projection: bool,
+    /// `"projection"` (stable unCLIP): `class_labels` [B, projection_class_embeddings_input_dim]
+    /// through a TimestepEmbedding, added to the time embedding.
     pub class_embed_type: Option<String>,
+    /// Concatenate the class embedding to the time embedding instead of adding it (refused).
+    pub class_embeddings_concat: bool,
     /// `"text_time"` (SDXL): pooled text embeddings and micro-conditioning time ids.
     pub addition_embed_type: Option<String>,
     /// `text_time`: the sinusoidal width of each time id (256 in SDXL).
@@ -111,6 +115,7 @@ impl Default for UNet2DConditionModelConfig {
             dual_cross_attention: false,
             use_linear_projection: false,
             class_embed_type: None,
+            class_embeddings_concat: false,
             addition_embed_type: None,
             addition_time_embed_dim: None,
             projection_class_embeddings_input_dim: None,
@@ -204,7 +209,7 @@ impl UNet2DConditionModelConfig {
             Some(v) => Err(src.refuse(field, format!("= {v:?}"))),
             None => Ok(()),
         };
-        set("class_embed_type", &self.class_embed_type)?;
+        self.validate_class_embed(src)?;
         self.validate_text_time(src)?;
         set("encoder_hid_dim_type", &self.encoder_hid_dim_type)?;
         set("time_embedding_act_fn", &self.time_embedding_act_fn)?;
@@ -264,6 +269,42 @@ impl UNet2DConditionModelConfig {
                 "addition_embed_type",
                 format!("= {t:?} (hoa runs null and \"text_time\")"),
             )),
+        }
+    }
+
+    /// `class_embed_type`: none, or stable unCLIP's `"projection"` with its input width (not
+    /// together with `addition_embed_type`, which shares that width's field).
+    fn validate_class_embed(&self, src: Source) -> Result<()> {
+        if self.class_embeddings_concat {
+            return Err(src.refuse("class_embeddings_concat", "= true"));
+        }
+        match self.class_embed_type.as_deref() {
+            None => Ok(()),
+            Some("projection") => {
+                if self.addition_embed_type.is_some() {
+                    return Err(src.refuse("class_embed_type", "together with addition_embed_type"));
+                }
+                let v = self.projection_class_embeddings_input_dim.ok_or_else(|| {
+                    src.err(
+                        "projection_class_embeddings_input_dim",
+                        "is missing; `class_embed_type: \"projection\"` needs it",
+                    )
+                })?;
+                src.positive("projection_class_embeddings_input_dim", v, MAX_DIM)
+            }
+            Some(t) => Err(src.refuse(
+                "class_embed_type",
+                format!("= {t:?} (hoa runs null and \"projection\")"),
+            )),
+        }
+    }
+
+    /// stable unCLIP's class conditioning: `projection_class_embeddings_input_dim` when
+    /// `class_embed_type` is `"projection"`.
+    pub fn class_projection(&self) -> Option<usize> {
+        match self.class_embed_type.as_deref() {
+            Some("projection") => self.projection_class_embeddings_input_dim,
+            _ => None,
         }
     }
 

@@ -8,6 +8,7 @@ pub mod clip_model;
 pub mod clip_vision;
 pub mod consistency_decoder;
 pub mod nn;
+pub mod prior_transformer;
 pub mod resnet;
 pub mod t5;
 pub mod t5_decoder;

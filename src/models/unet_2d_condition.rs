@@ -64,6 +64,9 @@ pub struct UNet2DConditionModel {
     /// `text_time`: `add_embedding`, a TimestepEmbedding from
     /// `projection_class_embeddings_input_dim` to `time_embed_dim`.
     pub add_embedding: Option<TimestepEmbeddingMlp>,
+    /// `class_embed_type: "projection"` (stable unCLIP): `class_embedding`, a TimestepEmbedding
+    /// from `projection_class_embeddings_input_dim` to `time_embed_dim`.
+    pub class_embedding: Option<TimestepEmbeddingMlp>,
     pub conv_in: Conv2d,
     pub down_blocks: Vec<UNetDownBlock>,
     pub mid_block: Option<UNetMidBlock2DCrossAttn>,
@@ -178,6 +181,9 @@ impl UNet2DConditionModel {
         let add_embedding = (c.text_time())
             .map(|(_, input)| TimestepEmbeddingMlp::load(&vb.pp("add_embedding"), input, temb))
             .transpose()?;
+        let class_embedding = (c.class_projection())
+            .map(|input| TimestepEmbeddingMlp::load(&vb.pp("class_embedding"), input, temb))
+            .transpose()?;
         let conv_in = Conv2d::load(&vb.pp("conv_in"), c.in_channels, ch0, c.conv_in_kernel, 1)?;
         let down_specs = c.down_blocks()?;
         let down_blocks = (down_specs.iter().enumerate())
@@ -201,6 +207,7 @@ impl UNet2DConditionModel {
             config: c.clone(),
             time_embedding,
             add_embedding,
+            class_embedding,
             conv_in,
             down_blocks,
             mid_block,
@@ -223,8 +230,8 @@ impl UNet2DConditionModel {
     /// sample [B, in_channels, H, W]; `timesteps` one value for the batch or one per sample;
     /// encoder_hidden_states [B, L, cross_attention_dim]. Returns the noise prediction and the
     /// per-block activations.
-    /// An SDXL U-Net (`text_time`) needs its added conditioning: use
-    /// [`Self::forward_with`].
+    /// An SDXL U-Net (`text_time`) needs its added conditioning, an unCLIP one (`projection`)
+    /// its class embedding: use [`Self::forward_with`].
     pub fn forward(
         &self,
         ctx: &Context,
@@ -236,8 +243,10 @@ impl UNet2DConditionModel {
     }
 
     /// [`Self::forward`] with the added embedding `aug_emb` [B, time_embed_dim] that
-    /// [`Self::aug_embed`] made of `added_cond_kwargs` (it does not change with the timestep,
-    /// so a pipeline makes it once before its loop); required by a `text_time` U-Net.
+    /// [`Self::aug_embed`] made of `added_cond_kwargs`, or the class embedding that
+    /// [`Self::class_embed`] made of `class_labels` (neither changes with the timestep, so a
+    /// pipeline makes it once before its loop); required by a `text_time` or `projection`
+    /// U-Net.
     pub fn forward_with(
         &self,
         ctx: &Context,
@@ -339,13 +348,47 @@ impl UNet2DConditionModel {
         add_embedding.forward(ctx, &add_embeds)
     }
 
-    /// A `text_time` U-Net gets an added embedding of one row per sample; others none.
+    /// diffusers' `get_class_embed` for `class_embed_type: "projection"`: `class_embedding`
+    /// of `class_labels` [B, projection_class_embeddings_input_dim] (no sinusoidal step).
+    /// Returns [B, time_embed_dim], which [`Self::forward_with`] adds to the time embedding.
+    pub fn class_embed(&self, ctx: &Context, class_labels: &Tensor) -> Result<Tensor> {
+        const OP: &str = "UNet2DConditionModel";
+        let (Some(class_embedding), Some(input)) =
+            (&self.class_embedding, self.config.class_projection())
+        else {
+            return Err(Error::shape(
+                OP,
+                "this U-Net has no class embedding (class_embed_type is not \"projection\")",
+            ));
+        };
+        let s = class_labels.shape();
+        if s.len() != 2 || s[1] != input || class_labels.dtype() != self.dtype {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "class_labels {s:?} must be [B, {input}] \
+                     (projection_class_embeddings_input_dim) in {}",
+                    self.dtype.name()
+                ),
+            ));
+        }
+        class_embedding.forward(ctx, class_labels)
+    }
+
+    /// A `text_time` U-Net gets an added embedding of one row per sample, a `projection` one
+    /// its class embedding; others none.
     fn check_aug(&self, aug_emb: Option<&Tensor>, b: usize) -> Result<()> {
         const OP: &str = "UNet2DConditionModel";
         let want = [b, self.config.time_embed_dim()];
-        match (aug_emb, self.add_embedding.is_some()) {
+        let takes = self.add_embedding.is_some() || self.class_embedding.is_some();
+        match (aug_emb, takes) {
             (None, false) => Ok(()),
             (Some(a), true) if a.shape() == want && a.dtype() == self.dtype => Ok(()),
+            (None, true) if self.class_embedding.is_some() => Err(Error::shape(
+                OP,
+                "this unCLIP U-Net (class_embed_type \"projection\") needs its class \
+                 embedding (class_labels: the noised image embedding)",
+            )),
             (None, true) => Err(Error::shape(
                 OP,
                 "this SDXL-style U-Net (addition_embed_type \"text_time\") needs its added \
@@ -353,7 +396,8 @@ impl UNet2DConditionModel {
             )),
             (Some(_), false) => Err(Error::shape(
                 OP,
-                "added conditioning given to a U-Net without addition_embed_type",
+                "added conditioning given to a U-Net without addition_embed_type or \
+                 class_embed_type",
             )),
             (Some(a), true) => Err(Error::shape(
                 OP,

@@ -13,11 +13,13 @@ mod latents;
 mod refiner;
 mod sdxl;
 mod text_encoder;
+mod unclip;
 
 pub use crate::options::{Decoder, GenerateOptions, GuidanceHigh, InitImage};
 pub use decode::to_u8;
 pub use sdxl::TextEncoder2;
 pub use text_encoder::TextEncoder;
+pub use unclip::{StableUnCLIPImageNormalizer, UnclipImageEncoder};
 
 use crate::config::{ClipTextConfig, ConsistencyDecoderVAEConfig, T5Config};
 use crate::error::{Error, Result};
@@ -76,6 +78,8 @@ pub struct Pipeline {
     /// The VAE's dtype: f32 when an SDXL VAE's `force_upcast` asks for it under f16.
     pub vae_dtype: DType,
     pub consistency_decoder: Option<ConsistencyDecoderVAE>,
+    /// Stable unCLIP's image encoder, normalizer and noising schedule (image variations).
+    pub unclip: Option<UnclipImageEncoder>,
     pub dtype: DType,
     /// The LoRAs (file, scale) merged into the weights at load, in order.
     pub loras: Vec<(String, f64)>,
@@ -169,7 +173,9 @@ impl Pipeline {
         } else {
             None
         };
+        let unclip = unclip::load(ctx, files, &info, dtype)?;
         Ok(Pipeline {
+            unclip,
             info,
             tokenizer,
             text_encoder,
@@ -329,6 +335,13 @@ impl Pipeline {
                 )));
             }
         }
+        if self.unet.class_embedding.is_some() && opts.variation.is_none() {
+            return Err(Error::invalid(
+                "variation",
+                "this stable unCLIP model makes variations of an image: give one \
+                 (GenerateOptions::variation, hoa generate --variation IMAGE)",
+            ));
+        }
         let Some(init) = &opts.init else {
             return Ok(());
         };
@@ -413,6 +426,11 @@ impl Pipeline {
                 (c, Some(a))
             }
             None => (self.encode_prompt(ctx, opts, cfg, events)?, None),
+        };
+        // 1b. stable unCLIP: the image embedding as the U-Net's class embedding.
+        let aug_emb = match &opts.variation {
+            Some(v) => Some(self.encode_image(ctx, opts, v, cfg).await?),
+            None => aug_emb,
         };
         // 2. Timesteps.
         let (kind, note) = self.scheduler_choice(opts);

@@ -94,7 +94,12 @@ impl Pipeline {
         cfg: bool,
         events: &mut dyn FnMut(Event),
     ) -> Result<Tensor> {
-        let pos = self.tokenize(&opts.prompt, "prompt", events)?;
+        // A variation's prompt is optional: empty is its default, not a warning.
+        let what = match opts.variation {
+            Some(_) => "prompt of the variation",
+            None => "prompt",
+        };
+        let pos = self.tokenize(&opts.prompt, what, events)?;
         let mut ids = Vec::new();
         if cfg {
             let neg = self.tokenize(&opts.negative_prompt, "negative prompt", events)?;

@@ -106,6 +106,15 @@ pub struct GenerateArgs {
     /// Inpainting: white = repaint, black = keep (needs --init-image; same size).
     #[arg(long)]
     pub mask: Option<PathBuf>,
+    /// Image variations (DALL-E 2's unCLIP, as diffusers' StableUnCLIPImg2ImgPipeline): new
+    /// images from this image's CLIP embedding, with a stable unCLIP --model (its
+    /// image_encoder/, image_normalizer/, image_noising_scheduler/). The prompt is optional.
+    #[arg(long, value_name = "IMAGE")]
+    pub variation: Option<PathBuf>,
+    /// --variation: the noise added to the image embedding, from 0 (default, diffusers') to
+    /// the image noising scheduler's timesteps - 1; higher strays further from the image.
+    #[arg(long, allow_negative_numbers = true)]
+    pub noise_level: Option<i64>,
     #[command(flatten)]
     pub dtype: crate::dtype::DTypeArgs,
     /// SDXL: the size the U-Net is told the training image had, WIDTHxHEIGHT (diffusers'
@@ -195,6 +204,8 @@ fn read_prompts(a: &GenerateArgs) -> Result<Vec<String>> {
             }
             Ok(v)
         }
+        // A variation's prompt is optional (diffusers' default "").
+        (None, None) if a.variation.is_some() => Ok(vec![String::new()]),
         _ => bail!("give a prompt, or --prompt-file FILE"),
     }
 }
@@ -249,6 +260,17 @@ fn request(a: &GenerateArgs) -> Result<Request> {
         }
         None => None,
     };
+    let variation = match &a.variation {
+        Some(p) => {
+            let what = format!("--variation {}", p.display());
+            // As CLIPImageProcessor reads it: transparency composited onto white.
+            Some(hoa::clip::decode_image(
+                &read_file("--variation", p)?,
+                &what,
+            )?)
+        }
+        None => None,
+    };
     let mask = match &a.mask {
         Some(p) => {
             let what = format!("--mask {}", p.display());
@@ -280,7 +302,9 @@ fn request(a: &GenerateArgs) -> Result<Request> {
         preview_every: None,
         lora: None,
         prediction: a.prediction.clone(),
+        noise_level: a.noise_level,
         init_image,
+        variation,
         mask,
         latents: a.latents.as_deref().map(read_latents).transpose()?,
         original_size: a.original_size,
