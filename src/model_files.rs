@@ -101,6 +101,20 @@ impl ModelFiles for DirFiles {
     fn describe(&self) -> String {
         self.root.display().to_string()
     }
+
+    /// A component's single weights file, memory-mapped (no copy in memory; each tensor's
+    /// pages are dropped once it is on the device). Sharded weights are read whole.
+    fn component_weights(&self, dir: &str) -> Result<Option<Weights>> {
+        let name = weight_candidates(dir, false)
+            .into_iter()
+            .find(|n| self.exists(n));
+        match name {
+            Some(n) if !n.ends_with(".index.json") => {
+                Weights::open_mmap(&self.root.join(&n), &n).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 /// The bytes of safetensors weights at `path`: the file itself, or every `.safetensors` file in

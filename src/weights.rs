@@ -4,6 +4,9 @@
 //! collects every missing, unexpected, wrongly shaped or unsupported tensor and reports them
 //! all at once in [`Loader::finish`]. A [`Weights::view`] renames and reshapes another
 //! checkpoint's tensors without copying its bytes (single-file checkpoints in foreign layouts).
+//! Tensors upload in chunks converted one at a time ([`Weights::upload`]), and a memory map's
+//! pages are handed back as each tensor reaches the device: loading never holds a second copy
+//! of the model in host memory.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
@@ -18,12 +21,20 @@ use std::sync::Arc;
 /// (native single files), so views of one file never copy it.
 pub type Bytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
+/// Called with the byte range of a file (from its start) whose tensor is on the device: a
+/// memory map drops those pages from the process (they stay in the page cache).
+pub type Release = Arc<dyn Fn(std::ops::Range<usize>) + Send + Sync>;
+
+/// Elements converted and written per upload chunk (4 MiB of f32).
+const UPLOAD_CHUNK: usize = 1 << 20;
+
 #[derive(Clone)]
 struct File {
     name: String,
     bytes: Bytes,
     data_start: usize,
     metadata: HashMap<String, String>,
+    release: Option<Release>,
 }
 
 /// How a [`Weights::view`] entry derives its values from the stored tensor.
@@ -76,6 +87,45 @@ impl Weights {
         Weights::from_shared_files(shared)
     }
 
+    /// One file whose tensors' bytes are handed to `release` once each is on the device.
+    pub fn from_shared_with_release(name: &str, bytes: Bytes, release: Release) -> Result<Weights> {
+        let mut w = Weights::from_shared(name, bytes)?;
+        w.files[0].release = Some(release);
+        Ok(w)
+    }
+
+    /// A memory-mapped file: no copy of its bytes is made, and the pages of each tensor are
+    /// dropped from the process once it is on the device.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_mmap(name: &str, map: Arc<memmap2::Mmap>) -> Result<Weights> {
+        #[cfg(unix)]
+        {
+            let m = map.clone();
+            let release: Release = Arc::new(move |r: std::ops::Range<usize>| {
+                // Safety: a read-only shared file mapping: DONTNEED discards no data, later
+                // reads see the file's bytes again.
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, r.start, r.len())
+                };
+            });
+            Weights::from_shared_with_release(name, map, release)
+        }
+        #[cfg(not(unix))]
+        Weights::from_shared(name, map)
+    }
+
+    /// Memory-maps the safetensors file at `path`; `name` is used in messages.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_mmap(path: &std::path::Path, name: &str) -> Result<Weights> {
+        let file =
+            std::fs::File::open(path).map_err(|e| Error::Checkpoint(format!("{name}: {e}")))?;
+        // Safety: the map is read-only; a file changed on disk while mapped is the user's
+        // doing, as with every memory-mapped loader (safetensors' own, candle's).
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| Error::Checkpoint(format!("{name}: cannot be mapped ({e})")))?;
+        Weights::from_mmap(name, Arc::new(map))
+    }
+
     /// [`Weights::from_files`] over shared bytes.
     pub fn from_shared_files(files: Vec<(String, Bytes)>) -> Result<Weights> {
         let mut w = Weights {
@@ -111,6 +161,7 @@ impl Weights {
                 bytes,
                 data_start: 8 + n,
                 metadata,
+                release: None,
             });
         }
         Ok(w)
@@ -229,44 +280,161 @@ impl Weights {
         self.index.get(name).map(|e| e.shape.as_slice())
     }
 
-    /// The tensor's values as f32 (from f32, f16, bf16 or f64).
-    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let e = self
-            .index
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.index
             .get(name)
-            .ok_or_else(|| Error::Checkpoint(format!("no tensor named `{name}`")))?;
-        let (info, f) = (&e.info, &self.files[e.file]);
-        let (mut a, mut b) = info.data_offsets;
+            .ok_or_else(|| Error::Checkpoint(format!("no tensor named `{name}`")))
+    }
+
+    /// The stored bytes of `e` (a row block's part only) and their range in the file.
+    fn stored(&self, e: &Entry) -> (&[u8], std::ops::Range<usize>) {
+        let f = &self.files[e.file];
+        let (mut a, mut b) = e.info.data_offsets;
         if let Transform::Rows { part, of } = e.transform {
             // Rows are contiguous: the part is a byte range of the stored tensor.
             let block = (b - a) / of;
             (a, b) = (a + part * block, a + (part + 1) * block);
         }
+        let range = f.data_start + a..f.data_start + b;
         let all: &[u8] = (*f.bytes).as_ref();
-        let bytes = &all[f.data_start + a..f.data_start + b];
-        let conv = |chunk: usize, g: fn(&[u8]) -> f32| bytes.chunks_exact(chunk).map(g).collect();
-        let v: Vec<f32> = match info.dtype {
-            Dtype::F32 => conv(4, |c| f32::from_le_bytes(c.try_into().unwrap())),
-            Dtype::F16 => conv(2, |c| {
-                half::f16::from_le_bytes(c.try_into().unwrap()).to_f32()
-            }),
-            Dtype::BF16 => conv(2, |c| {
-                half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32()
-            }),
-            Dtype::F64 => conv(8, |c| f64::from_le_bytes(c.try_into().unwrap()) as f32),
-            other => {
-                return Err(Error::Checkpoint(format!(
-                    "{}: tensor `{name}` has dtype {other:?}; hoa loads F32, F16, BF16 and F64",
-                    f.name
-                )))
-            }
-        };
-        Ok(match (e.transform, &info.shape[..]) {
+        (&all[range.clone()], range)
+    }
+
+    /// The tensor's values as f32 (from f32, f16, bf16 or f64).
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let e = self.entry(name)?;
+        let (bytes, _) = self.stored(e);
+        let v = to_f32(bytes, e.info.dtype, || self.unsupported(e, name))?;
+        Ok(match (e.transform, &e.info.shape[..]) {
             (Transform::Transpose, &[rows, cols]) => (0..rows * cols)
                 .map(|i| v[(i % rows) * cols + i / rows])
                 .collect(),
             _ => v,
         })
+    }
+
+    fn unsupported(&self, e: &Entry, name: &str) -> Error {
+        Error::Checkpoint(format!(
+            "{}: tensor `{name}` has dtype {:?}; hoa loads F32, F16, BF16 and F64",
+            self.files[e.file].name, e.info.dtype
+        ))
+    }
+
+    /// Tensor `name` on the device in `dtype`, the same values as
+    /// `Tensor::from_f32(read_f32(name))` but converted and written a chunk at a time, so no
+    /// converted copy of a whole tensor is ever held; then its stored bytes are released
+    /// (see [`Weights::release`]).
+    pub fn upload(&self, ctx: &Context, name: &str, dtype: DType) -> Result<Tensor> {
+        let e = self.entry(name)?;
+        let t = if e.transform == Transform::Transpose {
+            let t = Tensor::empty_owned(ctx, &e.shape, dtype)?;
+            write_f32(ctx, &t, 0, &self.read_f32(name)?)?;
+            t
+        } else {
+            self.upload_stored(ctx, e, name, self.stored(e).0, &e.shape, dtype)?
+        };
+        self.release(name);
+        Ok(t)
+    }
+
+    /// Rows `start..start + count` of tensor `name` (dimension 0) as a tensor of their own,
+    /// converted like [`Weights::upload`]: a table too large for one storage binding loads as
+    /// several. The stored bytes are not released (the caller does, after the last block).
+    pub fn upload_rows(
+        &self,
+        ctx: &Context,
+        name: &str,
+        start: usize,
+        count: usize,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let e = self.entry(name)?;
+        let rows = e.shape.first().copied().unwrap_or(0);
+        if e.transform == Transform::Transpose || start + count > rows {
+            return Err(Error::Checkpoint(format!(
+                "{}: rows {start}..{} of tensor `{name}` {:?} cannot be loaded on their own",
+                self.files[e.file].name,
+                start + count,
+                e.shape
+            )));
+        }
+        let (bytes, _) = self.stored(e);
+        let row = bytes.len() / rows;
+        let mut shape = e.shape.clone();
+        shape[0] = count;
+        let part = &bytes[start * row..(start + count) * row];
+        self.upload_stored(ctx, e, name, part, &shape, dtype)
+    }
+
+    /// `bytes` (stored as `e`'s dtype) to a new tensor of `shape`, a chunk at a time.
+    fn upload_stored(
+        &self,
+        ctx: &Context,
+        e: &Entry,
+        name: &str,
+        bytes: &[u8],
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let t = Tensor::empty_owned(ctx, shape, dtype)?;
+        let size = e.info.dtype.bitsize() / 8;
+        for (i, chunk) in bytes.chunks(UPLOAD_CHUNK * size).enumerate() {
+            let v = to_f32(chunk, e.info.dtype, || self.unsupported(e, name))?;
+            write_f32(ctx, &t, i * UPLOAD_CHUNK, &v)?;
+        }
+        Ok(t)
+    }
+
+    /// Hands tensor `name`'s stored bytes back where the file allows it (a memory map's pages;
+    /// a later read faults them in again).
+    pub fn release(&self, name: &str) {
+        let Some(e) = self.index.get(name) else {
+            return;
+        };
+        if let Some(release) = &self.files[e.file].release {
+            release(self.stored(e).1);
+        }
+    }
+}
+
+/// Little-endian `dtype` values as f32; `unsupported` for dtypes hoa does not load.
+fn to_f32(bytes: &[u8], dtype: Dtype, unsupported: impl Fn() -> Error) -> Result<Vec<f32>> {
+    let conv = |chunk: usize, g: fn(&[u8]) -> f32| bytes.chunks_exact(chunk).map(g).collect();
+    Ok(match dtype {
+        Dtype::F32 => conv(4, |c| f32::from_le_bytes(c.try_into().unwrap())),
+        Dtype::F16 => conv(2, |c| {
+            half::f16::from_le_bytes(c.try_into().unwrap()).to_f32()
+        }),
+        Dtype::BF16 => conv(2, |c| {
+            half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32()
+        }),
+        Dtype::F64 => conv(8, |c| f64::from_le_bytes(c.try_into().unwrap()) as f32),
+        _ => return Err(unsupported()),
+    })
+}
+
+/// Writes `v` into `t` from element `start` on, converted to `t`'s dtype as
+/// [`Tensor::from_f32`] converts.
+fn write_f32(ctx: &Context, t: &Tensor, start: usize, v: &[f32]) -> Result<()> {
+    let offset = (start * t.dtype().size()) as u64;
+    match t.dtype() {
+        DType::F32 => ctx.write_after_pending_at(t.buffer(), offset, &pad4(v)),
+        DType::F16 => {
+            let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+            ctx.write_after_pending_at(t.buffer(), offset, &pad4(&h))
+        }
+    }
+}
+
+/// `values` as bytes padded to a multiple of 4 (`write_buffer` needs it for odd f16 counts).
+fn pad4<T: bytemuck::Pod>(values: &[T]) -> std::borrow::Cow<'_, [u8]> {
+    let bytes: &[u8] = bytemuck::cast_slice(values);
+    if bytes.len() % 4 == 0 {
+        bytes.into()
+    } else {
+        let mut v = bytes.to_vec();
+        v.resize(bytes.len().next_multiple_of(4), 0);
+        v.into()
     }
 }
 
@@ -417,22 +585,69 @@ impl<'a> Loader<'a> {
             Some(got) if got != shape => r
                 .wrong_shape
                 .push(format!("{key}: expected {shape:?}, found {got:?}")),
-            Some(_) => match self.weights.read_f32(&key) {
-                Ok(v) => {
-                    drop(r);
-                    return match self.patch.filter(|p| p.patches(&key)) {
-                        Some(p) => {
+            Some(_) => {
+                drop(r);
+                // An unreadable tensor is reported with the others at `finish`.
+                let unreadable = match self.patch.filter(|p| p.patches(&key)) {
+                    Some(p) => match self.weights.read_f32(&key) {
+                        Ok(v) => {
+                            self.weights.release(&key);
                             let w = Tensor::from_f32(self.ctx, &v, shape, DType::F32)?;
-                            p.apply(self.ctx, &key, w, self.dtype)
+                            return p.apply(self.ctx, &key, w, self.dtype);
                         }
-                        None => Tensor::from_f32(self.ctx, &v, shape, self.dtype),
-                    };
-                }
-                Err(e) => r.other.push(e.to_string()),
-            },
+                        Err(e) => e,
+                    },
+                    None => match self.weights.upload(self.ctx, &key, self.dtype) {
+                        Err(e @ Error::Checkpoint(_)) => e,
+                        t => return t,
+                    },
+                };
+                self.report.borrow_mut().other.push(unreadable.to_string());
+                return Tensor::empty(self.ctx, shape, self.dtype);
+            }
         }
         drop(r);
         Tensor::empty(self.ctx, shape, self.dtype)
+    }
+
+    /// Tensor `prefix.name` of `shape` as blocks of rows (dimension 0) of at most
+    /// `max_bytes` each, with the rows per block: one block when it fits, as [`Loader::get`]
+    /// gives it. For lookup tables larger than one storage binding.
+    pub fn get_row_blocks(
+        &self,
+        name: &str,
+        shape: &[usize],
+        max_bytes: u64,
+    ) -> Result<(Vec<Tensor>, usize)> {
+        let rows = shape.first().copied().unwrap_or(0);
+        let width: usize = shape.get(1..).unwrap_or_default().iter().product();
+        let row_bytes = (width * self.dtype.size()).max(1);
+        let per = ((max_bytes / row_bytes as u64) as usize).max(1);
+        let key = self.key(name);
+        let stored = self.weights.shape(&key) == Some(shape) && self.patch.is_none();
+        if rows <= per || !(self.random.is_some() || stored) {
+            // Fits, or a problem `get` reports (or a patch `get` applies).
+            return Ok((vec![self.get(name, shape)?], rows.max(per)));
+        }
+        let random = self.random_values(name, shape);
+        let mut blocks = Vec::new();
+        for start in (0..rows).step_by(per) {
+            let count = per.min(rows - start);
+            let mut s = shape.to_vec();
+            s[0] = count;
+            blocks.push(match &random {
+                Some(v) => {
+                    let part = &v[start * width..(start + count) * width];
+                    Tensor::from_f32(self.ctx, part, &s, self.dtype)?
+                }
+                None => self
+                    .weights
+                    .upload_rows(self.ctx, &key, start, count, self.dtype)?,
+            });
+        }
+        self.report.borrow_mut().used.insert(key.clone());
+        self.weights.release(&key);
+        Ok((blocks, per))
     }
 
     /// The values of `prefix.name` on the host (small tables the CPU uses, such as T5's

@@ -195,3 +195,114 @@ fn weight_bytes_counts_the_components_safetensors_only() {
     assert_eq!(hoa::model_files::weight_bytes(&d.join("missing")), 0);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Loading streams each tensor to the device in chunks, bit for bit what a whole-tensor upload
+/// gives, and hands every tensor's stored bytes back (a memory map drops those pages) as soon
+/// as it is on the device: the host never holds a second copy of the model.
+#[test]
+fn upload_is_chunked_exact_and_releases_each_tensor() {
+    let Some(c) = ctx() else { return };
+    use std::sync::{Arc, Mutex};
+    // Past one upload chunk (1 << 20 elements), with an odd count so the last f16 chunk pads.
+    let n = (1 << 20) + 3;
+    let mut r = rng(7);
+    let big: Vec<f32> = (0..n)
+        .map(|_| rand::Rng::random_range(&mut r, -2.0..2.0f32))
+        .collect();
+    let small = [0.5f32, -1.25, 3.0, 1.0e-3, -7.5, 2.0];
+    let bytes = file(&[
+        ("big", Dtype::F32, vec![n], f32_bytes(&big)),
+        ("half", Dtype::F16, vec![n], f16_bytes(&big)),
+        ("bf", Dtype::BF16, vec![2, 3], bf16_bytes(&small)),
+    ]);
+    let released: Arc<Mutex<Vec<std::ops::Range<usize>>>> = Arc::default();
+    let sink = released.clone();
+    let w = Weights::from_shared_with_release(
+        "m.safetensors",
+        Arc::new(bytes.clone()),
+        Arc::new(move |r| sink.lock().unwrap().push(r)),
+    )
+    .unwrap();
+    for dt in dtypes(c) {
+        released.lock().unwrap().clear();
+        let l = Loader::new(c, &w, dt);
+        for (name, shape) in [("big", vec![n]), ("half", vec![n]), ("bf", vec![2, 3])] {
+            let got = l.get(name, &shape).unwrap().to_vec(c).unwrap();
+            let whole = hoa::Tensor::from_f32(c, &w.read_f32(name).unwrap(), &shape, dt).unwrap();
+            let want = whole.to_vec(c).unwrap();
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same && got.len() == want.len(), "{name} in {dt:?} differs");
+        }
+        l.finish().unwrap();
+        // Each tensor's data range, from the file's start, released once.
+        let (hlen, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let mut want: Vec<_> = meta
+            .tensors()
+            .values()
+            .map(|i| 8 + hlen + i.data_offsets.0..8 + hlen + i.data_offsets.1)
+            .collect();
+        let mut got = released.lock().unwrap().clone();
+        want.sort_by_key(|r| r.start);
+        got.sort_by_key(|r| r.start);
+        assert_eq!(got, want, "{dt:?}");
+    }
+}
+
+/// Queued writes are staged in host memory until a submit: uploads submit every
+/// `STAGING_LIMIT` bytes, so a model's load never stages its whole size at once.
+#[test]
+fn uploads_stage_at_most_the_limit() {
+    let Some(c) = ctx() else { return };
+    let limit = hoa::gpu::STAGING_LIMIT as usize;
+    let v = vec![1.0f32; limit / 4 / 3 + 1];
+    let mut keep = Vec::new();
+    for _ in 0..4 {
+        keep.push(hoa::Tensor::from_f32(c, &v, &[v.len()], DType::F32).unwrap());
+        assert!(
+            c.staged_bytes() < limit as u64,
+            "{} bytes staged",
+            c.staged_bytes()
+        );
+    }
+}
+
+/// A lookup table larger than one storage binding (CLIP's f32 token table is 145 MiB, past
+/// WebGPU's 128 MiB) loads as row blocks; a lookup across blocks gives the table's rows exactly.
+#[test]
+fn embedding_table_split_over_bindings_looks_up_exact_rows() {
+    let Some(c) = ctx() else { return };
+    use hoa::kernels::embedding::EmbeddingTable;
+    let (rows, dim) = (37, 6);
+    let mut r = rng(3);
+    let table: Vec<f32> = (0..rows * dim)
+        .map(|_| rand::Rng::random_range(&mut r, -2.0..2.0f32))
+        .collect();
+    let bytes = file(&[("emb.weight", Dtype::F32, vec![rows, dim], f32_bytes(&table))]);
+    let w = Weights::from_bytes("m.safetensors", bytes).unwrap();
+    let ids = [36u32, 0, 5, 4, 17, 35, 36, 10];
+    for dt in dtypes(c) {
+        // A lowered limit: 5 rows a block, so 8 blocks, the last of 2 rows.
+        let max = (5 * dim * dt.size()) as u64;
+        let l = Loader::new(c, &w, dt);
+        let t = EmbeddingTable::load(&l.pp("emb"), "weight", [rows, dim], max).unwrap();
+        l.finish().unwrap();
+        assert_eq!((t.blocks.len(), t.rows_per_block), (8, 5));
+        assert_eq!(t.blocks[7].shape(), [2, dim]);
+        let got = t.lookup(c, &ids).unwrap();
+        assert_eq!(got.shape(), [ids.len(), dim]);
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| round_to(dt, &table[i as usize * dim..(i as usize + 1) * dim]))
+            .collect();
+        assert_eq!(got.to_vec(c).unwrap(), want, "{dt:?}");
+        let e = t.lookup(c, &[37]).err().unwrap().to_string();
+        assert!(e.contains("outside the vocabulary of 37"), "{e}");
+        // Within the limit: one block, as `get` loads it.
+        let one = EmbeddingTable::load(&l.pp("emb"), "weight", [rows, dim], 1 << 20).unwrap();
+        assert_eq!(one.blocks.len(), 1);
+        assert_eq!(one.lookup(c, &ids).unwrap().to_vec(c).unwrap(), want);
+    }
+}

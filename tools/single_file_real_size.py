@@ -8,7 +8,7 @@ to LDM single files by tools/ldm_single_file.py. Then, by hand:
 and the two PNGs must be equal: the configs hoa synthesizes from the file's shapes (no --config)
 load the same model as diffusers' own configs.
 
-Usage: python tools/single_file_real_size.py OUT_DIR
+Usage: python tools/single_file_real_size.py OUT_DIR [sd15|sd21 ...]   (default: both)
 """
 import gzip
 import json
@@ -39,11 +39,13 @@ def tokenizer(pad, out):
     return tok
 
 
-def main(out):
+def main(out, only=()):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     for name, sd2 in [("sd15", False), ("sd21", True)]:
+        if only and name not in only:
+            continue
         torch.manual_seed(0)
         unet = UNet2DConditionModel(
             sample_size=96 if sd2 else 64, cross_attention_dim=1024 if sd2 else 768,
@@ -72,4 +74,4 @@ def main(out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

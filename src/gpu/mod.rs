@@ -15,8 +15,14 @@ pub use pool::BufferPool;
 pub use tensor::{DType, Tensor};
 
 use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use uniform_arena::UniformArena;
+
+/// Queued writes wait in driver staging memory until the next submit (host memory on a CPU
+/// adapter, and in the browser): past this many staged bytes an upload submits them and waits,
+/// so loading a model stages at most this much at once rather than its whole size.
+pub const STAGING_LIMIT: u64 = 64 << 20;
 
 /// How to pick the adapter. Every field can also come from the environment (see
 /// [`ContextOptions::from_env`]) so that one binary serves any machine.
@@ -99,6 +105,8 @@ pub struct Context {
     /// FLOPs of the launches recorded since the last [`Context::reset_flops`] (see
     /// [`Context::add_flops`]).
     flops: std::sync::atomic::AtomicU64,
+    /// Bytes written to the queue since the last submit (see [`STAGING_LIMIT`]).
+    staged: AtomicU64,
 }
 
 struct Timestamps {
@@ -165,6 +173,7 @@ impl Context {
             errors,
             timestamps,
             flops: Default::default(),
+            staged: AtomicU64::new(0),
             adapter,
             device,
             queue,
@@ -436,6 +445,7 @@ impl Context {
         // Queued writes run ahead of this submit's commands and after every earlier
         // submission's, so the arena is free to be rewritten here.
         rec.arena.upload(&self.queue);
+        self.staged.store(0, Ordering::Relaxed);
         self.queue.submit([enc.finish()])
     }
 
@@ -443,13 +453,41 @@ impl Context {
     /// otherwise run before them (the queue puts writes ahead of the next submit), which
     /// breaks when the buffer came back from the pool while a recorded dispatch still reads it.
     pub(crate) fn write_after_pending(&self, buffer: &wgpu::Buffer, data: &[u8]) -> Result<()> {
+        self.write_after_pending_at(buffer, 0, data)
+    }
+
+    /// [`Context::write_after_pending`] at byte `offset` (a multiple of 4). Past
+    /// [`STAGING_LIMIT`] staged bytes it submits them and waits, so that their staging
+    /// memory is freed as the upload goes rather than after the whole model.
+    pub(crate) fn write_after_pending_at(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
         let mut pending = self.pending.lock().unwrap();
         if !pending.dispatches.is_empty() || !pending.arena.is_empty() {
             self.submit_locked(&mut pending, false, |_| {});
         }
-        self.queue.write_buffer(buffer, 0, data);
-        drop(pending);
+        self.queue.write_buffer(buffer, offset, data);
+        let staged = self.staged.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if staged + data.len() as u64 >= STAGING_LIMIT {
+            let idx = self.submit_locked(&mut pending, false, |_| {});
+            drop(pending);
+            #[cfg(not(target_arch = "wasm32"))]
+            self.wait(idx)?;
+            #[cfg(target_arch = "wasm32")]
+            let _ = idx;
+        } else {
+            drop(pending);
+        }
         self.take_errors("upload")
+    }
+
+    /// Bytes written to the queue and not yet submitted: at most [`STAGING_LIMIT`] after any
+    /// upload.
+    pub fn staged_bytes(&self) -> u64 {
+        self.staged.load(Ordering::Relaxed)
     }
 
     /// Blocks until `idx` (or everything submitted) has finished. Native only: the browser

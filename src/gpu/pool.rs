@@ -42,9 +42,14 @@ impl BufferPool {
         {
             return b;
         }
+        Self::create(device, class)
+    }
+
+    /// A new buffer of `bytes` rounded up to 256 (the smallest size class), outside the pool.
+    pub fn create(device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
         device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("hoa tensor"),
-            size: class,
+            size: bytes.max(16).next_multiple_of(256),
             usage: USAGE,
             mapped_at_creation: false,
         })

@@ -61,6 +61,21 @@ impl Tensor {
     // natively is only an Rc in the browser.
     #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub fn empty(ctx: &Context, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Tensor::allocate(ctx, shape, dtype, true)
+    }
+
+    /// An uninitialized tensor with a buffer of its own, not from the pool: for weights, which
+    /// live as long as their model. Its size is the tensor's rounded up to 256 bytes (the
+    /// pool's size classes waste up to 1/8), and when it is dropped the memory goes back to
+    /// the driver rather than to a pool that would keep an unloaded model's weights.
+    // See `empty` for the Arc.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+    pub fn empty_owned(ctx: &Context, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Tensor::allocate(ctx, shape, dtype, false)
+    }
+
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+    fn allocate(ctx: &Context, shape: &[usize], dtype: DType, pooled: bool) -> Result<Tensor> {
         if dtype == DType::F16 && !ctx.has_f16() {
             return Err(Error::MissingFeature {
                 op: "tensor",
@@ -71,7 +86,11 @@ impl Tensor {
         let numel: usize = shape.iter().product();
         let bytes = (numel as u64) * dtype.size() as u64;
         let max = ctx.max_binding_bytes();
-        if BufferPool::size_class(bytes) > max {
+        let size = match pooled {
+            true => BufferPool::size_class(bytes),
+            false => bytes.max(16).next_multiple_of(256),
+        };
+        if size > max {
             return Err(Error::Limit {
                 op: "tensor",
                 limit: "max_storage_buffer_binding_size",
@@ -80,14 +99,17 @@ impl Tensor {
                 hint: format!("a {shape:?} {} tensor is too large for one binding; use a smaller size or batch", dtype.name()),
             });
         }
-        let buffer = ctx.pool.take(&ctx.device, bytes);
+        let (buffer, pool) = match pooled {
+            true => (ctx.pool.take(&ctx.device, bytes), Arc::downgrade(&ctx.pool)),
+            false => (BufferPool::create(&ctx.device, bytes), Weak::new()),
+        };
         if ctx.poison {
             ctx.write_after_pending(&buffer, &vec![0xFF; buffer.size() as usize])?;
         }
         Ok(Tensor {
             storage: Arc::new(Storage {
                 buffer: Some(buffer),
-                pool: Arc::downgrade(&ctx.pool),
+                pool,
             }),
             shape: shape.to_vec(),
             dtype,

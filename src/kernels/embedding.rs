@@ -50,6 +50,83 @@ impl TimestepEmbedding {
     }
 }
 
+/// An `nn.Embedding` table held as blocks of rows that each fit one storage binding: CLIP's
+/// token table in f32 (49408 x 768, 145 MiB) is past WebGPU's 128 MiB. One block looks up with
+/// [`gather_rows`]; several copy each row from its block (bytes copied: exact).
+pub struct EmbeddingTable {
+    pub blocks: Vec<Tensor>,
+    pub rows_per_block: usize,
+    /// [rows, dim] of the whole table.
+    pub shape: [usize; 2],
+}
+
+impl EmbeddingTable {
+    /// Table `name` [rows, dim] from `vb`, in blocks that fit `max_bytes` (the device's
+    /// storage-binding limit).
+    pub fn load(
+        vb: &crate::weights::Loader,
+        name: &str,
+        shape: [usize; 2],
+        max_bytes: u64,
+    ) -> Result<EmbeddingTable> {
+        let (blocks, rows_per_block) = vb.get_row_blocks(name, &shape, max_bytes)?;
+        Ok(EmbeddingTable {
+            blocks,
+            rows_per_block,
+            shape,
+        })
+    }
+
+    /// The rows `ids` as [ids.len(), dim].
+    pub fn lookup(&self, ctx: &Context, ids: &[u32]) -> Result<Tensor> {
+        if let [one] = &self.blocks[..] {
+            return gather_rows(ctx, one, ids);
+        }
+        let [vocab, dim] = self.shape;
+        check_ids(ids, vocab)?;
+        let dtype = self.blocks[0].dtype();
+        let row = (dim * dtype.size()) as u64;
+        if row % 4 != 0 {
+            return Err(Error::shape(
+                "embedding",
+                format!(
+                    "a [{vocab}, {dim}] {} table split over storage bindings needs rows of a \
+                     multiple of 4 bytes; load the model in f32",
+                    dtype.name()
+                ),
+            ));
+        }
+        let out = Tensor::empty(ctx, &[ids.len(), dim], dtype)?;
+        ctx.submit_with(false, |enc| {
+            for (k, &id) in ids.iter().enumerate() {
+                let (b, r) = (
+                    id as usize / self.rows_per_block,
+                    id as usize % self.rows_per_block,
+                );
+                let src = self.blocks[b].buffer();
+                enc.copy_buffer_to_buffer(src, r as u64 * row, out.buffer(), k as u64 * row, row);
+            }
+        })?;
+        Ok(out)
+    }
+}
+
+/// Every id must index the table; at least one.
+fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
+    if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(Error::shape(
+            "embedding",
+            format!(
+                "token id {bad} is outside the vocabulary of {vocab}; tokenizer and model disagree"
+            ),
+        ));
+    }
+    if ids.is_empty() {
+        return Err(Error::shape("embedding", "no token ids"));
+    }
+    Ok(())
+}
+
 /// `timesteps` is an f32 tensor [B] (fractional values allowed); returns [B, dim] in `dtype`.
 pub fn timestep_embedding(
     ctx: &Context,
@@ -123,17 +200,7 @@ pub fn gather_rows(ctx: &Context, table: &Tensor, ids: &[u32]) -> Result<Tensor>
         ));
     }
     let (vocab, dim) = (table.shape()[0], table.shape()[1]);
-    if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-        return Err(Error::shape(
-            "embedding",
-            format!(
-                "token id {bad} is outside the vocabulary of {vocab}; tokenizer and model disagree"
-            ),
-        ));
-    }
-    if ids.is_empty() {
-        return Err(Error::shape("embedding", "no token ids"));
-    }
+    check_ids(ids, vocab)?;
     let out = Tensor::empty(ctx, &[ids.len(), dim], table.dtype())?;
     let n = to_u32("embedding", "output", ids.len() * dim)?;
     let id_buf = ctx

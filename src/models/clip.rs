@@ -8,6 +8,7 @@ use crate::config::ClipTextConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Tensor};
 use crate::kernels::attention::{attention, AttentionOptions};
+use crate::kernels::embedding::EmbeddingTable;
 use crate::kernels::{elementwise, embedding, Activation};
 use crate::weights::Loader;
 
@@ -75,7 +76,8 @@ impl ClipEncoderLayer {
 pub struct ClipTextModel {
     pub config: ClipTextConfig,
     act: Activation,
-    pub token_embedding: Tensor,
+    /// In blocks when it exceeds one storage binding (the f32 49408 x 768 table).
+    pub token_embedding: EmbeddingTable,
     pub position_embedding: Tensor,
     pub layers: Vec<ClipEncoderLayer>,
     pub final_layer_norm: LayerNorm,
@@ -112,7 +114,12 @@ impl ClipTextModel {
         vb.ignore("embeddings.position_ids");
         let (d, ff) = (config.hidden_size, config.intermediate_size);
         let emb = vb.pp("embeddings");
-        let token_embedding = emb.get("token_embedding.weight", &[config.vocab_size, d])?;
+        let token_embedding = EmbeddingTable::load(
+            &emb,
+            "token_embedding.weight",
+            [config.vocab_size, d],
+            vb.context().max_binding_bytes(),
+        )?;
         let position_embedding = emb.get(
             "position_embedding.weight",
             &[config.max_position_embeddings, d],
@@ -158,8 +165,10 @@ impl ClipTextModel {
         }
         let d = c.hidden_size;
         // 1. embeddings: token + position
-        let tok =
-            embedding::gather_rows(ctx, &self.token_embedding, ids)?.reshape(&[batch, len, d])?;
+        let tok = self
+            .token_embedding
+            .lookup(ctx, ids)?
+            .reshape(&[batch, len, d])?;
         let positions: Vec<u32> = (0..len as u32).collect();
         let pos = embedding::gather_rows(ctx, &self.position_embedding, &positions)?;
         let mut h = elementwise::add(ctx, &tok, &pos)?;

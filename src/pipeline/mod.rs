@@ -386,11 +386,17 @@ impl Pipeline {
         events: &mut dyn FnMut(Event),
     ) -> Result<Vec<RgbImage>> {
         let (latents, mut gens) = self.denoised(ctx, opts, given, events).await?;
-        // 5. Decode.
+        // 5. Decode. The pool keeps a free buffer of every size class it has handed out: the
+        // U-Net's go back to the driver before the VAE's larger ones are made, and those after,
+        // so that peak memory is the larger stage's, and an idle pipeline holds its weights.
         events(Event::Decoding);
-        self.decode(ctx, &latents, opts.decoder, &mut gens)
+        ctx.trim_pool();
+        let images = self
+            .decode(ctx, &latents, opts.decoder, &mut gens)
             .await
-            .map_err(|e| self.explain_non_finite(e, opts))
+            .map_err(|e| self.explain_non_finite(e, opts));
+        ctx.trim_pool();
+        images
     }
 
     /// Stages 1-4: the latents [batch, C, h, w] after the denoising loop, not decoded
@@ -465,6 +471,7 @@ impl Pipeline {
                 events,
             )
             .await?;
+        drop(guidance);
         self.check_latents(ctx, &latents, opts).await?;
         Ok((latents, gens))
     }

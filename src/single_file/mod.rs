@@ -320,7 +320,7 @@ impl SingleFile {
         let map = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| Error::Checkpoint(format!("{name}: cannot be mapped ({e})")))?;
         let map = std::sync::Arc::new(map);
-        let weights = Weights::from_shared(&name, map.clone())?;
+        let weights = Weights::from_mmap(&name, map.clone())?;
         let file = SingleFile::from_weights(weights, config_dir)?;
         #[cfg(unix)]
         let file = SingleFile {
