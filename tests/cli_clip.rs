@@ -32,6 +32,7 @@ fn tmp(name: &str) -> PathBuf {
 
 /// The fixture: model folder, its image files (io's row order) and prompts.
 struct Fixture {
+    name: String,
     model: String,
     images: Vec<String>,
     prompts: Vec<String>,
@@ -40,7 +41,13 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let d = dir("clip_model");
+    fixture_named("clip_model")
+}
+
+/// A fixture folder; its model is the folder itself or `prompts.json`'s `model` (a path from
+/// the repository root: the shipped toy CLIP).
+fn fixture_named(name: &str) -> Fixture {
+    let d = dir(name);
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("prompts.json")).unwrap()).unwrap();
     let list = |k: &str| -> Vec<String> {
@@ -51,10 +58,15 @@ fn fixture() -> Fixture {
             .map(|v| v.as_str().unwrap().to_string())
             .collect()
     };
-    let io = Io::load("clip_model");
+    let io = Io::load(name);
     let dim = io.f32("text_embeds").1[1];
+    let model = match meta["model"].as_str() {
+        Some(m) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(m),
+        None => d.clone(),
+    };
     Fixture {
-        model: d.display().to_string(),
+        name: name.to_string(),
+        model: model.display().to_string(),
         images: list("images"),
         prompts: list("prompts"),
         io,
@@ -64,7 +76,7 @@ fn fixture() -> Fixture {
 
 impl Fixture {
     fn image_path(&self, name: &str) -> String {
-        dir("clip_model")
+        dir(&self.name)
             .join("images")
             .join(name)
             .display()
@@ -88,13 +100,25 @@ fn classify_prints_transformers_probabilities() {
     if common::ctx().is_none() {
         return;
     }
-    let f = fixture();
-    // The fixture's prompts are "a photo of " + these labels.
-    let labels: Vec<&str> = f
-        .prompts
-        .iter()
-        .map(|p| &p["a photo of ".len()..])
-        .collect();
+    // The fixture's prompts are "a photo of " + the labels.
+    classify_matches(&fixture(), "a photo of {}");
+}
+
+/// The shipped toy CLIP (weights/clip, its word-level tokenizer) run by hoa == transformers on
+/// held-out renders (tools/fixtures/clip_toy.py).
+#[test]
+fn shipped_toy_clip_classifies_as_transformers() {
+    if common::ctx().is_none() {
+        return;
+    }
+    classify_matches(&fixture_named("clip_toy"), "{}");
+}
+
+/// `hoa clip classify` of every fixture image over the labels its prompts make with `template`
+/// prints the softmax of transformers' `logits_per_image`.
+fn classify_matches(f: &Fixture, template: &str) {
+    let prefix = &template[..template.find("{}").unwrap()];
+    let labels: Vec<&str> = f.prompts.iter().map(|p| &p[prefix.len()..]).collect();
     let paths: Vec<String> = f.images.iter().map(|n| f.image_path(n)).collect();
     let mut args = vec!["clip", "classify"];
     args.extend(paths.iter().map(String::as_str));
@@ -103,7 +127,7 @@ fn classify_prints_transformers_probabilities() {
         "--labels",
         &joined,
         "--template",
-        "a photo of {}",
+        template,
         "--model",
         &f.model,
     ]);
