@@ -6,7 +6,7 @@
 //! the user typed ([`Request::name`]), or the model file and field.
 
 use crate::error::{Error, Result};
-use crate::image_io::GenerationParameters;
+use crate::image_io::{decode_rgb, GenerationParameters};
 use crate::model_info::ModelInfo;
 use crate::options::{
     Decoder, GenerateOptions, GuidanceHigh, InitImage, MicroConditioning, Variation,
@@ -490,6 +490,38 @@ fn resolve_variation(req: &Request, model: &ModelInfo) -> Result<Option<Variatio
         noise_level,
         noise: None,
     }))
+}
+
+/// Image variations for a front end that offers them on every model (`hoa serve`'s
+/// `POST /v1/images/variations`): `req` becomes a stable unCLIP variation of the encoded
+/// `image` (from its CLIP image embedding; decoded as `--variation` reads it, transparency
+/// onto white) when the model is one, else img2img of `image` from the empty prompt,
+/// unrewritten (decoded as `--init-image` reads it), the documented fallback of a model
+/// without an image encoder. Here, beside [`resolve`], so that one place decides what "a
+/// variation" means for each kind of model; `noise_level` is refused for the fallback, which
+/// has no image embedding to noise.
+pub fn variation_request(mut req: Request, image: &[u8], model: &ModelInfo) -> Result<Request> {
+    let what = req.name("image");
+    if model.unclip.is_some() {
+        req.variation = Some(crate::clip::decode_image(image, &what)?);
+        return Ok(req);
+    }
+    if req.noise_level.is_some() {
+        return Err(Error::invalid(
+            req.name("noise_level"),
+            "needs a stable unCLIP model (an image_encoder/ and a U-Net with class_embed_type \
+             \"projection\"); this model's variations are img2img from the empty prompt",
+        ));
+    }
+    let rgb = decode_rgb(image, &what).map_err(|e| match e {
+        // decode_rgb names no field; a front end maps this one to its image field.
+        Error::Checkpoint(m) => Error::invalid(&what, m.trim_start_matches(&format!("{what}: "))),
+        e => e,
+    })?;
+    req.prompt = Some(String::new());
+    req.upsample = Some(false);
+    req.init_image = Some(rgb);
+    Ok(req)
 }
 
 fn check_mask(

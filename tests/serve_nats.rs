@@ -701,3 +701,50 @@ fn one_worker_drives_two_adapters() {
     }
     assert!(on.iter().all(|&n| n >= 1), "jobs per adapter: {on:?}");
 }
+
+#[test]
+fn unclip_variations_over_nats_carry_their_image_to_the_worker() {
+    let Some((url, _server)) = nats() else {
+        return;
+    };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unclip_tiny");
+    let model = format!("unclip-{}", std::process::id());
+    let m = format!("{model}={}", dir.display());
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--model", &m, "--bind", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let (p, line) = spawn_ready(hoa(&args));
+        let addr = line
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        (p, addr)
+    };
+    let (_front, nats_addr) = serve(&["--queue", &url]);
+    let (_local, local_addr) = serve(&[]);
+    let (_worker, ready) = spawn_ready(hoa(&["worker", "--queue", &url, "--model", &m]));
+    assert!(ready.starts_with("worker ready"), "{ready:?}");
+    // With transparency: the worker must read the image the front decoded (onto white).
+    let image = png_of_image(image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(
+        32,
+        24,
+        |x, y| image::Rgba([(x * 8) as u8, (y * 10) as u8, 90, (x * 8).min(255) as u8]),
+    )));
+    let texts = [
+        ("size", "32x24"),
+        ("steps", "2"),
+        ("seed", "5"),
+        ("noise_level", "100"),
+    ];
+    let (kind, body) = form(&texts, &[("image", &image)]);
+    let answers = [&nats_addr, &local_addr].map(|a| {
+        let (status, b) = post_to(a, "/v1/images/variations", &kind, &body);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&b));
+        png_of(&b)
+    });
+    assert_eq!(png_size(&answers[0]), (32, 24));
+    assert!(
+        answers[0] == answers[1],
+        "an unCLIP variation: NATS and one process differ"
+    );
+}
