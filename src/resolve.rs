@@ -588,7 +588,9 @@ fn resolve_size(
             ),
         ));
     }
-    let m = model.size_multiple()?;
+    // The pipeline (as diffusers') also takes only multiples of 8, whatever a tiny model allows.
+    let native_multiple = model.size_multiple()?;
+    let m = native_multiple.max(8);
     for (field, v) in [("width", w), ("height", h)] {
         if v % m != 0 || v > MAX_SIDE {
             let what = if req.width.is_some() || req.height.is_some() {
@@ -599,9 +601,9 @@ fn resolve_size(
             return Err(Error::invalid(
                 what,
                 format!(
-                    "must be a multiple of {m} up to {MAX_SIDE} for this model (its VAE scales \
-                     by {f}, its U-Net halves the latent {} times), got {v}; try {}",
-                    (m / f).trailing_zeros(),
+                    "must be a multiple of {m} up to {MAX_SIDE} for this model (8 at least; its \
+                     VAE scales by {f}, its U-Net halves the latent {} times), got {v}; try {}",
+                    (native_multiple / f).trailing_zeros(),
                     (v / m).max(1) * m
                 ),
             ));

@@ -305,7 +305,7 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     fails(
         "width",
         &["--width", "30"],
-        "--width: must be a multiple of 4",
+        "--width: must be a multiple of 8",
     );
     fails("steps", &["--steps", "0"], "--steps: must be between 1 and");
     fails(

@@ -156,9 +156,16 @@ fn huge_sizes_are_refused_without_overflow() {
     };
     let e = err(&odd, &m);
     assert!(
-        e.contains("multiple of 4") && e.contains("halves the latent 1 times"),
+        e.contains("multiple of 8") && e.contains("halves the latent 1 times"),
         "{e}"
     );
+    // A multiple of this tiny model's 4 that the pipeline (8, as diffusers') would refuse later
+    // with a 500 in the server: resolve refuses it first.
+    let four = Request {
+        height: Some(36),
+        ..cli("a")
+    };
+    assert!(err(&four, &m).starts_with("--height: must be a multiple of 8"));
     let big = Request {
         width: Some(16384),
         height: Some(16384),

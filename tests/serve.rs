@@ -1197,8 +1197,7 @@ fn variations_of_a_stable_unclip_model_are_hoa_generate_variation_and_others_img
     assert!(params.contains("Variation noise level: 900"), "{params}");
 
     // The default model has no image encoder: img2img of the image from the empty prompt.
-    // (A 32x24 image: the fixture's 40x36 passes resolve's multiple of 4 for this model, but
-    // the pipeline wants multiples of 8: a 500 that is resolve's to fix, not this route's.)
+    // (A 32x24 image: the fixture's 40x36 is no multiple of 8, a 400 naming the size.)
     let plain = [("model", "pipeline_tiny"), ("steps", "2"), ("seed", "7")];
     let small = rgb_png(32, 24);
     let (status, v) = post_form(
