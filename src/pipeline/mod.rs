@@ -32,6 +32,7 @@ use crate::models::t5::T5EncoderModel;
 use crate::models::unet_2d_condition::UNet2DConditionModel;
 use crate::noise::NoiseGenerator;
 use crate::options::{DeviceLimits, MAX_BATCH, MAX_SIDE};
+use crate::rewriter::Rewriter;
 use crate::schedulers::{self, SchedulerKind};
 use crate::tokenizer::Tokenizer;
 use crate::weights::Loader;
@@ -77,6 +78,9 @@ pub struct Pipeline {
     pub dtype: DType,
     /// The LoRAs (file, scale) merged into the weights at load, in order.
     pub loras: Vec<(String, f64)>,
+    /// The prompt rewriter `hoa.json` names (small, loaded with the model); front ends run it
+    /// through [`crate::rewriter::apply`].
+    pub rewriter: Option<Rewriter>,
 }
 
 impl Pipeline {
@@ -118,6 +122,9 @@ impl Pipeline {
             parts.push(LoraPart::TextEncoder2);
         }
         loras.check_components(&parts)?;
+        let rewriter = (info.defaults.rewriter.as_deref())
+            .map(|dir| Rewriter::load(ctx, files, dir))
+            .transpose()?;
         let (text_encoder, context_len) = load_text_encoder(ctx, files, &info, dtype, loras)?;
         let clip = matches!(text_encoder, TextEncoder::Clip(_));
         let tokenizer = load_tokenizer(files, "tokenizer", clip, context_len)?;
@@ -163,6 +170,7 @@ impl Pipeline {
                 .iter()
                 .map(|(f, s)| (f.name.clone(), *s))
                 .collect(),
+            rewriter,
         })
     }
 

@@ -454,6 +454,7 @@ fn outcome(
 async fn finished(
     s: &Shared,
     events: &mut mpsc::Receiver<worker::JobEvent>,
+    revised: &mut String,
 ) -> Option<worker::JobEvent> {
     loop {
         match events.recv().await {
@@ -461,6 +462,7 @@ async fn finished(
                 s.metrics.step_seconds.observe(seconds)
             }
             Some(worker::JobEvent::Partial { .. }) => {}
+            Some(worker::JobEvent::Revised(r)) => *revised = r,
             last => return last,
         }
     }

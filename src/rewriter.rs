@@ -1,0 +1,135 @@
+//! The model's prompt rewriter (issue 31): a transformers `T5ForConditionalGeneration` folder
+//! with its own `tokenizer.json`, named by `hoa.json` `rewriter`, that turns what a person types
+//! into the descriptive caption the image model was trained on (DALL-E 3's rewrite, as a small
+//! model). [`crate::resolve`] decides whether it runs (a rewriter named, upsampling on); [`apply`]
+//! runs it on the GPU and hands the rewrite to the [`Resolved`]. Any small T5 rewriter works the
+//! same: its `generation_config.json` picks greedy or beam search, `num_beams` and the length.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Context, DType};
+use crate::model_files::ModelFiles;
+use crate::models::t5_decoder::T5ForConditionalGeneration;
+use crate::resolve::Resolved;
+
+/// The longest prompt the rewriter reads, in its tokens (the encoder's attention is quadratic
+/// in it; a caption is under 60).
+pub const MAX_PROMPT_TOKENS: usize = 512;
+
+/// A loaded rewriter folder.
+pub struct Rewriter {
+    /// The folder, relative to the model folder (`hoa.json` `rewriter`).
+    pub dir: String,
+    pub model: T5ForConditionalGeneration,
+    tokenizer: tokenizers::Tokenizer,
+}
+
+/// `e` with the file it names put inside `dir` (config parsers name `config.json`).
+fn in_dir(dir: &str, e: Error) -> Error {
+    match e {
+        Error::Config { file, field, why } if !file.contains('/') => Error::Config {
+            file: format!("{dir}/{file}"),
+            field,
+            why,
+        },
+        Error::Checkpoint(m)
+            if m.starts_with("config.json") || m.starts_with("generation_config.json") =>
+        {
+            Error::Checkpoint(format!("{dir}/{m}"))
+        }
+        e => e,
+    }
+}
+
+impl Rewriter {
+    /// Loads `dir` of `files`: config.json, the weights, generation_config.json (optional:
+    /// transformers' defaults) and tokenizer.json. Always f32: 1.5 M parameters, and exact
+    /// against transformers.
+    pub fn load(ctx: &Context, files: &dyn ModelFiles, dir: &str) -> Result<Rewriter> {
+        let model = T5ForConditionalGeneration::from_files(ctx, files, dir, DType::F32)
+            .map_err(|e| in_dir(dir, e))?;
+        let path = format!("{dir}/tokenizer.json");
+        let json = files.read(&path)?.ok_or_else(|| {
+            Error::config(
+                "hoa.json",
+                "rewriter",
+                format!(
+                    "names {dir}/, which has no tokenizer.json ({}/{path}); the rewriter needs \
+                     its fast-tokenizer file (`tokenizer.save_pretrained`)",
+                    files.describe()
+                ),
+            )
+        })?;
+        let tokenizer = tokenizers::Tokenizer::from_bytes(&json)
+            .map_err(|e| Error::Checkpoint(format!("{}/{path}: {e}", files.describe())))?;
+        let (tv, mv) = (tokenizer.get_vocab_size(true), model.config.vocab_size);
+        if tv > mv {
+            return Err(Error::Checkpoint(format!(
+                "{}/{path}: {tv} tokens, more than the {mv} of {dir}/config.json `vocab_size`",
+                files.describe()
+            )));
+        }
+        Ok(Rewriter {
+            dir: dir.to_string(),
+            model,
+            tokenizer,
+        })
+    }
+
+    /// The token ids of `text` as transformers' tokenizer gives them (its post-processor's
+    /// special tokens included: `</s>` last for T5).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| Error::invalid("prompt", format!("the rewriter's tokenizer: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// `ids` as text, special tokens skipped (transformers' `decode(skip_special_tokens=True)`).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| Error::Checkpoint(format!("{}/tokenizer.json: {e}", self.dir)))
+    }
+
+    /// The rewrite of `prompt`: encode, `generate` with the folder's generation config, decode.
+    pub async fn rewrite(&self, ctx: &Context, prompt: &str) -> Result<String> {
+        let ids = self.encode(prompt)?;
+        if ids.len() > MAX_PROMPT_TOKENS {
+            return Err(Error::invalid(
+                "prompt",
+                format!(
+                    "is {} tokens for the prompt rewriter, which reads at most \
+                     {MAX_PROMPT_TOKENS}; shorten it or turn upsampling off",
+                    ids.len()
+                ),
+            ));
+        }
+        let out = self
+            .model
+            .generate_async(ctx, &[ids], &self.model.generation_config)
+            .await?;
+        let seq = out.first().map(Vec::as_slice).unwrap_or_default();
+        self.decode(seq)
+    }
+}
+
+/// Runs `rewriter` on `r`'s prompt when resolve chose the model's rewrite
+/// ([`Resolved::pending_rewrite`]); nothing otherwise. Every front end calls it between
+/// `resolve` and `Pipeline::generate` (the rewrite then is what the encoder reads, what the CLI
+/// prints, the PNG's `Upsampled prompt`, and `hoa serve`'s `revised_prompt`).
+pub async fn apply(r: &mut Resolved, ctx: &Context, rewriter: Option<&Rewriter>) -> Result<()> {
+    if !r.pending_rewrite {
+        return Ok(());
+    }
+    let rw = rewriter.ok_or_else(|| {
+        Error::config(
+            "hoa.json",
+            "rewriter",
+            "names a rewriter but the pipeline was loaded without it",
+        )
+    })?;
+    let text = rw.rewrite(ctx, &r.prompt).await?;
+    r.set_rewrite(text);
+    Ok(())
+}
