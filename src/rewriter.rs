@@ -23,19 +23,23 @@ pub struct Rewriter {
     tokenizer: tokenizers::Tokenizer,
 }
 
-/// `e` with the file it names put inside `dir` (config parsers name `config.json`).
+/// `e` with the config file it names put inside `dir` (the parsers name the file as a text
+/// encoder's, `text_encoder/config.json`, or bare, `generation_config.json`).
 fn in_dir(dir: &str, e: Error) -> Error {
+    let rename = |file: &str| format!("{dir}/{}", file.rsplit('/').next().unwrap_or(file));
+    let config = |file: &str| file.ends_with("config.json") && !file.contains(' ');
     match e {
-        Error::Config { file, field, why } if !file.contains('/') => Error::Config {
-            file: format!("{dir}/{file}"),
+        Error::Config { file, field, why } if config(&file) => Error::Config {
+            file: rename(&file),
             field,
             why,
         },
-        Error::Checkpoint(m)
-            if m.starts_with("config.json") || m.starts_with("generation_config.json") =>
-        {
-            Error::Checkpoint(format!("{dir}/{m}"))
-        }
+        Error::Checkpoint(m) => match m.split_once(": ") {
+            Some((file, rest)) if config(file) => {
+                Error::Checkpoint(format!("{}: {rest}", rename(file)))
+            }
+            _ => Error::Checkpoint(m),
+        },
         e => e,
     }
 }

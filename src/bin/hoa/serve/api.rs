@@ -36,10 +36,12 @@ pub struct ImagesRequest {
     pub scheduler: Option<String>,
     pub decoder: Option<String>,
     pub strength: Option<f64>,
+    /// false: the prompt as typed, without the model's rewrite (`hoa generate --no-upsample`).
+    pub upsample: Option<bool>,
 }
 
 /// Fields [`ImagesRequest`] reads.
-pub const KNOWN: [&str; 17] = [
+pub const KNOWN: [&str; 18] = [
     "prompt",
     "model",
     "n",
@@ -57,6 +59,7 @@ pub const KNOWN: [&str; 17] = [
     "scheduler",
     "decoder",
     "strength",
+    "upsample",
 ];
 
 /// OpenAI's documented fields hoa accepts and does not act on, so that clients that send them
@@ -325,6 +328,7 @@ pub fn to_call(r: &ImagesRequest) -> Result<Call, ApiError> {
         scheduler: r.scheduler.clone(),
         decoder: r.decoder.clone(),
         strength: r.strength,
+        upsample: r.upsample,
         seed: r.seed,
         width,
         height,
