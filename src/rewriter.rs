@@ -10,6 +10,7 @@ use crate::gpu::{Context, DType};
 use crate::model_files::ModelFiles;
 use crate::models::t5_decoder::T5ForConditionalGeneration;
 use crate::resolve::Resolved;
+use crate::tokenizer::{Tokenizer, KNOWN_WORDS_LISTED};
 
 /// The longest prompt the rewriter reads, in its tokens (the encoder's attention is quadratic
 /// in it; a caption is under 60).
@@ -121,8 +122,16 @@ impl Rewriter {
 /// Runs `rewriter` on `r`'s prompt when resolve chose the model's rewrite
 /// ([`Resolved::pending_rewrite`]); nothing otherwise. Every front end calls it between
 /// `resolve` and `Pipeline::generate` (the rewrite then is what the encoder reads, what the CLI
-/// prints, the PNG's `Upsampled prompt`, and `hoa serve`'s `revised_prompt`).
-pub async fn apply(r: &mut Resolved, ctx: &Context, rewriter: Option<&Rewriter>) -> Result<()> {
+/// prints, the PNG's `Upsampled prompt`, and `hoa serve`'s `revised_prompt`). Words of the
+/// prompt as typed that the image model's `tokenizer` does not know become a warning naming
+/// them and the rewrite (the rewriter maps any request into the model's world, so the
+/// encoder's own warning would never fire).
+pub async fn apply(
+    r: &mut Resolved,
+    ctx: &Context,
+    rewriter: Option<&Rewriter>,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<()> {
     if !r.pending_rewrite {
         return Ok(());
     }
@@ -134,6 +143,21 @@ pub async fn apply(r: &mut Resolved, ctx: &Context, rewriter: Option<&Rewriter>)
         )
     })?;
     let text = rw.rewrite(ctx, &r.prompt).await?;
+    if let Some(tok) = tokenizer {
+        let words = tok.unknown_words(&r.prompt)?;
+        if !words.is_empty() {
+            let quoted: Vec<String> = words.iter().map(|w| format!("\"{w}\"")).collect();
+            let mut msg = format!(
+                "the prompt has words the image model does not know: {}; the rewriter made it \
+                 \"{text}\" (--no-upsample to use it as typed)",
+                quoted.join(", ")
+            );
+            if let Some(known) = tok.known_words(KNOWN_WORDS_LISTED) {
+                msg += &format!("; its vocabulary: {}", known.join(" "));
+            }
+            r.warnings.push(msg);
+        }
+    }
     r.set_rewrite(text);
     Ok(())
 }

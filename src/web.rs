@@ -230,7 +230,9 @@ impl Hoa {
                     JsError::new("hoa is already generating; wait for it to finish").into(),
                 );
             }
-            let rewritten = crate::rewriter::apply(&mut r, &ctx, pipe.rewriter.as_ref()).await;
+            let rewritten =
+                crate::rewriter::apply(&mut r, &ctx, pipe.rewriter.as_ref(), Some(&pipe.tokenizer))
+                    .await;
             let out = match rewritten {
                 Ok(()) => run(&ctx, &pipe, &r, &on_progress).await,
                 Err(e) => Err(js_err(e).into()),

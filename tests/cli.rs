@@ -593,7 +593,9 @@ fn unknown_words_are_named() {
     let out = hoa(&["generate", "a cat", "--steps", "1", "--out", &o]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success());
+    // The rewriter turns it into a shape; the warning names the word and the rewrite.
     assert!(err.contains("does not know: \"cat\""), "{err}");
+    assert!(err.contains("the rewriter made it"), "{err}");
     assert!(err.contains("its vocabulary:"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -178,11 +178,11 @@ fn resolve_leaves_the_rewrite_pending_only_with_a_rewriter_and_upsampling_on() {
     // A pending rewrite with no rewriter loaded is an error, not the prompt as typed.
     if let Some(c) = ctx() {
         let mut r2 = r.clone();
-        let e = pollster::block_on(apply(&mut r2, c, None)).unwrap_err();
+        let e = pollster::block_on(apply(&mut r2, c, None, None)).unwrap_err();
         assert!(e.to_string().contains("hoa.json: `rewriter`"), "{e}");
         let rw = load(c);
         let mut r3 = r.clone();
-        pollster::block_on(apply(&mut r3, c, Some(&rw))).unwrap();
+        pollster::block_on(apply(&mut r3, c, Some(&rw), None)).unwrap();
         assert!(!r3.pending_rewrite);
         assert_eq!(r3.options.prompt, "a large solid red star");
         assert_eq!(r3.upsampled.as_deref(), Some("a large solid red star"));

@@ -455,7 +455,12 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
             None => resolve(&req, &pipe.info, limits)?,
         };
         // The model's rewriter, when resolve chose it, runs on the GPU now the model is loaded.
-        pollster::block_on(hoa::rewriter::apply(&mut r, ctx, pipe.rewriter.as_ref()))?;
+        pollster::block_on(hoa::rewriter::apply(
+            &mut r,
+            ctx,
+            pipe.rewriter.as_ref(),
+            Some(&pipe.tokenizer),
+        ))?;
         let images = generate_one(ctx, &pipe, &r)?;
         for (k, img) in images.iter().enumerate() {
             let params = r.parameters(&model_name, k).to_text();

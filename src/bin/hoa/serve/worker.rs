@@ -224,7 +224,8 @@ fn generate(
     job.resolved.options.cancel = Some(cancel.clone());
     if job.resolved.pending_rewrite {
         let rw = pipe.rewriter.as_ref();
-        pollster::block_on(hoa::rewriter::apply(&mut job.resolved, ctx, rw))?;
+        let tok = Some(&pipe.tokenizer);
+        pollster::block_on(hoa::rewriter::apply(&mut job.resolved, ctx, rw, tok))?;
         let r = &job.resolved;
         let text = r.upsampled.clone().unwrap_or_else(|| r.prompt.clone());
         let _ = job.events.try_send(JobEvent::Revised(text));
