@@ -44,6 +44,10 @@ pub struct Resolved {
     pub prompt: String,
     /// The model's rewrite of the prompt, when it changed it.
     pub upsampled: Option<String>,
+    /// The model's rewriter (hoa.json `rewriter`) is to rewrite the prompt: it runs on the GPU,
+    /// so [`crate::rewriter::apply`] does it once the model is loaded, filling in
+    /// `options.prompt` and `upsampled` (until then they hold the prompt as typed).
+    pub pending_rewrite: bool,
     pub sampler: SchedulerKind,
     /// Whether the start latents came from the request rather than the seed.
     pub given_latents: bool,
@@ -155,7 +159,11 @@ fn resolve_options(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Re
     let prompt = (req.prompt.clone())
         .or_else(|| variation.as_ref().map(|_| String::new()))
         .ok_or_else(|| Error::invalid(req.name("prompt"), "is required"))?;
-    let (upsampled, text) = upsample(req, model, &prompt)?;
+    let pending_rewrite = req.upsample != Some(false) && model.defaults.rewriter.is_some();
+    let (upsampled, text) = match pending_rewrite {
+        true => (None, prompt.clone()),
+        false => upsample(req, model, &prompt)?,
+    };
     let steps = resolve_steps(req, model)?;
     let prediction_type = resolve_prediction(req)?;
     let (sampler, note) = resolve_scheduler(req, model, steps)?;
@@ -206,6 +214,7 @@ fn resolve_options(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Re
         options,
         prompt,
         upsampled,
+        pending_rewrite,
         sampler,
         given_latents: req.latents.is_some(),
         warnings,
@@ -240,7 +249,8 @@ fn resolve_loras(req: &Request) -> Result<Vec<ResolvedLora>> {
     Ok(out)
 }
 
-/// The upsampled prompt (when it changed) and the text the encoder reads.
+/// The rule set's upsampled prompt (when it changed) and the text the encoder reads; used
+/// when the model names no rewriter.
 fn upsample(req: &Request, model: &ModelInfo, prompt: &str) -> Result<(Option<String>, String)> {
     let rules = model.defaults.prompt_upsampling.as_ref();
     match rules.filter(|_| req.upsample != Some(false)) {
@@ -900,6 +910,14 @@ fn check_memory(
 }
 
 impl Resolved {
+    /// The rewriter's `text` as the prompt the encoder reads (and `upsampled` when it differs
+    /// from the prompt as typed); the rewrite is no longer pending.
+    pub fn set_rewrite(&mut self, text: String) {
+        self.upsampled = (text != self.prompt).then(|| text.clone());
+        self.options.prompt = text;
+        self.pending_rewrite = false;
+    }
+
     /// The A1111 `parameters` text of image `k` of the batch, made by `model`: the same keys in
     /// the same order from every front end.
     pub fn parameters(&self, model: &str, k: usize) -> GenerationParameters {

@@ -1245,3 +1245,44 @@ fn variations_of_a_stable_unclip_model_are_hoa_generate_variation_and_others_img
     }
     healthy(&s);
 }
+
+/// A model whose hoa.json names a rewriter (the shipped T5 rewriter beside the tiny model):
+/// `revised_prompt` is the rewriter's rewrite, run on the generation thread (also what the
+/// PNG records), and `"upsample": false` leaves the prompt as typed.
+#[test]
+fn revised_prompt_is_the_rewriters_rewrite() {
+    let m = std::env::temp_dir().join(format!("hoa-serve-rw-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&m);
+    fixture::copy_dir(&dir("pipeline_tiny"), &m);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    fixture::copy_dir(&root.join("weights/default/rewriter"), &m.join("rw"));
+    std::fs::write(m.join("hoa.json"), r#"{"rewriter": "rw"}"#).unwrap();
+    let s = start(&["--model", &format!("rw={}", m.display())]);
+    let ask = |extra: Value| {
+        let mut body = json!({"prompt": "two green circles", "model": "rw", "size": "32x24",
+                              "steps": 1, "seed": 3});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, v) = post(&s, &body);
+        assert_eq!(status, 200, "{v}");
+        let d = &v["data"][0];
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(d["b64_json"].as_str().unwrap())
+            .unwrap();
+        let params = read_png_parameters(&png).unwrap().unwrap();
+        (d["revised_prompt"].as_str().unwrap().to_string(), params)
+    };
+    let rewrite = "a large solid green circle left of a large solid green circle";
+    let (revised, params) = ask(json!({}));
+    assert_eq!(revised, rewrite);
+    assert!(
+        params.contains(&format!("Upsampled prompt: {rewrite}")),
+        "{params}"
+    );
+    let (revised, params) = ask(json!({"upsample": false}));
+    assert_eq!(revised, "two green circles");
+    assert!(!params.contains("Upsampled"), "{params}");
+    drop(s);
+    let _ = std::fs::remove_dir_all(&m);
+}

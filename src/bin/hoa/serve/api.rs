@@ -37,10 +37,12 @@ pub struct ImagesRequest {
     pub decoder: Option<String>,
     pub strength: Option<f64>,
     pub noise_level: Option<i64>,
+    /// false: the prompt as typed, without the model's rewrite (`hoa generate --no-upsample`).
+    pub upsample: Option<bool>,
 }
 
 /// Fields [`ImagesRequest`] reads.
-pub const KNOWN: [&str; 18] = [
+pub const KNOWN: [&str; 19] = [
     "prompt",
     "model",
     "n",
@@ -59,6 +61,7 @@ pub const KNOWN: [&str; 18] = [
     "decoder",
     "strength",
     "noise_level",
+    "upsample",
 ];
 
 /// OpenAI's documented fields hoa accepts and does not act on, so that clients that send them
@@ -334,6 +337,7 @@ pub fn to_call(r: &ImagesRequest) -> Result<Call, ApiError> {
         decoder: r.decoder.clone(),
         strength: r.strength,
         noise_level: r.noise_level,
+        upsample: r.upsample,
         seed: r.seed,
         width,
         height,

@@ -169,7 +169,7 @@ async fn submit(
     let (job, mut events) = worker::Job::new(model, resolved, Some(deadline));
     let in_flight = s.metrics.in_flight();
     enqueue(&s, job, &call.req).await?;
-    let meta = Meta {
+    let mut meta = Meta {
         kind,
         size,
         quality: call.quality,
@@ -186,9 +186,12 @@ async fn submit(
             in_flight,
         ));
     }
-    let last = tokio::time::timeout_at(deadline.into(), finished(&s, &mut events))
-        .await
-        .map_err(|_| timed_out(s.timeout))?;
+    let last = tokio::time::timeout_at(
+        deadline.into(),
+        finished(&s, &mut events, &mut meta.revised),
+    )
+    .await
+    .map_err(|_| timed_out(s.timeout))?;
     let pngs = outcome(last, s.timeout)?;
     s.metrics.images.inc_by(pngs.len() as u64);
     let images = convert(pngs, call.output).await?;

@@ -253,6 +253,8 @@ pub enum ProgressMsg {
     },
     /// A preview PNG, base64.
     Partial { index: usize, png: String },
+    /// The model's rewriter rewrote the prompt to this (`revised_prompt`).
+    Revised { prompt: String },
 }
 
 impl ProgressMsg {
@@ -271,6 +273,9 @@ impl ProgressMsg {
             JobEvent::Partial { index, png } => Some(ProgressMsg::Partial {
                 index: *index,
                 png: b64.encode(png),
+            }),
+            JobEvent::Revised(prompt) => Some(ProgressMsg::Revised {
+                prompt: prompt.clone(),
             }),
             _ => None,
         }
@@ -292,6 +297,7 @@ impl ProgressMsg {
                 index,
                 png: b64.decode(png).ok()?,
             }),
+            ProgressMsg::Revised { prompt } => Some(JobEvent::Revised(prompt)),
         }
     }
 }
