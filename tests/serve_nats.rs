@@ -46,10 +46,21 @@ impl Drop for Proc {
     }
 }
 
-/// The NATS server's URL, and the server when this test started it.
-fn nats() -> Option<(String, Option<Proc>)> {
+/// A test's hold on a NATS server: the one it started, or the shared one (`HOA_NATS_URL`, as
+/// .ci/run starts it) taken by one test at a time, because every front sets the one stream's
+/// length (`--queue-max`) and the load test needs its own to fill.
+enum Held {
+    Own(#[allow(dead_code)] Proc),
+    Shared(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>),
+}
+
+static SHARED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The NATS server's URL, and the hold on it for the test's duration.
+fn nats() -> Option<(String, Held)> {
     if let Ok(url) = std::env::var("HOA_NATS_URL") {
-        return Some((url, None));
+        let guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        return Some((url, Held::Shared(guard)));
     }
     let required = std::env::var("HOA_REQUIRE_NATS").is_ok_and(|v| v == "1");
     if Command::new("nats-server")
@@ -88,7 +99,7 @@ fn nats() -> Option<(String, Option<Proc>)> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    Some((format!("nats://127.0.0.1:{port}"), Some(server)))
+    Some((format!("nats://127.0.0.1:{port}"), Held::Own(server)))
 }
 
 fn hoa(args: &[&str]) -> Command {
