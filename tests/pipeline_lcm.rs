@@ -1,0 +1,139 @@
+//! Latent consistency models against diffusers' `LatentConsistencyModelPipeline` on the tiny
+//! fixture folder (tests/fixtures/pipeline_lcm, tools/fixtures/lcm.py: a U-Net with
+//! `time_cond_proj_dim`, LCMScheduler): the guidance-scale embedding, every step's latents and
+//! the image at 4 steps, guidance 8; and `hoa generate --model` on the folder with its
+//! defaults, the negative prompt ignored with a warning.
+
+#[path = "common/cli.rs"]
+mod cli;
+mod common;
+#[path = "common/fixture.rs"]
+mod fixture;
+
+use cli::hoa;
+use common::ctx;
+use fixture::{dir, Io};
+use hoa::image_io::read_png_parameters;
+use hoa::model_files::DirFiles;
+use hoa::pipeline::{guidance_scale_embedding, Event, GenerateOptions, Pipeline};
+use hoa::DType;
+
+const NAME: &str = "pipeline_lcm";
+/// The fixture drew LCM's step noise from hoa's generator with this seed (image k: seed + k).
+const SEED: u64 = 7;
+/// f32 on both sides through 4 U-Net calls of a random model (observed ~6e-7).
+const LATENT_REL: f64 = 1e-5;
+
+fn load() -> Option<(&'static hoa::Context, Pipeline)> {
+    let c = ctx()?;
+    let files = DirFiles::open(dir(NAME)).unwrap();
+    Some((c, Pipeline::load(c, &files, DType::F32).unwrap()))
+}
+
+#[test]
+fn guidance_embedding_matches_diffusers() {
+    let (want, shape) = Io::load(NAME).f32("w_embedding");
+    assert_eq!(shape, [2, 32]);
+    let got = guidance_scale_embedding(&[7.0, 7.0], 32);
+    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs());
+    let max = err.fold(0f32, f32::max);
+    eprintln!("w_embedding: max |err| = {max:.2e}");
+    assert!(max <= 1e-6, "max |err| {max}");
+}
+
+#[test]
+fn matches_diffusers_latent_consistency_pipeline() {
+    let Some((c, p)) = load() else { return };
+    assert!(p.embeds_guidance());
+    let io = Io::load(NAME);
+    let opts = GenerateOptions {
+        prompt: "a red circle left of a blue square".into(),
+        width: 32,
+        height: 24,
+        steps: 4,
+        guidance: 8.0,
+        batch: 2,
+        seed: SEED,
+        latents: Some(io.f32("latents").0),
+        ..Default::default()
+    };
+    assert_eq!(p.scheduler_kind(&opts).unwrap().name(), "lcm");
+    let mut steps = Vec::new();
+    let images = pollster::block_on(p.generate(c, &opts, &mut |ev| {
+        if let Event::Step { latents, .. } = ev {
+            steps.push(latents.clone())
+        }
+    }))
+    .unwrap();
+    assert_eq!(steps.len(), 4);
+    for (i, s) in steps.iter().enumerate() {
+        let want = io.f32(&format!("step{i}"));
+        let r = fixture::close_rel(&format!("step {i}"), s, &want, LATENT_REL, c).unwrap();
+        eprintln!("step {i}: max err / max |ref| = {r:.2e}");
+    }
+    // diffusers' image is float [B, H, W, 3] in [0, 1]; ours is rounded to u8.
+    let (want, shape) = io.f32("image");
+    assert_eq!(shape, [2, 24, 32, 3]);
+    let got: Vec<u8> = images.iter().flat_map(|im| im.data.clone()).collect();
+    let mut off_by_one = 0;
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        let d = (g as f32 - (w * 255.0).round()).abs();
+        assert!(d <= 1.0, "pixel {i}: {g} vs diffusers {}", w * 255.0);
+        off_by_one += (d > 0.0) as usize;
+    }
+    assert!(off_by_one * 100 <= got.len(), "{off_by_one} pixels differ");
+    // The embedded guidance is what conditions the model: another scale, another result.
+    let other = GenerateOptions {
+        guidance: 2.0,
+        ..opts.clone()
+    };
+    let b = pollster::block_on(p.generate(c, &other, &mut |_| {})).unwrap();
+    assert_ne!(b[0].data, images[0].data);
+}
+
+#[test]
+fn cli_generates_with_the_models_defaults_and_ignores_a_negative_prompt() {
+    let Some((c, p)) = load() else { return };
+    let d = std::env::temp_dir().join(format!("hoa-cli-lcm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let a = d.join("a.png");
+    let model = dir(NAME);
+    let out = hoa(&[
+        "generate",
+        "a red circle left of a blue square",
+        "--model",
+        model.to_str().unwrap(),
+        "--width",
+        "32",
+        "--height",
+        "24",
+        "--seed",
+        "7",
+        "--negative",
+        "green",
+        "--out",
+        a.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--negative is ignored"), "{stderr}");
+    let png = std::fs::read(&a).unwrap();
+    let params = read_png_parameters(&png).unwrap().expect("parameters");
+    assert!(params.contains("Steps: 4"), "{params}");
+    assert!(params.contains("CFG scale: 8.5"), "{params}");
+    // The library with diffusers' LCM defaults (4 steps, guidance 8.5), no negative prompt.
+    let img = image::load_from_memory(&png).unwrap().to_rgb8();
+    let opts = GenerateOptions {
+        prompt: "a red circle left of a blue square".into(),
+        width: 32,
+        height: 24,
+        steps: 4,
+        guidance: 8.5,
+        seed: 7,
+        ..Default::default()
+    };
+    let lib = pollster::block_on(p.generate(c, &opts, &mut |_| {})).unwrap();
+    assert_eq!(img.as_raw(), &lib[0].data);
+    std::fs::remove_dir_all(&d).unwrap();
+}
