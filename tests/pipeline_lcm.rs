@@ -1,8 +1,10 @@
 //! Latent consistency models against diffusers' `LatentConsistencyModelPipeline` on the tiny
 //! fixture folder (tests/fixtures/pipeline_lcm, tools/fixtures/lcm.py: a U-Net with
 //! `time_cond_proj_dim`, LCMScheduler): the guidance-scale embedding, every step's latents and
-//! the image at 4 steps, guidance 8; and `hoa generate --model` on the folder with its
-//! defaults, the negative prompt ignored with a warning.
+//! the image at 4 steps, guidance 8; the same for lcm-sdxl's use (`StableDiffusionXLPipeline`
+//! with an LCM U-Net, tests/fixtures/pipeline_sdxl_lcm over pipeline_sdxl); and
+//! `hoa generate --model` on the folder with its defaults, the negative prompt ignored with a
+//! warning.
 
 #[path = "common/cli.rs"]
 mod cli;
@@ -12,11 +14,11 @@ mod fixture;
 
 use cli::hoa;
 use common::ctx;
-use fixture::{dir, Io};
+use fixture::{copy_dir, dir, Io};
 use hoa::image_io::read_png_parameters;
 use hoa::model_files::DirFiles;
 use hoa::pipeline::{guidance_scale_embedding, Event, GenerateOptions, Pipeline};
-use hoa::DType;
+use hoa::{DType, Tensor};
 
 const NAME: &str = "pipeline_lcm";
 /// The fixture drew LCM's step noise from hoa's generator with this seed (image k: seed + k).
@@ -58,13 +60,19 @@ fn matches_diffusers_latent_consistency_pipeline() {
         ..Default::default()
     };
     assert_eq!(p.scheduler_kind(&opts).unwrap().name(), "lcm");
-    let mut steps = Vec::new();
-    let images = pollster::block_on(p.generate(c, &opts, &mut |ev| {
-        if let Event::Step { latents, .. } = ev {
-            steps.push(latents.clone())
-        }
-    }))
-    .unwrap();
+    let (images, steps) = run(c, &p, &opts);
+    check(c, &io, &steps, &images);
+    // The embedded guidance is what conditions the model: another scale, another result.
+    let other = GenerateOptions {
+        guidance: 2.0,
+        ..opts.clone()
+    };
+    let b = pollster::block_on(p.generate(c, &other, &mut |_| {})).unwrap();
+    assert_ne!(b[0].data, images[0].data);
+}
+
+/// Every step's latents within [`LATENT_REL`] of diffusers', the images within one level.
+fn check(c: &hoa::Context, io: &Io, steps: &[Tensor], images: &[hoa::image_io::RgbImage]) {
     assert_eq!(steps.len(), 4);
     for (i, s) in steps.iter().enumerate() {
         let want = io.f32(&format!("step{i}"));
@@ -82,13 +90,55 @@ fn matches_diffusers_latent_consistency_pipeline() {
         off_by_one += (d > 0.0) as usize;
     }
     assert!(off_by_one * 100 <= got.len(), "{off_by_one} pixels differ");
-    // The embedded guidance is what conditions the model: another scale, another result.
-    let other = GenerateOptions {
-        guidance: 2.0,
-        ..opts.clone()
+}
+
+/// Runs `opts`, keeping every step's latents.
+fn run(
+    c: &hoa::Context,
+    p: &Pipeline,
+    opts: &GenerateOptions,
+) -> (Vec<hoa::image_io::RgbImage>, Vec<Tensor>) {
+    let mut steps = Vec::new();
+    let images = pollster::block_on(p.generate(c, opts, &mut |ev| {
+        if let Event::Step { latents, .. } = ev {
+            steps.push(latents.clone())
+        }
+    }))
+    .unwrap();
+    (images, steps)
+}
+
+#[test]
+fn sdxl_with_an_lcm_unet_matches_diffusers() {
+    let Some(c) = ctx() else { return };
+    // pipeline_sdxl with the LCM U-Net config, its cond_proj as a second shard, LCMScheduler.
+    let tmp = std::env::temp_dir().join(format!("hoa-sdxl-lcm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    copy_dir(&dir("pipeline_sdxl"), &tmp);
+    let unet = tmp.join("unet");
+    std::fs::rename(
+        unet.join("diffusion_pytorch_model.safetensors"),
+        unet.join("unet-00001.safetensors"),
+    )
+    .unwrap();
+    copy_dir(&dir("pipeline_sdxl_lcm"), &tmp);
+    let p = Pipeline::load(c, &DirFiles::open(&tmp).unwrap(), DType::F32).unwrap();
+    assert!(p.embeds_guidance());
+    let opts = GenerateOptions {
+        prompt: "a red circle left of a blue square".into(),
+        width: 32,
+        height: 24,
+        steps: 4,
+        guidance: 8.0,
+        batch: 2,
+        seed: SEED,
+        latents: Some(Io::load("pipeline_sdxl").f32("latents").0),
+        ..Default::default()
     };
-    let b = pollster::block_on(p.generate(c, &other, &mut |_| {})).unwrap();
-    assert_ne!(b[0].data, images[0].data);
+    assert_eq!(p.scheduler_kind(&opts).unwrap().name(), "lcm");
+    let (images, steps) = run(c, &p, &opts);
+    check(c, &Io::load("pipeline_sdxl_lcm"), &steps, &images);
+    std::fs::remove_dir_all(&tmp).unwrap();
 }
 
 #[test]
