@@ -165,6 +165,7 @@ fn resolve_options(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Re
     let (sampler, note) = resolve_scheduler(req, model, steps)?;
     warnings.extend(note);
     let (guidance, guidance_high) = resolve_guidance(req, model)?;
+    let guidance_high = single_guidance(req, model, guidance_high, &mut warnings);
     let eta = resolve_eta(req, sampler, &mut warnings)?;
     let init = resolve_init(req, model, &mut warnings)?;
     let (width, height, batch) = resolve_size(req, model, init.as_ref(), &mut warnings)?;
@@ -279,6 +280,25 @@ fn resolve_negative(req: &Request, model: &ModelInfo, warnings: &mut Vec<String>
         return String::new();
     }
     negative
+}
+
+/// The high-noise guidance split, dropped with a warning for a latent consistency model, whose
+/// U-Net is conditioned on one embedded scale for the whole run.
+fn single_guidance(
+    req: &Request,
+    model: &ModelInfo,
+    high: Option<GuidanceHigh>,
+    warnings: &mut Vec<String>,
+) -> Option<GuidanceHigh> {
+    if embeds_guidance(model) && high.is_some() {
+        warnings.push(format!(
+            "{} is ignored: this latent consistency model embeds one guidance scale for all \
+             steps",
+            req.name("guidance_high")
+        ));
+        return None;
+    }
+    high
 }
 
 fn resolve_steps(req: &Request, model: &ModelInfo) -> Result<usize> {

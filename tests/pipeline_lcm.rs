@@ -18,6 +18,8 @@ use fixture::{copy_dir, dir, Io};
 use hoa::image_io::read_png_parameters;
 use hoa::model_files::DirFiles;
 use hoa::pipeline::{guidance_scale_embedding, Event, GenerateOptions, Pipeline};
+use hoa::request::{Origin, Request};
+use hoa::resolve::{resolve, DeviceLimits};
 use hoa::{DType, Tensor};
 
 const NAME: &str = "pipeline_lcm";
@@ -186,4 +188,44 @@ fn cli_generates_with_the_models_defaults_and_ignores_a_negative_prompt() {
     let lib = pollster::block_on(p.generate(c, &opts, &mut |_| {})).unwrap();
     assert_eq!(img.as_raw(), &lib[0].data);
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn resolve_gives_lcm_defaults_and_drops_what_an_lcm_cannot_use() {
+    let Some((c, p)) = load() else { return };
+    let limits = DeviceLimits {
+        max_binding_bytes: c.max_binding_bytes(),
+        dtype_size: 4,
+    };
+    let req = Request {
+        prompt: Some("a blue circle".into()),
+        negative_prompt: Some("green".into()),
+        guidance_high: Some(3.0),
+        origin: Origin::Cli,
+        ..Default::default()
+    };
+    let r = resolve(&req, &p.info, limits).unwrap();
+    let o = &r.options;
+    assert_eq!((o.steps, o.guidance, r.sampler.name()), (4, 8.5, "lcm"));
+    assert!(o.negative_prompt.is_empty() && o.guidance_high.is_none());
+    assert_eq!(r.warnings.len(), 2, "{:?}", r.warnings);
+    assert!(r
+        .warnings
+        .iter()
+        .any(|w| w.contains("--negative is ignored")));
+    assert!(r
+        .warnings
+        .iter()
+        .any(|w| w.contains("is ignored") && w.contains("guidance")));
+    // The user's own steps and guidance win; nothing to warn about.
+    let req = Request {
+        steps: Some(2),
+        guidance: Some(3.0),
+        negative_prompt: None,
+        guidance_high: None,
+        ..req
+    };
+    let r = resolve(&req, &p.info, limits).unwrap();
+    assert_eq!((r.options.steps, r.options.guidance), (2, 3.0));
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
 }
