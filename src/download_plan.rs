@@ -131,6 +131,28 @@ pub fn plan(model_index: &[u8], prefer_fp16: bool) -> Result<Plan> {
     Ok(Plan { steps, skipped })
 }
 
+/// The second stage of the plan, once `hoa.json` (its bytes) is fetched: the prompt rewriter
+/// folder it names (`rewriter`), or nothing. Its files are required: a rewriter that is named
+/// but cannot be fetched would silently change what the model reads.
+pub fn rewriter_plan(hoa_json: &[u8], prefer_fp16: bool) -> Result<Vec<Step>> {
+    let v: Value = serde_json::from_slice(hoa_json)
+        .map_err(|e| Error::config("hoa.json", "(file)", format!("is not JSON: {e}")))?;
+    let Some(dir) = v.get("rewriter") else {
+        return Ok(Vec::new());
+    };
+    let dir = dir
+        .as_str()
+        .filter(|d| !d.is_empty() && !d.starts_with('/'))
+        .filter(|d| d.split('/').all(|c| !c.is_empty() && c != "." && c != ".."))
+        .ok_or_else(|| Error::config("hoa.json", "rewriter", "is not a folder inside the model"))?;
+    Ok(vec![
+        one(format!("{dir}/config.json"), true),
+        one(format!("{dir}/generation_config.json"), false),
+        one(format!("{dir}/tokenizer.json"), true),
+        weights(dir, prefer_fp16, true),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +213,30 @@ mod tests {
         let c = weight_candidates("unet", false);
         assert_eq!(c[0], "unet/diffusion_pytorch_model.safetensors");
         assert_eq!(c[2], "unet/diffusion_pytorch_model.fp16.safetensors");
+    }
+
+    #[test]
+    fn the_rewriter_hoa_json_names_is_fetched() {
+        let steps = rewriter_plan(br#"{"steps": 25, "rewriter": "rw/t5"}"#, false).unwrap();
+        let f: Vec<&str> = steps.iter().map(|s| s.any[0].as_str()).collect();
+        assert_eq!(
+            f,
+            [
+                "rw/t5/config.json",
+                "rw/t5/generation_config.json",
+                "rw/t5/tokenizer.json",
+                "rw/t5/diffusion_pytorch_model.safetensors"
+            ]
+        );
+        assert!(steps[3]
+            .any
+            .contains(&"rw/t5/model.safetensors".to_string()));
+        assert!(rewriter_plan(br#"{"steps": 25}"#, false)
+            .unwrap()
+            .is_empty());
+        for bad in [r#"{"rewriter": "../x"}"#, r#"{"rewriter": 3}"#, "nope"] {
+            assert!(rewriter_plan(bad.as_bytes(), false).is_err(), "{bad}");
+        }
     }
 
     #[test]

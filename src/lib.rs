@@ -29,6 +29,7 @@ pub mod pipeline;
 pub mod prompt_upsampling;
 pub mod request;
 pub mod resolve;
+pub mod rewriter;
 pub mod schedulers;
 pub mod single_file;
 pub mod tokenizer;

@@ -6,7 +6,7 @@
 //! the user typed ([`Request::name`]), or the model file and field.
 
 use crate::error::{Error, Result};
-use crate::image_io::GenerationParameters;
+use crate::image_io::{decode_rgb, GenerationParameters};
 use crate::model_info::ModelInfo;
 use crate::options::{
     Decoder, GenerateOptions, GuidanceHigh, InitImage, MicroConditioning, Variation,
@@ -48,6 +48,10 @@ pub struct Resolved {
     pub prompt: String,
     /// The model's rewrite of the prompt, when it changed it.
     pub upsampled: Option<String>,
+    /// The model's rewriter (hoa.json `rewriter`) is to rewrite the prompt: it runs on the GPU,
+    /// so [`crate::rewriter::apply`] does it once the model is loaded, filling in
+    /// `options.prompt` and `upsampled` (until then they hold the prompt as typed).
+    pub pending_rewrite: bool,
     pub sampler: SchedulerKind,
     /// Whether the start latents came from the request rather than the seed.
     pub given_latents: bool,
@@ -159,7 +163,11 @@ fn resolve_options(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Re
     let prompt = (req.prompt.clone())
         .or_else(|| variation.as_ref().map(|_| String::new()))
         .ok_or_else(|| Error::invalid(req.name("prompt"), "is required"))?;
-    let (upsampled, text) = upsample(req, model, &prompt)?;
+    let pending_rewrite = req.upsample != Some(false) && model.defaults.rewriter.is_some();
+    let (upsampled, text) = match pending_rewrite {
+        true => (None, prompt.clone()),
+        false => upsample(req, model, &prompt)?,
+    };
     let steps = resolve_steps(req, model)?;
     let prediction_type = resolve_prediction(req)?;
     let (sampler, note) = resolve_scheduler(req, model, steps)?;
@@ -212,6 +220,7 @@ fn resolve_options(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Re
         options,
         prompt,
         upsampled,
+        pending_rewrite,
         sampler,
         given_latents: req.latents.is_some(),
         warnings,
@@ -246,7 +255,8 @@ fn resolve_loras(req: &Request) -> Result<Vec<ResolvedLora>> {
     Ok(out)
 }
 
-/// The upsampled prompt (when it changed) and the text the encoder reads.
+/// The rule set's upsampled prompt (when it changed) and the text the encoder reads; used
+/// when the model names no rewriter.
 fn upsample(req: &Request, model: &ModelInfo, prompt: &str) -> Result<(Option<String>, String)> {
     let rules = model.defaults.prompt_upsampling.as_ref();
     match rules.filter(|_| req.upsample != Some(false)) {
@@ -545,6 +555,38 @@ fn resolve_variation(req: &Request, model: &ModelInfo) -> Result<Option<Variatio
     }))
 }
 
+/// Image variations for a front end that offers them on every model (`hoa serve`'s
+/// `POST /v1/images/variations`): `req` becomes a stable unCLIP variation of the encoded
+/// `image` (from its CLIP image embedding; decoded as `--variation` reads it, transparency
+/// onto white) when the model is one, else img2img of `image` from the empty prompt,
+/// unrewritten (decoded as `--init-image` reads it), the documented fallback of a model
+/// without an image encoder. Here, beside [`resolve`], so that one place decides what "a
+/// variation" means for each kind of model; `noise_level` is refused for the fallback, which
+/// has no image embedding to noise.
+pub fn variation_request(mut req: Request, image: &[u8], model: &ModelInfo) -> Result<Request> {
+    let what = req.name("image");
+    if model.unclip.is_some() {
+        req.variation = Some(crate::clip::decode_image(image, &what)?);
+        return Ok(req);
+    }
+    if req.noise_level.is_some() {
+        return Err(Error::invalid(
+            req.name("noise_level"),
+            "needs a stable unCLIP model (an image_encoder/ and a U-Net with class_embed_type \
+             \"projection\"); this model's variations are img2img from the empty prompt",
+        ));
+    }
+    let rgb = decode_rgb(image, &what).map_err(|e| match e {
+        // decode_rgb names no field; a front end maps this one to its image field.
+        Error::Checkpoint(m) => Error::invalid(&what, m.trim_start_matches(&format!("{what}: "))),
+        e => e,
+    })?;
+    req.prompt = Some(String::new());
+    req.upsample = Some(false);
+    req.init_image = Some(rgb);
+    Ok(req)
+}
+
 fn check_mask(
     req: &Request,
     m: &Mask,
@@ -609,7 +651,9 @@ fn resolve_size(
             ),
         ));
     }
-    let m = model.size_multiple()?;
+    // The pipeline (as diffusers') also takes only multiples of 8, whatever a tiny model allows.
+    let native_multiple = model.size_multiple()?;
+    let m = native_multiple.max(8);
     for (field, v) in [("width", w), ("height", h)] {
         if v % m != 0 || v > MAX_SIDE {
             let what = if req.width.is_some() || req.height.is_some() {
@@ -620,9 +664,9 @@ fn resolve_size(
             return Err(Error::invalid(
                 what,
                 format!(
-                    "must be a multiple of {m} up to {MAX_SIDE} for this model (its VAE scales \
-                     by {f}, its U-Net halves the latent {} times), got {v}; try {}",
-                    (m / f).trailing_zeros(),
+                    "must be a multiple of {m} up to {MAX_SIDE} for this model (8 at least; its \
+                     VAE scales by {f}, its U-Net halves the latent {} times), got {v}; try {}",
+                    (native_multiple / f).trailing_zeros(),
                     (v / m).max(1) * m
                 ),
             ));
@@ -919,6 +963,14 @@ fn check_memory(
 }
 
 impl Resolved {
+    /// The rewriter's `text` as the prompt the encoder reads (and `upsampled` when it differs
+    /// from the prompt as typed); the rewrite is no longer pending.
+    pub fn set_rewrite(&mut self, text: String) {
+        self.upsampled = (text != self.prompt).then(|| text.clone());
+        self.options.prompt = text;
+        self.pending_rewrite = false;
+    }
+
     /// The A1111 `parameters` text of image `k` of the batch, made by `model`: the same keys in
     /// the same order from every front end.
     pub fn parameters(&self, model: &str, k: usize) -> GenerationParameters {

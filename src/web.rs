@@ -7,7 +7,7 @@
 //! ```js
 //! const hoa = await Hoa.create();          // rejects with a readable message without WebGPU
 //! const d = JSON.parse(await hoa.load("default", files)); // Map<string, Uint8Array>; defaults
-//! hoa.upsample("a red circle");            // the prompt as the model reads it (hoa.json)
+//! await hoa.upsample("a red circle");      // the prompt as the model reads it (hoa.json)
 //! const rgba = await hoa.generate(JSON.stringify({prompt: "a red circle", seed: 7}),
 //!                                 (ev) => ...);
 //! const png = hoa.png();                   // the last image, with its parameters chunk
@@ -88,7 +88,7 @@ fn defaults_json(ctx: &Context, pipe: &Pipeline) -> Result<String, JsError> {
         "guidance_high": o.guidance_high.map(|h| h.scale),
         "guidance_high_from": o.guidance_high.map_or(crate::resolve::DEFAULT_HIGH_FROM as f32, |h| h.from_timestep),
         "scheduler": r.sampler.name(),
-        "upsampling": pipe.info.defaults.prompt_upsampling.is_some(),
+        "upsampling": pipe.rewriter.is_some() || pipe.info.defaults.prompt_upsampling.is_some(),
         "consistency_decoder": pipe.info.has_consistency_decoder,
         "dtype": format!("{:?}", pipe.dtype).to_lowercase(),
     })
@@ -182,18 +182,23 @@ impl Hoa {
         })
     }
 
-    /// The prompt as the loaded model will read it with upsampling on (its hoa.json
-    /// `prompt_upsampling`, as `hoa generate` does unless `--no-upsample`); unchanged when the
-    /// model has none or no model is loaded.
-    pub fn upsample(&self, prompt: String) -> Result<String, JsError> {
-        let pipe = self.pipe.borrow();
-        match pipe
-            .as_ref()
-            .and_then(|p| p.info.defaults.prompt_upsampling.as_ref())
-        {
-            Some(u) => u.upsample(&prompt).map_err(js_err),
-            None => Ok(prompt),
-        }
+    /// Resolves to the prompt as the loaded model will read it with upsampling on (its hoa.json
+    /// `rewriter` run on the GPU, else its `prompt_upsampling` rules, as `hoa generate` does
+    /// unless `--no-upsample`); unchanged when the model has neither or no model is loaded.
+    pub fn upsample(&self, prompt: String) -> js_sys::Promise {
+        let ctx = self.ctx.clone();
+        let pipe = self.pipe.borrow().clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let Some(pipe) = pipe else {
+                return Ok(prompt.into());
+            };
+            let text = match (&pipe.rewriter, &pipe.info.defaults.prompt_upsampling) {
+                (Some(rw), _) => rw.rewrite(&ctx, &prompt).await.map_err(js_err)?,
+                (None, Some(u)) => u.upsample(&prompt).map_err(js_err)?,
+                (None, None) => prompt,
+            };
+            Ok(text.into())
+        })
     }
 
     /// Generates one image from `request` (JSON with the keys of hoa's `Request`: `prompt`,
@@ -216,7 +221,7 @@ impl Hoa {
                 .ok_or_else(|| JsError::new("no model loaded: call load() first"))?;
             let mut req = Request::from_json(&request).map_err(js_err)?;
             req.origin = Origin::Json;
-            let r = resolve(&req, &pipe.info, pipe.limits(&ctx)).map_err(js_err)?;
+            let mut r = resolve(&req, &pipe.info, pipe.limits(&ctx)).map_err(js_err)?;
             if r.options.batch != 1 {
                 return Err(JsError::new("batch: the page makes one image at a time").into());
             }
@@ -225,7 +230,13 @@ impl Hoa {
                     JsError::new("hoa is already generating; wait for it to finish").into(),
                 );
             }
-            let out = run(&ctx, &pipe, &r, &on_progress).await;
+            let rewritten =
+                crate::rewriter::apply(&mut r, &ctx, pipe.rewriter.as_ref(), Some(&pipe.tokenizer))
+                    .await;
+            let out = match rewritten {
+                Ok(()) => run(&ctx, &pipe, &r, &on_progress).await,
+                Err(e) => Err(js_err(e).into()),
+            };
             busy.set(false);
             let image = out?;
             let rgba = Uint8Array::from(image.to_rgba().as_slice());
@@ -317,6 +328,15 @@ fn load_error(e: Error, files: &JsFiles) -> JsError {
 pub fn download_plan(model_index: &str, prefer_fp16: bool) -> Result<String, JsError> {
     let plan = crate::download_plan::plan(model_index.as_bytes(), prefer_fp16).map_err(js_err)?;
     serde_json::to_string(&plan).map_err(|e| JsError::new(&e.to_string()))
+}
+
+/// The files of the prompt rewriter the fetched `hoa.json` names (none when it names none),
+/// as JSON plan steps: the second stage of [`download_plan`].
+#[wasm_bindgen(js_name = rewriterPlan)]
+pub fn rewriter_plan(hoa_json: &str, prefer_fp16: bool) -> Result<String, JsError> {
+    let steps =
+        crate::download_plan::rewriter_plan(hoa_json.as_bytes(), prefer_fp16).map_err(js_err)?;
+    serde_json::to_string(&steps).map_err(|e| JsError::new(&e.to_string()))
 }
 
 fn set(o: &Object, k: &str, v: impl Into<JsValue>) {

@@ -418,23 +418,19 @@ fn to_f32(bytes: &[u8], dtype: Dtype, unsupported: impl Fn() -> Error) -> Result
 fn write_f32(ctx: &Context, t: &Tensor, start: usize, v: &[f32]) -> Result<()> {
     let offset = (start * t.dtype().size()) as u64;
     match t.dtype() {
-        DType::F32 => ctx.write_after_pending_at(t.buffer(), offset, &pad4(v)),
+        DType::F32 => ctx.write_after_pending_at(
+            t.buffer(),
+            offset,
+            &crate::gpu::pad4(bytemuck::cast_slice(v)),
+        ),
         DType::F16 => {
             let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
-            ctx.write_after_pending_at(t.buffer(), offset, &pad4(&h))
+            ctx.write_after_pending_at(
+                t.buffer(),
+                offset,
+                &crate::gpu::pad4(bytemuck::cast_slice(&h)),
+            )
         }
-    }
-}
-
-/// `values` as bytes padded to a multiple of 4 (`write_buffer` needs it for odd f16 counts).
-fn pad4<T: bytemuck::Pod>(values: &[T]) -> std::borrow::Cow<'_, [u8]> {
-    let bytes: &[u8] = bytemuck::cast_slice(values);
-    if bytes.len() % 4 == 0 {
-        bytes.into()
-    } else {
-        let mut v = bytes.to_vec();
-        v.resize(bytes.len().next_multiple_of(4), 0);
-        v.into()
     }
 }
 

@@ -305,7 +305,7 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     fails(
         "width",
         &["--width", "30"],
-        "--width: must be a multiple of 4",
+        "--width: must be a multiple of 8",
     );
     fails("steps", &["--steps", "0"], "--steps: must be between 1 and");
     fails(
@@ -593,7 +593,112 @@ fn unknown_words_are_named() {
     let out = hoa(&["generate", "a cat", "--steps", "1", "--out", &o]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success());
+    // The rewriter turns it into a shape; the warning names the word and the rewrite.
     assert!(err.contains("does not know: \"cat\""), "{err}");
+    assert!(err.contains("the rewriter made it"), "{err}");
     assert!(err.contains("its vocabulary:"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// hoa.json `rewriter` (here the shipped T5 rewriter copied beside the tiny model) rewrites the
+/// prompt instead of `prompt_upsampling`: the CLI prints the rewrite, the PNG records it, the
+/// image is the one the rewrite gives as typed, --no-upsample turns it off, and a rewriter
+/// folder that is not there fails before the model loads, naming the file.
+#[test]
+fn hoa_json_rewriter_replaces_the_rules_unless_no_upsample() {
+    if common::ctx().is_none() {
+        return;
+    }
+    let rules = r#""prompt_upsampling": {"nouns": ["circle", "square"],
+        "defaults": [{"words": ["small", "large"], "word": "large"}]}"#;
+    let (d, m) = tiny_model_with_hoa_json("rewriter", &format!(r#"{{"rewriter": "rw", {rules}}}"#));
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/default/rewriter");
+    copy_dir(&shipped, &m.join("rw"));
+    let hoa_json = m.join("hoa.json");
+    let m = m.display().to_string();
+    let run = |out: &str, prompt: &str, extra: &[&str]| {
+        let o = d.join(out).display().to_string();
+        let args = [
+            &["generate", prompt, "--model", &m, "--steps", "2"],
+            &["--width", "32", "--height", "24", "--out", &o],
+            extra,
+        ]
+        .concat();
+        let r = hoa(&args);
+        let err = String::from_utf8_lossy(&r.stderr).into_owned();
+        assert!(r.status.success(), "{err}");
+        let png = std::fs::read(&o).unwrap();
+        let pixels = image::load_from_memory(&png).unwrap().to_rgb8().into_raw();
+        (pixels, read_png_parameters(&png).unwrap().unwrap(), err)
+    };
+    let typed = "two green circles";
+    // The rewriter's, not the rules' (which would leave a plural alone).
+    let rewritten = "a large solid green circle left of a large solid green circle";
+    let (up, params, err) = run("up.png", typed, &[]);
+    let line = format!("upsampled prompt (--no-upsample to use it as typed): {rewritten}");
+    assert!(err.contains(&line), "{err}");
+    assert!(params.starts_with(&format!("{typed}\n")), "{params:?}");
+    assert!(
+        params.contains(&format!("Upsampled prompt: {rewritten}")),
+        "{params:?}"
+    );
+    let (as_rewritten, params, _) = run("b.png", rewritten, &["--no-upsample"]);
+    assert_eq!(up, as_rewritten, "the image must be the rewrite's");
+    assert!(!params.contains("Upsampled"), "{params:?}");
+    let (_, params, err) = run("c.png", typed, &["--no-upsample"]);
+    assert!(
+        !params.contains("Upsampled") && !err.contains("upsampled"),
+        "{err}"
+    );
+
+    std::fs::write(&hoa_json, r#"{"rewriter": "missing"}"#).unwrap();
+    let o = d.join("x.png").display().to_string();
+    let r = hoa(&["generate", typed, "--model", &m, "--out", &o]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("missing/config.json is missing"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("loaded") && !err.contains("panicked"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `hoa generate` with the shipped model prints the shipped rewriter's rewrite, the text
+/// transformers' `generate` gives (tests/fixtures/rewriter, tools/fixtures/rewriter.py), for the
+/// issue's examples, and records it in the PNG.
+#[test]
+fn the_shipped_model_prints_the_rewriters_rewrite() {
+    if common::ctx().is_none() {
+        return;
+    }
+    let cases: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir("rewriter").join("cases.json")).unwrap())
+            .unwrap();
+    let d = out_dir("shipped-rewriter");
+    for typed in ["two green circles", "a star that is red"] {
+        let case = cases["generate"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["text"] == typed && c["beams"].is_null())
+            .expect("a fixture case");
+        let want = case["decoded"].as_str().unwrap();
+        let o = d.join("x.png").display().to_string();
+        let r = hoa(&["generate", typed, "--steps", "1", "--force", "--out", &o]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.success(), "{err}");
+        let line = format!("upsampled prompt (--no-upsample to use it as typed): {want}\n");
+        assert!(err.contains(&line), "{typed:?}: {err}");
+        let params = read_png_parameters(&std::fs::read(&o).unwrap())
+            .unwrap()
+            .unwrap();
+        assert!(
+            params.contains(&format!("Upsampled prompt: {want}")),
+            "{params:?}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&d);
 }

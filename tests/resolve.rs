@@ -156,9 +156,16 @@ fn huge_sizes_are_refused_without_overflow() {
     };
     let e = err(&odd, &m);
     assert!(
-        e.contains("multiple of 4") && e.contains("halves the latent 1 times"),
+        e.contains("multiple of 8") && e.contains("halves the latent 1 times"),
         "{e}"
     );
+    // A multiple of this tiny model's 4 that the pipeline (8, as diffusers') would refuse later
+    // with a 500 in the server: resolve refuses it first.
+    let four = Request {
+        height: Some(36),
+        ..cli("a")
+    };
+    assert!(err(&four, &m).starts_with("--height: must be a multiple of 8"));
     let big = Request {
         width: Some(16384),
         height: Some(16384),
@@ -339,4 +346,51 @@ fn parameters_are_one_text_for_every_front_end() {
         &m,
     );
     assert!(typed.options.guidance_high.is_none());
+}
+
+#[test]
+fn a_variation_request_is_unclip_on_an_unclip_model_and_img2img_elsewhere() {
+    use hoa::resolve::variation_request;
+    let image = hoa::image_io::RgbImage {
+        width: 32,
+        height: 24,
+        data: (0..32 * 24 * 3).map(|i| (i % 251) as u8).collect(),
+    };
+    let png = hoa::image_io::encode_png(&image, None).unwrap();
+    let json = |noise_level| Request {
+        noise_level,
+        seed: Some(3),
+        ..Default::default()
+    };
+    let unclip =
+        ModelInfo::read(&hoa::model_files::DirFiles::open(dir("unclip_tiny")).unwrap()).unwrap();
+    let req = variation_request(json(Some(5)), &png, &unclip).unwrap();
+    let r = ok(&req, &unclip);
+    let v = r.options.variation.as_ref().expect("a variation");
+    assert_eq!((v.noise_level, &v.image), (5, &image));
+    assert!(r.options.init.is_none() && r.options.prompt.is_empty());
+    // Without an image encoder: img2img of the image from the empty prompt, not rewritten.
+    let plain = info(&[]);
+    let req = variation_request(json(None), &png, &plain).unwrap();
+    assert_eq!(
+        (req.prompt.as_deref(), req.upsample),
+        (Some(""), Some(false))
+    );
+    let r = ok(&req, &plain);
+    assert_eq!(r.options.init.as_ref().map(|i| &i.image), Some(&image));
+    assert!(r.options.variation.is_none());
+    let e = variation_request(json(Some(5)), &png, &plain)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("noise_level: needs a stable unCLIP model"),
+        "{e}"
+    );
+    for m in [&unclip, &plain] {
+        let e = variation_request(json(None), b"junk", m).unwrap_err();
+        assert!(
+            matches!(&e, hoa::Error::InvalidOption { what, .. } if what == "image"),
+            "{e}"
+        );
+    }
 }

@@ -1127,3 +1127,162 @@ fn bad_adapter_choices_are_clear_errors() {
         );
     }
 }
+
+/// `hoa generate` with `args` into a temporary PNG; returns its bytes.
+fn generate_png(args: &[&str]) -> Vec<u8> {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = std::env::temp_dir().join(format!("hoa-serve-gen-{}-{n}.png", std::process::id()));
+    let gen = Command::new(env!("CARGO_BIN_EXE_hoa"))
+        .args(["generate"])
+        .args(args)
+        .arg("--force")
+        .arg("--out")
+        .arg(&out)
+        .env("XDG_RUNTIME_DIR", xdg())
+        .output()
+        .unwrap();
+    assert!(gen.status.success(), "{gen:?}");
+    let png = std::fs::read(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    png
+}
+
+#[test]
+fn variations_of_a_stable_unclip_model_are_hoa_generate_variation_and_others_img2img() {
+    let unclip = dir("unclip_tiny");
+    let s = start(&["--model", &format!("unclip_tiny={}", unclip.display())]);
+    let image_path = unclip.join("image.png");
+    let image = std::fs::read(&image_path).unwrap();
+    let texts = [
+        ("model", "unclip_tiny"),
+        ("size", "32x24"),
+        ("steps", "2"),
+        ("guidance", "3"),
+        ("seed", "7"),
+    ];
+    let files: [(&str, &[u8]); 1] = [("image", &image)];
+    let (status, v) = post_form(&s, "/v1/images/variations", &texts, &files);
+    assert_eq!(status, 200, "{v}");
+    let png = unb64(&v["data"][0]["b64_json"]);
+    let want = generate_png(&[
+        "--variation",
+        image_path.to_str().unwrap(),
+        "--model",
+        unclip.to_str().unwrap(),
+        "--width",
+        "32",
+        "--height",
+        "24",
+        "--steps",
+        "2",
+        "--guidance",
+        "3",
+        "--seed",
+        "7",
+    ]);
+    let params = read_png_parameters(&png).unwrap().expect("parameters");
+    assert_eq!(Some(params.clone()), read_png_parameters(&want).unwrap());
+    assert!(params.contains("Variation noise level: 0"), "{params}");
+    assert!(
+        png == want,
+        "same inputs, same PNG as hoa generate --variation"
+    );
+    // noise_level is read as a number from the form and reaches the pipeline.
+    let noisy = [&texts[..], &[("noise_level", "900")]].concat();
+    let (status, v) = post_form(&s, "/v1/images/variations", &noisy, &files);
+    assert_eq!(status, 200, "{v}");
+    let other = unb64(&v["data"][0]["b64_json"]);
+    let params = read_png_parameters(&other).unwrap().expect("parameters");
+    assert!(params.contains("Variation noise level: 900"), "{params}");
+
+    // The default model has no image encoder: img2img of the image from the empty prompt.
+    // (A 32x24 image: the fixture's 40x36 is no multiple of 8, a 400 naming the size.)
+    let plain = [("model", "pipeline_tiny"), ("steps", "2"), ("seed", "7")];
+    let small = rgb_png(32, 24);
+    let (status, v) = post_form(
+        &s,
+        "/v1/images/variations",
+        &plain,
+        &[("image", &small[..])],
+    );
+    assert_eq!(status, 200, "{v}");
+    let params = read_png_parameters(&unb64(&v["data"][0]["b64_json"]))
+        .unwrap()
+        .expect("parameters");
+    assert!(
+        params.contains("Denoising strength") && !params.contains("Variation"),
+        "{params}"
+    );
+    // Errors name the field: noise_level without an image encoder, a prompt-only generation
+    // or an edit on the unCLIP model (the model), a variation of a broken image.
+    let noisy_plain = [&plain[..], &[("noise_level", "5")]].concat();
+    let (status, v) = post_form(&s, "/v1/images/variations", &noisy_plain, &files);
+    assert_eq!(
+        (status, error_param(&v)),
+        (400, json!("noise_level")),
+        "{v}"
+    );
+    let (status, v) = post(
+        &s,
+        &json!({"prompt": "a", "model": "unclip_tiny", "size": "32x24", "steps": 2}),
+    );
+    assert_eq!((status, error_param(&v)), (400, json!("model")), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/images/variations"),
+        "{v}"
+    );
+    let edit = [("model", "unclip_tiny"), ("prompt", "a"), ("steps", "2")];
+    let (status, v) = post_form(&s, "/v1/images/edits", &edit, &files);
+    assert_eq!((status, error_param(&v)), (400, json!("model")), "{v}");
+    for model in ["unclip_tiny", "pipeline_tiny"] {
+        let bad: [(&str, &[u8]); 1] = [("image", b"not a png")];
+        let (status, v) = post_form(&s, "/v1/images/variations", &[("model", model)], &bad);
+        assert_eq!((status, error_param(&v)), (400, json!("image")), "{v}");
+    }
+    healthy(&s);
+}
+
+/// A model whose hoa.json names a rewriter (the shipped T5 rewriter beside the tiny model):
+/// `revised_prompt` is the rewriter's rewrite, run on the generation thread (also what the
+/// PNG records), and `"upsample": false` leaves the prompt as typed.
+#[test]
+fn revised_prompt_is_the_rewriters_rewrite() {
+    let m = std::env::temp_dir().join(format!("hoa-serve-rw-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&m);
+    fixture::copy_dir(&dir("pipeline_tiny"), &m);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    fixture::copy_dir(&root.join("weights/default/rewriter"), &m.join("rw"));
+    std::fs::write(m.join("hoa.json"), r#"{"rewriter": "rw"}"#).unwrap();
+    let s = start(&["--model", &format!("rw={}", m.display())]);
+    let ask = |extra: Value| {
+        let mut body = json!({"prompt": "two green circles", "model": "rw", "size": "32x24",
+                              "steps": 1, "seed": 3});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, v) = post(&s, &body);
+        assert_eq!(status, 200, "{v}");
+        let d = &v["data"][0];
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(d["b64_json"].as_str().unwrap())
+            .unwrap();
+        let params = read_png_parameters(&png).unwrap().unwrap();
+        (d["revised_prompt"].as_str().unwrap().to_string(), params)
+    };
+    let rewrite = "a large solid green circle left of a large solid green circle";
+    let (revised, params) = ask(json!({}));
+    assert_eq!(revised, rewrite);
+    assert!(
+        params.contains(&format!("Upsampled prompt: {rewrite}")),
+        "{params}"
+    );
+    let (revised, params) = ask(json!({"upsample": false}));
+    assert_eq!(revised, "two green circles");
+    assert!(!params.contains("Upsampled"), "{params}");
+    drop(s);
+    let _ = std::fs::remove_dir_all(&m);
+}

@@ -111,6 +111,16 @@ fn spawn_ready(mut c: Command) -> (Proc, String) {
     (p, line.trim().to_string())
 }
 
+/// `hoa serve` with `args`, ready: the process and the address it listens on.
+fn serve_ready(args: &[&str]) -> (Proc, String) {
+    let (p, line) = spawn_ready(hoa(args));
+    let addr = line
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (p, addr)
+}
+
 /// A worker whose stderr lines arrive on `log` tagged with `tag`.
 fn worker(url: &str, model: &str, tag: usize, log: &mpsc::Sender<(usize, String)>) -> Proc {
     worker_with(url, model, tag, log, &[], &[])
@@ -226,7 +236,7 @@ fn scale_out_answers_every_request_and_survives_a_killed_worker() {
     // A model name of its own: the jobs of another run on the same server never mix in.
     let model = format!("load-{}", std::process::id());
     let m = format!("{model}={}", model_dir().display());
-    let (_front, line) = spawn_ready(hoa(&[
+    let (_front, addr) = serve_ready(&[
         "serve",
         "--model",
         &m,
@@ -238,11 +248,7 @@ fn scale_out_answers_every_request_and_survives_a_killed_worker() {
         QUEUE_MAX,
         "--timeout-s",
         "300",
-    ]));
-    let addr = line
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    ]);
     // A bad request is answered by the front at once, before any worker exists.
     let bad = json!({"prompt": "a red circle", "model": model, "size": "65x64"}).to_string();
     let (status, _, b) = http(&addr, bad.as_bytes());
@@ -584,7 +590,7 @@ fn a_client_that_hangs_up_cancels_its_job_on_the_worker() {
     };
     let model = format!("cancel-{}", std::process::id());
     let m = format!("{model}={}", model_dir().display());
-    let (_front, line) = spawn_ready(hoa(&[
+    let (_front, addr) = serve_ready(&[
         "serve",
         "--model",
         &m,
@@ -592,11 +598,7 @@ fn a_client_that_hangs_up_cancels_its_job_on_the_worker() {
         "127.0.0.1:0",
         "--queue",
         &url,
-    ]));
-    let addr = line
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    ]);
     let (log_tx, log) = mpsc::channel();
     let _worker = worker(&url, &model, 0, &log_tx);
     // Far more steps than the test waits for: only a cancel ends it in time.
@@ -660,7 +662,7 @@ fn one_worker_drives_two_adapters() {
     };
     let model = format!("adapters-{}", std::process::id());
     let m = format!("{model}={}", model_dir().display());
-    let (_front, line) = spawn_ready(hoa(&[
+    let (_front, addr) = serve_ready(&[
         "serve",
         "--model",
         &m,
@@ -668,11 +670,7 @@ fn one_worker_drives_two_adapters() {
         "127.0.0.1:0",
         "--queue",
         &url,
-    ]));
-    let addr = line
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    ]);
     let (log_tx, log) = mpsc::channel();
     let both = [("HOA_BACKEND", "vulkan,gl")];
     let _w = worker_with(&url, &model, 0, &log_tx, &["--adapters", "0,1"], &both);
@@ -700,4 +698,46 @@ fn one_worker_drives_two_adapters() {
         }
     }
     assert!(on.iter().all(|&n| n >= 1), "jobs per adapter: {on:?}");
+}
+
+#[test]
+fn unclip_variations_over_nats_carry_their_image_to_the_worker() {
+    let Some((url, _server)) = nats() else {
+        return;
+    };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unclip_tiny");
+    let model = format!("unclip-{}", std::process::id());
+    let m = format!("{model}={}", dir.display());
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--model", &m, "--bind", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        serve_ready(&args)
+    };
+    let (_front, nats_addr) = serve(&["--queue", &url]);
+    let (_local, local_addr) = serve(&[]);
+    let (_worker, ready) = spawn_ready(hoa(&["worker", "--queue", &url, "--model", &m]));
+    assert!(ready.starts_with("worker ready"), "{ready:?}");
+    // With transparency: the worker must read the image the front decoded (onto white).
+    let image = png_of_image(image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(
+        32,
+        24,
+        |x, y| image::Rgba([(x * 8) as u8, (y * 10) as u8, 90, (x * 8).min(255) as u8]),
+    )));
+    let texts = [
+        ("size", "32x24"),
+        ("steps", "2"),
+        ("seed", "5"),
+        ("noise_level", "100"),
+    ];
+    let (kind, body) = form(&texts, &[("image", &image)]);
+    let answers = [&nats_addr, &local_addr].map(|a| {
+        let (status, b) = post_to(a, "/v1/images/variations", &kind, &body);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&b));
+        png_of(&b)
+    });
+    assert_eq!(png_size(&answers[0]), (32, 24));
+    assert!(
+        answers[0] == answers[1],
+        "an unCLIP variation: NATS and one process differ"
+    );
 }

@@ -15,20 +15,24 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
 # files.json: model_index.json, hoa.json (the model's defaults) and every file in the
-# component folders, as paths relative to the model folder.
+# component folders (and in the prompt rewriter folder hoa.json names), as paths relative to
+# the model folder.
 manifest() {
   local dir="${1%/}"
   [ -f "$dir/model_index.json" ] || { echo "$dir has no model_index.json: not a diffusers folder" >&2; return 1; }
   (cd "$dir" && { echo model_index.json; if [ -f hoa.json ]; then echo hoa.json; fi; find . -mindepth 2 -type f ! -name '.*' | sed 's|^\./||'; } \
     | LC_ALL=C sort | node -e '
-      // Only the components model_index.json lists (and hoa'"'"'s consistency_decoder), as the
-      // download plan fetches them: a folder may hold more (a rewriter not used yet, a safety checker).
+      // Only the components model_index.json lists (and hoa'"'"'s consistency_decoder and the
+      // rewriter hoa.json names), as the download plan fetches them: a folder may hold more (a
+      // safety checker, a rewriter hoa.json does not name).
       const fs = require("fs");
       const index = JSON.parse(fs.readFileSync("model_index.json", "utf8"));
+      const hoa = fs.existsSync("hoa.json") ? JSON.parse(fs.readFileSync("hoa.json", "utf8")) : {};
       const listed = (v) => Array.isArray(v) && v.length === 2 && v.every((x) => typeof x === "string");
       const keep = new Set(["consistency_decoder", ...Object.keys(index).filter((k) => listed(index[k]))]);
+      const rewriter = typeof hoa.rewriter === "string" ? hoa.rewriter.replace(/\/*$/, "/") : null;
       const lines = fs.readFileSync(0, "utf8").split("\n").filter(Boolean)
-        .filter((p) => !p.includes("/") || keep.has(p.split("/")[0]));
+        .filter((p) => !p.includes("/") || keep.has(p.split("/")[0]) || (rewriter && p.startsWith(rewriter)));
       process.stdout.write(JSON.stringify(lines, null, 1) + "\n");' > files.json)
   echo "wrote $dir/files.json ($(grep -c '"' "$dir/files.json") files)"
 }

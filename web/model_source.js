@@ -5,8 +5,8 @@
 // A folder is listed by its files.json when the server has one (web/build.sh writes it), else
 // discovered the way Hugging Face's `resolve/main/` layout must be: model_index.json first,
 // then the files hoa's own download plan names (downloadPlan in src/download_plan.rs: the
-// weight file names hoa tries, components it does not load skipped), probing candidates in
-// order. The listing found is cached under LISTING beside the files.
+// weight file names hoa tries, components it does not load skipped; then the prompt rewriter
+// folder hoa.json names, rewriterPlan), probing candidates in order. The listing found is cached under LISTING beside the files.
 
 const CACHE = "hoa-models-v1";
 // A key that no server serves: the file list of a folder as it was found.
@@ -126,7 +126,7 @@ class Source {
   }
 
   // The folder's file list: cached, the server's files.json, or discovered through the plan.
-  async list(plan, preferFp16) {
+  async list(plan, preferFp16, rewriterPlan) {
     const listing = new URL(LISTING, this.base).href;
     const hit = this.cache && (await this.cache.match(listing));
     if (hit) return { paths: await hit.json(), how: "cached" };
@@ -135,19 +135,29 @@ class Source {
     const index = await this.add("model_index.json");
     const { steps, skipped } = JSON.parse(plan(new TextDecoder().decode(index), preferFp16));
     await Promise.all(steps.map((s) => this.step(s)));
+    // Second stage: the prompt rewriter hoa.json names (rewriterPlan), if any.
+    const hoa = this.files.get("hoa.json");
+    if (hoa && rewriterPlan) {
+      const more = JSON.parse(rewriterPlan(new TextDecoder().decode(hoa), preferFp16));
+      await Promise.all(more.map((s) => this.step(s)));
+    }
     return { paths: [...this.files.keys()].sort(), how: "discovered", skipped };
   }
 }
 
 /**
  * Fetches the model folder at `base` (a URL ending in "/"). `plan(modelIndexText, preferFp16)`
- * is hoa's downloadPlan. Resolves to {files, stats, how, skipped}: stats.network counts the
+ * is hoa's downloadPlan, `rewriterPlan(hoaJsonText, preferFp16)` its second stage (the prompt
+ * rewriter hoa.json names). Resolves to {files, stats, how, skipped}: stats.network counts the
  * files that came over the network, stats.cached those that came from Cache Storage.
  */
-export async function fetchModel(base, { plan, preferFp16 = false, useCache = true, onProgress } = {}) {
+export async function fetchModel(
+  base,
+  { plan, rewriterPlan = null, preferFp16 = false, useCache = true, onProgress } = {}
+) {
   const src = new Source(base, { useCache, onProgress });
   await src.open();
-  const { paths, how, skipped = [] } = await src.list(plan, preferFp16);
+  const { paths, how, skipped = [] } = await src.list(plan, preferFp16, rewriterPlan);
   await Promise.all(paths.filter((p) => !src.files.has(p)).map((p) => src.add(p)));
   if (how !== "cached") {
     const body = JSON.stringify(paths);

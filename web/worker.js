@@ -9,7 +9,7 @@
 //   generate {request}         -> {rgba, png}; events as hoa.generate's onProgress
 //   clearCache                 -> {}
 
-import init, { Hoa, downloadPlan } from "./pkg/hoa.js";
+import init, { Hoa, downloadPlan, rewriterPlan } from "./pkg/hoa.js";
 import { clearCache, fetchModel } from "./model_source.js";
 
 let hoa = null;
@@ -23,6 +23,7 @@ async function create() {
 async function load({ url, name, preferFp16, useCache }, emit) {
   const { files, stats, how, skipped } = await fetchModel(url, {
     plan: downloadPlan,
+    rewriterPlan,
     preferFp16,
     useCache,
     onProgress: (p) => emit({ kind: "download", bytes: p.bytes, expected: p.expected, files: p.files }),

@@ -12,6 +12,7 @@ use bind_group_cache::BindGroupCache;
 pub use bind_group_cache::BindGroupStats;
 pub use pipelines::{PipelineCache, PipelineKey, ShaderFamily, ROW_REDUCE};
 pub use pool::BufferPool;
+pub(crate) use tensor::pad4;
 pub use tensor::{DType, Tensor};
 
 use crate::error::{Error, Result};

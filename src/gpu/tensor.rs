@@ -271,7 +271,7 @@ impl Tensor {
 }
 
 /// `write_buffer` needs a multiple of 4 bytes (odd-length f16 data).
-fn pad4(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+pub(crate) fn pad4(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     if bytes.len() % 4 == 0 {
         bytes.into()
     } else {

@@ -37,6 +37,7 @@ use crate::models::t5::T5EncoderModel;
 use crate::models::unet_2d_condition::UNet2DConditionModel;
 use crate::noise::NoiseGenerator;
 use crate::options::{DeviceLimits, MAX_BATCH, MAX_SIDE};
+use crate::rewriter::Rewriter;
 use crate::schedulers::{self, SchedulerKind};
 use crate::tokenizer::Tokenizer;
 use crate::weights::Loader;
@@ -85,6 +86,9 @@ pub struct Pipeline {
     pub dtype: DType,
     /// The LoRAs (file, scale) merged into the weights at load, in order.
     pub loras: Vec<(String, f64)>,
+    /// The prompt rewriter `hoa.json` names (small, loaded with the model); front ends run it
+    /// through [`crate::rewriter::apply`].
+    pub rewriter: Option<Rewriter>,
 }
 
 impl Pipeline {
@@ -131,6 +135,9 @@ impl Pipeline {
             parts.push(LoraPart::TextEncoder2);
         }
         loras.check_components(&parts)?;
+        let rewriter = (info.defaults.rewriter.as_deref())
+            .map(|dir| Rewriter::load(ctx, files, dir))
+            .transpose()?;
         let (text_encoder, tokenizer) = match no_text_encoder {
             true => (TextEncoder::None, None),
             false => {
@@ -192,6 +199,7 @@ impl Pipeline {
                 .iter()
                 .map(|(f, s)| (f.name.clone(), *s))
                 .collect(),
+            rewriter,
         })
     }
 

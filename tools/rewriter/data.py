@@ -469,6 +469,65 @@ def fam_key_value(rng):
     return s, pick(rng, [", ", "; ", " | "]).join(parts[i] for i in rng.permutation(len(parts)))
 
 
+# extra training families (retraining of 2026-12-05): training only, kept out of the dev set (which stays
+# as written) and unlike every held-out family's wording
+
+
+WRAP_TRAIN2 = [("could you please draw ", "?"), ("i would like ", ""), ("please create ", " for me"),
+               ("can i get ", "?"), ("draw me ", ", thank you"), ("we need ", " for a poster"), ("help me make ", ""),
+               ("illustrate ", ""), ("i'm looking for ", ""), ("please, ", ""), ("okay so ", ""), ("hi! draw ", ""),
+               ("design ", ""), ("", " thank you!"), ("for my project: ", ""), ("request: ", ""),
+               ("could you generate ", " for us"), ("i want to see ", ""), ("let's have ", ""), ("compose ", "")]
+
+
+def fam_reference_first(rng):
+    """The reference object first, the other placed relative to "it" with a relation word: "relative to a blue
+    square, a red circle is to the left of it" (mention order: the square first; the second object is the
+    relation's subject, as in the held-out `inverted` family, in other words)."""
+    s = sample_spec(rng, n=2, rel=1.0)
+    a, b = s["objects"]
+    r = rel_w(INVERSE[s["rel"]], rng)  # b's place relative to a
+    A, B = np_(a, rng), np_(b, rng)
+    t = pick(rng, [f"relative to {A}, {B} is {r} it", f"take {A}; {B} goes {r} it",
+                   f"start from {A} and put {B} {r} it", f"using {A} as the anchor, place {B} {r} it",
+                   f"as for {A}, {B} is {r} it", f"{A} with {B} placed {r} it",
+                   f"{A}, and {B} positioned {r} it", f"given {A}, add {B} {r} it"])
+    return s, with_bg(t, s, rng)
+
+
+def fam_shared(rng):
+    """Binding: two or three objects sharing a color or a shape ("a red star and a red circle", "a blue square,
+    a green square and a white ring"), in the canonical, article-less or list phrasings."""
+    while True:
+        s = sample_spec(rng, n=int(rng.choice([2, 3])))
+        objs = s["objects"]
+        i, j = (int(k) for k in rng.permutation(len(objs))[:2])
+        key = pick(rng, ["color", "shape"])
+        objs[j][key] = objs[i][key]
+        if len({(o["color"], o["shape"]) for o in objs}) == len(objs):
+            break
+    n = len(objs)
+    art = pick(rng, ["a", "a", ""])
+    if n == 2 and s["rel"]:
+        t = two_rel(s, rng, article=art)
+    elif n == 2:
+        t = objects_list(objs, rng, article=art)
+    else:
+        bg = f" on a {pick(rng, SYN_BG[s['background']])} background" if s["background"] else ""
+        if rng.random() < 0.5:  # the background inside the lead: "three shapes on a gray background: ..."
+            return s, f"{pick(rng, NUMS[3])} shapes{bg}: " + objects_list(objs, rng, article=art)
+        t = objects_list(objs, rng, article=art)
+    return s, with_bg(t, s, rng)
+
+
+def fam_request2(rng):
+    """More request wrappers (none of the held-out `chatty` ones) around the training phrasings."""
+    s, t = pick(rng, [fam_canon, fam_no_article, fam_list, fam_count, fam_relative_clause, fam_shared,
+                      fam_post_adjective])(rng)
+    pre, post = pick(rng, WRAP_TRAIN2)
+    return s, f"{pre}{t}{post}"
+
+
 FAMILIES = {
     "canon": ("train", fam_canon),
     "no_article": ("train", fam_no_article),
@@ -485,6 +544,9 @@ FAMILIES = {
     "inverted": ("test", fam_inverted),
     "colored": ("test", fam_colored),
     "chatty": ("test", fam_chatty),
+    "reference_first": ("train2", fam_reference_first),
+    "shared": ("train2", fam_shared),
+    "request2": ("train2", fam_request2),
 }
 
 # ---------------------------------------------------------------- surface noise (every family)
@@ -570,8 +632,8 @@ def make_set(split, n_per_family, seed):
 
 
 def train_stream(seed, exclude=()):
-    """Endless training pairs from the train families (uniform), never an input in `exclude`."""
-    fams = families("train")
+    """Endless training pairs from the train and train2 families (uniform), never an input in `exclude`."""
+    fams = families("train") + families("train2")
     rng = np.random.default_rng([TRAIN_SEED, seed])
     exclude = set(exclude)
     while True:

@@ -7,9 +7,9 @@
 //      only the float summation order differs);
 //   2. the live preview was drawn and the PNG download link holds the same image;
 //   3. the shipped model (weights/default: T5 with its word-level tokenizer, consistency
-//      decoder, hoa.json's prompt upsampling), fetched from another origin in Hugging Face's
-//      resolve/main layout (serveHub: no files.json, so the worker discovers the files through
-//      hoa's download plan), generates 64x64 and matches the native CLI too; its screenshot is
+//      decoder, the T5 prompt rewriter hoa.json names), fetched from another origin in Hugging
+//      Face's resolve/main layout (serveHub: no files.json, so the worker discovers the files
+//      through hoa's download plan and its rewriter stage), generates 64x64 and matches the native CLI too; its screenshot is
 //      web/screenshot.png. A reload then requests nothing from that server (the model comes
 //      from Cache Storage) and generates the same image; times to first image, cold and cached;
 //   4. with WebGPU disabled the page shows its no-WebGPU message.
@@ -54,7 +54,7 @@ const SHIPPED = {
   scheduler: "ddim",
   eta: 0,
   decoder: "consistency",
-  // hoa.json's prompt upsampling, applied by the page and the CLI alike.
+  // hoa.json's prompt rewriter (its T5, on the GPU), run by the page and the CLI alike.
   upsampled: "a large solid red circle left of a small solid blue square",
 };
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";

@@ -58,10 +58,10 @@ pub struct GenerateArgs {
     /// model's, else 500.
     #[arg(long, allow_negative_numbers = true)]
     pub guidance_high_from: Option<f64>,
-    /// Use the prompt as typed, without the model's prompt upsampling (hoa.json
-    /// `prompt_upsampling`: the attributes its training captions always stated, filled in where
-    /// the prompt leaves them out, as DALL-E 3 rewrites prompts into the captions it was trained
-    /// on).
+    /// Use the prompt as typed, without the model's prompt rewrite (hoa.json `rewriter`: a small
+    /// T5 that rewrites the request into the descriptive caption form the model was trained on,
+    /// as DALL-E 3 rewrites prompts; else `prompt_upsampling`, rules that fill in the
+    /// attributes its training captions always stated).
     #[arg(long)]
     pub no_upsample: bool,
     /// ddim, euler, euler_a, dpm++2m, dpm++2m-karras or lcm. Default: the model's own.
@@ -537,10 +537,21 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     for (j, prompt) in prompts.iter().enumerate() {
         req.prompt = Some(prompt.clone());
         req.seed = Some(seed.wrapping_add((j as u64).wrapping_mul(batch as u64)));
-        let (r, rr) = match first.take() {
+        let (mut r, mut rr) = match first.take() {
             Some(r) => r,
             None => resolve_all(&req, &pipe.info)?,
         };
+        // The model's rewriter, when resolve chose it, runs on the GPU now the model is loaded;
+        // a refiner stage takes the same rewritten prompt.
+        pollster::block_on(hoa::rewriter::apply(
+            &mut r,
+            ctx,
+            pipe.rewriter.as_ref(),
+            Some(&pipe.tokenizer),
+        ))?;
+        if let Some(rr) = rr.as_mut() {
+            rr.options.prompt.clone_from(&r.options.prompt);
+        }
         let stage2 = refiner.as_ref().zip(rr.as_ref());
         let images = generate_one(ctx, &pipe, &r, stage2)?;
         for (k, img) in images.iter().enumerate() {

@@ -463,6 +463,7 @@ fn outcome(
 async fn finished(
     s: &Shared,
     events: &mut mpsc::Receiver<worker::JobEvent>,
+    revised: &mut String,
 ) -> Option<worker::JobEvent> {
     loop {
         match events.recv().await {
@@ -470,6 +471,7 @@ async fn finished(
                 s.metrics.step_seconds.observe(seconds)
             }
             Some(worker::JobEvent::Partial { .. }) => {}
+            Some(worker::JobEvent::Revised(r)) => *revised = r,
             last => return last,
         }
     }

@@ -36,10 +36,13 @@ pub struct ImagesRequest {
     pub scheduler: Option<String>,
     pub decoder: Option<String>,
     pub strength: Option<f64>,
+    pub noise_level: Option<i64>,
+    /// false: the prompt as typed, without the model's rewrite (`hoa generate --no-upsample`).
+    pub upsample: Option<bool>,
 }
 
 /// Fields [`ImagesRequest`] reads.
-pub const KNOWN: [&str; 17] = [
+pub const KNOWN: [&str; 19] = [
     "prompt",
     "model",
     "n",
@@ -57,6 +60,8 @@ pub const KNOWN: [&str; 17] = [
     "scheduler",
     "decoder",
     "strength",
+    "noise_level",
+    "upsample",
 ];
 
 /// OpenAI's documented fields hoa accepts and does not act on, so that clients that send them
@@ -179,9 +184,11 @@ fn param_of(field: &str) -> Option<&str> {
         // resolve's memory check names all three: the size is what to change.
         "width" | "height" | "width/height" | "width/height/batch" => Some("size"),
         "batch" => Some("n"),
-        "init_image" => Some("image"),
+        "init_image" | "image" => Some("image"),
         "mask" => Some("mask"),
         "preview_every" => Some("partial_images"),
+        // A stable unCLIP model needs an image to vary: the model was the wrong choice.
+        "variation" => Some("model"),
         f if KNOWN.contains(&f) => Some(f),
         _ => None,
     }
@@ -191,6 +198,10 @@ fn param_of(field: &str) -> Option<&str> {
 /// field), anything else the server's (500).
 pub fn from_hoa(e: hoa::Error) -> ApiError {
     match &e {
+        hoa::Error::InvalidOption { what, .. } if what == "variation" => ApiError::bad(
+            param_of(what),
+            format!("{e} (POST /v1/images/variations makes them)"),
+        ),
         hoa::Error::InvalidOption { what, .. } => ApiError::bad(param_of(what), e.to_string()),
         hoa::Error::Config { field, .. } => ApiError::bad(param_of(field), e.to_string()),
         _ => ApiError::internal(e.to_string()),
@@ -325,6 +336,8 @@ pub fn to_call(r: &ImagesRequest) -> Result<Call, ApiError> {
         scheduler: r.scheduler.clone(),
         decoder: r.decoder.clone(),
         strength: r.strength,
+        noise_level: r.noise_level,
+        upsample: r.upsample,
         seed: r.seed,
         width,
         height,
@@ -370,6 +383,8 @@ mod tests {
         assert_eq!(param_of("width/height"), Some("size"));
         assert_eq!(param_of("init_image"), Some("image"));
         assert_eq!(param_of("steps"), Some("steps"));
+        assert_eq!(param_of("noise_level"), Some("noise_level"));
+        assert_eq!(param_of("variation"), Some("model"));
         assert_eq!(param_of("the request"), None);
     }
 

@@ -12,8 +12,9 @@ use serde_json::{Map, Value};
 /// Most `image` parts one form may hold (OpenAI's bound); hoa edits the first only.
 const MAX_IMAGES: usize = 16;
 /// Form fields whose text is a number.
-const NUMBERS: [&str; 7] = [
+const NUMBERS: [&str; 8] = [
     "n",
+    "noise_level",
     "seed",
     "steps",
     "guidance",

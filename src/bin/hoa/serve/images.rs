@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use hoa::resolve::{resolve, Resolved};
+use hoa::resolve::{resolve, variation_request, Resolved};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,7 +66,9 @@ pub async fn edits(
     submit(s, call, &headers, Kind::Edit).await
 }
 
-/// Until CLIP image embeddings exist: img2img of `image` from the model's empty prompt.
+/// Variations of `image`: on a stable unCLIP model, new images from its CLIP image embedding
+/// (`noise_level` as an extra field); on any other model, img2img of `image` from the empty
+/// prompt (`strength` as an extra field). `hoa::resolve::variation_request` decides which.
 pub async fn variations(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -84,9 +86,16 @@ pub async fn variations(
             }
         }
         let mut call = to_call(&parse_map(std::mem::take(&mut f.fields))?)?;
-        call.req.prompt = Some(String::new());
-        call.req.upsample = Some(false);
-        call.req.init_image = Some(form::decode_image(f.take_image()?).await?);
+        let image = f.take_image()?;
+        let model = pick_model(&s, call.model.as_deref())?;
+        let (shared, req) = (s.clone(), std::mem::take(&mut call.req));
+        // Decoding is blocking work.
+        call.req = tokio::task::spawn_blocking(move || {
+            variation_request(req, &image, &shared.models[model].info)
+        })
+        .await
+        .map_err(|_| ApiError::internal("decoding the image failed"))?
+        .map_err(super::api::from_hoa)?;
         call
     };
     submit(s, call, &headers, Kind::Generation).await
@@ -160,7 +169,7 @@ async fn submit(
     let (job, mut events) = worker::Job::new(model, resolved, Some(deadline));
     let in_flight = s.metrics.in_flight();
     enqueue(&s, job, &call.req).await?;
-    let meta = Meta {
+    let mut meta = Meta {
         kind,
         size,
         quality: call.quality,
@@ -177,9 +186,12 @@ async fn submit(
             in_flight,
         ));
     }
-    let last = tokio::time::timeout_at(deadline.into(), finished(&s, &mut events))
-        .await
-        .map_err(|_| timed_out(s.timeout))?;
+    let last = tokio::time::timeout_at(
+        deadline.into(),
+        finished(&s, &mut events, &mut meta.revised),
+    )
+    .await
+    .map_err(|_| timed_out(s.timeout))?;
     let pngs = outcome(last, s.timeout)?;
     s.metrics.images.inc_by(pngs.len() as u64);
     let images = convert(pngs, call.output).await?;

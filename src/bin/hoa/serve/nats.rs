@@ -7,8 +7,9 @@
 //! entries after `RESULT_TTL`, so they stay bounded when a front is gone. While it works, the
 //! worker sends the job's progress and previews on the core subject `hoa.progress.<id>`.
 //! An edit's or variation's images (too large for a message) go to the object store before the
-//! job, as `<id>.init.png` (lossless) and `<id>.mask.f32` (the mask's values, exact), and the
-//! worker puts them back into the `Request` before it resolves it.
+//! job, as `<id>.init.png` (an img2img start, lossless), `<id>.variation.png` (the image a
+//! stable unCLIP model varies) and `<id>.mask.f32` (the mask's values, exact), and the worker
+//! puts them back into the `Request`, in the same fields, before it resolves it.
 
 use super::api::ApiError;
 use super::worker::{Job, JobEvent};
@@ -89,6 +90,18 @@ pub struct JobMsg {
 pub struct Inputs {
     pub init_image: Option<[usize; 2]>,
     pub mask: Option<[usize; 2]>,
+    /// Absent in the jobs of a front from before variations were sent.
+    #[serde(default)]
+    pub variation: Option<[usize; 2]>,
+}
+
+impl Inputs {
+    /// Every input, for deleting whichever were put.
+    const ALL: Inputs = Inputs {
+        init_image: Some([0; 2]),
+        mask: Some([0; 2]),
+        variation: Some([0; 2]),
+    };
 }
 
 fn init_name(id: &str) -> String {
@@ -99,18 +112,17 @@ fn mask_name(id: &str) -> String {
     format!("{id}.mask.f32")
 }
 
+fn variation_name(id: &str) -> String {
+    format!("{id}.variation.png")
+}
+
 /// Puts `req`'s init image and mask into the object store for job `id`.
 async fn put_inputs(stores: &Stores, id: &str, req: &Request) -> Result<Inputs> {
-    let mut inputs = Inputs::default();
-    if let Some(img) = &req.init_image {
-        let png = encode_rgb_png(img)?;
-        let mut bytes = png.as_slice();
-        stores
-            .images
-            .put(init_name(id).as_str(), &mut bytes)
-            .await?;
-        inputs.init_image = Some([img.width, img.height]);
-    }
+    let mut inputs = Inputs {
+        init_image: put_image(stores, &init_name(id), req.init_image.as_ref()).await?,
+        variation: put_image(stores, &variation_name(id), req.variation.as_ref()).await?,
+        ..Inputs::default()
+    };
     if let Some(m) = &req.mask {
         let raw: Vec<u8> = m.values.iter().flat_map(|v| v.to_le_bytes()).collect();
         stores
@@ -122,10 +134,22 @@ async fn put_inputs(stores: &Stores, id: &str, req: &Request) -> Result<Inputs> 
     Ok(inputs)
 }
 
+/// Puts `img` (if any) as a PNG under `name`; returns its size.
+async fn put_image(
+    stores: &Stores,
+    name: &str,
+    img: Option<&hoa::image_io::RgbImage>,
+) -> Result<Option<[usize; 2]>> {
+    let Some(img) = img else { return Ok(None) };
+    let png = encode_rgb_png(img)?;
+    stores.images.put(name, &mut png.as_slice()).await?;
+    Ok(Some([img.width, img.height]))
+}
+
 fn encode_rgb_png(img: &hoa::image_io::RgbImage) -> Result<Vec<u8>> {
     let (w, h) = (u32::try_from(img.width)?, u32::try_from(img.height)?);
     let buf = image::RgbImage::from_raw(w, h, img.data.clone())
-        .context("the init image's size does not match its pixels")?;
+        .context("the image's size does not match its pixels")?;
     let mut png = std::io::Cursor::new(Vec::new());
     buf.write_to(&mut png, image::ImageFormat::Png)?;
     Ok(png.into_inner())
@@ -145,23 +169,13 @@ pub async fn get_inputs(
     inputs: Inputs,
     req: &mut Request,
 ) -> Result<()> {
-    if let Some([w, h]) = inputs.init_image {
-        let png = get_object(stores, &init_name(id))
-            .await
-            .context("the init image")?;
-        let img = image::load_from_memory_with_format(&png, image::ImageFormat::Png)?.to_rgb8();
-        if (img.width() as usize, img.height() as usize) != (w, h) {
-            bail!(
-                "the init image is {}x{}, the job says {w}x{h}",
-                img.width(),
-                img.height()
-            );
-        }
-        req.init_image = Some(hoa::image_io::RgbImage {
-            width: w,
-            height: h,
-            data: img.into_raw(),
-        });
+    if let Some(size) = inputs.init_image {
+        let img = get_image(stores, &init_name(id), size).await;
+        req.init_image = Some(img.context("the init image")?);
+    }
+    if let Some(size) = inputs.variation {
+        let img = get_image(stores, &variation_name(id), size).await;
+        req.variation = Some(img.context("the variation image")?);
     }
     if let Some([w, h]) = inputs.mask {
         let raw = get_object(stores, &mask_name(id))
@@ -183,6 +197,28 @@ pub async fn get_inputs(
     Ok(())
 }
 
+/// The PNG under `name`, which the job says is `w`x`h`.
+async fn get_image(
+    stores: &Stores,
+    name: &str,
+    [w, h]: [usize; 2],
+) -> Result<hoa::image_io::RgbImage> {
+    let png = get_object(stores, name).await?;
+    let img = image::load_from_memory_with_format(&png, image::ImageFormat::Png)?.to_rgb8();
+    if (img.width() as usize, img.height() as usize) != (w, h) {
+        bail!(
+            "it is {}x{}, the job says {w}x{h}",
+            img.width(),
+            img.height()
+        );
+    }
+    Ok(hoa::image_io::RgbImage {
+        width: w,
+        height: h,
+        data: img.into_raw(),
+    })
+}
+
 /// Deletes job `id`'s images (they would expire anyway).
 async fn delete_inputs(stores: &Stores, id: &str, inputs: Inputs) {
     if inputs.init_image.is_some() {
@@ -190,6 +226,9 @@ async fn delete_inputs(stores: &Stores, id: &str, inputs: Inputs) {
     }
     if inputs.mask.is_some() {
         let _ = stores.images.delete(mask_name(id)).await;
+    }
+    if inputs.variation.is_some() {
+        let _ = stores.images.delete(variation_name(id)).await;
     }
 }
 
@@ -214,6 +253,8 @@ pub enum ProgressMsg {
     },
     /// A preview PNG, base64.
     Partial { index: usize, png: String },
+    /// The model's rewriter rewrote the prompt to this (`revised_prompt`).
+    Revised { prompt: String },
 }
 
 impl ProgressMsg {
@@ -232,6 +273,9 @@ impl ProgressMsg {
             JobEvent::Partial { index, png } => Some(ProgressMsg::Partial {
                 index: *index,
                 png: b64.encode(png),
+            }),
+            JobEvent::Revised(prompt) => Some(ProgressMsg::Revised {
+                prompt: prompt.clone(),
             }),
             _ => None,
         }
@@ -253,6 +297,7 @@ impl ProgressMsg {
                 index,
                 png: b64.decode(png).ok()?,
             }),
+            ProgressMsg::Revised { prompt } => Some(JobEvent::Revised(prompt)),
         }
     }
 }
@@ -494,16 +539,8 @@ impl Front {
         let inputs = match put_inputs(&self.stores, &id, &msg.request).await {
             Ok(i) => i,
             Err(e) => {
-                // Whichever of the two was put.
-                delete_inputs(
-                    &self.stores,
-                    &id,
-                    Inputs {
-                        init_image: Some([0; 2]),
-                        mask: Some([0; 2]),
-                    },
-                )
-                .await;
+                // Whichever was put.
+                delete_inputs(&self.stores, &id, Inputs::ALL).await;
                 let _ = told.send(Err(failed(&format!("{e:#}"))));
                 return;
             }

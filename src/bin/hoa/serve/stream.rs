@@ -81,7 +81,7 @@ async fn pump(
                     Err(e) => (vec![error_event(s, Some(e))], true),
                 }
             }
-            Ok(Some(JobEvent::Partial { .. })) => continue,
+            Ok(Some(JobEvent::Partial { .. } | JobEvent::Revised(_))) => continue,
             Ok(Some(JobEvent::Done(pngs))) => {
                 s.metrics.images.inc_by(pngs.len() as u64);
                 match convert(pngs, meta.output).await {

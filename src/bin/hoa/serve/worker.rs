@@ -34,6 +34,9 @@ pub enum JobEvent {
     },
     /// A preview of the first image (PNG, no parameters chunk); `index` counts previews from 0.
     Partial { index: usize, png: Vec<u8> },
+    /// The model's rewriter rewrote the prompt to this (`revised_prompt`); sent before any
+    /// `Progress` when the model's rewriter ran.
+    Revised(String),
     /// One PNG per image, each with its `parameters` chunk.
     Done(Vec<Vec<u8>>),
     /// The run failed; [`hoa::Error::Cancelled`] when the deadline passed.
@@ -264,6 +267,14 @@ fn generate(gpu: &Gpu, name: &str, pipe: &Pipeline, job: &mut Job) -> hoa::Resul
     let ctx = &gpu.ctx;
     let cancel = job.cancel.clone();
     job.resolved.options.cancel = Some(cancel.clone());
+    if job.resolved.pending_rewrite {
+        let rw = pipe.rewriter.as_ref();
+        let tok = Some(&pipe.tokenizer);
+        pollster::block_on(hoa::rewriter::apply(&mut job.resolved, ctx, rw, tok))?;
+        let r = &job.resolved;
+        let text = r.upsampled.clone().unwrap_or_else(|| r.prompt.clone());
+        let _ = job.events.try_send(JobEvent::Revised(text));
+    }
     let r = &job.resolved;
     // OpenAI's response has no place for warnings: they go to the server's log.
     for w in &r.warnings {
