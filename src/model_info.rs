@@ -14,13 +14,14 @@ use serde_json::Value;
 /// The pipelines whose folders hoa runs (the img2img and inpainting classes share the
 /// text-to-image components; hoa inpaints by latent blending with the 4-channel U-Net; the SDXL
 /// refiner is an `StableDiffusionXLImg2ImgPipeline` folder without `text_encoder`).
-const PIPELINES: [&str; 6] = [
+const PIPELINES: [&str; 7] = [
     "StableDiffusionPipeline",
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",
     "StableDiffusionXLPipeline",
     "StableDiffusionXLImg2ImgPipeline",
     "StableUnCLIPImg2ImgPipeline",
+    "LatentConsistencyModelPipeline",
 ];
 
 #[derive(Clone, Debug)]

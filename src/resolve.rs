@@ -24,6 +24,10 @@ pub const DEFAULT_STEPS: usize = 25;
 pub const DEFAULT_GUIDANCE: f64 = 7.5;
 pub const DEFAULT_HIGH_FROM: f64 = 500.0;
 pub const DEFAULT_STRENGTH: f64 = 0.75;
+/// A latent consistency model's defaults when its `hoa.json` sets none (diffusers'
+/// `LatentConsistencyModelPipeline.__call__`).
+pub const LCM_DEFAULT_STEPS: usize = 4;
+pub const LCM_DEFAULT_GUIDANCE: f64 = 8.5;
 /// The SDXL refiner's default strength alone (diffusers' `StableDiffusionXLImg2ImgPipeline`).
 pub const DEFAULT_REFINER_STRENGTH: f64 = 0.3;
 /// Where the SDXL base hands over to the refiner by default (diffusers' documented
@@ -169,6 +173,7 @@ fn resolve_options(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Re
     let (sampler, note) = resolve_scheduler(req, model, steps)?;
     warnings.extend(note);
     let (guidance, guidance_high) = resolve_guidance(req, model)?;
+    let guidance_high = single_guidance(req, model, guidance_high, &mut warnings);
     let eta = resolve_eta(req, sampler, &mut warnings)?;
     let init = resolve_init(req, model, &mut warnings)?;
     let (width, height, batch) = resolve_size(req, model, init.as_ref(), &mut warnings)?;
@@ -182,9 +187,10 @@ fn resolve_options(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Re
     let loras = resolve_loras(req)?;
     let denoising_end = resolve_denoising_end(req, model)?;
     let (aesthetic_score, negative_aesthetic_score) = resolve_aesthetic(req, model, &mut warnings)?;
+    let negative_prompt = resolve_negative(req, model, &mut warnings);
     let options = GenerateOptions {
         prompt: text,
-        negative_prompt: req.negative_prompt.clone().unwrap_or_default(),
+        negative_prompt,
         width,
         height,
         steps,
@@ -265,9 +271,53 @@ fn upsample(req: &Request, model: &ModelInfo, prompt: &str) -> Result<(Option<St
     }
 }
 
+/// Whether the model is a latent consistency model: its U-Net embeds the guidance scale
+/// (`time_cond_proj_dim`), so guidance runs in one batch and takes no negative prompt.
+fn embeds_guidance(model: &ModelInfo) -> bool {
+    model.unet.time_cond_proj_dim.is_some()
+}
+
+/// The negative prompt, dropped with a warning for a latent consistency model (diffusers'
+/// `LatentConsistencyModelPipeline` has none: its guidance is embedded, not a second pass).
+fn resolve_negative(req: &Request, model: &ModelInfo, warnings: &mut Vec<String>) -> String {
+    let negative = req.negative_prompt.clone().unwrap_or_default();
+    if embeds_guidance(model) && !negative.is_empty() {
+        warnings.push(format!(
+            "{} is ignored: this latent consistency model embeds the guidance scale and runs \
+             no unconditional pass",
+            req.name("negative_prompt")
+        ));
+        return String::new();
+    }
+    negative
+}
+
+/// The high-noise guidance split, dropped with a warning for a latent consistency model, whose
+/// U-Net is conditioned on one embedded scale for the whole run.
+fn single_guidance(
+    req: &Request,
+    model: &ModelInfo,
+    high: Option<GuidanceHigh>,
+    warnings: &mut Vec<String>,
+) -> Option<GuidanceHigh> {
+    if embeds_guidance(model) && high.is_some() {
+        warnings.push(format!(
+            "{} is ignored: this latent consistency model embeds one guidance scale for all \
+             steps",
+            req.name("guidance_high")
+        ));
+        return None;
+    }
+    high
+}
+
 fn resolve_steps(req: &Request, model: &ModelInfo) -> Result<usize> {
     let model_steps = model.defaults.steps.map(|s| s as i64);
-    let (steps, src) = pick(req, "steps", req.steps, model_steps, DEFAULT_STEPS as i64);
+    let fallback = match embeds_guidance(model) {
+        true => LCM_DEFAULT_STEPS,
+        false => DEFAULT_STEPS,
+    };
+    let (steps, src) = pick(req, "steps", req.steps, model_steps, fallback as i64);
     let n = model.num_train_timesteps()?;
     if steps < 1 || steps as u64 > n as u64 {
         return Err(src.error(format!(
@@ -343,7 +393,10 @@ fn resolve_guidance(req: &Request, model: &ModelInfo) -> Result<(f64, Option<Gui
         "guidance",
         req.guidance,
         d.guidance.map(f64::from),
-        DEFAULT_GUIDANCE,
+        match embeds_guidance(model) {
+            true => LCM_DEFAULT_GUIDANCE,
+            false => DEFAULT_GUIDANCE,
+        },
     );
     check_scale(g, &src)?;
     let model_high = d.guidance_high.filter(|_| req.guidance.is_none());

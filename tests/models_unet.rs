@@ -68,7 +68,8 @@ fn unet_refuses_unsupported_configs_naming_the_field() {
     for (field, value) in [
         ("class_embed_type", "\"timestep\""),
         ("addition_embed_type", "\"text_image\""),
-        ("time_cond_proj_dim", "256"),
+        // LCM's guidance embedding needs two frequencies (256 runs: tests/pipeline_lcm.rs).
+        ("time_cond_proj_dim", "2"),
         (
             "down_block_types",
             "[\"CrossAttnDownBlock2D\", \"SimpleCrossAttnDownBlock2D\"]",
@@ -113,6 +114,21 @@ fn unet_rejects_bad_inputs_with_clear_errors() {
     );
     let e = err(&t(&[2, 4, 8, 12]), &[1.0, 2.0, 3.0], &enc);
     assert!(e.contains("3 timesteps"), "{e}");
+    // A guidance embedding for a U-Net without time_cond_proj_dim.
+    let e = model.time_cond(c, &t(&[2, 32])).err().unwrap().to_string();
+    assert!(e.contains("time_cond_proj_dim"), "{e}");
+    let e = (model.forward_cond(
+        c,
+        &t(&[2, 4, 8, 12]),
+        &[1.0],
+        &enc,
+        None,
+        Some(&t(&[2, 32])),
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("time_cond") && e.contains("[2, 32]"), "{e}");
     // A checkpoint that does not match the config names the tensors.
     let mut more = cfg.clone();
     more.layers_per_block = hoa::config::PerBlock::One(3);

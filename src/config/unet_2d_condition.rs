@@ -219,7 +219,13 @@ impl UNet2DConditionModelConfig {
             Some(v) => Err(src.refuse(field, format!("= {v}"))),
             None => Ok(()),
         };
-        num("time_cond_proj_dim", self.time_cond_proj_dim)?;
+        if self.time_cond_proj_dim.is_some_and(|d| d < 4) {
+            let d = self.time_cond_proj_dim.unwrap_or(0);
+            return Err(src.err(
+                "time_cond_proj_dim",
+                format!("= {d}: the guidance embedding needs at least 4 (two frequencies)"),
+            ));
+        }
         num("num_class_embeds", self.num_class_embeds)?;
         num("encoder_hid_dim", self.encoder_hid_dim)?;
         src.only("act_fn", &self.act_fn, "silu")?;

@@ -19,18 +19,35 @@ use crate::kernels::{concat::concat, elementwise, Activation};
 use crate::models::check_nchw;
 use crate::weights::Loader;
 
-/// diffusers `TimestepEmbedding`: `linear_1`, SiLU, `linear_2`.
+/// diffusers `TimestepEmbedding`: `linear_1`, SiLU, `linear_2`; with `cond_proj_dim`, also
+/// `cond_proj` (LCM's guidance embedding).
 pub struct TimestepEmbeddingMlp {
     pub linear_1: Linear,
     pub linear_2: Linear,
+    /// `cond_proj`: Linear(cond_proj_dim -> in_channels, no bias), added to the sinusoidal
+    /// embedding before `linear_1` (see [`UNet2DConditionModel::time_cond`]).
+    pub cond_proj: Option<Linear>,
 }
 
 impl TimestepEmbeddingMlp {
     /// `TimestepEmbedding(in_channels, time_embed_dim)` under `vb` (`time_embedding.`).
     pub fn load(vb: &Loader, in_channels: usize, time_embed_dim: usize) -> Result<Self> {
+        Self::load_cond(vb, in_channels, time_embed_dim, None)
+    }
+
+    /// [`Self::load`] with `cond_proj_dim` (the U-Net config's `time_cond_proj_dim`).
+    pub fn load_cond(
+        vb: &Loader,
+        in_channels: usize,
+        time_embed_dim: usize,
+        cond_proj_dim: Option<usize>,
+    ) -> Result<Self> {
         Ok(TimestepEmbeddingMlp {
             linear_1: Linear::load(&vb.pp("linear_1"), in_channels, time_embed_dim, true)?,
             linear_2: Linear::load(&vb.pp("linear_2"), time_embed_dim, time_embed_dim, true)?,
+            cond_proj: (cond_proj_dim)
+                .map(|d| Linear::load(&vb.pp("cond_proj"), d, in_channels, false))
+                .transpose()?,
         })
     }
 
@@ -177,7 +194,12 @@ impl UNet2DConditionModel {
             downsample_padding: c.downsample_padding,
             use_linear_projection: c.use_linear_projection,
         };
-        let time_embedding = TimestepEmbeddingMlp::load(&vb.pp("time_embedding"), ch0, temb)?;
+        let time_embedding = TimestepEmbeddingMlp::load_cond(
+            &vb.pp("time_embedding"),
+            ch0,
+            temb,
+            c.time_cond_proj_dim,
+        )?;
         let add_embedding = (c.text_time())
             .map(|(_, input)| TimestepEmbeddingMlp::load(&vb.pp("add_embedding"), input, temb))
             .transpose()?;
@@ -255,18 +277,34 @@ impl UNet2DConditionModel {
         encoder_hidden_states: &Tensor,
         aug_emb: Option<&Tensor>,
     ) -> Result<UNetOutput> {
+        self.forward_cond(ctx, sample, timesteps, encoder_hidden_states, aug_emb, None)
+    }
+
+    /// [`Self::forward_with`] with `time_cond` [B, block_out_channels[0]], the projected
+    /// `timestep_cond` that [`Self::time_cond`] made (an LCM's guidance embedding; made once,
+    /// before the loop), added to the sinusoidal timestep embedding before `linear_1`.
+    pub fn forward_cond(
+        &self,
+        ctx: &Context,
+        sample: &Tensor,
+        timesteps: &[f32],
+        encoder_hidden_states: &Tensor,
+        aug_emb: Option<&Tensor>,
+        time_cond: Option<&Tensor>,
+    ) -> Result<UNetOutput> {
         const OP: &str = "UNet2DConditionModel";
         let ehs = encoder_hidden_states;
         self.check_inputs(sample, ehs)?;
         let t = batch_timesteps(OP, timesteps, sample.shape()[0])?;
         self.check_aug(aug_emb, sample.shape()[0])?;
+        self.check_time_cond(time_cond, sample.shape()[0])?;
 
         // 0. center input if necessary
         let centered = center_input(ctx, sample, self.config.center_input_sample)?;
         let sample = centered.as_ref().unwrap_or(sample);
 
         // 1. time: emb = time_embedding(t_emb) (+ aug_emb)
-        let mut emb = self.time_embed(ctx, &t)?;
+        let mut emb = self.time_embed(ctx, &t, time_cond)?;
         if let Some(aug) = aug_emb {
             emb = elementwise::add(ctx, &emb, aug)?;
         }
@@ -288,7 +326,13 @@ impl UNet2DConditionModel {
     }
 
     /// `time_proj` (sinusoidal `Timesteps`) then `time_embedding`: `emb` [B, time_embed_dim].
-    fn time_embed(&self, ctx: &Context, timesteps: &[f32]) -> Result<Tensor> {
+    /// With `time_cond`, diffusers' `sample + cond_proj(condition)` before `linear_1`.
+    fn time_embed(
+        &self,
+        ctx: &Context,
+        timesteps: &[f32],
+        time_cond: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let t = Tensor::from_f32(ctx, timesteps, &[timesteps.len()], DType::F32)?;
         let t_emb = timestep_embedding(
@@ -303,7 +347,56 @@ impl UNet2DConditionModel {
             },
             self.dtype,
         )?;
+        let t_emb = match time_cond {
+            Some(c) => elementwise::add(ctx, &t_emb, c)?,
+            None => t_emb,
+        };
         self.time_embedding.forward(ctx, &t_emb)
+    }
+
+    /// `time_embedding.cond_proj(timestep_cond)`: `timestep_cond` [B, time_cond_proj_dim] (an
+    /// LCM's guidance-scale embedding) projected to [B, block_out_channels[0]], the
+    /// `time_cond` that [`Self::forward_cond`] adds at every step.
+    pub fn time_cond(&self, ctx: &Context, timestep_cond: &Tensor) -> Result<Tensor> {
+        const OP: &str = "UNet2DConditionModel";
+        let (Some(proj), Some(dim)) = (
+            &self.time_embedding.cond_proj,
+            self.config.time_cond_proj_dim,
+        ) else {
+            return Err(Error::shape(
+                OP,
+                "this U-Net has no time_cond_proj_dim (no timestep_cond to project)",
+            ));
+        };
+        let s = timestep_cond.shape();
+        if s.len() != 2 || s[1] != dim || timestep_cond.dtype() != self.dtype {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "timestep_cond {s:?} must be [B, {dim}] (time_cond_proj_dim) in {}",
+                    self.dtype.name()
+                ),
+            ));
+        }
+        proj.forward(ctx, timestep_cond)
+    }
+
+    fn check_time_cond(&self, time_cond: Option<&Tensor>, b: usize) -> Result<()> {
+        let want = [b, self.config.block_out_channels[0]];
+        match time_cond {
+            Some(c) if self.time_embedding.cond_proj.is_none() => Err(Error::shape(
+                "UNet2DConditionModel",
+                format!(
+                    "time_cond {:?} given to a U-Net without time_cond_proj_dim",
+                    c.shape()
+                ),
+            )),
+            Some(c) if c.shape() != want || c.dtype() != self.dtype => Err(Error::shape(
+                "UNet2DConditionModel",
+                format!("time_cond {:?} must be {want:?}", c.shape()),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// diffusers' `get_aug_embed` for `text_time`: `add_time_proj` (sinusoidal, width

@@ -19,10 +19,12 @@ use web_time::Instant;
 const SLOW_RUN_SECONDS: f64 = 60.0;
 
 /// What the U-Net is conditioned on: the text embeddings [rows, L, D] and, for SDXL, the
-/// added embedding [rows, time_embed_dim] (made once, before the loop).
+/// added embedding [rows, time_embed_dim], for an LCM the projected guidance embedding
+/// [rows, block_out_channels[0]] (made once, before the loop).
 pub(super) struct Cond {
     pub context: Tensor,
     pub aug_emb: Option<Tensor>,
+    pub time_cond: Option<Tensor>,
 }
 
 impl Cond {
@@ -31,6 +33,9 @@ impl Cond {
         Ok(Cond {
             context: self.context.narrow_rows(ctx, start, count)?,
             aug_emb: (self.aug_emb.as_ref())
+                .map(|a| a.narrow_rows(ctx, start, count))
+                .transpose()?,
+            time_cond: (self.time_cond.as_ref())
                 .map(|a| a.narrow_rows(ctx, start, count))
                 .transpose()?,
         })
@@ -57,7 +62,12 @@ impl Pipeline {
         context: Tensor,
         aug_emb: Option<Tensor>,
     ) -> Result<Guidance> {
-        let cond = Cond { context, aug_emb };
+        let time_cond = self.time_cond(ctx, opts)?;
+        let cond = Cond {
+            context,
+            aug_emb,
+            time_cond,
+        };
         if !cfg {
             return Ok(Guidance::Off { cond });
         }
@@ -78,9 +88,10 @@ impl Pipeline {
     /// The U-Net on `x` at timesteps `t` under `cond`.
     fn unet(&self, ctx: &Context, x: &Tensor, t: &[f32], cond: &Cond) -> Result<Tensor> {
         let aug = cond.aug_emb.as_ref();
+        let tc = cond.time_cond.as_ref();
         Ok(self
             .unet
-            .forward_with(ctx, x, t, &cond.context, aug)?
+            .forward_cond(ctx, x, t, &cond.context, aug, tc)?
             .sample)
     }
 

@@ -10,6 +10,7 @@
 mod decode;
 mod denoise;
 mod latents;
+mod lcm;
 mod refiner;
 mod sdxl;
 mod text_encoder;
@@ -17,6 +18,7 @@ mod unclip;
 
 pub use crate::options::{Decoder, GenerateOptions, GuidanceHigh, InitImage};
 pub use decode::to_u8;
+pub use lcm::guidance_scale_embedding;
 pub use sdxl::TextEncoder2;
 pub use text_encoder::TextEncoder;
 pub use unclip::{StableUnCLIPImageNormalizer, UnclipImageEncoder};
@@ -433,7 +435,9 @@ impl Pipeline {
             .map(|k| NoiseGenerator::new(opts.seed.wrapping_add(k)))
             .collect();
         // 1. Encode the prompt (diffusers guides only when guidance_scale > 1).
-        let cfg = opts.guidance > 1.0 || opts.guidance_high.is_some_and(|h| h.scale > 1.0);
+        // An LCM embeds the guidance scale instead (one batch, see `lcm`).
+        let cfg = !self.embeds_guidance()
+            && (opts.guidance > 1.0 || opts.guidance_high.is_some_and(|h| h.scale > 1.0));
         let (context, aug_emb) = match self.text_encoder_2 {
             Some(_) => {
                 let (c, a) = self.encode_prompt_sdxl(ctx, opts, cfg, events)?;
