@@ -138,24 +138,8 @@ impl Pipeline {
         let rewriter = (info.defaults.rewriter.as_deref())
             .map(|dir| Rewriter::load(ctx, files, dir))
             .transpose()?;
-        let (text_encoder, tokenizer) = match no_text_encoder {
-            true => (TextEncoder::None, None),
-            false => {
-                let (te, context_len) = load_text_encoder(ctx, files, &info, dtype, loras)?;
-                let clip = matches!(te, TextEncoder::Clip(_));
-                (
-                    te,
-                    Some(load_tokenizer(files, "tokenizer", clip, context_len)?),
-                )
-            }
-        };
-        let text_encoder_2 = sdxl::load_text_encoder_2(ctx, files, &info, dtype, loras)?;
-        // The refiner's one tokenizer is tokenizer_2.
-        let tokenizer = match (tokenizer, &text_encoder_2) {
-            (Some(t), _) => t,
-            (None, Some(te2)) => te2.tokenizer.clone(),
-            (None, None) => return Err(bad("a model without text_encoder needs text_encoder_2")),
-        };
+        let (text_encoder, text_encoder_2, tokenizer) =
+            load_text_encoders(ctx, files, &info, dtype, loras)?;
         let unet_weights = component_weights(files, "unet")?;
         let patches = loras.patches(LoraPart::Unet, &unet_weights)?;
         let loader = Loader::new(ctx, &unet_weights, dtype).with_patches(&patches);
@@ -521,6 +505,33 @@ fn load_text_encoder(
     };
     patches.finish()?;
     Ok(loaded)
+}
+
+/// The text encoder(s) and the tokenizer of `text_encoder`; the SDXL refiner has no
+/// `text_encoder` (model_index.json's is null) and uses `tokenizer_2` as its one tokenizer.
+fn load_text_encoders(
+    ctx: &Context,
+    files: &dyn ModelFiles,
+    info: &ModelInfo,
+    dtype: DType,
+    loras: &LoraSet,
+) -> Result<(TextEncoder, Option<TextEncoder2>, Tokenizer)> {
+    let (text_encoder, tokenizer) = match info.text_encoder_class.is_empty() {
+        true => (TextEncoder::None, None),
+        false => {
+            let (te, context_len) = load_text_encoder(ctx, files, info, dtype, loras)?;
+            let clip = matches!(te, TextEncoder::Clip(_));
+            let tok = load_tokenizer(files, "tokenizer", clip, context_len)?;
+            (te, Some(tok))
+        }
+    };
+    let text_encoder_2 = sdxl::load_text_encoder_2(ctx, files, info, dtype, loras)?;
+    let tokenizer = match (tokenizer, &text_encoder_2) {
+        (Some(t), _) => t,
+        (None, Some(te2)) => te2.tokenizer.clone(),
+        (None, None) => return Err(bad("a model without text_encoder needs text_encoder_2")),
+    };
+    Ok((text_encoder, text_encoder_2, tokenizer))
 }
 
 /// The folder's `{dir}/tokenizer.json`, or for a CLIP encoder (`clip`) one built from CLIP's

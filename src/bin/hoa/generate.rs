@@ -517,14 +517,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     );
     let refiner = match (refiner_files, refiner_info.clone(), &a.refiner) {
         (Some(files), Some(info), Some(path)) => {
-            let t0 = std::time::Instant::now();
-            let p = Pipeline::load_with(ctx, files.as_ref(), info, dtype)?;
-            eprintln!(
-                "loaded refiner {} in {:.1} s",
-                path.display(),
-                t0.elapsed().as_secs_f64()
-            );
-            Some(p)
+            Some(load_refiner(ctx, &*files, info, path, dtype)?)
         }
         _ => None,
     };
@@ -555,19 +548,41 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
         let stage2 = refiner.as_ref().zip(rr.as_ref());
         let images = generate_one(ctx, &pipe, &r, stage2)?;
         for (k, img) in images.iter().enumerate() {
-            let mut params = r.parameters(&model_name, k);
-            if let Some(p) = &a.refiner {
-                // A1111's key; the switch fraction follows it.
-                let name = p.file_stem().map(|n| n.to_string_lossy().into_owned());
-                let at = params.extra.iter().position(|e| e.0 == "Refiner switch at");
-                let entry = ("Refiner".to_string(), name.unwrap_or_default());
-                params.extra.insert(at.unwrap_or(params.extra.len()), entry);
-            }
-            let params = params.to_text();
+            let params = parameters(&r, &model_name, k, a.refiner.as_deref());
             let png = encode_png(img, Some(&params))?;
             let name = image_name(&out, prompts.len(), j, images.len(), k);
             println!("{}", write_new(&name, &png, a.force)?.display());
         }
     }
     Ok(())
+}
+
+fn load_refiner(
+    ctx: &Context,
+    files: &dyn hoa::model_files::ModelFiles,
+    info: ModelInfo,
+    path: &Path,
+    dtype: hoa::DType,
+) -> Result<Pipeline> {
+    let t0 = std::time::Instant::now();
+    let p = Pipeline::load_with(ctx, files, info, dtype)?;
+    eprintln!(
+        "loaded refiner {} in {:.1} s",
+        path.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(p)
+}
+
+/// Image `k`'s A1111 `parameters` text, naming the refiner (A1111's key, before the switch
+/// fraction) when there is one.
+fn parameters(r: &Resolved, model_name: &str, k: usize, refiner: Option<&Path>) -> String {
+    let mut params = r.parameters(model_name, k);
+    if let Some(p) = refiner {
+        let name = p.file_stem().map(|n| n.to_string_lossy().into_owned());
+        let at = params.extra.iter().position(|e| e.0 == "Refiner switch at");
+        let entry = ("Refiner".to_string(), name.unwrap_or_default());
+        params.extra.insert(at.unwrap_or(params.extra.len()), entry);
+    }
+    params.to_text()
 }
