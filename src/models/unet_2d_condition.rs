@@ -354,6 +354,21 @@ impl UNet2DConditionModel {
         self.time_embedding.forward(ctx, &t_emb)
     }
 
+    /// `t` must be [B, `width`] (the config's `field`) in the U-Net's dtype.
+    fn check_rows(&self, t: &Tensor, width: usize, what: &str, field: &str) -> Result<()> {
+        let s = t.shape();
+        if s.len() != 2 || s[1] != width || t.dtype() != self.dtype {
+            return Err(Error::shape(
+                "UNet2DConditionModel",
+                format!(
+                    "{what} {s:?} must be [B, {width}] ({field}) in {}",
+                    self.dtype.name()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// `time_embedding.cond_proj(timestep_cond)`: `timestep_cond` [B, time_cond_proj_dim] (an
     /// LCM's guidance-scale embedding) projected to [B, block_out_channels[0]], the
     /// `time_cond` that [`Self::forward_cond`] adds at every step.
@@ -368,16 +383,7 @@ impl UNet2DConditionModel {
                 "this U-Net has no time_cond_proj_dim (no timestep_cond to project)",
             ));
         };
-        let s = timestep_cond.shape();
-        if s.len() != 2 || s[1] != dim || timestep_cond.dtype() != self.dtype {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "timestep_cond {s:?} must be [B, {dim}] (time_cond_proj_dim) in {}",
-                    self.dtype.name()
-                ),
-            ));
-        }
+        self.check_rows(timestep_cond, dim, "timestep_cond", "time_cond_proj_dim")?;
         proj.forward(ctx, timestep_cond)
     }
 
@@ -454,17 +460,12 @@ impl UNet2DConditionModel {
                 "this U-Net has no class embedding (class_embed_type is not \"projection\")",
             ));
         };
-        let s = class_labels.shape();
-        if s.len() != 2 || s[1] != input || class_labels.dtype() != self.dtype {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "class_labels {s:?} must be [B, {input}] \
-                     (projection_class_embeddings_input_dim) in {}",
-                    self.dtype.name()
-                ),
-            ));
-        }
+        self.check_rows(
+            class_labels,
+            input,
+            "class_labels",
+            "projection_class_embeddings_input_dim",
+        )?;
         class_embedding.forward(ctx, class_labels)
     }
 
