@@ -1128,6 +1128,41 @@ fn bad_adapter_choices_are_clear_errors() {
     }
 }
 
+/// A model that fails to load on the adapters' threads: the server exits with the error, after
+/// joining every thread (GL's context must be dropped on its own thread), neither hanging nor
+/// crashing.
+#[test]
+fn a_model_that_fails_to_load_ends_a_two_adapter_server_cleanly() {
+    let m = std::env::temp_dir().join(format!("hoa-serve-broken-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&m);
+    fixture::copy_dir(&dir("pipeline_tiny"), &m);
+    let w = m.join("unet/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hoa"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--adapters",
+            "0,1",
+            "--model",
+        ])
+        .arg(format!("broken={}", m.display()))
+        .env("XDG_RUNTIME_DIR", xdg())
+        .env("HOA_BACKEND", "vulkan,gl")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code().is_some_and(|c| c != 0),
+        "an error exit, not a signal: {:?}: {err}",
+        out.status
+    );
+    assert!(err.contains("adapter") && err.contains("broken"), "{err}");
+    let _ = std::fs::remove_dir_all(&m);
+}
+
 /// `hoa generate` with `args` into a temporary PNG; returns its bytes.
 fn generate_png(args: &[&str]) -> Vec<u8> {
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -220,17 +220,35 @@ pub fn start(
                     }
                 }
                 let _ = ready_tx.send(Ok(()));
+                // A thread that dies while loading must not leave start() waiting on this one.
+                drop(ready_tx);
                 run(&gpu, &mut pipes, &rx);
             })?;
         threads.push(thread);
     }
     drop(ready_tx);
+    let mut failed = None;
     for _ in 0..n {
-        ready_rx
-            .recv()
-            .map_err(|_| anyhow::anyhow!("a generation thread died while loading"))??;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failed.get_or_insert(e);
+            }
+            Err(_) => {
+                failed.get_or_insert(anyhow::anyhow!("a generation thread died while loading"));
+                break;
+            }
+        }
     }
-    Ok((tx, Threads(threads)))
+    let threads = Threads(threads);
+    if let Some(e) = failed {
+        // The threads that loaded see the queue close and drop their contexts on their own
+        // threads (GL's must) before the process exits with the error.
+        drop(tx);
+        let _ = threads.join();
+        return Err(e);
+    }
+    Ok((tx, threads))
 }
 
 fn run(gpu: &Gpu, pipes: &mut Pipes, rx: &Mutex<mpsc::Receiver<Job>>) {
