@@ -147,27 +147,18 @@ pub fn resolve(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result
 
 fn resolve_options(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Result<Resolved> {
     let mut warnings = Vec::new();
-    if let Some(l) = &req.latents {
-        if l.shape.len() != 4 {
-            return Err(Error::invalid(
-                req.name("latents"),
-                format!(
-                    "hold a tensor {:?}; expected [batch, channels, height/f, width/f]",
-                    l.shape
-                ),
-            ));
-        }
+    if let Some(l) = req.latents.as_ref().filter(|l| l.shape.len() != 4) {
+        return Err(Error::invalid(
+            req.name("latents"),
+            format!(
+                "hold a tensor {:?}; expected [batch, channels, height/f, width/f]",
+                l.shape
+            ),
+        ));
     }
     let variation = resolve_variation(req, model)?;
-    // A variation needs no prompt: diffusers' StableUnCLIPImg2ImgPipeline defaults to "".
-    let prompt = (req.prompt.clone())
-        .or_else(|| variation.as_ref().map(|_| String::new()))
-        .ok_or_else(|| Error::invalid(req.name("prompt"), "is required"))?;
-    let pending_rewrite = req.upsample != Some(false) && model.defaults.rewriter.is_some();
-    let (upsampled, text) = match pending_rewrite {
-        true => (None, prompt.clone()),
-        false => upsample(req, model, &prompt)?,
-    };
+    let (prompt, upsampled, text, pending_rewrite) =
+        resolve_prompt(req, model, variation.is_some())?;
     let steps = resolve_steps(req, model)?;
     let prediction_type = resolve_prediction(req)?;
     let (sampler, note) = resolve_scheduler(req, model, steps)?;
@@ -226,6 +217,25 @@ fn resolve_options(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Re
         warnings,
         loras,
     })
+}
+
+/// The prompt as given, its rule rewrite (when it changed), the text to encode, and whether the
+/// model's rewriter is still to run on it (after the load: [`crate::rewriter::apply`]).
+fn resolve_prompt(
+    req: &Request,
+    model: &ModelInfo,
+    variation: bool,
+) -> Result<(String, Option<String>, String, bool)> {
+    // A variation needs no prompt: diffusers' StableUnCLIPImg2ImgPipeline defaults to "".
+    let prompt = (req.prompt.clone())
+        .or_else(|| variation.then(String::new))
+        .ok_or_else(|| Error::invalid(req.name("prompt"), "is required"))?;
+    let pending_rewrite = req.upsample != Some(false) && model.defaults.rewriter.is_some();
+    let (upsampled, text) = match pending_rewrite {
+        true => (None, prompt.clone()),
+        false => upsample(req, model, &prompt)?,
+    };
+    Ok((prompt, upsampled, text, pending_rewrite))
 }
 
 /// Each LoRA's scale (default 1): finite, from 0 to [`MAX_LORA_SCALE`].

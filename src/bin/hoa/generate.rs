@@ -460,14 +460,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     let prompts = read_prompts(&a)?;
     let out = output_path(&a.out)?;
     let model_dir = a.model.clone().unwrap_or_else(default_model);
-    if !model_dir.join("model_index.json").is_file() && a.model.is_none() {
-        bail!(
-            "the default model is not there: {} has no model_index.json. It is trained by \
-             tools/train (see weights/README.md); or pass --model DIR with a diffusers folder",
-            model_dir.display()
-        );
-    }
-    let files = open_model(&model_dir, a.config.as_deref())?;
+    let files = open_main_model(&model_dir, &a)?;
     let info = ModelInfo::read(files.as_ref())?;
     let mut req = request(&a)?;
     let (lora_reqs, lora_files) = read_loras(&a.lora)?;
@@ -498,7 +491,6 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     let batch = first.as_ref().map_or(1, |r| r.0.options.batch);
 
     eprintln!("adapter: {}", ctx.describe());
-    let t0 = std::time::Instant::now();
     let scales = first.as_ref().map(|r| r.0.loras.iter().map(|l| l.scale));
     let loras = LoraSet {
         loras: lora_files
@@ -506,15 +498,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
             .zip(scales.into_iter().flatten())
             .collect(),
     };
-    let pipe = Pipeline::load_with_loras(ctx, files.as_ref(), info, dtype, &loras)?;
-    drop(loras);
-    // A single file's memory map is not needed once the weights are on the device.
-    drop(files);
-    eprintln!(
-        "loaded {} in {:.1} s",
-        model_dir.display(),
-        t0.elapsed().as_secs_f64()
-    );
+    let pipe = load_pipeline(ctx, files, info, dtype, loras, &model_dir)?;
     let refiner = match (refiner_files, refiner_info.clone(), &a.refiner) {
         (Some(files), Some(info), Some(path)) => {
             Some(load_refiner(ctx, &*files, info, path, dtype)?)
@@ -534,17 +518,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
             Some(r) => r,
             None => resolve_all(&req, &pipe.info)?,
         };
-        // The model's rewriter, when resolve chose it, runs on the GPU now the model is loaded;
-        // a refiner stage takes the same rewritten prompt.
-        pollster::block_on(hoa::rewriter::apply(
-            &mut r,
-            ctx,
-            pipe.rewriter.as_ref(),
-            Some(&pipe.tokenizer),
-        ))?;
-        if let Some(rr) = rr.as_mut() {
-            rr.options.prompt.clone_from(&r.options.prompt);
-        }
+        rewrite(ctx, &pipe, &mut r, rr.as_mut())?;
         let stage2 = refiner.as_ref().zip(rr.as_ref());
         let images = generate_one(ctx, &pipe, &r, stage2)?;
         for (k, img) in images.iter().enumerate() {
@@ -553,6 +527,62 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
             let name = image_name(&out, prompts.len(), j, images.len(), k);
             println!("{}", write_new(&name, &png, a.force)?.display());
         }
+    }
+    Ok(())
+}
+
+/// The model with its LoRAs merged; the files (a single file's memory map) and the LoRAs are
+/// dropped once the weights are on the device.
+fn load_pipeline(
+    ctx: &Context,
+    files: Box<dyn hoa::model_files::ModelFiles>,
+    info: ModelInfo,
+    dtype: hoa::DType,
+    loras: LoraSet,
+    model_dir: &Path,
+) -> Result<Pipeline> {
+    let t0 = std::time::Instant::now();
+    let pipe = Pipeline::load_with_loras(ctx, files.as_ref(), info, dtype, &loras)?;
+    eprintln!(
+        "loaded {} in {:.1} s",
+        model_dir.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(pipe)
+}
+
+/// `--model DIR` (or the shipped default model, with a hint when it is missing), opened.
+fn open_main_model(
+    model_dir: &Path,
+    a: &GenerateArgs,
+) -> Result<Box<dyn hoa::model_files::ModelFiles>> {
+    if !model_dir.join("model_index.json").is_file() && a.model.is_none() {
+        bail!(
+            "the default model is not there: {} has no model_index.json. It is trained by \
+             tools/train (see weights/README.md); or pass --model DIR with a diffusers folder",
+            model_dir.display()
+        );
+    }
+    Ok(open_model(model_dir, a.config.as_deref())?)
+}
+
+/// The model's rewriter, when resolve chose it, runs on the GPU now the model is loaded; a
+/// refiner stage takes the same rewritten prompt.
+fn rewrite(
+    ctx: &Context,
+    pipe: &Pipeline,
+    r: &mut Resolved,
+    refiner: Option<&mut Resolved>,
+) -> Result<()> {
+    let tokenizer = Some(&pipe.tokenizer);
+    pollster::block_on(hoa::rewriter::apply(
+        r,
+        ctx,
+        pipe.rewriter.as_ref(),
+        tokenizer,
+    ))?;
+    if let Some(rr) = refiner {
+        rr.options.prompt.clone_from(&r.options.prompt);
     }
     Ok(())
 }
