@@ -132,6 +132,24 @@ fn serve_ready(args: &[&str]) -> (Proc, String) {
     (p, addr)
 }
 
+/// A front on `url` serving the tiny model under a name of its own (`{prefix}-{pid}`, so the
+/// jobs of another run on the same server never mix in): the name, the process, its address.
+fn front(url: &str, prefix: &str) -> (String, Proc, String) {
+    let model = format!("{prefix}-{}", std::process::id());
+    let m = format!("{model}={}", model_dir().display());
+    let args = [
+        "serve",
+        "--model",
+        &m,
+        "--bind",
+        "127.0.0.1:0",
+        "--queue",
+        url,
+    ];
+    let (p, addr) = serve_ready(&args);
+    (model, p, addr)
+}
+
 /// A worker whose stderr lines arrive on `log` tagged with `tag`.
 fn worker(url: &str, model: &str, tag: usize, log: &mpsc::Sender<(usize, String)>) -> Proc {
     worker_with(url, model, tag, log, &[], &[])
@@ -599,17 +617,7 @@ fn a_client_that_hangs_up_cancels_its_job_on_the_worker() {
     let Some((url, _server)) = nats() else {
         return;
     };
-    let model = format!("cancel-{}", std::process::id());
-    let m = format!("{model}={}", model_dir().display());
-    let (_front, addr) = serve_ready(&[
-        "serve",
-        "--model",
-        &m,
-        "--bind",
-        "127.0.0.1:0",
-        "--queue",
-        &url,
-    ]);
+    let (model, _front, addr) = front(&url, "cancel");
     let (log_tx, log) = mpsc::channel();
     let _worker = worker(&url, &model, 0, &log_tx);
     // Far more steps than the test waits for: only a cancel ends it in time.
@@ -671,17 +679,7 @@ fn one_worker_drives_two_adapters() {
     let Some((url, _server)) = nats() else {
         return;
     };
-    let model = format!("adapters-{}", std::process::id());
-    let m = format!("{model}={}", model_dir().display());
-    let (_front, addr) = serve_ready(&[
-        "serve",
-        "--model",
-        &m,
-        "--bind",
-        "127.0.0.1:0",
-        "--queue",
-        &url,
-    ]);
+    let (model, _front, addr) = front(&url, "adapters");
     let (log_tx, log) = mpsc::channel();
     let both = [("HOA_BACKEND", "vulkan,gl")];
     let _w = worker_with(&url, &model, 0, &log_tx, &["--adapters", "0,1"], &both);
