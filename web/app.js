@@ -202,7 +202,11 @@ async function main() {
       const { rgba, png } = await call("generate", { request: JSON.stringify(request) }, (e) => {
         if (e.kind === "resolved") {
           const typed = $("prompt").value;
-          $("upsampled").textContent = e.prompt === typed ? "" : `(the model reads: ${e.prompt})`;
+          // Resolving is instant; with upsampling on, this is the rewriter's time (from the click).
+          const rewriteMs = performance.now() - t0;
+          window.hoaLastRewriteMs = upsample ? rewriteMs : null;
+          const took = upsample ? `; rewritten in ${Math.round(rewriteMs)} ms` : "";
+          $("upsampled").textContent = e.prompt === typed ? "" : `(the model reads: ${e.prompt}${took})`;
         } else if (e.kind === "step") {
           $("progress").max = e.total;
           $("progress").value = e.step;

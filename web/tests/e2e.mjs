@@ -246,6 +246,8 @@ async function withWebGpu(base, INPUT, { full = true, shot = null, hub = null } 
       INPUT.upsampled ? shown.includes(INPUT.upsampled) : shown === "",
       JSON.stringify(shown)
     );
+    const rewriteMs = await page.evaluate(() => window.hoaLastRewriteMs);
+    if (INPUT.upsampled) console.log(`${tag}: prompt rewrite in the browser: ${Math.round(rewriteMs)} ms (click to the rewritten prompt)`);
     if (hub) await cachedReload(page, INPUT, hub, ref, Date.now() - t0);
     if (!full) return;
     const frames = await page.evaluate(() => window.hoaFrames);
