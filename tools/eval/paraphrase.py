@@ -131,14 +131,16 @@ def main():
     ap.add_argument("--model", default=os.path.join(ROOT, "weights", "default"))
     ap.add_argument("--hoa", default=os.path.join(ROOT, "target", "release", "hoa"))
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--score-only", action="store_true", help="score the images already in --out")
+    ap.add_argument("--score-only", action="store_true", help="score the images already in --out (a run whose "
+                    "folder holds every image is never generated again)")
     a = ap.parse_args()
     entries = load_entries(a.set, a.per_family)
     results = {"typed": [], "rewritten": []}
     for seed in [int(s) for s in a.seeds.split(",")]:
         for mode in results:
             d = os.path.join(a.out, f"{mode}_{seed}")
-            if not a.score_only:
+            have = all(os.path.exists(os.path.join(d, e["id"] + ".png")) for e in entries)
+            if not (a.score_only or have):
                 generate(entries, d, seed, mode == "typed", a.model, a.hoa, a.steps)
             results[mode].append(summarize(score_dir(entries, d)))
     with open(os.path.join(a.out, "results.json"), "w") as f:

@@ -66,7 +66,7 @@ def score_one(entry, det):
     for a in ("size", "texture"):
         if a in asked:
             r[a] = float(np.mean([(m is not None and m[a] == o[a]) for o, m in ((o, _match(o, found)) for o in objs)]))
-    if len(objs) == 2:
+    if len(objs) == 2 and s["relations"]:
         i, rel, j = s["relations"][0]
         both = bool(bound[i]) and bool(bound[j])
         r["spatial"] = float(both and relation(bound[i][0], bound[j][0]) == rel)
