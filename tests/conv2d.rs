@@ -285,7 +285,7 @@ fn conv2d_sg_matches_reference() {
     let Some(c) = ctx() else { return };
     let mut r = rng(14);
     // (x, cout, k, stride, padding, pad_end)
-    let shapes: [([usize; 4], usize, usize, usize, usize, usize); 14] = [
+    let shapes: [([usize; 4], usize, usize, usize, usize, usize); 16] = [
         ([2, 7, 5, 8], 33, 3, 1, 1, 0),   // MODE 2
         ([1, 4, 12, 4], 40, 3, 1, 1, 0),  // MODE 2, one pixel tile per row
         ([1, 33, 3, 12], 7, 3, 1, 1, 0),  // MODE 2, few channels
@@ -300,6 +300,8 @@ fn conv2d_sg_matches_reference() {
         ([1, 4, 9, 15], 17, 3, 2, 1, 1),  // MODE 0: 3x3 s2, odd width
         ([1, 2, 8, 6], 5, 5, 1, 1, 0),    // MODE 0: 5x5
         ([1, 3, 7, 8], 8, 3, 1, 1, 0),    // MODE 2, 8 channels
+        ([1, 8, 4, 4], 12, 1, 1, 0, 0),   // MODE 3, input channels in steps of 4 only
+        ([1, 3, 2, 2], 40, 1, 1, 0, 0),   // MODE 3, fewer than 4 input channels
     ];
     let acts = [Activation::None, Activation::Silu, Activation::Gelu];
     let tiles = [

@@ -3,7 +3,9 @@
 //! `models/transformers/transformer_2d.py` `Transformer2DModel` with continuous inputs): the
 //! spatial transformers of the SD U-Net and the single-head attention of the VAE's mid block.
 
-use super::nn::{add_sequence_to_nchw, linear_from_nchw, GroupNorm, LayerNorm, Linear};
+use super::nn::{
+    add_sequence_to_nchw, linear_from_nchw, linears_from_nchw, GroupNorm, LayerNorm, Linear,
+};
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Tensor};
 use crate::kernels::attention::{attention, AttentionOptions, MAX_HEAD_DIM};
@@ -102,10 +104,8 @@ impl Attention {
             ));
         }
         let h = gn.forward(ctx, x, false)?;
-        let q = linear_from_nchw(ctx, &h, &self.to_q)?;
-        let k = linear_from_nchw(ctx, &h, &self.to_k)?;
-        let v = linear_from_nchw(ctx, &h, &self.to_v)?;
-        let o = scaled_dot_product_attention(ctx, &q, &k, &v, self.heads)?;
+        let qkv = linears_from_nchw(ctx, &h, &[&self.to_q, &self.to_k, &self.to_v])?;
+        let o = scaled_dot_product_attention(ctx, &qkv[0], &qkv[1], &qkv[2], self.heads)?;
         let o = self.to_out.forward(ctx, &o)?;
         add_sequence_to_nchw(ctx, x, &o)
     }
