@@ -220,10 +220,10 @@ def step_onnx(a):
             return self.m.decode(latent, return_dict=False)[0]
 
     res = {"load_avg_start": load_avg(), "export_seconds": {}}
-    jobs = [(f"unet_b{b}", UNetStep(unet), (inp["sample"][:b], inp["timestep"].expand(b),
+    jobs = [(f"unet_b{b}", UNetStep(unet).eval(), (inp["sample"][:b], inp["timestep"].expand(b),
                                             inp["encoder_hidden_states"][:b]),
              ["sample", "timestep", "encoder_hidden_states"]) for b in a.batches]
-    jobs.append(("vae", Decode(vae), (inp["latent"],), ["latent"]))
+    jobs.append(("vae", Decode(vae).eval(), (inp["latent"],), ["latent"]))
     for name, m, args, names in jobs:
         path = os.path.join(d, f"{name}.onnx")
         if os.path.exists(path):
@@ -236,21 +236,47 @@ def step_onnx(a):
     save(a.work, "onnx", res)
 
 
+def placement(profile):
+    """Per execution provider: how many node runs, their total ms, and the op types on the CPU."""
+    by = {}
+    for e in json.load(open(profile)):
+        args = e.get("args", {})
+        if e.get("cat") != "Node" or "provider" not in args or not e["name"].endswith("_kernel_time"):
+            continue
+        p = by.setdefault(args["provider"], {"nodes": 0, "ms": 0.0, "ops": {}})
+        p["nodes"] += 1
+        p["ms"] += e.get("dur", 0) / 1e3
+        p["ops"][args.get("op_name", "?")] = p["ops"].get(args.get("op_name", "?"), 0) + 1
+    for k, p in by.items():
+        if k.startswith("WebGpu"):
+            p.pop("ops")
+    os.remove(profile)
+    return by
+
+
 def step_ort(a):
     import numpy as np
     import onnxruntime as ort
     from safetensors.numpy import load_file
     inp = load_file(os.path.join(a.work, "inputs.safetensors"))
     ref = load_file(os.path.join(a.work, "torch_out.safetensors"))
-    res = {"onnxruntime": ort.__version__, "load_avg_start": load_avg(), "runs": {}}
+    # Runs of an earlier `ort` call (e.g. `--models vae`) are kept unless run again.
+    old = os.path.join(a.work, "results", "ort.json")
+    runs = json.load(open(old))["runs"] if os.path.exists(old) else {}
+    res = {"onnxruntime": ort.__version__, "load_avg_start": load_avg(), "runs": runs}
     feeds = {f"unet_b{b}": {"sample": inp["sample"][:b], "timestep": np.repeat(inp["timestep"], b),
                             "encoder_hidden_states": inp["encoder_hidden_states"][:b]} for b in a.batches}
     feeds["vae"] = {"latent": inp["latent"]}
     for name, feed in feeds.items():
+        if a.models and name not in a.models.split(","):
+            continue
         path = os.path.join(a.work, "onnx", f"{name}.onnx")
         so = ort.SessionOptions()
-        # Every node on the WebGPU EP: a CPU fallback would time ORT's CPU kernels instead.
-        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        # ORT puts shape arithmetic on its CPU EP on purpose; a profile of the runs says which
+        # nodes ran where and for how long, so the table can say whether the WebGPU EP did
+        # the work.
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(a.work, f"ort_profile_{name}")
         t = time.perf_counter()
         try:
             sess = ort.InferenceSession(path, so, providers=["WebGpuExecutionProvider"])
@@ -262,7 +288,9 @@ def step_ort(a):
         out = sess.run(None, feed)[0]
         r["cold_s"] = time.perf_counter() - t
         r["seconds"], r["seconds_all"] = median_time(lambda: sess.run(None, feed), a.reps)
+        r["placement"] = placement(sess.end_profiling())
         r["errors"] = errors(out, ref[name])
+        r["load_avg"] = load_avg()
         res["runs"][name] = r
         del sess
         print(name, r, flush=True)
@@ -279,7 +307,13 @@ def step_sdcpp(a):
     import cyllama
     from cyllama.sd import SDContext, SDContextParams, set_log_callback, set_progress_callback
     log, prog = [], []
-    set_log_callback(lambda level, text: log.append((time.perf_counter(), level, text)))
+    logf = open(os.path.join(a.work, "sdcpp.log"), "a", buffering=1)  # progress while it compiles
+
+    def on_log(level, text):
+        log.append((time.perf_counter(), level, text))
+        logf.write(f"{time.strftime('%H:%M:%S')} {text}")
+
+    set_log_callback(on_log)
     set_progress_callback(lambda step, steps, sec: prog.append((step, steps, sec)))
     res = {"cyllama": getattr(cyllama, "__version__", "?"), "load_avg_start": load_avg(),
            "wtype": "f32 (the file's)", "runs": []}
@@ -422,6 +456,7 @@ def main():
     ap.add_argument("--sd-reps", type=int, default=1)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="", help="ort: only these of unet_b1,unet_b2,vae")
     ap.add_argument("--only", default=",".join(STEPS), help="steps of `run`, comma-separated")
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
