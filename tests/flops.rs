@@ -1,8 +1,9 @@
 //! The FLOP counter on the Context (`Context::flops`) against PyTorch's
 //! `torch.utils.flop_counter.FlopCounterMode`: the same count computed here from a U-Net config
 //! by FlopCounterMode's formulas (2 per multiply-add of mm / addmm / bmm, convolution and
-//! scaled_dot_product_attention; norms and elementwise ops 0), checked once against PyTorch's
-//! own SD-1.5 figures and then against what hoa counts running a small U-Net.
+//! scaled_dot_product_attention; norms and elementwise ops 0), checked against PyTorch's own
+//! counts (tests/fixtures/unet_sd15/flops.json, written by tools/fixtures/flops.py through
+//! FlopCounterMode) and then against what hoa counts running a small U-Net.
 //! One GPU test only: the counter belongs to the process's one shared Context.
 
 mod common;
@@ -94,6 +95,43 @@ fn unet_flops(cfg: &UNet2DConditionModelConfig, b: u64, h: u64, w: u64, seq: u64
     f + conv(boc[0], cfg.out_channels as u64, kout, h, w)
 }
 
+/// PyTorch's FlopCounterMode totals (tools/fixtures/flops.py): `small` for the unet_sd15
+/// fixture's config, `sd15` for SD-1.5's U-Net.
+fn torch_counts() -> serde_json::Value {
+    let p = dir("unet_sd15").join("flops.json");
+    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+}
+
+/// One count of flops.json: (batch, height, width, tokens, flops).
+fn case(v: &serde_json::Value) -> (u64, u64, u64, u64, u64) {
+    let f = |k: &str| {
+        v[k].as_u64()
+            .unwrap_or_else(|| panic!("flops.json: `{k}` in {v}"))
+    };
+    (f("batch"), f("height"), f("width"), f("tokens"), f("flops"))
+}
+
+/// The formulas above give exactly the counts PyTorch's FlopCounterMode wrote for SD-1.5's
+/// U-Net at [1, 4, 32, 32] and [2, 4, 64, 64].
+#[test]
+fn formulas_equal_flop_counter_modes_sd15_counts() {
+    let sd15 = UNet2DConditionModelConfig {
+        cross_attention_dim: PerBlock::One(768),
+        ..Default::default()
+    };
+    let counts = torch_counts();
+    let cases = counts["sd15"].as_array().unwrap();
+    assert_eq!(cases.len(), 2);
+    for c in cases {
+        let (b, h, w, seq, want) = case(c);
+        let got = unet_flops(&sd15, b, h, w, seq);
+        assert_eq!(
+            got, want,
+            "[{b}, 4, {h}, {w}]: formulas {got}, FlopCounterMode {want}"
+        );
+    }
+}
+
 /// The formulas above give PyTorch's own figures for the SD-1.5 U-Net, to the digits stated.
 #[test]
 fn formulas_give_pytorchs_sd15_figures() {
@@ -114,13 +152,15 @@ fn formulas_give_pytorchs_sd15_figures() {
     }
 }
 
-/// hoa's kernels count one forward of a small SD-1.5-style U-Net exactly as FlopCounterMode
-/// would (non-square latent, batch 2, 7 tokens).
+/// hoa's kernels count one forward of a small SD-1.5-style U-Net (the unet_sd15 fixture's
+/// config; non-square latent, batch 2, 7 tokens) exactly as FlopCounterMode counted it in
+/// PyTorch, and as the formulas above give.
 #[test]
 fn unet_forward_counts_flops_as_flop_counter_mode() {
     let Some(c) = ctx() else { return };
     let cfg = UNet2DConditionModelConfig::from_json(&config("unet_sd15")).unwrap();
-    let (b, h, w, seq) = (2usize, 8usize, 12usize, 7usize);
+    let (b, h, w, seq, torch) = case(&torch_counts()["small"]);
+    let (b, h, w, seq) = (b as usize, h as usize, w as usize, seq as usize);
     let cross = one(&cfg.cross_attention_dim);
     let empty = Weights::from_files(vec![]).unwrap();
     let unet = UNet2DConditionModel::load(&Loader::random(c, &empty, DType::F32, 3), &cfg).unwrap();
@@ -144,6 +184,10 @@ fn unet_forward_counts_flops_as_flop_counter_mode() {
     let got = c.flops();
     c.sync().unwrap();
     let want = unet_flops(&cfg, b as u64, h as u64, w as u64, seq as u64);
+    assert_eq!(
+        got, torch,
+        "hoa counted {got} FLOPs, PyTorch's FlopCounterMode {torch} (tools/fixtures/flops.py)"
+    );
     assert_eq!(
         got, want,
         "hoa counted {got} FLOPs, FlopCounterMode's formulas give {want}"
