@@ -45,9 +45,13 @@ train() {  # arm minutes max_steps
 step_of() { $PYTHON -c "import torch,sys; print(torch.load(sys.argv[1], map_location='cpu', weights_only=False)['step'])" \
   "$ABL/runs/$1/unet/ckpt.pt" 2>/dev/null || echo 0; }
 
-# 1. The latent cache (shared: both arms' --out have the same parent) and each arm's tokenizer, step 0, one at a time
-#    (two encoders would write the same cache file).
+# 1. The latent cache (train_unet keeps it next to --out, i.e. in $ABL/runs/<arm>/: encoded once by the first arm,
+#    linked into the other's) and each arm's tokenizer, step 0, one arm at a time.
 for arm in "${ARMS[@]}"; do
+  mkdir -p "$ABL/runs/$arm"
+  for f in "$ABL/runs/${ARMS[0]}"/latents_*.pt; do
+    [ -f "$f" ] && [ ! -e "$ABL/runs/$arm/$(basename "$f")" ] && ln -s "$f" "$ABL/runs/$arm/"
+  done
   [ -f "$ABL/runs/$arm/unet/ckpt.pt" ] || train "$arm" 0 0
 done
 
