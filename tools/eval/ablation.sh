@@ -20,7 +20,7 @@ SEEDS=${SEEDS:-0 1000 2000}
 JOBS=${JOBS:-2}
 CLIP=${CLIP:-0}
 HOA=${HOA:-target/release/hoa}
-export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/xdg-$USER-$$}
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/xdg-$(id -un)-$$}
 mkdir -p -m 0700 "$XDG_RUNTIME_DIR" "$ABL/gen" "$ABL/scores"
 $PYTHON -c "import json; [print(p['prompt']) for p in json.load(open('tools/eval/prompts.json'))]" > "$ABL/prompts.txt"
 
