@@ -3,9 +3,9 @@
     python -m tools.eval.ablation_table --scores /work/abl/scores [--split unseen]
 
 Reads SCORES/<arm>-<mode>-<seed>.json (tools/eval/score.py --json; arm synthetic|alt, mode rewritten|typed) and
-prints, per metric, each arm's matched figure as mean ± sample standard deviation over the seed sets, the
-mismatched-prompt baseline (mean), and the synthetic-minus-alt difference of the matched figures (paired by seed
-set: mean ± spread of the per-seed differences). Only seed sets present for every arm and mode are used, so the
+prints, per metric, each arm's matched figure as mean ± sample standard deviation over the seed sets, its gap to
+its own mismatched-prompt baseline (mean, in brackets), and the synthetic-minus-alt difference of the matched figures (paired by seed
+set: mean ± spread of the per-seed differences). Per mode, only seed sets present for both arms are used, so the
 figures stay paired. With CLIP score files (<name>.clip.txt, `hoa clip score --mismatched`) it adds their means.
 """
 
@@ -27,7 +27,8 @@ def load(scores):
         m = re.fullmatch(r"(synthetic|alt)-(rewritten|typed)-(\d+)\.json", os.path.basename(path))
         if m:
             runs[(m[1], m[2], int(m[3]))] = json.load(open(path))["summary"]
-    seeds = sorted({s for (_, _, s) in runs if all((a, md, s) in runs for a in ARMS for md in MODES)})
+    seeds = {md: sorted({s for (_, m, s) in runs if m == md and all((a, md, s) in runs for a in ARMS)})
+             for md in MODES}
     return runs, seeds
 
 
@@ -38,33 +39,35 @@ def mean_sd(xs):
 
 
 def table(runs, seeds, split):
+    """Per mode: each arm's matched figure (mean ± sd over seed sets) with its gap to its own mismatched baseline
+    in brackets, then the paired synthetic-minus-alt difference of the matched figures."""
     head = ["metric"]
     for mode in MODES:
-        head += [f"synthetic, {mode}", f"alt, {mode}", f"syn - alt, {mode}", f"mismatched, {mode}"]
+        head += [f"synthetic, {mode} ({len(seeds[mode])} seed sets)", f"alt, {mode}", f"syn - alt, {mode}"]
     out = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for metric in METRICS:
         cells = [metric]
         for mode in MODES:
-            vals = {a: [runs[(a, mode, s)][split][metric]["matched"] for s in seeds] for a in ARMS}
-            if any(v is None for a in ARMS for v in vals[a]):
-                cells += ["-"] * 4
+            got = {a: [runs[(a, mode, s)][split][metric] for s in seeds[mode]] for a in ARMS}
+            if not seeds[mode] or any(d["matched"] is None for a in ARMS for d in got[a]):
+                cells += ["-"] * 3
                 continue
-            mis = [runs[(a, mode, s)][split][metric]["mismatched"] for a in ARMS for s in seeds]
-            mis = [m for m in mis if m is not None]
-            diff = [x - y for x, y in zip(vals["synthetic"], vals["alt"])]
-            cells += [mean_sd(vals["synthetic"]), mean_sd(vals["alt"]), mean_sd(diff),
-                      f"{100 * statistics.mean(mis):.1f}" if mis else "-"]
+            for a in ARMS:
+                gaps = [d["matched"] - d["mismatched"] for d in got[a] if d["mismatched"] is not None]
+                gap = f" ({100 * statistics.mean(gaps):+.1f})" if gaps else ""
+                cells.append(mean_sd([d["matched"] for d in got[a]]) + gap)
+            cells.append(mean_sd([x["matched"] - y["matched"] for x, y in zip(got["synthetic"], got["alt"])]))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
 def per_seed(runs, seeds, split, metric="binding"):
     out = []
-    for a in ARMS:
-        for mode in MODES:
-            v = " / ".join(f"{100 * runs[(a, mode, s)][split][metric]['matched']:.1f}" for s in seeds)
-            out.append(f"{a}, {mode}: {v}")
-    return f"{split} {metric} per seed set ({', '.join(map(str, seeds))}): " + "; ".join(out)
+    for mode in MODES:
+        for a in ARMS:
+            v = " / ".join(f"{100 * runs[(a, mode, s)][split][metric]['matched']:.1f}" for s in seeds[mode])
+            out.append(f"{a}, {mode} (seeds {', '.join(map(str, seeds[mode]))}): {v}")
+    return f"{split} {metric} per seed set: " + "; ".join(out)
 
 
 def clip_means(scores, seeds):
@@ -73,7 +76,7 @@ def clip_means(scores, seeds):
     for a in ARMS:
         for mode in MODES:
             got = []
-            for s in seeds:
+            for s in seeds[mode]:
                 path = os.path.join(scores, f"{a}-{mode}-{s}.clip.txt")
                 if os.path.isfile(path):
                     text = open(path).read()
@@ -97,9 +100,10 @@ def main():
     ap.add_argument("--split", action="append", help="unseen, seen or all (repeatable; default unseen and seen)")
     a = ap.parse_args()
     runs, seeds = load(a.scores)
-    if not seeds:
-        raise SystemExit(f"{a.scores}: no seed set with all four runs (synthetic|alt x rewritten|typed)")
-    print(f"seed sets: {', '.join(map(str, seeds))} (matched: mean ± sample sd over them; mismatched: mean)\n")
+    if not any(seeds.values()):
+        raise SystemExit(f"{a.scores}: no seed set with both arms")
+    print("seed sets: " + "; ".join(f"{m} {', '.join(map(str, seeds[m]))}" for m in MODES)
+          + " (matched: mean ± sample sd over them; in brackets the mean gap to the arm's mismatched baseline)\n")
     for split in a.split or ["unseen", "seen"]:
         print(f"### {split}\n\n{table(runs, seeds, split)}\n\n{per_seed(runs, seeds, split)}\n")
     clip = clip_means(a.scores, seeds)
