@@ -18,7 +18,7 @@ import statistics
 
 ARMS = ("synthetic", "alt")
 MODES = ("rewritten", "typed")
-METRICS = ("background", "color", "shape", "binding", "size", "texture", "spatial", "spatial_color", "count", "exact")
+METRICS = ("background", "color", "shape", "binding", "size", "texture", "spatial", "count", "exact")
 
 
 def load(scores):
