@@ -233,6 +233,9 @@ def main():
     p = common.base_parser(__doc__)
     p.add_argument("--vae", required=True, help="trained AutoencoderKL folder (train_vae's --out)")
     p.add_argument("--caption-mode", default="synthetic", choices=["synthetic", "alt"])
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="stop at this optimizer step (counted over resumes) even if --minutes is left; 0 = no limit. "
+                        "Arms of an ablation that run side by side on a shared CPU do the same work this way")
     p.add_argument("--n-scenes", type=int, default=200000)
     p.add_argument("--objects-p", default=None, type=lambda v: [float(x) for x in v.split(",")],
                    help="probabilities of 1,2,3 objects per training scene, e.g. 0.15,0.45,0.4 (default: the world's "
@@ -322,7 +325,7 @@ def main():
     budget = common.Budget(args.minutes, args.ckpt_minutes)
     t_train, n_train, aux_ema = 0.0, 0, {}
     cap_kw = {"list_only": args.list_only} if any(args.list_only) else {}  # other world modules need not know it
-    while not budget.done():
+    while not budget.done() and not (args.max_steps and step >= args.max_steps):
         t0 = time.time()
         idx = torch.from_numpy(cap_rng.integers(0, len(scenes), args.batch))
         texts = ["" if cap_rng.random() < args.cfg_drop else
