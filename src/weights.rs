@@ -418,14 +418,14 @@ fn to_f32(bytes: &[u8], dtype: Dtype, unsupported: impl Fn() -> Error) -> Result
 fn write_f32(ctx: &Context, t: &Tensor, start: usize, v: &[f32]) -> Result<()> {
     let offset = (start * t.dtype().size()) as u64;
     match t.dtype() {
-        DType::F32 => ctx.write_after_pending_at(
+        DType::F32 => ctx.write_weights_at(
             t.buffer(),
             offset,
             &crate::gpu::pad4(bytemuck::cast_slice(v)),
         ),
         DType::F16 => {
             let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
-            ctx.write_after_pending_at(
+            ctx.write_weights_at(
                 t.buffer(),
                 offset,
                 &crate::gpu::pad4(bytemuck::cast_slice(&h)),
@@ -571,7 +571,12 @@ impl<'a> Loader<'a> {
     /// The tensor `prefix.name`, which must have `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         if let Some(v) = self.random_values(name, shape) {
-            return Tensor::from_f32(self.ctx, &v, shape, self.dtype);
+            // As a checkpoint's weights load: a buffer of its own, through the upload buffer.
+            let t = Tensor::empty_owned(self.ctx, shape, self.dtype)?;
+            for (i, chunk) in v.chunks(UPLOAD_CHUNK).enumerate() {
+                write_f32(self.ctx, &t, i * UPLOAD_CHUNK, chunk)?;
+            }
+            return Ok(t);
         }
         let key = self.key(name);
         let mut r = self.report.borrow_mut();
@@ -604,6 +609,31 @@ impl<'a> Loader<'a> {
         }
         drop(r);
         Tensor::empty(self.ctx, shape, self.dtype)
+    }
+
+    /// Tensor `name` of `shape` rearranged on the host by `map` (f32 values in, `out_shape`'s
+    /// out), then on the device in the compute dtype, converted as [`Loader::get`] converts:
+    /// a layout a kernel wants, without the original on the device beside it. `None` when a
+    /// patch (a LoRA) changes the tensor: patches merge on the device, where the caller
+    /// rearranges it instead. Problems are recorded like `get`'s.
+    pub fn get_mapped(
+        &self,
+        name: &str,
+        shape: &[usize],
+        out_shape: &[usize],
+        map: impl FnOnce(&[f32]) -> Vec<f32>,
+    ) -> Result<Option<Tensor>> {
+        let key = self.key(name);
+        if self.random.is_none() && self.patch.is_some_and(|p| p.patches(&key)) {
+            return Ok(None);
+        }
+        let v = map(&self.get_host(name, shape));
+        self.weights.release(&key);
+        let t = Tensor::empty_owned(self.ctx, out_shape, self.dtype)?;
+        for (i, chunk) in v.chunks(UPLOAD_CHUNK).enumerate() {
+            write_f32(self.ctx, &t, i * UPLOAD_CHUNK, chunk)?;
+        }
+        Ok(Some(t))
     }
 
     /// Tensor `prefix.name` of `shape` as blocks of rows (dimension 0) of at most

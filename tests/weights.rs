@@ -306,3 +306,129 @@ fn embedding_table_split_over_bindings_looks_up_exact_rows() {
         assert_eq!(one.lookup(c, &ids).unwrap().to_vec(c).unwrap(), want);
     }
 }
+
+/// Weights go through one reusable upload buffer (natively): tensors past its size, odd
+/// element counts (f16 pads the last element pair), and many small tensors staged side by side
+/// all arrive bit for bit as `queue.write_buffer` (`Tensor::from_f32`) writes them; a kernel
+/// recorded between two uploads reads the first one's data.
+#[test]
+fn upload_buffer_is_exact_across_its_boundaries_and_in_order() {
+    let Some(c) = ctx() else { return };
+    let cap = hoa::gpu::UPLOAD_BUFFER_BYTES as usize;
+    let mut r = rng(11);
+    let mut vals = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| rand::Rng::random_range(&mut r, -3.0..3.0f32))
+            .collect()
+    };
+    // f32 past the buffer (2 fills and a bit), then odd sizes that straddle the next fills.
+    let sizes = [cap / 4 * 2 + 5, 1, 3, 7, cap / 4 - 1, 257, (1 << 20) + 1, 2];
+    let data: Vec<Vec<f32>> = sizes.iter().map(|&n| vals(n)).collect();
+    let names: Vec<String> = (0..sizes.len()).map(|i| format!("t{i}")).collect();
+    let entries: Vec<_> = names
+        .iter()
+        .zip(&data)
+        .enumerate()
+        .map(|(i, (n, v))| match i % 2 {
+            0 => (n.as_str(), Dtype::F32, vec![v.len()], f32_bytes(v)),
+            _ => (n.as_str(), Dtype::F16, vec![v.len()], f16_bytes(v)),
+        })
+        .collect();
+    let w = Weights::from_bytes("m.safetensors", file(&entries)).unwrap();
+    for dt in dtypes(c) {
+        let l = Loader::new(c, &w, dt);
+        let mut got = Vec::new();
+        let mut doubled = None;
+        for (i, (n, v)) in names.iter().zip(&data).enumerate() {
+            let t = l.get(n, &[v.len()]).unwrap();
+            // A kernel recorded between uploads (read after the later ones are staged) must
+            // see this tensor's data.
+            if i == 3 {
+                doubled = Some(hoa::kernels::elementwise::scale(c, &t, 2.0).unwrap());
+            }
+            got.push(t);
+        }
+        let want: Vec<f32> = round_to(dt, &w.read_f32(&names[3]).unwrap())
+            .iter()
+            .map(|x| 2.0 * x)
+            .collect();
+        let doubled = doubled.unwrap().to_vec(c).unwrap();
+        assert_eq!(doubled, round_to(dt, &want), "{dt:?}");
+        l.finish().unwrap();
+        for ((n, v), t) in names.iter().zip(&data).zip(&got) {
+            let whole = hoa::Tensor::from_f32(c, &w.read_f32(n).unwrap(), &[v.len()], dt);
+            let want = whole.unwrap().to_vec(c).unwrap();
+            let got = t.to_vec(c).unwrap();
+            let same = got.len() == want.len()
+                && got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{n} ({} elements) in {dt:?} differs", v.len());
+        }
+    }
+}
+
+/// Conv weights are packed for the implicit-GEMM kernels on the host as they load
+/// (`PackedConv2dWeight::load`), so the device never holds the unpacked weight beside the
+/// packed one: the same bits as packing on the device, on channel counts that are not a
+/// multiple of the kernel's tile, for 3x3 and 1x1 kernels and f32 / f16 files.
+#[test]
+fn conv_weights_packed_on_the_host_match_the_device_packing() {
+    let Some(c) = ctx() else { return };
+    use hoa::kernels::conv2d::{conv2d, Conv2dOptions};
+    use hoa::models::nn::Conv2d;
+    let cases = [(5, 3, 3), (37, 4, 1), (64, 7, 3)];
+    let mut r = rng(13);
+    let mut vals = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| rand::Rng::random_range(&mut r, -1.0..1.0f32))
+            .collect()
+    };
+    let data: Vec<_> = cases
+        .iter()
+        .map(|&(co, ci, k)| (vals(co * ci * k * k), vals(co), vals(2 * ci * 9 * 8)))
+        .collect();
+    let names: Vec<_> = (0..cases.len())
+        .map(|i| (format!("c{i}.weight"), format!("c{i}.bias")))
+        .collect();
+    let mut entries = Vec::new();
+    for (i, ((&(co, ci, k), (w, b, _)), (wn, bn))) in
+        cases.iter().zip(&data).zip(&names).enumerate()
+    {
+        let (dt, bytes) = match i % 2 {
+            0 => (Dtype::F32, f32_bytes(w)),
+            _ => (Dtype::F16, f16_bytes(w)),
+        };
+        entries.push((wn.as_str(), dt, vec![co, ci, k, k], bytes));
+        entries.push((bn.as_str(), Dtype::F32, vec![co], f32_bytes(b)));
+    }
+    let w = Weights::from_bytes("m.safetensors", file(&entries)).unwrap();
+    for dt in dtypes(c) {
+        let l = Loader::new(c, &w, dt);
+        for (i, &(co, ci, k)) in cases.iter().enumerate() {
+            let conv = Conv2d::load(&l.pp(format!("c{i}")), ci, co, k, 1).unwrap();
+            let x = hoa::Tensor::from_f32(c, &data[i].2, &[2, ci, 9, 8], dt).unwrap();
+            let got = conv.forward(c, &x).unwrap().to_vec(c).unwrap();
+            let weight =
+                hoa::Tensor::from_f32(c, &w.read_f32(&names[i].0).unwrap(), &[co, ci, k, k], dt);
+            let bias = hoa::Tensor::from_f32(c, &data[i].1, &[co], dt).unwrap();
+            let o = Conv2dOptions {
+                padding: (k - 1) / 2,
+                bias: Some(&bias),
+                ..Default::default()
+            };
+            let want = conv2d(c, &x, &weight.unwrap(), &o)
+                .unwrap()
+                .to_vec(c)
+                .unwrap();
+            let same = got.len() == want.len()
+                && got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "conv {co}x{ci}x{k}x{k} in {dt:?} differs");
+        }
+        l.finish().unwrap();
+    }
+}

@@ -7,6 +7,8 @@ mod pipelines;
 mod pool;
 mod tensor;
 mod uniform_arena;
+#[cfg(not(target_arch = "wasm32"))]
+mod upload_buffer;
 
 use bind_group_cache::BindGroupCache;
 pub use bind_group_cache::BindGroupStats;
@@ -19,6 +21,10 @@ use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use uniform_arena::UniformArena;
+#[cfg(not(target_arch = "wasm32"))]
+use upload_buffer::UploadBuffer;
+#[cfg(not(target_arch = "wasm32"))]
+pub use upload_buffer::UPLOAD_BUFFER_BYTES;
 
 /// Queued writes wait in driver staging memory until the next submit (host memory on a CPU
 /// adapter, and in the browser): past this many staged bytes an upload submits them and waits,
@@ -85,6 +91,9 @@ struct Recording {
     dispatches: Vec<Dispatch>,
     arena: UniformArena,
     bind_groups: BindGroupCache,
+    /// Weight bytes staged for copying, made at the first weight upload and kept.
+    #[cfg(not(target_arch = "wasm32"))]
+    upload: Option<UploadBuffer>,
 }
 
 /// The device plus what the kernels share: the pipeline cache, the buffer pool, and the
@@ -170,6 +179,8 @@ impl Context {
                 dispatches: Vec::new(),
                 arena: UniformArena::new(&device, &limits),
                 bind_groups: BindGroupCache::default(),
+                #[cfg(not(target_arch = "wasm32"))]
+                upload: None,
             }),
             errors,
             timestamps,
@@ -422,6 +433,12 @@ impl Context {
         let mut enc = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("hoa") });
+        // Staged weight copies first: they were staged after every dispatch submitted before
+        // and before every one recorded since (see `write_weights_at`).
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(up) = rec.upload.as_mut() {
+            up.encode(&mut enc);
+        }
         let ts = self.timestamps.as_ref().filter(|_| timed);
         if !work.is_empty() || ts.is_some() {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -483,6 +500,48 @@ impl Context {
             drop(pending);
         }
         self.take_errors("upload")
+    }
+
+    /// Writes weight bytes (`data.len()` a multiple of 4) into `buffer` at `offset` after
+    /// every dispatch recorded so far, as [`Context::write_after_pending_at`] does. Natively
+    /// they go through one reusable upload buffer of [`UPLOAD_BUFFER_BYTES`] (copied out and
+    /// waited for whenever it is full), so a model's load leaves no freed staging memory
+    /// behind; in the browser, where mapping cannot block, through the queue.
+    pub(crate) fn write_weights_at(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        #[cfg(target_arch = "wasm32")]
+        return self.write_after_pending_at(buffer, offset, data);
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let gpu = |e: String| Error::Gpu {
+                context: "upload".into(),
+                msg: e,
+            };
+            let mut pending = self.pending.lock().unwrap();
+            if !pending.dispatches.is_empty() || !pending.arena.is_empty() {
+                self.submit_locked(&mut pending, false, |_| {});
+            }
+            let (mut data, mut offset) = (data, offset);
+            while !data.is_empty() {
+                let up = pending.upload.get_or_insert_with(|| {
+                    UploadBuffer::new(&self.device, self.limits.max_buffer_size)
+                });
+                if up.room() > 0 {
+                    let n = up.stage(buffer, offset, data).map_err(gpu)?;
+                    (data, offset) = (&data[n..], offset + n as u64);
+                } else if up.used() > 0 {
+                    self.submit_locked(&mut pending, false, |_| {});
+                } else {
+                    up.remap(&self.device).map_err(gpu)?;
+                }
+            }
+            drop(pending);
+            self.take_errors("upload")
+        }
     }
 
     /// Bytes written to the queue and not yet submitted: at most [`STAGING_LIMIT`] after any

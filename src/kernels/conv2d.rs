@@ -10,6 +10,7 @@
 use super::{rank, same_dtype, to_u32, Activation};
 use crate::error::{Error, Result};
 use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
+use crate::weights::Loader;
 
 pub const SHADER: ShaderFamily = ShaderFamily {
     name: "conv2d",
@@ -270,6 +271,27 @@ impl PackedConv2dWeight {
             tr,
             cout4,
         })
+    }
+
+    /// Weight `name` [Cout, Cin, kh, kw] of `vb`, packed as [`PackedConv2dWeight::new`] packs
+    /// it (the same bits) but on the host as it loads, so the device never holds the unpacked
+    /// weight beside the packed one; a weight a LoRA changes merges on the device and is
+    /// packed there.
+    pub fn load(vb: &Loader, name: &str, shape: [usize; 4]) -> Result<PackedConv2dWeight> {
+        let tr = sg_tr(shape[0]);
+        let cout4 = shape[0].div_ceil(tr as usize) * tr as usize / 4;
+        let k = shape[1] * shape[2] * shape[3];
+        let cols = cout4 * 4;
+        let pack = |w: &[f32]| pack_host(w, shape[0], k, cols);
+        match vb.get_mapped(name, &shape, &[k, cols], pack)? {
+            Some(packed) => Ok(PackedConv2dWeight {
+                packed,
+                shape,
+                tr,
+                cout4: to_u32("conv2d", "channels", cout4)?,
+            }),
+            None => PackedConv2dWeight::new(vb.context(), &vb.get(name, &shape)?),
+        }
     }
 
     /// The original weight's shape [Cout, Cin, kh, kw].
@@ -558,6 +580,17 @@ fn pack_weight(ctx: &Context, weight: &Tensor, p: &Params) -> Result<Tensor> {
         wg,
     );
     Ok(packed)
+}
+
+/// `pack_weight` on the host: weight [cout, k] -> [k, cols], zero past `cout`.
+fn pack_host(w: &[f32], cout: usize, k: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; k * cols];
+    for (co, row) in w.chunks_exact(k).enumerate().take(cout) {
+        for (kk, &v) in row.iter().enumerate() {
+            out[kk * cols + co] = v;
+        }
+    }
+    out
 }
 
 /// The direct convolution, one output per invocation: only a baseline for `hoa bench`.

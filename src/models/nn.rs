@@ -73,9 +73,8 @@ pub struct Conv2d {
 impl Conv2d {
     /// Weight [out, in, k, k] and bias [out]; padding `(k - 1) / 2` ("same" at stride 1).
     pub fn load(vb: &Loader, cin: usize, cout: usize, k: usize, stride: usize) -> Result<Conv2d> {
-        let w = vb.get("weight", &[cout, cin, k, k])?;
         Ok(Conv2d {
-            weight: PackedConv2dWeight::new(vb.context(), &w)?,
+            weight: PackedConv2dWeight::load(vb, "weight", [cout, cin, k, k])?,
             bias: Some(vb.get("bias", &[cout])?),
             stride,
             padding: (k - 1) / 2,

@@ -89,6 +89,18 @@ pub struct Pipeline {
     /// The prompt rewriter `hoa.json` names (small, loaded with the model); front ends run it
     /// through [`crate::rewriter::apply`].
     pub rewriter: Option<Rewriter>,
+    /// Set by [`Pipeline::release_text_encoders`]: encoding a prompt is then an error.
+    text_encoders_released: bool,
+}
+
+/// Stage 1's output, what [`Pipeline::generate_encoded`] continues from: the prompt's
+/// embeddings (with SDXL's or unCLIP's added embedding), whether they carry guidance's
+/// negative half, and the noise generators.
+pub struct Encoded {
+    context: Tensor,
+    aug_emb: Option<Tensor>,
+    cfg: bool,
+    gens: Vec<NoiseGenerator>,
 }
 
 impl Pipeline {
@@ -184,7 +196,22 @@ impl Pipeline {
                 .map(|(f, s)| (f.name.clone(), *s))
                 .collect(),
             rewriter,
+            text_encoders_released: false,
         })
+    }
+
+    /// Drops the text encoders' weights (a one-shot caller that has its [`Encoded`] prompt, so
+    /// that denoising and decoding run without them); a later [`Pipeline::encode`] is an
+    /// error. A caller that generates again, like `hoa serve`, keeps them loaded.
+    pub fn release_text_encoders(&mut self) {
+        self.text_encoder = TextEncoder::None;
+        self.text_encoder_2 = None;
+        self.text_encoders_released = true;
+    }
+
+    /// Whether [`Pipeline::release_text_encoders`] dropped the text encoders.
+    pub fn text_encoders_released(&self) -> bool {
+        self.text_encoders_released
     }
 
     /// Pixels per latent pixel (8 for Stable Diffusion).
@@ -371,6 +398,17 @@ impl Pipeline {
         self.generate_from(ctx, opts, None, events).await
     }
 
+    /// [`Self::generate`] from stage 1's output (see [`Pipeline::encode`]): the same images.
+    pub async fn generate_encoded(
+        &self,
+        ctx: &Context,
+        opts: &GenerateOptions,
+        encoded: Encoded,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Vec<RgbImage>> {
+        self.decoded(ctx, opts, None, encoded, events).await
+    }
+
     /// [`Self::generate`], from a first stage's latents when `given`.
     async fn generate_from(
         &self,
@@ -379,7 +417,22 @@ impl Pipeline {
         given: Option<Tensor>,
         events: &mut dyn FnMut(Event),
     ) -> Result<Vec<RgbImage>> {
-        let (latents, mut gens) = self.denoised(ctx, opts, given, events).await?;
+        let encoded = self.encode(ctx, opts, events).await?;
+        self.decoded(ctx, opts, given, encoded, events).await
+    }
+
+    /// Stages 2-5 from stage 1's output.
+    async fn decoded(
+        &self,
+        ctx: &Context,
+        opts: &GenerateOptions,
+        given: Option<Tensor>,
+        encoded: Encoded,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Vec<RgbImage>> {
+        let (latents, mut gens) = self
+            .denoised_from(ctx, opts, given, encoded, events)
+            .await?;
         // 5. Decode. The pool keeps a free buffer of every size class it has handed out: the
         // U-Net's go back to the driver before the VAE's larger ones are made, and those after,
         // so that peak memory is the larger stage's, and an idle pipeline holds its weights.
@@ -402,20 +455,30 @@ impl Pipeline {
         opts: &GenerateOptions,
         events: &mut dyn FnMut(Event),
     ) -> Result<Tensor> {
-        Ok(self.denoised(ctx, opts, None, events).await?.0)
+        let encoded = self.encode(ctx, opts, events).await?;
+        Ok(self
+            .denoised_from(ctx, opts, None, encoded, events)
+            .await?
+            .0)
     }
 
-    /// Stages 1-4 from `given` latents on the device (a first stage's output, for
-    /// `opts.denoising_start`) or from `opts`; returns the noise generators for the decoder.
-    async fn denoised(
+    /// Stage 1 (after checking `opts`): the prompt's embeddings, and for stable unCLIP the
+    /// image's, ready for [`Pipeline::generate_encoded`].
+    pub async fn encode(
         &self,
         ctx: &Context,
         opts: &GenerateOptions,
-        given: Option<Tensor>,
         events: &mut dyn FnMut(Event),
-    ) -> Result<(Tensor, Vec<NoiseGenerator>)> {
+    ) -> Result<Encoded> {
         self.validate(ctx, opts)?;
-        let mut gens: Vec<NoiseGenerator> = (0..opts.batch as u64)
+        if self.text_encoders_released {
+            return Err(Error::invalid(
+                "pipeline",
+                "its text encoders were released after encoding a prompt \
+                 (Pipeline::release_text_encoders); load the model again to encode another",
+            ));
+        }
+        let gens: Vec<NoiseGenerator> = (0..opts.batch as u64)
             .map(|k| NoiseGenerator::new(opts.seed.wrapping_add(k)))
             .collect();
         // 1. Encode the prompt (diffusers guides only when guidance_scale > 1).
@@ -434,6 +497,30 @@ impl Pipeline {
             Some(v) => Some(self.encode_image(ctx, opts, v, cfg).await?),
             None => aug_emb,
         };
+        Ok(Encoded {
+            context,
+            aug_emb,
+            cfg,
+            gens,
+        })
+    }
+
+    /// Stages 2-4 from `given` latents on the device (a first stage's output, for
+    /// `opts.denoising_start`) or from `opts`; returns the noise generators for the decoder.
+    async fn denoised_from(
+        &self,
+        ctx: &Context,
+        opts: &GenerateOptions,
+        given: Option<Tensor>,
+        encoded: Encoded,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<(Tensor, Vec<NoiseGenerator>)> {
+        let Encoded {
+            context,
+            aug_emb,
+            cfg,
+            mut gens,
+        } = encoded;
         // 2. Timesteps.
         let (kind, note) = self.scheduler_choice(opts);
         if let Some(n) = note {

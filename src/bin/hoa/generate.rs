@@ -406,12 +406,15 @@ fn progress_bar(steps: usize) -> Result<ProgressBar> {
     Ok(bar)
 }
 
-/// One prompt's images, with a progress bar; `refiner` runs the last steps.
+/// One prompt's images, with a progress bar; `refiner` runs the last steps. With `last` (no
+/// prompt follows) the text encoders are dropped once the prompt is encoded, so that
+/// denoising and decoding run without their weights.
 fn generate_one(
     ctx: &Context,
-    pipe: &Pipeline,
+    pipe: &mut Pipeline,
     r: &Resolved,
     refiner: Option<(&Pipeline, &Resolved)>,
+    last: bool,
 ) -> Result<Vec<hoa::image_io::RgbImage>> {
     if let Some(u) = &r.upsampled {
         eprintln!("upsampled prompt (--no-upsample to use it as typed): {u}");
@@ -435,6 +438,15 @@ fn generate_one(
         Event::Preview { .. } => {}
     };
     let images = match refiner {
+        None if last => pollster::block_on(async {
+            let encoded = pipe.encode(ctx, &r.options, &mut events).await?;
+            pipe.release_text_encoders();
+            // Their buffers go back to the driver once the encoder's last submit is done.
+            ctx.trim_pool();
+            ctx.sync()?;
+            pipe.generate_encoded(ctx, &r.options, encoded, &mut events)
+                .await
+        }),
         None => pollster::block_on(pipe.generate(ctx, &r.options, &mut events)),
         Some((rp, rr)) => pollster::block_on(pipe.generate_with_refiner(
             rp,
@@ -498,7 +510,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
             .zip(scales.into_iter().flatten())
             .collect(),
     };
-    let pipe = load_pipeline(ctx, files, info, dtype, loras, &model_dir)?;
+    let mut pipe = load_pipeline(ctx, files, info, dtype, loras, &model_dir)?;
     let refiner = match (refiner_files, refiner_info.clone(), &a.refiner) {
         (Some(files), Some(info), Some(path)) => {
             Some(load_refiner(ctx, &*files, info, path, dtype)?)
@@ -520,7 +532,8 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
         };
         rewrite(ctx, &pipe, &mut r, rr.as_mut())?;
         let stage2 = refiner.as_ref().zip(rr.as_ref());
-        let images = generate_one(ctx, &pipe, &r, stage2)?;
+        let last = j + 1 == prompts.len();
+        let images = generate_one(ctx, &mut pipe, &r, stage2, last)?;
         for (k, img) in images.iter().enumerate() {
             let params = parameters(&r, &model_name, k, a.refiner.as_deref());
             let png = encode_png(img, Some(&params))?;
