@@ -1,9 +1,11 @@
 //! `hoa tune`'s measurements: each kernel family's variants and tiles (conv2d, matmul,
 //! attention) timed on the SD-1.5 shapes `hoa bench` uses, on this adapter, each output checked
-//! against the default variant's; the fastest variant over a family's shapes wins. The
+//! against the default variant's; the fastest variant over a family's shapes wins. Variants are
+//! timed in interleaved rounds and keep their fastest run, so that other work on a shared
+//! machine spoils no single variant's figure. The
 //! winners go into the tuning cache ([`crate::gpu::tuning`]), which later contexts load.
 
-use super::case::{time, Ceilings};
+use super::case::Ceilings;
 use crate::error::Result;
 use crate::gpu::tuning::{AttentionChoice, Choices, Conv2dChoice, MatmulChoice};
 use crate::gpu::{Context, DType, Tensor};
@@ -51,7 +53,7 @@ pub const RTOL: f64 = 1e-4;
 /// What happened to one variant on one case.
 #[derive(Clone, Debug)]
 pub enum Outcome {
-    /// Matches the default within tolerance, in `seconds` (median).
+    /// Matches the default within tolerance; its fastest of the timed runs.
     Ok { seconds: f64 },
     /// Its output differs from the default's beyond tolerance (worst excess over the allowed
     /// error, and where), so it is never chosen.
@@ -320,25 +322,55 @@ fn worst_excess(got: &[f32], want: &[f32]) -> (f64, usize) {
     worst
 }
 
-/// One variant on one case: set its choices, check its output against `want`, time it.
-fn measure(ctx: &Context, case: &TuneCase, v: &Variant, want: &[f32], reps: usize) -> Outcome {
+/// Prepares one variant on one case and checks its output against `want`: its launch (its
+/// pipelines compiled) when it matches, else why not.
+fn check_variant(
+    ctx: &Context,
+    case: &TuneCase,
+    v: &Variant,
+    want: &[f32],
+) -> std::result::Result<Launch, Outcome> {
     ctx.tuning().set(v.choices);
-    let run = || -> Result<Outcome> {
+    let run = || -> Result<std::result::Result<Launch, Outcome>> {
         let launch = (case.prepare)(ctx)?;
         let got = launch(ctx)?.to_vec(ctx)?;
         let (worst, index) = worst_excess(&got, want);
         if worst > 1.0 {
-            return Ok(Outcome::Mismatch { worst, index });
+            return Ok(Err(Outcome::Mismatch { worst, index }));
         }
-        let seconds = time(ctx, reps, &|c| launch(c).map(drop))?;
-        Ok(Outcome::Ok { seconds })
+        Ok(Ok(launch))
     };
-    let out = run().unwrap_or_else(|e| Outcome::Failed(e.to_string()));
-    // A failed launch may leave recorded work and errors behind: drop them with the variant.
-    let _ = ctx.sync();
-    let _ = ctx.take_errors("tune");
-    ctx.trim_pool();
+    let out = run().unwrap_or_else(|e| Err(Outcome::Failed(e.to_string())));
+    if out.is_err() {
+        // A failed launch may leave recorded work and errors behind: drop them with it.
+        let _ = ctx.sync();
+        let _ = ctx.take_errors("tune");
+    }
     out
+}
+
+/// Times the checked variants of one case in `reps` rounds, each round every variant once,
+/// and keeps each one's fastest: on a shared machine other work only ever adds time, and
+/// interleaving spreads a busy spell over all variants instead of one.
+fn time_round_robin(
+    ctx: &Context,
+    variants: &[Variant],
+    launches: &[Option<Launch>],
+    reps: usize,
+) -> Result<Vec<f64>> {
+    let mut best = vec![f64::INFINITY; variants.len()];
+    for _ in 0..reps.max(1) {
+        for ((v, l), b) in variants.iter().zip(launches).zip(best.iter_mut()) {
+            let Some(launch) = l else { continue };
+            ctx.tuning().set(v.choices);
+            ctx.sync()?;
+            launch(ctx)?;
+            let t0 = std::time::Instant::now();
+            let gpu = ctx.flush_timed()?;
+            *b = b.min(gpu.unwrap_or_else(|| t0.elapsed().as_secs_f64()));
+        }
+    }
+    Ok(best)
 }
 
 /// Measures every variant of `family` on each of its cases (handing each row to `each`) and
@@ -355,13 +387,30 @@ pub fn tune_family(
     for case in &family.cases {
         ctx.tuning().set(Choices::default());
         let want = ((case.prepare)(ctx)?)(ctx)?.to_vec(ctx)?;
+        // The default (first) is always timed: it is the baseline.
+        let mut outcomes = Vec::new();
+        let mut launches = Vec::new();
         for (vi, v) in family.variants.iter().enumerate() {
-            // The default (first) is always timed: it is the baseline.
-            let outcome = if totals[vi].is_some() || vi == 0 {
-                measure(ctx, case, v, &want, reps)
+            let r = if totals[vi].is_some() || vi == 0 {
+                check_variant(ctx, case, v, &want)
             } else {
-                Outcome::Skipped
+                Err(Outcome::Skipped)
             };
+            let (l, o) = match r {
+                Ok(l) => (Some(l), None),
+                Err(o) => (None, Some(o)),
+            };
+            launches.push(l);
+            outcomes.push(o);
+        }
+        let times = time_round_robin(ctx, &family.variants, &launches, reps)?;
+        drop(launches);
+        ctx.tuning().set(Choices::default());
+        ctx.trim_pool();
+        for (vi, v) in family.variants.iter().enumerate() {
+            let outcome = outcomes[vi]
+                .take()
+                .unwrap_or(Outcome::Ok { seconds: times[vi] });
             let (gflops, fraction) = match outcome {
                 Outcome::Ok { seconds } => {
                     let g = case.flops / seconds / 1e9;

@@ -13,7 +13,7 @@ pub struct TuneArgs {
     /// Smaller shapes (a quarter of the pixels or tokens), for a quick run on slow adapters.
     #[arg(long)]
     pub quick: bool,
-    /// Timed repetitions per variant (median kept).
+    /// Timed rounds (each round runs every variant once; each keeps its fastest run).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
     /// Only tune the families whose name contains this text (conv2d, matmul, attention).
@@ -52,7 +52,7 @@ pub fn run(ctx: &Context, cache: &TuneCache, args: &TuneArgs) -> Result<()> {
         println!("\n{}: default = {}", family.name, family.default);
         println!(
             "{:<10} {:<28} {:<20} {:>10} {:>9} {:>6}",
-            "family", "shape", "variant", "median ms", "GFLOP/s", "% FMA"
+            "family", "shape", "variant", "best ms", "GFLOP/s", "% FMA"
         );
         winners.push(tune::tune_family(
             ctx, &family, args.reps, &ceil, print_row,
