@@ -6,6 +6,8 @@
 //! in the leaf [`case`], which the kernels import.
 
 pub mod case;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod tune;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use case::{ceilings, time};

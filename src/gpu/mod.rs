@@ -6,6 +6,7 @@ mod bind_group_cache;
 mod pipelines;
 mod pool;
 mod tensor;
+pub mod tuning;
 mod uniform_arena;
 #[cfg(not(target_arch = "wasm32"))]
 mod upload_buffer;
@@ -54,11 +55,14 @@ pub struct ContextOptions {
     /// 256 MiB per buffer), which every WebGPU device has, even where the adapter offers more
     /// (`HOA_WEBGPU_LIMITS=1`). The browser build always does.
     pub webgpu_default_limits: bool,
+    /// Where the tuning cache `hoa tune` writes is read from (`HOA_TUNE_CACHE`: a path, or
+    /// `off`; default: the platform cache folder). Native only.
+    pub tune_cache: tuning::TuneCache,
 }
 
 impl ContextOptions {
     /// Reads `HOA_BACKEND`, `HOA_ADAPTER`, `HOA_ADAPTER_INDEX`, `HOA_NO_F16`, `HOA_POISON`,
-    /// `HOA_PROFILE` and `HOA_WEBGPU_LIMITS`.
+    /// `HOA_PROFILE`, `HOA_WEBGPU_LIMITS` and `HOA_TUNE_CACHE`.
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         ContextOptions {
@@ -71,6 +75,7 @@ impl ContextOptions {
             poison: var("HOA_POISON").is_some_and(|v| v != "0"),
             profile: var("HOA_PROFILE").is_some_and(|v| v != "0"),
             webgpu_default_limits: var("HOA_WEBGPU_LIMITS").is_some_and(|v| v != "0"),
+            tune_cache: tuning::TuneCache::from_env(),
         }
     }
 }
@@ -117,6 +122,8 @@ pub struct Context {
     flops: std::sync::atomic::AtomicU64,
     /// Bytes written to the queue since the last submit (see [`STAGING_LIMIT`]).
     staged: AtomicU64,
+    /// Which kernel variants this adapter takes (`hoa tune`'s cache, else the defaults).
+    tuning: tuning::Tuning,
 }
 
 struct Timestamps {
@@ -170,7 +177,12 @@ impl Context {
         let timestamps = features
             .contains(wgpu::Features::TIMESTAMP_QUERY)
             .then(|| Timestamps::new(&device, &queue));
+        #[cfg(not(target_arch = "wasm32"))]
+        let tuning = tuning::load(&opts.tune_cache, &info);
+        #[cfg(target_arch = "wasm32")]
+        let tuning = tuning::Tuning::default();
         Ok(Context {
+            tuning,
             poison: opts.poison,
             profile: opts.profile.then(Mutex::default),
             pipelines: PipelineCache::default(),
@@ -207,6 +219,12 @@ impl Context {
 
     pub fn has_timestamps(&self) -> bool {
         self.timestamps.is_some()
+    }
+
+    /// The kernel variants this adapter takes: the tuning cache's entry for it (loaded when
+    /// the context was made), else every kernel's default.
+    pub fn tuning(&self) -> &tuning::Tuning {
+        &self.tuning
     }
 
     /// One line naming the adapter, its backend and driver: always print it, because without a

@@ -6,6 +6,7 @@
 
 use super::{same_dtype, to_u32};
 use crate::error::{Error, Result};
+use crate::gpu::tuning::AttentionChoice;
 use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
 
 pub const SHADER: ShaderFamily = ShaderFamily {
@@ -215,10 +216,16 @@ pub fn attention(
     opts: &AttentionOptions,
 ) -> Result<Tensor> {
     let s = check(q, k, v, opts)?;
-    if sg_ok(ctx, &s) {
-        return launch_sg(ctx, q, k, v, opts, &s, Tiling::default());
+    // The adapter's tuned variant (`hoa tune`), else the subgroup path where it applies.
+    let (sg, flash) = match ctx.tuning().attention() {
+        None => (Some(Tiling::default()), Tiling::default()),
+        Some(AttentionChoice::Subgroup { wg }) => (Some(Tiling { wg }), Tiling::default()),
+        Some(AttentionChoice::Flash { wg }) => (None, Tiling { wg }),
+    };
+    if let Some(t) = sg.filter(|_| sg_ok(ctx, &s)) {
+        return launch_sg(ctx, q, k, v, opts, &s, t);
     }
-    attention_tiled(ctx, q, k, v, opts, Tiling::default())
+    attention_tiled(ctx, q, k, v, opts, flash)
 }
 
 /// Whether `attention_sg` can run this call: head dims multiples of 4 (vec4 loads and stores)

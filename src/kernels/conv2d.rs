@@ -9,6 +9,7 @@
 
 use super::{rank, same_dtype, to_u32, Activation};
 use crate::error::{Error, Result};
+use crate::gpu::tuning::Conv2dChoice;
 use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
 use crate::weights::Loader;
 
@@ -252,7 +253,7 @@ impl PackedConv2dWeight {
         rank("conv2d", "weight [Cout, Cin, kh, kw]", weight, 4)?;
         let ws = weight.shape();
         let shape = [ws[0], ws[1], ws[2], ws[3]];
-        let tr = sg_tr(shape[0]);
+        let tr = sg_tr(ctx, shape[0]);
         let u = |what: &str, v: usize| to_u32("conv2d", what, v);
         let cout4 = u("channels", shape[0].div_ceil(tr as usize) * tr as usize / 4)?;
         let p = Params {
@@ -305,12 +306,17 @@ impl PackedConv2dWeight {
 }
 
 /// The fast path's channel tile for `cout` output channels: 32 (measured 1.2-1.6x 16 on
-/// lavapipe), less for small layers such as a U-Net's conv_out (4 channels).
-fn sg_tr(cout: usize) -> u32 {
+/// lavapipe) or the tuning cache's, less for small layers such as a U-Net's conv_out (4
+/// channels).
+fn sg_tr(ctx: &Context, cout: usize) -> u32 {
+    let tr = match ctx.tuning().conv2d() {
+        Some(Conv2dChoice::Subgroup { tr, .. }) => tr,
+        _ => SG_TILE.tr,
+    };
     match cout {
         0..=8 => 8,
-        9..=16 => 16,
-        _ => SG_TILE.tr,
+        9..=16 => tr.min(16),
+        _ => tr,
     }
 }
 
@@ -322,14 +328,17 @@ pub fn conv2d_packed(
     o: &Conv2dOptions,
 ) -> Result<Tensor> {
     let g = check_ws(x, &weight.shape, &weight.packed, o)?;
-    if let Some(mode) = sg_mode(ctx, &g, o) {
-        let t = SgTile {
-            tr: weight.tr,
-            ..SG_TILE
-        };
+    // The adapter's tuned variant (`hoa tune`), else the subgroup path where it applies.
+    let (sg_wg, tile) = match ctx.tuning().conv2d() {
+        None => (Some(SG_TILE.wg), DEFAULT_TILE),
+        Some(Conv2dChoice::Subgroup { wg, .. }) => (Some(wg), DEFAULT_TILE),
+        Some(Conv2dChoice::Tiled { wg, tc }) => (None, Tile { wg, tc }),
+    };
+    if let Some((wg, mode)) = sg_wg.zip(sg_mode(ctx, &g, o)) {
+        let t = SgTile { wg, tr: weight.tr };
         return launch_sg(ctx, x, &weight.packed, weight.cout4, o, &g, mode, t);
     }
-    launch_tiled(ctx, x, &weight.packed, weight.cout4, o, &g, DEFAULT_TILE)
+    launch_tiled(ctx, x, &weight.packed, weight.cout4, o, &g, tile)
 }
 
 /// The input path of `conv2d_sg` for this call (the shader's MODE), or None where the fast path

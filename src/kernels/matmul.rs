@@ -4,6 +4,7 @@
 
 use super::{same_dtype, to_u32, Activation};
 use crate::error::{Error, Result};
+use crate::gpu::tuning::MatmulChoice;
 use crate::gpu::{Context, PipelineKey, ShaderFamily, Tensor};
 
 pub const SHADER: ShaderFamily = ShaderFamily {
@@ -383,10 +384,16 @@ pub fn matmul_sg_with(
 /// Aligned shapes take the subgroup fast path (`matmul_sg`), the rest `matmul_tiled`.
 pub fn matmul(ctx: &Context, a: &Tensor, b: &Tensor, o: &MatmulOptions) -> Result<Tensor> {
     let p = plan(a, b, o)?;
-    if sg_ok(ctx, &p, o) {
-        return launch_sg(ctx, a, b, o, p, SG_TILE);
+    // The adapter's tuned variant (`hoa tune`), else the subgroup path where it applies.
+    let (sg, tile) = match ctx.tuning().matmul() {
+        None => (Some(SG_TILE), TILE),
+        Some(MatmulChoice::Subgroup { wg, tr }) => (Some(SgTile { wg, tr }), TILE),
+        Some(MatmulChoice::Tiled { wg, tm, tn }) => (None, Tile { wg, tm, tn }),
+    };
+    if let Some(t) = sg.filter(|_| sg_ok(ctx, &p, o)) {
+        return launch_sg(ctx, a, b, o, p, t);
     }
-    matmul_with(ctx, a, b, o, TILE)
+    matmul_with(ctx, a, b, o, tile)
 }
 
 /// `matmul_tiled` (the general path) with an explicit register tile (benchmarks sweep it).

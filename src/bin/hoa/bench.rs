@@ -62,6 +62,13 @@ pub fn run(ctx: &Context, args: &BenchArgs) -> Result<()> {
             " (wall time)"
         }
     );
+    let tuned = ctx.tuning().choices();
+    if tuned != Default::default() {
+        println!(
+            "tuning: {} (hoa tune's cache; HOA_TUNE_CACHE=off for the defaults)",
+            serde_json::to_string(&tuned)?
+        );
+    }
     if args.model.is_some() {
         eprintln!("adapter: {}", ctx.describe());
         println!(

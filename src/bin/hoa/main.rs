@@ -1,7 +1,7 @@
 //! The `hoa` command line: `generate` (prompt to PNG), `info` (which adapter and what it
 //! allows), `bench` (kernel microbenchmarks against the adapter's own ceilings), `serve`
-//! (OpenAI's Images API over HTTP), `worker` (runs `serve --queue nats://...`'s jobs) and
-//! `clip` (CLIP's image-text tasks).
+//! (OpenAI's Images API over HTTP), `worker` (runs `serve --queue nats://...`'s jobs),
+//! `clip` (CLIP's image-text tasks) and `tune` (measures kernel variants for this adapter).
 
 mod bench;
 mod clip;
@@ -9,6 +9,7 @@ mod dtype;
 mod generate;
 mod info;
 mod serve;
+mod tune;
 mod worker;
 
 use anyhow::Result;
@@ -46,6 +47,9 @@ enum Command {
     Clip(clip::ClipArgs),
     /// Run the jobs `hoa serve --queue nats://...` publishes to NATS JetStream.
     Worker(Box<worker::WorkerArgs>),
+    /// Measure the kernel variants and tiles on this adapter and keep the fastest in the
+    /// tuning cache (HOA_TUNE_CACHE=path, or off; default: the platform cache folder).
+    Tune(tune::TuneArgs),
 }
 
 fn main() {
@@ -86,6 +90,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(args) => bench::run(&ctx, &args)?,
         Command::Clip(args) => clip::run(&ctx, args)?,
+        Command::Tune(args) => tune::run(&ctx, &opts.tune_cache, &args)?,
         Command::Serve(_) | Command::Worker(_) => unreachable!("run above"),
     }
     Ok(())
