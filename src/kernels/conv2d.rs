@@ -279,7 +279,7 @@ impl PackedConv2dWeight {
     /// weight beside the packed one; a weight a LoRA changes merges on the device and is
     /// packed there.
     pub fn load(vb: &Loader, name: &str, shape: [usize; 4]) -> Result<PackedConv2dWeight> {
-        let tr = sg_tr(shape[0]);
+        let tr = sg_tr(vb.context(), shape[0]);
         let cout4 = shape[0].div_ceil(tr as usize) * tr as usize / 4;
         let k = shape[1] * shape[2] * shape[3];
         let cols = cout4 * 4;
