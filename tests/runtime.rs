@@ -153,3 +153,23 @@ fn a_repeated_step_creates_no_bind_groups_and_reads_new_params() {
     step(6.0);
     assert!(c.bind_group_stats().created > after.created);
 }
+
+/// Profiling (`HOA_PROFILE=1`) submits every dispatch on its own, so the harness's final
+/// submit is empty: the FMA ceiling measured under it once came out ~3000x the real one
+/// (its timestamps said ~0 s). Profiling only adds submits, so its ceiling can't be much
+/// higher than one measured without it.
+#[test]
+fn the_fma_ceiling_under_profiling_is_not_inflated() {
+    let Some(c) = ctx() else { return };
+    let profiled = Context::new_blocking(ContextOptions {
+        profile: true,
+        ..ContextOptions::from_env()
+    })
+    .expect("a profiling context on the test adapter");
+    let plain = hoa::bench::case::ceilings(c, 3).unwrap();
+    let with = hoa::bench::case::ceilings(&profiled, 3).unwrap();
+    assert!(
+        with.gflops < 2.0 * plain.gflops && with.gbps < 2.0 * plain.gbps,
+        "profiled {with:?} vs plain {plain:?}"
+    );
+}

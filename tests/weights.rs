@@ -378,7 +378,8 @@ fn conv_weights_packed_on_the_host_match_the_device_packing() {
     let Some(c) = ctx() else { return };
     use hoa::kernels::conv2d::{conv2d, Conv2dOptions};
     use hoa::models::nn::Conv2d;
-    let cases = [(5, 3, 3), (37, 4, 1), (64, 7, 3)];
+    // The last crosses the host transpose's 64x64 blocks in both directions.
+    let cases = [(5, 3, 3), (37, 4, 1), (64, 7, 3), (70, 9, 3)];
     let mut r = rng(13);
     let mut vals = |n: usize| -> Vec<f32> {
         (0..n)

@@ -364,10 +364,7 @@ fn time_round_robin(
             let Some(launch) = l else { continue };
             ctx.tuning().set(v.choices);
             ctx.sync()?;
-            launch(ctx)?;
-            let t0 = std::time::Instant::now();
-            let gpu = ctx.flush_timed()?;
-            *b = b.min(gpu.unwrap_or_else(|| t0.elapsed().as_secs_f64()));
+            *b = b.min(super::case::time_once(ctx, &|c| launch(c).map(drop))?);
         }
     }
     Ok(best)

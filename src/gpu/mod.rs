@@ -361,6 +361,11 @@ impl Context {
         self.flops.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether `profile` is on (every dispatch is submitted and timed on its own).
+    pub fn profiling(&self) -> bool {
+        self.profile.is_some()
+    }
+
     /// With `profile` on: GPU time per kernel since the last report, largest first.
     pub fn profile_report(&self) -> Option<String> {
         let mut p = self.profile.as_ref()?.lock().unwrap();
