@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 from tools.eval.detector import detect
-from tools.eval.score import derangement, load, score_one
+from tools.eval.score import load, mismatches, score_one
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 SETS = {"test": "tools/rewriter/sets/test.jsonl", "dev": "tools/rewriter/sets/dev.jsonl"}
@@ -68,11 +68,7 @@ def score(entry, det):
 
 def score_dir(entries, images, mismatch_seed=0):
     dets = [detect(load(os.path.join(images, e["id"] + ".png"))) for e in entries]
-    rng = np.random.default_rng(mismatch_seed)
-    mis = np.arange(len(entries))
-    for split in sorted({e["split"] for e in entries}):
-        idx = np.array([k for k, e in enumerate(entries) if e["split"] == split])
-        mis[idx] = idx[derangement(len(idx), rng)]
+    mis = mismatches(entries, mismatch_seed)
     return [{"id": e["id"], "split": e["split"], "scores": score(e, dets[k]),
              "mismatched": score(entries[mis[k]], dets[k])} for k, e in enumerate(entries)]
 

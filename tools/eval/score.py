@@ -93,13 +93,19 @@ def load(path):
     return np.asarray(im)
 
 
-def evaluate(prompts, images_dir, mismatch_seed=0):
-    dets = [detect(load(os.path.join(images_dir, p["id"] + ".png"))) for p in prompts]
+def mismatches(prompts, mismatch_seed=0):
+    """For entry k, the index of the other entry of its split it is scored against (a fixed derangement)."""
     rng = np.random.default_rng(mismatch_seed)
     mis = np.arange(len(prompts))
     for split in sorted({p["split"] for p in prompts}):
         idx = np.array([k for k, p in enumerate(prompts) if p["split"] == split])
         mis[idx] = idx[derangement(len(idx), rng)]
+    return mis
+
+
+def evaluate(prompts, images_dir, mismatch_seed=0):
+    dets = [detect(load(os.path.join(images_dir, p["id"] + ".png"))) for p in prompts]
+    mis = mismatches(prompts, mismatch_seed)
     rows = []
     for k, p in enumerate(prompts):
         rows.append({"id": p["id"], "split": p["split"], "prompt": p["prompt"], "detected": dets[k],

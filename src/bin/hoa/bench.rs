@@ -46,11 +46,9 @@ impl BenchArgs {
     }
 }
 
-pub fn run(ctx: &Context, args: &BenchArgs) -> Result<()> {
-    let opts = args.options();
-    // The ceiling kernels take milliseconds: a median of at least 5 even where --reps 1 keeps
-    // one slow model step affordable.
-    let ceil = hoa::bench::ceilings(ctx, opts.reps.max(5))?;
+/// The adapter's ceilings (median of `reps`), printed with the adapter as every table's head.
+pub fn measure_ceilings(ctx: &Context, reps: usize) -> Result<hoa::bench::Ceilings> {
+    let ceil = hoa::bench::ceilings(ctx, reps)?;
     println!("adapter: {}", ctx.describe());
     println!(
         "ceilings: vec4 FMA {:.1} GFLOP/s, copy {:.1} GB/s{}",
@@ -62,6 +60,14 @@ pub fn run(ctx: &Context, args: &BenchArgs) -> Result<()> {
             " (wall time)"
         }
     );
+    Ok(ceil)
+}
+
+pub fn run(ctx: &Context, args: &BenchArgs) -> Result<()> {
+    let opts = args.options();
+    // The ceiling kernels take milliseconds: a median of at least 5 even where --reps 1 keeps
+    // one slow model step affordable.
+    let ceil = measure_ceilings(ctx, opts.reps.max(5))?;
     let tuned = ctx.tuning().choices();
     if tuned != Default::default() {
         println!(

@@ -35,18 +35,7 @@ pub fn run(ctx: &Context, cache: &TuneCache, args: &TuneArgs) -> Result<()> {
     }
     // Measure from the defaults, whatever an earlier cache chose.
     ctx.tuning().set(Default::default());
-    let ceil = hoa::bench::ceilings(ctx, args.reps.max(5))?;
-    println!("adapter: {}", ctx.describe());
-    println!(
-        "ceilings: vec4 FMA {:.1} GFLOP/s, copy {:.1} GB/s{}",
-        ceil.gflops,
-        ceil.gbps,
-        if ctx.has_timestamps() {
-            " (GPU timestamps)"
-        } else {
-            " (wall time)"
-        }
-    );
+    let ceil = crate::bench::measure_ceilings(ctx, args.reps.max(5))?;
     let mut winners = Vec::new();
     for family in tune::families(ctx, args.quick, args.filter.as_deref())? {
         println!("\n{}: default = {}", family.name, family.default);
