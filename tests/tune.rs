@@ -39,7 +39,7 @@ fn tuned() -> Choices {
 
 fn write_cache(path: &Path, key: CacheKey, choices: &Choices) {
     let mut f = CacheFile::default();
-    f.insert(key, choices);
+    f.insert(key, choices).unwrap();
     std::fs::write(path, serde_json::to_vec_pretty(&f).unwrap()).unwrap();
 }
 

@@ -370,6 +370,47 @@ fn time_round_robin(
     Ok(best)
 }
 
+/// Each variant of `family` checked against the default's output `want` on `case`: its launch,
+/// or why it is out. The default (first) is always checked: it is the baseline; a variant
+/// already pruned is skipped.
+fn check_variants(
+    ctx: &Context,
+    family: &Family,
+    case: &TuneCase,
+    totals: &[Option<f64>],
+    want: &[f32],
+) -> (Vec<Option<Launch>>, Vec<Option<Outcome>>) {
+    let mut outcomes = Vec::new();
+    let mut launches = Vec::new();
+    for (vi, v) in family.variants.iter().enumerate() {
+        let r = if totals[vi].is_some() || vi == 0 {
+            check_variant(ctx, case, v, want)
+        } else {
+            Err(Outcome::Skipped)
+        };
+        let (l, o) = match r {
+            Ok(l) => (Some(l), None),
+            Err(o) => (None, Some(o)),
+        };
+        launches.push(l);
+        outcomes.push(o);
+    }
+    (launches, outcomes)
+}
+
+/// Drops the variants whose running total is over `PRUNE` times the best one's.
+fn prune(totals: &mut [Option<f64>]) {
+    let best = totals
+        .iter()
+        .flatten()
+        .fold(f64::INFINITY, |a, &b| a.min(b));
+    for t in totals.iter_mut() {
+        if t.is_some_and(|t| t > PRUNE * best) {
+            *t = None;
+        }
+    }
+}
+
 /// Measures every variant of `family` on each of its cases (handing each row to `each`) and
 /// returns the winner. The context's tuning is left at the defaults.
 pub fn tune_family(
@@ -384,22 +425,7 @@ pub fn tune_family(
     for case in &family.cases {
         ctx.tuning().set(Choices::default());
         let want = ((case.prepare)(ctx)?)(ctx)?.to_vec(ctx)?;
-        // The default (first) is always timed: it is the baseline.
-        let mut outcomes = Vec::new();
-        let mut launches = Vec::new();
-        for (vi, v) in family.variants.iter().enumerate() {
-            let r = if totals[vi].is_some() || vi == 0 {
-                check_variant(ctx, case, v, &want)
-            } else {
-                Err(Outcome::Skipped)
-            };
-            let (l, o) = match r {
-                Ok(l) => (Some(l), None),
-                Err(o) => (None, Some(o)),
-            };
-            launches.push(l);
-            outcomes.push(o);
-        }
+        let (launches, mut outcomes) = check_variants(ctx, family, case, &totals, &want);
         let times = time_round_robin(ctx, &family.variants, &launches, reps)?;
         drop(launches);
         ctx.tuning().set(Choices::default());
@@ -431,15 +457,7 @@ pub fn tune_family(
                 fraction,
             });
         }
-        let best = totals
-            .iter()
-            .flatten()
-            .fold(f64::INFINITY, |a, &b| a.min(b));
-        for t in totals.iter_mut() {
-            if t.is_some_and(|t| t > PRUNE * best) {
-                *t = None;
-            }
-        }
+        prune(&mut totals);
     }
     ctx.tuning().set(Choices::default());
     let default_seconds = default_total;

@@ -288,10 +288,12 @@ impl CacheFile {
     }
 
     /// Puts `choices` under `key`, replacing any entry for the same adapter.
-    pub fn insert(&mut self, key: CacheKey, choices: &Choices) {
+    pub fn insert(&mut self, key: CacheKey, choices: &Choices) -> crate::Result<()> {
+        let choices = serde_json::to_value(choices)
+            .map_err(|e| crate::Error::invalid("tuning cache", format!("{e}")))?;
         self.entries.retain(|e| !e.key.same_adapter(&key));
-        let choices = serde_json::to_value(choices).expect("choices serialize");
         self.entries.push(CacheEntry { key, choices });
+        Ok(())
     }
 }
 
@@ -367,7 +369,7 @@ pub fn save(
     force: bool,
 ) -> crate::Result<()> {
     let mut file = read_for_update(path, force)?;
-    file.insert(key, choices);
+    file.insert(key, choices)?;
     let shown = path.display().to_string();
     let io = |what: &str, e: std::io::Error| crate::Error::invalid(&shown, format!("{what}: {e}"));
     let dir = match path.parent() {
@@ -379,7 +381,8 @@ pub fn save(
         .file_name()
         .map_or("tune.json".into(), |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut text = serde_json::to_string_pretty(&file).expect("cache serializes");
+    let mut text = serde_json::to_string_pretty(&file)
+        .map_err(|e| crate::Error::invalid(&shown, format!("{e}")))?;
     text.push('\n');
     let write = || -> std::io::Result<()> {
         use std::io::Write;
