@@ -33,7 +33,7 @@ impl Pipeline {
                 let shift = self.info.vae.shift_factor.unwrap_or(0.0) as f32;
                 let z = elementwise::unary(ctx, latents, Activation::None, 1.0 / sf, shift)?;
                 let z = self.to_vae_dtype(ctx, z).await?;
-                self.vae.decode_auto(ctx, &z)?
+                self.vae_model()?.decode_auto(ctx, &z)?
             }
             Decoder::Consistency => self.consistency_decode(ctx, latents, gens)?,
         };

@@ -90,7 +90,7 @@ impl Pipeline {
         let aug = cond.aug_emb.as_ref();
         let tc = cond.time_cond.as_ref();
         Ok(self
-            .unet
+            .unet_model()?
             .forward_cond(ctx, x, t, &cond.context, aug, tc)?
             .sample)
     }

@@ -63,7 +63,7 @@ impl Pipeline {
         };
         // img2img: encode, sample the latent distribution, noise it to the start step.
         let image = image_tensor(ctx, &init.image, opts.batch, self.vae_dtype)?;
-        let dist = self.vae.encode_auto(ctx, &image)?;
+        let dist = self.vae_model()?.encode_auto(ctx, &image)?;
         let eps = Tensor::from_f32(ctx, &randn_batch(gens, per_image), &shape, self.vae_dtype)?;
         let sample = dist.sample(ctx, &eps)?;
         let sample = self.to_compute_dtype(ctx, sample)?;

@@ -32,7 +32,7 @@ pub fn guidance_scale_embedding(w: &[f32], dim: usize) -> Vec<f32> {
 impl Pipeline {
     /// Whether this model embeds the guidance scale (an LCM U-Net) rather than guiding.
     pub fn embeds_guidance(&self) -> bool {
-        self.unet.time_embedding.cond_proj.is_some()
+        self.info.unet.time_cond_proj_dim.is_some()
     }
 
     /// For an LCM U-Net, `cond_proj` of the embedding of `w = guidance - 1` for each image
@@ -42,13 +42,13 @@ impl Pipeline {
         ctx: &Context,
         opts: &GenerateOptions,
     ) -> Result<Option<Tensor>> {
-        let Some(dim) = self.unet.config.time_cond_proj_dim else {
+        let Some(dim) = self.info.unet.time_cond_proj_dim else {
             return Ok(None);
         };
         let w = vec![(f64::from(opts.guidance) - 1.0) as f32; opts.batch];
         let emb = guidance_scale_embedding(&w, dim);
         let emb = Tensor::from_f32(ctx, &emb, &[opts.batch, dim], self.dtype)?;
-        self.unet.time_cond(ctx, &emb).map(Some)
+        self.unet_model()?.time_cond(ctx, &emb).map(Some)
     }
 }
 

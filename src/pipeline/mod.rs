@@ -34,7 +34,7 @@ use crate::models::autoencoder_kl::AutoencoderKL;
 use crate::models::clip::ClipTextModel;
 use crate::models::consistency_decoder::ConsistencyDecoderVAE;
 use crate::models::t5::T5EncoderModel;
-use crate::models::unet_2d_condition::UNet2DConditionModel;
+use crate::models::unet_2d_condition::{AddedCondKwargs, UNet2DConditionModel};
 use crate::noise::NoiseGenerator;
 use crate::options::{DeviceLimits, MAX_BATCH, MAX_SIDE};
 use crate::rewriter::Rewriter;
@@ -76,8 +76,12 @@ pub struct Pipeline {
     pub text_encoder: TextEncoder,
     /// SDXL's `tokenizer_2` + `text_encoder_2`.
     pub text_encoder_2: Option<TextEncoder2>,
-    pub unet: UNet2DConditionModel,
-    pub vae: AutoencoderKL,
+    /// `None` before [`Pipeline::load_unet`] and after [`Pipeline::release_unet`].
+    unet: Option<UNet2DConditionModel>,
+    /// `None` before [`Pipeline::load_vae`].
+    vae: Option<AutoencoderKL>,
+    /// Pixels per latent pixel, from the VAE's config (known before its weights load).
+    vae_scale_factor: usize,
     /// The VAE's dtype: f32 when an SDXL VAE's `force_upcast` asks for it under f16.
     pub vae_dtype: DType,
     pub consistency_decoder: Option<ConsistencyDecoderVAE>,
@@ -98,8 +102,28 @@ pub struct Pipeline {
 /// negative half, and the noise generators.
 pub struct Encoded {
     context: Tensor,
-    aug_emb: Option<Tensor>,
+    added: AddedCond,
     cfg: bool,
+    gens: Vec<NoiseGenerator>,
+}
+
+/// The U-Net's added conditioning before the U-Net embeds it (when denoising starts, so that
+/// encoding needs no U-Net weights).
+enum AddedCond {
+    None,
+    /// SDXL's `added_cond_kwargs`: pooled text embeddings [rows, D] and 6 time ids per row.
+    TextTime {
+        text_embeds: Tensor,
+        time_ids: Vec<f32>,
+    },
+    /// Stable unCLIP's `class_labels` [rows, 2 x embedding dim].
+    Class(Tensor),
+}
+
+/// Stages 2-4's output, what [`Pipeline::decode_denoised`] decodes: the final latents,
+/// checked finite, and the noise generators (the consistency decoder draws from them).
+pub struct Denoised {
+    latents: Tensor,
     gens: Vec<NoiseGenerator>,
 }
 
@@ -130,6 +154,24 @@ impl Pipeline {
         dtype: DType,
         loras: &LoraSet,
     ) -> Result<Pipeline> {
+        let mut pipe = Pipeline::load_encoders(ctx, files, info, dtype, loras)?;
+        pipe.load_unet(ctx, files, loras)?;
+        pipe.load_vae(ctx, files)?;
+        Ok(pipe)
+    }
+
+    /// What encoding a prompt needs (the tokenizers, the text encoders with `loras` merged, the
+    /// rewriter, stable unCLIP's image encoder), without the U-Net and the VAE, which
+    /// [`Pipeline::load_unet`] and [`Pipeline::load_vae`] load later: a one-shot run loads each
+    /// network when the previous one is released, so that no two large ones are resident
+    /// together (img2img, inpainting and previews need the VAE before denoising).
+    pub fn load_encoders(
+        ctx: &Context,
+        files: &dyn ModelFiles,
+        info: ModelInfo,
+        dtype: DType,
+        loras: &LoraSet,
+    ) -> Result<Pipeline> {
         if dtype == DType::F16 && !ctx.has_f16() {
             return Err(Error::MissingFeature {
                 op: OP,
@@ -152,43 +194,22 @@ impl Pipeline {
             .transpose()?;
         let (text_encoder, text_encoder_2, tokenizer) =
             load_text_encoders(ctx, files, &info, dtype, loras)?;
-        let unet_weights = component_weights(files, "unet")?;
-        let patches = loras.patches(LoraPart::Unet, &unet_weights)?;
-        let loader = Loader::new(ctx, &unet_weights, dtype).with_patches(&patches);
-        let unet = UNet2DConditionModel::load(&loader, &info.unet)?;
-        patches.finish()?;
-        drop(unet_weights);
-        let vae_weights = component_weights(files, "vae")?;
         // diffusers' SDXL pipeline decodes in f32 when an f16 VAE has `force_upcast`.
         let vae_dtype = match info.sdxl.is_some() && dtype == DType::F16 && info.vae.force_upcast {
             true => DType::F32,
             false => dtype,
         };
-        let vae = AutoencoderKL::load(&Loader::new(ctx, &vae_weights, vae_dtype), &info.vae)?;
-        drop(vae_weights);
-        let consistency_decoder = if info.has_consistency_decoder {
-            let cfg = ConsistencyDecoderVAEConfig::from_json(
-                &files.require("consistency_decoder/config.json")?,
-            )?;
-            let w = component_weights(files, "consistency_decoder")?;
-            Some(ConsistencyDecoderVAE::load(
-                &Loader::new(ctx, &w, dtype),
-                &cfg,
-            )?)
-        } else {
-            None
-        };
         let unclip = unclip::load(ctx, files, &info, dtype)?;
         Ok(Pipeline {
             unclip,
-            info,
             tokenizer,
             text_encoder,
             text_encoder_2,
-            unet,
-            vae,
+            unet: None,
+            vae: None,
+            vae_scale_factor: info.vae_scale_factor()?,
             vae_dtype,
-            consistency_decoder,
+            consistency_decoder: None,
             dtype,
             loras: loras
                 .loras
@@ -197,6 +218,92 @@ impl Pipeline {
                 .collect(),
             rewriter,
             text_encoders_released: false,
+            info,
+        })
+    }
+
+    /// The U-Net of a pipeline loaded by [`Pipeline::load_encoders`], with the same `loras`
+    /// (their U-Net part) merged; nothing when it is loaded.
+    pub fn load_unet(
+        &mut self,
+        ctx: &Context,
+        files: &dyn ModelFiles,
+        loras: &LoraSet,
+    ) -> Result<()> {
+        if self.unet.is_some() {
+            return Ok(());
+        }
+        let unet_weights = component_weights(files, "unet")?;
+        let patches = loras.patches(LoraPart::Unet, &unet_weights)?;
+        let loader = Loader::new(ctx, &unet_weights, self.dtype).with_patches(&patches);
+        self.unet = Some(UNet2DConditionModel::load(&loader, &self.info.unet)?);
+        patches.finish()
+    }
+
+    /// The VAE (and the consistency decoder, when the folder has one) of a pipeline loaded by
+    /// [`Pipeline::load_encoders`]; nothing when they are loaded.
+    pub fn load_vae(&mut self, ctx: &Context, files: &dyn ModelFiles) -> Result<()> {
+        if self.vae.is_some() {
+            return Ok(());
+        }
+        let vae_weights = component_weights(files, "vae")?;
+        let loader = Loader::new(ctx, &vae_weights, self.vae_dtype);
+        self.vae = Some(AutoencoderKL::load(&loader, &self.info.vae)?);
+        drop(vae_weights);
+        if self.info.has_consistency_decoder {
+            let cfg = ConsistencyDecoderVAEConfig::from_json(
+                &files.require("consistency_decoder/config.json")?,
+            )?;
+            let w = component_weights(files, "consistency_decoder")?;
+            let loader = Loader::new(ctx, &w, self.dtype);
+            self.consistency_decoder = Some(ConsistencyDecoderVAE::load(&loader, &cfg)?);
+        }
+        Ok(())
+    }
+
+    /// Drops the U-Net's weights once a one-shot caller has its [`Denoised`] latents, so that
+    /// the decoder runs without them (the decode's activations are the largest of a run);
+    /// encoding and denoising are then errors.
+    pub fn release_unet(&mut self) {
+        self.unet = None;
+    }
+
+    /// The U-Net's embedding [rows, time_embed_dim] of `added`, added to its time embedding.
+    fn added_embedding(&self, ctx: &Context, added: AddedCond) -> Result<Option<Tensor>> {
+        let unet = self.unet_model()?;
+        match added {
+            AddedCond::None => Ok(None),
+            AddedCond::TextTime {
+                text_embeds,
+                time_ids,
+            } => {
+                let kwargs = AddedCondKwargs {
+                    text_embeds: &text_embeds,
+                    time_ids: &time_ids,
+                };
+                unet.aug_embed(ctx, &kwargs).map(Some)
+            }
+            AddedCond::Class(labels) => unet.class_embed(ctx, &labels).map(Some),
+        }
+    }
+
+    fn unet_model(&self) -> Result<&UNet2DConditionModel> {
+        self.unet.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "pipeline",
+                "its U-Net is not loaded (Pipeline::load_encoders loads without it, \
+                 Pipeline::load_unet loads it, Pipeline::release_unet drops it after denoising)",
+            )
+        })
+    }
+
+    fn vae_model(&self) -> Result<&AutoencoderKL> {
+        self.vae.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "pipeline",
+                "its VAE is not loaded (Pipeline::load_encoders); call Pipeline::load_vae \
+                 first",
+            )
         })
     }
 
@@ -216,7 +323,7 @@ impl Pipeline {
 
     /// Pixels per latent pixel (8 for Stable Diffusion).
     pub fn vae_scale_factor(&self) -> usize {
-        self.vae.scale_factor()
+        self.vae_scale_factor
     }
 
     /// What this device allows a request on this pipeline (for `resolve::resolve`).
@@ -261,7 +368,11 @@ impl Pipeline {
         self.validate_guidance(opts)?;
         self.validate_inputs(opts)?;
         self.validate_denoising(opts)?;
-        if opts.decoder == Decoder::Consistency && self.consistency_decoder.is_none() {
+        if opts.init.is_some() || opts.preview_every > 0 {
+            // img2img encodes its image and previews decode while the U-Net runs.
+            self.vae_model()?;
+        }
+        if opts.decoder == Decoder::Consistency && !self.info.has_consistency_decoder {
             return Err(Error::Checkpoint(
                 "--decoder consistency: this model folder has no consistency_decoder/ (a \
                  ConsistencyDecoderVAE folder with config.json and weights)"
@@ -356,7 +467,7 @@ impl Pipeline {
                 )));
             }
         }
-        if self.unet.class_embedding.is_some() && opts.variation.is_none() {
+        if self.info.unet.class_projection().is_some() && opts.variation.is_none() {
             return Err(Error::invalid(
                 "variation",
                 "this stable unCLIP model makes variations of an image: give one \
@@ -430,12 +541,38 @@ impl Pipeline {
         encoded: Encoded,
         events: &mut dyn FnMut(Event),
     ) -> Result<Vec<RgbImage>> {
-        let (latents, mut gens) = self
+        let (latents, gens) = self
             .denoised_from(ctx, opts, given, encoded, events)
             .await?;
-        // 5. Decode. The pool keeps a free buffer of every size class it has handed out: the
-        // U-Net's go back to the driver before the VAE's larger ones are made, and those after,
-        // so that peak memory is the larger stage's, and an idle pipeline holds its weights.
+        self.decode_denoised(ctx, opts, Denoised { latents, gens }, events)
+            .await
+    }
+
+    /// Stages 2-4 from stage 1's output: what [`Pipeline::decode_denoised`] turns into
+    /// images, after [`Pipeline::release_unet`] and [`Pipeline::load_vae`] in a one-shot run.
+    pub async fn denoise_encoded(
+        &self,
+        ctx: &Context,
+        opts: &GenerateOptions,
+        encoded: Encoded,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Denoised> {
+        let (latents, gens) = self.denoised_from(ctx, opts, None, encoded, events).await?;
+        Ok(Denoised { latents, gens })
+    }
+
+    /// Stage 5: `denoised`'s latents decoded as `opts.decoder` says.
+    pub async fn decode_denoised(
+        &self,
+        ctx: &Context,
+        opts: &GenerateOptions,
+        denoised: Denoised,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Vec<RgbImage>> {
+        let Denoised { latents, mut gens } = denoised;
+        // The pool keeps a free buffer of every size class it has handed out: the U-Net's go
+        // back to the driver before the VAE's larger ones are made, and those after, so that
+        // peak memory is the larger stage's, and an idle pipeline holds its weights.
         events(Event::Decoding);
         ctx.trim_pool();
         let images = self
@@ -485,21 +622,18 @@ impl Pipeline {
         // An LCM embeds the guidance scale instead (one batch, see `lcm`).
         let cfg = !self.embeds_guidance()
             && (opts.guidance > 1.0 || opts.guidance_high.is_some_and(|h| h.scale > 1.0));
-        let (context, aug_emb) = match self.text_encoder_2 {
-            Some(_) => {
-                let (c, a) = self.encode_prompt_sdxl(ctx, opts, cfg, events)?;
-                (c, Some(a))
-            }
-            None => (self.encode_prompt(ctx, opts, cfg, events)?, None),
+        let (context, added) = match self.text_encoder_2 {
+            Some(_) => self.encode_prompt_sdxl(ctx, opts, cfg, events)?,
+            None => (self.encode_prompt(ctx, opts, cfg, events)?, AddedCond::None),
         };
         // 1b. stable unCLIP: the image embedding as the U-Net's class embedding.
-        let aug_emb = match &opts.variation {
-            Some(v) => Some(self.encode_image(ctx, opts, v, cfg).await?),
-            None => aug_emb,
+        let added = match &opts.variation {
+            Some(v) => self.encode_image(ctx, opts, v, cfg).await?,
+            None => added,
         };
         Ok(Encoded {
             context,
-            aug_emb,
+            added,
             cfg,
             gens,
         })
@@ -517,7 +651,7 @@ impl Pipeline {
     ) -> Result<(Tensor, Vec<NoiseGenerator>)> {
         let Encoded {
             context,
-            aug_emb,
+            added,
             cfg,
             mut gens,
         } = encoded;
@@ -542,6 +676,7 @@ impl Pipeline {
         // a first stage's latents.
         let start = self.start_latents(ctx, opts, sched.as_ref(), given, &mut gens)?;
         // 4. Denoising loop, all on the device.
+        let aug_emb = self.added_embedding(ctx, added)?;
         let guidance = self.guidance(ctx, opts, cfg, context, aug_emb)?;
         let latents = self
             .denoise(

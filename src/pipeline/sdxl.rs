@@ -6,7 +6,7 @@
 //! (`StableDiffusionXLImg2ImgPipeline` with `requires_aesthetics_score`) encodes with
 //! `text_encoder_2` alone and conditions on original size, crop and an aesthetic score.
 
-use super::{load_tokenizer, Event, GenerateOptions, Pipeline, TextEncoder};
+use super::{load_tokenizer, AddedCond, Event, GenerateOptions, Pipeline, TextEncoder};
 use crate::config::ClipTextConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{Context, DType, Tensor};
@@ -15,7 +15,6 @@ use crate::lora::{keys::Component as LoraPart, LoraSet};
 use crate::model_files::{component_weights, ModelFiles};
 use crate::model_info::ModelInfo;
 use crate::models::clip::ClipTextModelWithProjection;
-use crate::models::unet_2d_condition::AddedCondKwargs;
 use crate::tokenizer::Tokenizer;
 use crate::weights::Loader;
 
@@ -134,7 +133,7 @@ impl Pipeline {
 
     /// SDXL's `encode_prompt` and added conditioning: the embeddings `[negative × batch,
     /// prompt × batch]` (when guiding, `cfg`; else `[prompt × batch]`) and the U-Net's added
-    /// embedding [rows, time_embed_dim] of the pooled embeddings and the time ids. With
+    /// conditioning input, the pooled embeddings and the time ids of those rows. With
     /// `force_zeros_for_empty_prompt`, an empty negative prompt is zeros (diffusers does this
     /// when no negative prompt is given).
     pub(super) fn encode_prompt_sdxl(
@@ -143,7 +142,7 @@ impl Pipeline {
         opts: &GenerateOptions,
         cfg: bool,
         events: &mut dyn FnMut(Event),
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<(Tensor, AddedCond)> {
         let (pos, pos_pooled) = self.sdxl_prompt_embeds(ctx, &opts.prompt, "prompt", events)?;
         let zeros = self
             .info
@@ -174,14 +173,11 @@ impl Pipeline {
         let context = concat(ctx, &rows.iter().map(|r| r.0).collect::<Vec<_>>(), 0)?;
         let pooled = concat(ctx, &rows.iter().map(|r| r.1).collect::<Vec<_>>(), 0)?;
         let time_ids: Vec<f32> = rows.iter().flat_map(|r| r.2.iter().copied()).collect();
-        let aug_emb = self.unet.aug_embed(
-            ctx,
-            &AddedCondKwargs {
-                text_embeds: &pooled,
-                time_ids: &time_ids,
-            },
-        )?;
-        Ok((context, aug_emb))
+        let added = AddedCond::TextTime {
+            text_embeds: pooled,
+            time_ids,
+        };
+        Ok((context, added))
     }
 
     /// The prompt's and the negative prompt's `add_time_ids`: the base's size conditioning, or

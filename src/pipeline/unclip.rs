@@ -6,7 +6,7 @@
 //! `class_labels` (zeros for the unconditional half), made into its class embedding once,
 //! before the denoising loop.
 
-use super::{GenerateOptions, Pipeline};
+use super::{AddedCond, GenerateOptions, Pipeline};
 use crate::clip::ClipImageProcessor;
 use crate::config::ClipVisionConfig;
 use crate::error::{Error, Result};
@@ -168,17 +168,16 @@ impl UnclipImageEncoder {
 }
 
 impl Pipeline {
-    /// The U-Net's class embedding for `variation`: `class_labels` = the noised image
-    /// embedding and the noise level's `get_timestep_embedding` side by side, one row per
-    /// image, after as many rows of zeros when guiding (`cfg`; diffusers' `zeros_like`).
-    /// Returns [rows, time_embed_dim].
+    /// The U-Net's `class_labels` for `variation`: the noised image embedding and the noise
+    /// level's `get_timestep_embedding` side by side, one row per image, after as many rows of
+    /// zeros when guiding (`cfg`; diffusers' `zeros_like`).
     pub(super) async fn encode_image(
         &self,
         ctx: &Context,
         opts: &GenerateOptions,
         variation: &Variation,
         cfg: bool,
-    ) -> Result<Tensor> {
+    ) -> Result<AddedCond> {
         let enc = self.unclip.as_ref().ok_or_else(|| {
             Error::invalid(
                 "variation",
@@ -202,6 +201,6 @@ impl Pipeline {
         if cfg {
             rows = std::iter::repeat_n(&zeros, b).chain(rows).collect();
         }
-        self.unet.class_embed(ctx, &concat(ctx, &rows, 0)?)
+        Ok(AddedCond::Class(concat(ctx, &rows, 0)?))
     }
 }

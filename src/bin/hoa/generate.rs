@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
 use hoa::image_io::{decode_mask, decode_rgb, encode_png};
 use hoa::lora::{LoraFile, LoraSet};
-use hoa::model_files::open_model;
+use hoa::model_files::{open_model, ModelFiles};
 use hoa::model_info::ModelInfo;
 use hoa::pipeline::{Event, Pipeline};
 use hoa::request::{Latents, LoraRequest, Mask, Origin, Request};
@@ -383,6 +383,40 @@ fn write_new(path: &Path, bytes: &[u8], force: bool) -> Result<PathBuf> {
     bail!("{}: no free name left beside it", path.display())
 }
 
+/// The files and LoRAs a pipeline loaded by [`Pipeline::load_encoders`] loads its U-Net and
+/// VAE from when their stage comes.
+struct Deferred {
+    files: Box<dyn ModelFiles>,
+    loras: LoraSet,
+}
+
+/// The last prompt's stages, each network released when its stage is done (its buffers go
+/// back to the driver once its last submit is done) and, with `deferred`, the next loaded
+/// only then, so that the peak is one network's weights with its activations.
+async fn one_network_at_a_time(
+    ctx: &Context,
+    pipe: &mut Pipeline,
+    opts: &hoa::pipeline::GenerateOptions,
+    deferred: Option<&Deferred>,
+    events: &mut dyn FnMut(Event),
+) -> hoa::Result<Vec<hoa::image_io::RgbImage>> {
+    let encoded = pipe.encode(ctx, opts, events).await?;
+    pipe.release_text_encoders();
+    ctx.trim_pool();
+    ctx.sync()?;
+    if let Some(d) = deferred {
+        pipe.load_unet(ctx, d.files.as_ref(), &d.loras)?;
+    }
+    let denoised = pipe.denoise_encoded(ctx, opts, encoded, events).await?;
+    pipe.release_unet();
+    ctx.trim_pool();
+    ctx.sync()?;
+    if let Some(d) = deferred {
+        pipe.load_vae(ctx, d.files.as_ref())?;
+    }
+    pipe.decode_denoised(ctx, opts, denoised, events).await
+}
+
 /// The name of image `k` of prompt `j`.
 fn image_name(out: &Path, prompts: usize, j: usize, images: usize, k: usize) -> PathBuf {
     let stem = out.file_stem().unwrap_or_default().to_string_lossy();
@@ -407,14 +441,16 @@ fn progress_bar(steps: usize) -> Result<ProgressBar> {
 }
 
 /// One prompt's images, with a progress bar; `refiner` runs the last steps. With `last` (no
-/// prompt follows) the text encoders are dropped once the prompt is encoded, so that
-/// denoising and decoding run without their weights.
+/// prompt follows) each network is dropped once its stage is done: the text encoders after
+/// encoding, the U-Net before decoding; with `deferred` the pipeline holds only its encoders
+/// and the U-Net and the VAE load from those files when their stage comes.
 fn generate_one(
     ctx: &Context,
     pipe: &mut Pipeline,
     r: &Resolved,
     refiner: Option<(&Pipeline, &Resolved)>,
     last: bool,
+    deferred: Option<&Deferred>,
 ) -> Result<Vec<hoa::image_io::RgbImage>> {
     if let Some(u) = &r.upsampled {
         eprintln!("upsampled prompt (--no-upsample to use it as typed): {u}");
@@ -438,15 +474,13 @@ fn generate_one(
         Event::Preview { .. } => {}
     };
     let images = match refiner {
-        None if last => pollster::block_on(async {
-            let encoded = pipe.encode(ctx, &r.options, &mut events).await?;
-            pipe.release_text_encoders();
-            // Their buffers go back to the driver once the encoder's last submit is done.
-            ctx.trim_pool();
-            ctx.sync()?;
-            pipe.generate_encoded(ctx, &r.options, encoded, &mut events)
-                .await
-        }),
+        None if last => pollster::block_on(one_network_at_a_time(
+            ctx,
+            pipe,
+            &r.options,
+            deferred,
+            &mut events,
+        )),
         None => pollster::block_on(pipe.generate(ctx, &r.options, &mut events)),
         Some((rp, rr)) => pollster::block_on(pipe.generate_with_refiner(
             rp,
@@ -510,7 +544,12 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
             .zip(scales.into_iter().flatten())
             .collect(),
     };
-    let mut pipe = load_pipeline(ctx, files, info, dtype, loras, &model_dir)?;
+    // One text-to-image prompt: each network loads when the previous one is released.
+    let one_shot = prompts.len() == 1
+        && first
+            .as_ref()
+            .is_some_and(|(r, rr)| rr.is_none() && r.options.init.is_none());
+    let (mut pipe, deferred) = load_pipeline(ctx, files, info, dtype, loras, &model_dir, one_shot)?;
     let refiner = match (refiner_files, refiner_info.clone(), &a.refiner) {
         (Some(files), Some(info), Some(path)) => {
             Some(load_refiner(ctx, &*files, info, path, dtype)?)
@@ -533,7 +572,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
         rewrite(ctx, &pipe, &mut r, rr.as_mut())?;
         let stage2 = refiner.as_ref().zip(rr.as_ref());
         let last = j + 1 == prompts.len();
-        let images = generate_one(ctx, &mut pipe, &r, stage2, last)?;
+        let images = generate_one(ctx, &mut pipe, &r, stage2, last, deferred.as_ref())?;
         for (k, img) in images.iter().enumerate() {
             let params = parameters(&r, &model_name, k, a.refiner.as_deref());
             let png = encode_png(img, Some(&params))?;
@@ -545,30 +584,37 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
 }
 
 /// The model with its LoRAs merged; the files (a single file's memory map) and the LoRAs are
-/// dropped once the weights are on the device.
+/// dropped once the weights are on the device, unless `one_shot`: then only the encoders
+/// load now, and the files and LoRAs are returned for the U-Net and the VAE.
 fn load_pipeline(
     ctx: &Context,
-    files: Box<dyn hoa::model_files::ModelFiles>,
+    files: Box<dyn ModelFiles>,
     info: ModelInfo,
     dtype: hoa::DType,
     loras: LoraSet,
     model_dir: &Path,
-) -> Result<Pipeline> {
+    one_shot: bool,
+) -> Result<(Pipeline, Option<Deferred>)> {
     let t0 = std::time::Instant::now();
-    let pipe = Pipeline::load_with_loras(ctx, files.as_ref(), info, dtype, &loras)?;
+    let pipe = match one_shot {
+        true => Pipeline::load_encoders(ctx, files.as_ref(), info, dtype, &loras)?,
+        false => Pipeline::load_with_loras(ctx, files.as_ref(), info, dtype, &loras)?,
+    };
     eprintln!(
-        "loaded {} in {:.1} s",
+        "loaded {}{} in {:.1} s",
         model_dir.display(),
+        if one_shot {
+            " (its encoders; each network loads when its stage comes)"
+        } else {
+            ""
+        },
         t0.elapsed().as_secs_f64()
     );
-    Ok(pipe)
+    Ok((pipe, one_shot.then_some(Deferred { files, loras })))
 }
 
 /// `--model DIR` (or the shipped default model, with a hint when it is missing), opened.
-fn open_main_model(
-    model_dir: &Path,
-    a: &GenerateArgs,
-) -> Result<Box<dyn hoa::model_files::ModelFiles>> {
+fn open_main_model(model_dir: &Path, a: &GenerateArgs) -> Result<Box<dyn ModelFiles>> {
     if !model_dir.join("model_index.json").is_file() && a.model.is_none() {
         bail!(
             "the default model is not there: {} has no model_index.json. It is trained by \
@@ -602,7 +648,7 @@ fn rewrite(
 
 fn load_refiner(
     ctx: &Context,
-    files: &dyn hoa::model_files::ModelFiles,
+    files: &dyn ModelFiles,
     info: ModelInfo,
     path: &Path,
     dtype: hoa::DType,
