@@ -31,6 +31,10 @@ pub fn default_dtype(has_f16: bool, weight_bytes: u64) -> DType {
 pub struct DeviceLimits {
     pub max_binding_bytes: u64,
     pub dtype_size: usize,
+    /// A CPU adapter (lavapipe, SwiftShader): device memory is host memory, and guidance's
+    /// two halves run as two U-Net batches by default (half the activations, measured no
+    /// slower there; see `resolve`).
+    pub host_memory: bool,
 }
 
 /// Which decoder turns the final latent into pixels.

@@ -88,6 +88,10 @@ pub struct Request {
     pub strength: Option<f64>,
     /// Decode a preview every this many steps (0 = never).
     pub preview_every: Option<i64>,
+    /// Run classifier-free guidance's two halves as two U-Net batches rather than one: the
+    /// same images (to rounding) with half the activation memory (default: one batch, or two
+    /// when one would exceed the device's storage binding).
+    pub split_guidance: Option<bool>,
     /// SDXL micro-conditioning, as diffusers names and orders it: sizes `[height, width]`,
     /// the crop `[top, left]`, in pixels (defaults: the output size, `[0, 0]`); each
     /// `negative_` one defaults to its positive one.

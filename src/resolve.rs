@@ -195,7 +195,7 @@ fn resolve_options(req: &Request, model: &ModelInfo, limits: DeviceLimits) -> Re
         latents,
         init,
         variation,
-        split_guidance: false,
+        split_guidance: req.split_guidance.unwrap_or(limits.host_memory),
         preview_every,
         cancel: None,
         micro,

@@ -109,7 +109,7 @@ proptest! {
     /// the options are within hoa's stated bounds.
     #[test]
     fn any_request_resolves_or_is_refused(req in request()) {
-        let limits = DeviceLimits { max_binding_bytes: 128 << 20, dtype_size: 4 };
+        let limits = DeviceLimits { max_binding_bytes: 128 << 20, dtype_size: 4, host_memory: false };
         match resolve(&req, &tiny(), limits) {
             Ok(r) => {
                 let o = &r.options;

@@ -562,6 +562,7 @@ fn requests_name_loras_and_their_scales_are_checked_in_the_one_policy() {
     let limits = DeviceLimits {
         max_binding_bytes: 128 << 20,
         dtype_size: 4,
+        host_memory: false,
     };
     let json = r#"{"prompt": "x", "lora": [{"file": "loras/a.safetensors", "scale": 0.5},
                                           {"file": "b.safetensors"}]}"#;

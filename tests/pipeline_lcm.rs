@@ -196,6 +196,7 @@ fn resolve_gives_lcm_defaults_and_drops_what_an_lcm_cannot_use() {
     let limits = DeviceLimits {
         max_binding_bytes: c.max_binding_bytes(),
         dtype_size: 4,
+        host_memory: false,
     };
     let req = Request {
         prompt: Some("a blue circle".into()),

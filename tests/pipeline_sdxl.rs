@@ -195,6 +195,7 @@ fn sdxl_pipeline_matches_diffusers_with_cfg_and_with_zeros_for_the_empty_negativ
     let limits = DeviceLimits {
         max_binding_bytes: c.max_binding_bytes(),
         dtype_size: 4,
+        host_memory: false,
     };
     let mut r = resolve(&req, &p.info, limits).unwrap();
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
@@ -209,6 +210,7 @@ fn size_conditioning_is_checked_by_resolve_naming_the_flag() {
     let limits = DeviceLimits {
         max_binding_bytes: 1 << 30,
         dtype_size: 4,
+        host_memory: false,
     };
     let req = Request {
         prompt: Some("a".into()),
@@ -305,6 +307,7 @@ fn sdxl_turbo_style_folder_runs_one_step_without_guidance_from_its_defaults() {
     let limits = DeviceLimits {
         max_binding_bytes: c.max_binding_bytes(),
         dtype_size: 4,
+        host_memory: false,
     };
     let mut r = resolve(&req, &p.info, limits).unwrap();
     assert_eq!((r.options.steps, r.options.guidance), (1, 0.0));

@@ -42,6 +42,7 @@ fn limits(c: &hoa::Context) -> DeviceLimits {
     DeviceLimits {
         max_binding_bytes: c.max_binding_bytes(),
         dtype_size: 4,
+        host_memory: false,
     }
 }
 

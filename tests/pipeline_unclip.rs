@@ -228,6 +228,7 @@ fn limits() -> DeviceLimits {
     DeviceLimits {
         max_binding_bytes: 1 << 27,
         dtype_size: 4,
+        host_memory: false,
     }
 }
 

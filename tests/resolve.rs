@@ -15,6 +15,7 @@ use std::collections::HashMap;
 const LIMITS: DeviceLimits = DeviceLimits {
     max_binding_bytes: 128 << 20,
     dtype_size: 4,
+    host_memory: false,
 };
 
 /// pipeline_tiny's files, with `edits` (path -> new content; "" removes the file).
@@ -392,5 +393,24 @@ fn a_variation_request_is_unclip_on_an_unclip_model_and_img2img_elsewhere() {
             matches!(&e, hoa::Error::InvalidOption { what, .. } if what == "image"),
             "{e}"
         );
+    }
+}
+
+#[test]
+fn guidance_halves_split_by_default_only_where_device_memory_is_host_memory() {
+    let m = info(&[]);
+    let cpu = DeviceLimits {
+        host_memory: true,
+        ..LIMITS
+    };
+    let split = |req: &Request, limits| resolve(req, &m, limits).unwrap().options.split_guidance;
+    assert!(!split(&cli("a"), LIMITS), "a GPU guides in one batch");
+    assert!(split(&cli("a"), cpu), "a CPU adapter splits");
+    for (asked, limits) in [(false, cpu), (true, LIMITS)] {
+        let req = Request {
+            split_guidance: Some(asked),
+            ..cli("a")
+        };
+        assert_eq!(split(&req, limits), asked, "the request's choice wins");
     }
 }

@@ -116,6 +116,7 @@ fn limits() -> DeviceLimits {
     DeviceLimits {
         max_binding_bytes: 1 << 30,
         dtype_size: 4,
+        host_memory: false,
     }
 }
 

@@ -239,6 +239,7 @@ fn a_request_reaches_a_worker_as_the_same_resolved_job() {
     let limits = DeviceLimits {
         max_binding_bytes: 1 << 27,
         dtype_size: 4,
+        host_memory: false,
     };
     let req = Request::from_json(
         r#"{"prompt": "a red circle", "negative_prompt": "blue", "steps": 3, "seed": 9,

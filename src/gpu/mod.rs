@@ -233,6 +233,12 @@ impl Context {
         describe_adapter(&self.info)
     }
 
+    /// Whether the adapter is a CPU (lavapipe, SwiftShader, WARP): its device memory is the
+    /// host's.
+    pub fn host_memory(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     /// The largest buffer a kernel may bind as one storage binding.
     pub fn max_binding_bytes(&self) -> u64 {
         self.limits
@@ -631,9 +637,38 @@ impl Context {
         }
     }
 
+    /// Device memory in MB, for `HOA_MEMORY_REPORT`: what live buffers use and what wgpu's
+    /// allocator reserves (its blocks: freed space inside a block stays reserved), and what
+    /// hoa's pool holds idle.
+    pub fn memory_report(&self) -> String {
+        const MB: f64 = 1048576.0;
+        let idle = self.pool.idle_bytes() as f64 / MB;
+        if std::env::var_os("HOA_POOL_DEBUG").is_some() {
+            eprintln!("{}", self.pool.debug_classes());
+        }
+        match self.device.generate_allocator_report() {
+            Some(r) => format!(
+                "{:.0} MB allocated in {} blocks reserving {:.0} MB (largest {:.0} MB); {idle:.0} MB \
+                 idle in the pool",
+                r.total_allocated_bytes as f64 / MB,
+                r.blocks.len(),
+                r.total_reserved_bytes as f64 / MB,
+                r.blocks.iter().map(|b| b.size).max().unwrap_or(0) as f64 / MB,
+            ),
+            None => format!("no allocator report on this backend; {idle:.0} MB idle in the pool"),
+        }
+    }
+
     /// Returns pooled buffers to the driver, with the cached bind groups that hold them.
     pub fn trim_pool(&self) {
-        self.pending.lock().unwrap().bind_groups.clear();
+        let mut pending = self.pending.lock().unwrap();
+        pending.bind_groups.clear();
+        // The weight upload buffer too, when nothing is staged in it (made again on use).
+        #[cfg(not(target_arch = "wasm32"))]
+        if pending.upload.as_ref().is_some_and(|u| u.used() == 0) {
+            pending.upload = None;
+        }
+        drop(pending);
         self.pool.clear();
     }
 }

@@ -331,6 +331,7 @@ impl Pipeline {
         DeviceLimits {
             max_binding_bytes: ctx.max_binding_bytes(),
             dtype_size: self.dtype.size(),
+            host_memory: ctx.host_memory(),
         }
     }
 

@@ -64,6 +64,11 @@ pub struct GenerateArgs {
     /// attributes its training captions always stated).
     #[arg(long)]
     pub no_upsample: bool,
+    /// Run the guidance halves (prompt and negative prompt) as two U-Net batches (true) or
+    /// one (false): the same image, two batches with half the activation memory. Default:
+    /// true on a CPU adapter (device memory is host memory; no slower there), else false.
+    #[arg(long)]
+    pub split_guidance: Option<bool>,
     /// ddim, euler, euler_a, dpm++2m, dpm++2m-karras or lcm. Default: the model's own.
     #[arg(long)]
     pub scheduler: Option<String>,
@@ -300,6 +305,7 @@ fn request(a: &GenerateArgs) -> Result<Request> {
         upsample: Some(!a.no_upsample),
         strength: a.strength,
         preview_every: None,
+        split_guidance: a.split_guidance,
         lora: None,
         prediction: a.prediction.clone(),
         noise_level: a.noise_level,
@@ -400,21 +406,36 @@ async fn one_network_at_a_time(
     deferred: Option<&Deferred>,
     events: &mut dyn FnMut(Event),
 ) -> hoa::Result<Vec<hoa::image_io::RgbImage>> {
+    let report = std::env::var_os("HOA_MEMORY_REPORT").is_some_and(|v| v != "0");
+    let mem = |stage: &str| {
+        if report {
+            eprintln!("memory {stage}: {}", ctx.memory_report());
+        }
+    };
+    mem("after loading");
     let encoded = pipe.encode(ctx, opts, events).await?;
+    mem("after encoding");
     pipe.release_text_encoders();
-    ctx.trim_pool();
     ctx.sync()?;
+    ctx.trim_pool();
+    mem("without the text encoders");
     if let Some(d) = deferred {
         pipe.load_unet(ctx, d.files.as_ref(), &d.loras)?;
+        mem("with the U-Net");
     }
     let denoised = pipe.denoise_encoded(ctx, opts, encoded, events).await?;
+    mem("after denoising");
     pipe.release_unet();
-    ctx.trim_pool();
     ctx.sync()?;
+    ctx.trim_pool();
+    mem("without the U-Net");
     if let Some(d) = deferred {
         pipe.load_vae(ctx, d.files.as_ref())?;
+        mem("with the VAE");
     }
-    pipe.decode_denoised(ctx, opts, denoised, events).await
+    let images = pipe.decode_denoised(ctx, opts, denoised, events).await;
+    mem("after decoding");
+    images
 }
 
 /// The name of image `k` of prompt `j`.
@@ -526,6 +547,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
     let limits = DeviceLimits {
         max_binding_bytes: ctx.max_binding_bytes(),
         dtype_size: dtype.size(),
+        host_memory: ctx.host_memory(),
     };
     // Everything the request can get wrong, before the slow load.
     req.prompt = Some(prompts[0].clone());

@@ -139,6 +139,7 @@ pub fn limits(gpus: &[Gpu], dtype: DType) -> DeviceLimits {
             .min()
             .unwrap_or(0),
         dtype_size: dtype.size(),
+        host_memory: gpus.iter().any(|g| g.ctx.host_memory()),
     }
 }
 
