@@ -643,9 +643,6 @@ impl Context {
     pub fn memory_report(&self) -> String {
         const MB: f64 = 1048576.0;
         let idle = self.pool.idle_bytes() as f64 / MB;
-        if std::env::var_os("HOA_POOL_DEBUG").is_some() {
-            eprintln!("{}", self.pool.debug_classes());
-        }
         match self.device.generate_allocator_report() {
             Some(r) => format!(
                 "{:.0} MB allocated in {} blocks reserving {:.0} MB (largest {:.0} MB); {idle:.0} MB \

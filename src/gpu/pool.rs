@@ -71,28 +71,6 @@ impl BufferPool {
         free.iter().map(|(k, v)| k * v.len() as u64).sum()
     }
 
-    pub fn debug_classes(&self) -> String {
-        let free = self.free.lock().unwrap();
-        let mut v: Vec<_> = free
-            .iter()
-            .map(|(k, b)| (k * b.len() as u64, *k, b.len()))
-            .collect();
-        v.sort();
-        v.iter()
-            .rev()
-            .take(25)
-            .map(|(t, k, n)| {
-                format!(
-                    "{:.1}MB={}x{:.2}MB",
-                    *t as f64 / 1048576.0,
-                    n,
-                    *k as f64 / 1048576.0
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
     pub fn clear(&self) {
         self.free.lock().unwrap().clear();
     }
