@@ -389,6 +389,15 @@ fn write_new(path: &Path, bytes: &[u8], force: bool) -> Result<PathBuf> {
     bail!("{}: no free name left beside it", path.display())
 }
 
+/// What `resolve` may allow on this device before the model loads.
+fn device_limits(ctx: &Context, dtype: hoa::DType) -> DeviceLimits {
+    DeviceLimits {
+        max_binding_bytes: ctx.max_binding_bytes(),
+        dtype_size: dtype.size(),
+        host_memory: ctx.host_memory(),
+    }
+}
+
 /// The files and LoRAs a pipeline loaded by [`Pipeline::load_encoders`] loads its U-Net and
 /// VAE from when their stage comes.
 struct Deferred {
@@ -544,11 +553,7 @@ pub fn run(ctx: &Context, a: GenerateArgs) -> Result<()> {
         ctx,
         std::iter::once(model_dir.as_path()).chain(a.refiner.as_deref()),
     )?;
-    let limits = DeviceLimits {
-        max_binding_bytes: ctx.max_binding_bytes(),
-        dtype_size: dtype.size(),
-        host_memory: ctx.host_memory(),
-    };
+    let limits = device_limits(ctx, dtype);
     // Everything the request can get wrong, before the slow load.
     req.prompt = Some(prompts[0].clone());
     let resolve_all = |req: &Request, info: &ModelInfo| match &refiner_info {
