@@ -794,3 +794,19 @@ fn a_lora_merges_into_a_single_file_as_into_its_folder() {
     assert_eq!(run(&file, true)[0].data, from_folder[0].data);
     assert_ne!(run(&folder, false)[0].data, from_folder[0].data);
 }
+
+/// Loaded one network at a time, the U-Net must get the LoRAs the text encoders got (they are
+/// recorded once, and options are checked against them).
+#[test]
+fn a_unet_loaded_later_must_take_the_same_loras() {
+    let Some(c) = ctx() else { return };
+    let files = DirFiles::open(dir(PIPE)).unwrap();
+    let info = ModelInfo::read(&files).unwrap();
+    let loras = set(&[("a_peft.safetensors", 0.7)]);
+    let mut p = Pipeline::load_encoders(c, &files, info, DType::F32, &loras).unwrap();
+    let e = p.load_unet(c, &files, &LoraSet::default()).unwrap_err();
+    assert!(e.to_string().contains("give both the same LoRAs"), "{e}");
+    let other = set(&[("a_peft.safetensors", 0.5)]);
+    assert!(p.load_unet(c, &files, &other).is_err(), "another scale");
+    p.load_unet(c, &files, &loras).unwrap();
+}

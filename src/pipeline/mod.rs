@@ -211,11 +211,7 @@ impl Pipeline {
             vae_dtype,
             consistency_decoder: None,
             dtype,
-            loras: loras
-                .loras
-                .iter()
-                .map(|(f, s)| (f.name.clone(), *s))
-                .collect(),
+            loras: lora_names(loras),
             rewriter,
             text_encoders_released: false,
             info,
@@ -232,6 +228,17 @@ impl Pipeline {
     ) -> Result<()> {
         if self.unet.is_some() {
             return Ok(());
+        }
+        let names = lora_names(loras);
+        if names != self.loras {
+            return Err(Error::invalid(
+                "lora",
+                format!(
+                    "load_unet got {names:?} but the text encoders were loaded with {:?}; give \
+                     both the same LoRAs",
+                    self.loras
+                ),
+            ));
         }
         let unet_weights = component_weights(files, "unet")?;
         let patches = loras.patches(LoraPart::Unet, &unet_weights)?;
@@ -694,6 +701,13 @@ impl Pipeline {
         self.check_latents(ctx, &latents, opts).await?;
         Ok((latents, gens))
     }
+}
+
+/// Each LoRA's file name and scale, as [`Pipeline::loras`] records them.
+fn lora_names(loras: &LoraSet) -> Vec<(String, f64)> {
+    (loras.loras.iter())
+        .map(|(f, s)| (f.name.clone(), *s))
+        .collect()
 }
 
 /// Loads the prompt encoder named by `model_index.json`; returns it with its context length.
