@@ -503,6 +503,16 @@ impl Context {
         self.write_after_pending_at(buffer, 0, data)
     }
 
+    /// The recording, locked, with every dispatch recorded so far submitted: a write the
+    /// queue makes now then lands after them.
+    fn lock_after_recorded(&self) -> std::sync::MutexGuard<'_, Recording> {
+        let mut pending = self.pending.lock().unwrap();
+        if !pending.dispatches.is_empty() || !pending.arena.is_empty() {
+            self.submit_locked(&mut pending, false, |_| {});
+        }
+        pending
+    }
+
     /// [`Context::write_after_pending`] at byte `offset` (a multiple of 4). Past
     /// [`STAGING_LIMIT`] staged bytes it submits them and waits, so that their staging
     /// memory is freed as the upload goes rather than after the whole model.
@@ -512,10 +522,7 @@ impl Context {
         offset: u64,
         data: &[u8],
     ) -> Result<()> {
-        let mut pending = self.pending.lock().unwrap();
-        if !pending.dispatches.is_empty() || !pending.arena.is_empty() {
-            self.submit_locked(&mut pending, false, |_| {});
-        }
+        let mut pending = self.lock_after_recorded();
         self.queue.write_buffer(buffer, offset, data);
         let staged = self.staged.fetch_add(data.len() as u64, Ordering::Relaxed);
         if staged + data.len() as u64 >= STAGING_LIMIT {
@@ -550,10 +557,7 @@ impl Context {
                 context: "upload".into(),
                 msg: e,
             };
-            let mut pending = self.pending.lock().unwrap();
-            if !pending.dispatches.is_empty() || !pending.arena.is_empty() {
-                self.submit_locked(&mut pending, false, |_| {});
-            }
+            let mut pending = self.lock_after_recorded();
             let (mut data, mut offset) = (data, offset);
             while !data.is_empty() {
                 let up = pending.upload.get_or_insert_with(|| {

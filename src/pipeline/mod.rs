@@ -549,11 +549,10 @@ impl Pipeline {
         encoded: Encoded,
         events: &mut dyn FnMut(Event),
     ) -> Result<Vec<RgbImage>> {
-        let (latents, gens) = self
+        let denoised = self
             .denoised_from(ctx, opts, given, encoded, events)
             .await?;
-        self.decode_denoised(ctx, opts, Denoised { latents, gens }, events)
-            .await
+        self.decode_denoised(ctx, opts, denoised, events).await
     }
 
     /// Stages 2-4 from stage 1's output: what [`Pipeline::decode_denoised`] turns into
@@ -565,8 +564,7 @@ impl Pipeline {
         encoded: Encoded,
         events: &mut dyn FnMut(Event),
     ) -> Result<Denoised> {
-        let (latents, gens) = self.denoised_from(ctx, opts, None, encoded, events).await?;
-        Ok(Denoised { latents, gens })
+        self.denoised_from(ctx, opts, None, encoded, events).await
     }
 
     /// Stage 5: `denoised`'s latents decoded as `opts.decoder` says.
@@ -601,10 +599,8 @@ impl Pipeline {
         events: &mut dyn FnMut(Event),
     ) -> Result<Tensor> {
         let encoded = self.encode(ctx, opts, events).await?;
-        Ok(self
-            .denoised_from(ctx, opts, None, encoded, events)
-            .await?
-            .0)
+        let denoised = self.denoised_from(ctx, opts, None, encoded, events).await?;
+        Ok(denoised.latents)
     }
 
     /// Stage 1 (after checking `opts`): the prompt's embeddings, and for stable unCLIP the
@@ -648,7 +644,7 @@ impl Pipeline {
     }
 
     /// Stages 2-4 from `given` latents on the device (a first stage's output, for
-    /// `opts.denoising_start`) or from `opts`; returns the noise generators for the decoder.
+    /// `opts.denoising_start`) or from `opts`; with the noise generators for the decoder.
     async fn denoised_from(
         &self,
         ctx: &Context,
@@ -656,7 +652,7 @@ impl Pipeline {
         given: Option<Tensor>,
         encoded: Encoded,
         events: &mut dyn FnMut(Event),
-    ) -> Result<(Tensor, Vec<NoiseGenerator>)> {
+    ) -> Result<Denoised> {
         let Encoded {
             context,
             added,
@@ -699,7 +695,7 @@ impl Pipeline {
             .await?;
         drop(guidance);
         self.check_latents(ctx, &latents, opts).await?;
-        Ok((latents, gens))
+        Ok(Denoised { latents, gens })
     }
 }
 
